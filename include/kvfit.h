@@ -1,0 +1,331 @@
+/*
+ * kvfit.h -- the whole public C ABI of kvfit, an embeddable LLM inference
+ * runtime whose sessions live inside a KV memory budget fixed up front.
+ *
+ * Conventions
+ * -----------
+ * - C99, no C++ in this header. Every exported symbol starts with kvfit_.
+ * - Handles are opaque. A kvfit_model is immutable after loading and may be
+ *   shared by any number of sessions on any number of threads. A
+ *   kvfit_session and a kvfit_sampler are used by one thread at a time.
+ * - Parameter structs begin with `uint32_t struct_size`; fill them with the
+ *   matching kvfit_*_params_init() and pass them by pointer. New fields are
+ *   only ever added at the end, so a program built against an older header
+ *   keeps working.
+ * - Every fallible function returns a kvfit_status (0 = success). On failure
+ *   kvfit_last_error() returns a message for the calling thread, valid until
+ *   the next kvfit call on that thread. Nothing aborts, exits, throws across
+ *   this boundary or prints to stdout; logging goes through the optional
+ *   callback.
+ * - Whatever kvfit_*_load / kvfit_*_create returns is released by the matching
+ *   kvfit_*_free, which accepts NULL. Output parameters are left untouched on
+ *   failure unless documented otherwise.
+ *
+ * Minimal use
+ * -----------
+ *   kvfit_model *m; kvfit_session *s;
+ *   kvfit_model_load("model.gguf", NULL, &m);
+ *   kvfit_session_create(m, NULL, &s);
+ *   int32_t ids[256]; size_t n;
+ *   kvfit_tokenize(m, "Hello", 5, true, false, ids, 256, &n);
+ *   kvfit_generate(s, ids, n, NULL, NULL, NULL);   (see kvfit_generate_params)
+ *   kvfit_session_free(s); kvfit_model_free(m);
+ */
+#ifndef KVFIT_H
+#define KVFIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(KVFIT_BUILDING_LIBRARY)
+#define KVFIT_API __attribute__((visibility("default")))
+#else
+#define KVFIT_API
+#endif
+
+/* ---- Versions ----------------------------------------------------------- */
+
+#define KVFIT_VERSION_MAJOR 0 /* ABI major: also the SONAME suffix */
+#define KVFIT_VERSION_MINOR 1
+#define KVFIT_VERSION_PATCH 0
+#define KVFIT_VERSION_NUMBER (KVFIT_VERSION_MAJOR * 10000 + KVFIT_VERSION_MINOR * 100 + KVFIT_VERSION_PATCH)
+
+/* "MAJOR.MINOR.PATCH" of the library actually loaded. Thread-safe. */
+KVFIT_API const char *kvfit_version(void);
+/* KVFIT_VERSION_NUMBER of the library actually loaded. Thread-safe. */
+KVFIT_API uint32_t kvfit_version_number(void);
+
+/* ---- Status codes -------------------------------------------------------- */
+
+typedef enum kvfit_status {
+    KVFIT_OK = 0,
+
+    /* -1 .. -99: the caller passed something wrong */
+    KVFIT_E_ARG = -1,              /* invalid argument (NULL handle, bad value, bad struct_size) */
+    KVFIT_E_BUFFER_TOO_SMALL = -2, /* output buffer too small; the needed size is reported */
+    KVFIT_E_UTF8 = -3,             /* text is not valid UTF-8 */
+    KVFIT_E_TOKEN = -4,            /* token id outside the vocabulary */
+    KVFIT_E_STATE = -5,            /* call not valid in the current state (e.g. no logits yet) */
+
+    /* -100 .. -199: the model file */
+    KVFIT_E_IO = -100,          /* file missing or unreadable */
+    KVFIT_E_FORMAT = -101,      /* not a GGUF file, truncated or corrupt */
+    KVFIT_E_UNSUPPORTED = -102, /* valid file, but an architecture, tensor type or tokenizer kvfit lacks */
+
+    /* -200 .. -299: memory, budget and context */
+    KVFIT_E_NOMEM = -200,        /* an allocation failed */
+    KVFIT_E_BUDGET = -201,       /* the KV budget cannot hold even the smallest plan */
+    KVFIT_E_CONTEXT_FULL = -202, /* the session's cache has no room for these tokens */
+
+    /* -300 .. -399: backends */
+    KVFIT_E_BACKEND = -300,             /* a backend operation failed */
+    KVFIT_E_BACKEND_UNAVAILABLE = -301, /* the requested backend is not built or has no device */
+
+    /* -400 .. -499: control flow */
+    KVFIT_E_CANCELLED = -400, /* a progress callback asked to stop */
+
+    KVFIT_E_INTERNAL = -500, /* a bug in kvfit: please report it with the message */
+
+    KVFIT_STATUS_MAX_ENUM = 0x7FFFFFFF /* pins the enum to 32 bits */
+} kvfit_status;
+
+/* Short constant name of a status ("KVFIT_E_FORMAT"); never NULL. Thread-safe. */
+KVFIT_API const char *kvfit_status_str(kvfit_status status);
+/* Message describing the last failure on the calling thread ("" if none).
+ * The pointer stays valid until the next kvfit call on this thread. */
+KVFIT_API const char *kvfit_last_error(void);
+
+/* ---- Logging -------------------------------------------------------------- */
+
+typedef enum kvfit_log_level {
+    KVFIT_LOG_DEBUG = 0,
+    KVFIT_LOG_INFO = 1,
+    KVFIT_LOG_WARN = 2,
+    KVFIT_LOG_ERROR = 3,
+    KVFIT_LOG_MAX_ENUM = 0x7FFFFFFF
+} kvfit_log_level;
+
+typedef void (*kvfit_log_fn)(kvfit_log_level level, const char *message, void *user_data);
+
+/* Route kvfit's log lines at or above min_level to fn (NULL = silence, the
+ * default). Process-wide; fn may be called from any thread that calls kvfit. */
+KVFIT_API void kvfit_set_log_callback(kvfit_log_fn fn, kvfit_log_level min_level, void *user_data);
+
+/* ---- Models ---------------------------------------------------------------- */
+
+typedef struct kvfit_model kvfit_model;
+typedef struct kvfit_session kvfit_session;
+typedef struct kvfit_sampler kvfit_sampler;
+
+typedef enum kvfit_backend_kind {
+    KVFIT_BACKEND_AUTO = 0, /* CUDA, then Vulkan, then CPU; KVFIT_BACKEND env var overrides */
+    KVFIT_BACKEND_CPU = 1,
+    KVFIT_BACKEND_CUDA = 2,
+    KVFIT_BACKEND_VULKAN = 3,
+    KVFIT_BACKEND_MAX_ENUM = 0x7FFFFFFF
+} kvfit_backend_kind;
+
+/* Called during loading with progress in [0, 1]; return false to cancel
+ * (kvfit_model_load then fails with KVFIT_E_CANCELLED). */
+typedef bool (*kvfit_progress_fn)(float progress, void *user_data);
+
+typedef struct kvfit_model_params {
+    uint32_t struct_size;
+    kvfit_backend_kind backend; /* default KVFIT_BACKEND_AUTO */
+    kvfit_progress_fn progress; /* optional */
+    void *progress_user_data;
+    bool vocab_only; /* load only metadata and tokenizer (no weights, no sessions) */
+} kvfit_model_params;
+
+KVFIT_API void kvfit_model_params_init(kvfit_model_params *params);
+
+/* Load a GGUF file (memory-mapped). params may be NULL for defaults.
+ * Errors: KVFIT_E_ARG, KVFIT_E_IO, KVFIT_E_FORMAT, KVFIT_E_UNSUPPORTED,
+ * KVFIT_E_NOMEM, KVFIT_E_CANCELLED, KVFIT_E_BACKEND*. */
+KVFIT_API kvfit_status kvfit_model_load(const char *path, const kvfit_model_params *params, kvfit_model **out_model);
+/* Release a model. Every session created from it must be freed first. NULL is a no-op. */
+KVFIT_API void kvfit_model_free(kvfit_model *model);
+
+typedef struct kvfit_model_info {
+    uint32_t struct_size;
+    const char *arch;       /* "llama", ...; owned by the model */
+    const char *name;       /* general.name or ""; owned by the model */
+    const char *tokenizer;  /* "llama" (SentencePiece) or "gpt2" (byte-level BPE) */
+    uint32_t n_layer;
+    uint32_t n_head;
+    uint32_t n_head_kv;
+    uint32_t n_embd;
+    uint32_t n_ctx_train;   /* training context length */
+    uint32_t n_vocab;
+    uint64_t n_params;      /* parameters in the weight tensors */
+    uint64_t weight_bytes;  /* bytes of the weight tensors as stored */
+    int32_t bos_token;      /* -1 if none */
+    int32_t eos_token;      /* -1 if none */
+} kvfit_model_info;
+
+/* Fill *info (set info->struct_size first, or call with a zeroed struct whose
+ * struct_size = sizeof). Thread-safe. */
+KVFIT_API kvfit_status kvfit_model_get_info(const kvfit_model *model, kvfit_model_info *info);
+
+/* Copy a GGUF metadata value rendered as text (numbers in decimal, arrays as
+ * "[n items]") into buf, NUL-terminated. *len receives the length without the
+ * NUL, also when KVFIT_E_BUFFER_TOO_SMALL. KVFIT_E_ARG if the key is absent. */
+KVFIT_API kvfit_status kvfit_model_meta(const kvfit_model *model, const char *key, char *buf, size_t buf_size, size_t *len);
+
+/* ---- Tokens --------------------------------------------------------------- */
+
+/* Tokenize UTF-8 text. add_special adds BOS/EOS as the model's metadata asks;
+ * parse_special turns control-token text such as "<|im_start|>" into those
+ * tokens (otherwise it is tokenized as plain text). On KVFIT_E_BUFFER_TOO_SMALL
+ * *n_tokens holds the count needed. Errors: KVFIT_E_ARG, KVFIT_E_UTF8. Thread-safe. */
+KVFIT_API kvfit_status kvfit_tokenize(const kvfit_model *model, const char *text, size_t text_len, bool add_special,
+                                      bool parse_special, int32_t *tokens, size_t capacity, size_t *n_tokens);
+
+/* Bytes of one token's text (may be part of a UTF-8 character). Control tokens
+ * give their text only if render_special. Not NUL-terminated; on
+ * KVFIT_E_BUFFER_TOO_SMALL *len holds the size needed. Thread-safe. */
+KVFIT_API kvfit_status kvfit_token_to_piece(const kvfit_model *model, int32_t token, bool render_special, char *buf,
+                                            size_t buf_size, size_t *len);
+
+/* Text of a token sequence (SentencePiece leading space handled as the model
+ * does). Not NUL-terminated; on KVFIT_E_BUFFER_TOO_SMALL *len holds the size
+ * needed. Thread-safe. */
+KVFIT_API kvfit_status kvfit_detokenize(const kvfit_model *model, const int32_t *tokens, size_t n_tokens,
+                                        bool render_special, char *buf, size_t buf_size, size_t *len);
+
+/* True for end-of-generation tokens (EOS, EOT, <|im_end|>, ...). */
+KVFIT_API bool kvfit_token_is_eog(const kvfit_model *model, int32_t token);
+
+/* ---- Chat templates --------------------------------------------------------- */
+
+typedef struct kvfit_chat_message {
+    const char *role; /* "system", "user", "assistant" */
+    const char *content;
+} kvfit_chat_message;
+
+/* Name of the template family recognised in the model's tokenizer.chat_template
+ * ("chatml", "llama3", "gemma", "llama2"), or "chatml" when there is none.
+ * The string is static. */
+KVFIT_API const char *kvfit_model_chat_template(const kvfit_model *model);
+
+/* Render messages with a template family (template_name NULL = the model's).
+ * add_assistant appends the header that starts the assistant's turn. Output is
+ * NUL-terminated; *len excludes the NUL and holds the size needed on
+ * KVFIT_E_BUFFER_TOO_SMALL. KVFIT_E_ARG for an unknown template name. */
+KVFIT_API kvfit_status kvfit_chat_apply(const kvfit_model *model, const char *template_name,
+                                        const kvfit_chat_message *messages, size_t n_messages, bool add_assistant,
+                                        char *buf, size_t buf_size, size_t *len);
+
+/* ---- Sessions --------------------------------------------------------------- */
+
+typedef struct kvfit_session_params {
+    uint32_t struct_size;
+    uint32_t n_ctx;           /* tokens the cache holds; 0 = the model's training context */
+    uint32_t n_batch;         /* tokens per prefill step; 0 = 512 */
+    int32_t n_threads;        /* CPU threads; 0 = all cores (at most 16) */
+    uint64_t kv_budget_bytes; /* 0 = whatever n_ctx needs at full precision */
+} kvfit_session_params;
+
+KVFIT_API void kvfit_session_params_init(kvfit_session_params *params);
+
+/* Create a session on a model (params may be NULL). All per-session memory is
+ * allocated here. Errors: KVFIT_E_ARG, KVFIT_E_NOMEM, KVFIT_E_BUDGET. */
+KVFIT_API kvfit_status kvfit_session_create(kvfit_model *model, const kvfit_session_params *params,
+                                            kvfit_session **out_session);
+/* NULL is a no-op. */
+KVFIT_API void kvfit_session_free(kvfit_session *session);
+
+/* Forget all tokens; the memory stays allocated. */
+KVFIT_API kvfit_status kvfit_session_reset(kvfit_session *session);
+
+/* Append tokens to the session (batched), computing the logits of the last one.
+ * Errors: KVFIT_E_ARG, KVFIT_E_TOKEN, KVFIT_E_CONTEXT_FULL (nothing is appended). */
+KVFIT_API kvfit_status kvfit_session_prefill(kvfit_session *session, const int32_t *tokens, size_t n_tokens);
+
+/* Append one token and compute its logits (same as prefill with one token). */
+KVFIT_API kvfit_status kvfit_session_decode(kvfit_session *session, int32_t token);
+
+/* Logits of the newest token: *n_vocab floats, valid until the next call that
+ * changes the session. KVFIT_E_STATE before any token was appended. */
+KVFIT_API kvfit_status kvfit_session_logits(const kvfit_session *session, const float **logits, size_t *n_vocab);
+
+/* Tokens the session holds (0 after create or reset). */
+KVFIT_API uint64_t kvfit_session_n_past(const kvfit_session *session);
+
+/* Bytes this session allocated for per-token and per-sequence state. */
+KVFIT_API uint64_t kvfit_session_kv_bytes(const kvfit_session *session);
+
+/* ---- Sampling ---------------------------------------------------------------- */
+
+typedef struct kvfit_sampler_params {
+    uint32_t struct_size;
+    float temperature;      /* <= 0: greedy (argmax). default 0.8 */
+    int32_t top_k;          /* <= 0: off. default 40 */
+    float top_p;            /* >= 1: off. default 0.95 */
+    float min_p;            /* <= 0: off. default 0.05 */
+    float repeat_penalty;   /* 1: off. default 1.0 */
+    int32_t repeat_last_n;  /* tokens of history the penalty looks at. default 64 */
+    uint64_t seed;          /* same seed and same logits give the same tokens. default 0 */
+} kvfit_sampler_params;
+
+KVFIT_API void kvfit_sampler_params_init(kvfit_sampler_params *params);
+/* params may be NULL for the defaults. */
+KVFIT_API kvfit_status kvfit_sampler_create(const kvfit_sampler_params *params, kvfit_sampler **out_sampler);
+KVFIT_API void kvfit_sampler_free(kvfit_sampler *sampler);
+/* Forget the history and reseed. */
+KVFIT_API void kvfit_sampler_reset(kvfit_sampler *sampler);
+/* Pick a token from the session's current logits (does not append it). */
+KVFIT_API kvfit_status kvfit_sampler_sample(kvfit_sampler *sampler, const kvfit_session *session, int32_t *token);
+/* Record a token in the history used by the repetition penalty (prompt tokens too). */
+KVFIT_API kvfit_status kvfit_sampler_accept(kvfit_sampler *sampler, int32_t token);
+
+/* ---- Generation ----------------------------------------------------------------- */
+
+/* Called for each generated token. text/text_len is newly completed UTF-8 text
+ * (possibly empty while a multi-byte character is still incomplete; never
+ * half a character). Return false to stop after this token. */
+typedef bool (*kvfit_token_fn)(int32_t token, const char *text, size_t text_len, void *user_data);
+
+typedef enum kvfit_stop_reason {
+    KVFIT_STOP_EOG = 0,      /* the model produced an end-of-generation token */
+    KVFIT_STOP_LENGTH = 1,   /* max_tokens reached */
+    KVFIT_STOP_CALLBACK = 2, /* the token callback returned false */
+    KVFIT_STOP_CONTEXT = 3,  /* the session's cache is full */
+    KVFIT_STOP_MAX_ENUM = 0x7FFFFFFF
+} kvfit_stop_reason;
+
+typedef struct kvfit_generate_params {
+    uint32_t struct_size;
+    uint32_t max_tokens;    /* default 256 */
+    kvfit_token_fn on_token; /* optional */
+    void *user_data;
+    bool render_special;    /* pass control tokens' text to on_token. default false */
+} kvfit_generate_params;
+
+KVFIT_API void kvfit_generate_params_init(kvfit_generate_params *params);
+
+typedef struct kvfit_generate_result {
+    uint32_t struct_size;
+    uint32_t n_generated; /* tokens generated (an end-of-generation token is not counted) */
+    kvfit_stop_reason stop_reason;
+} kvfit_generate_result;
+
+/* Prefill prompt (may be empty if the session already has logits), then sample
+ * and append tokens until EOG, max_tokens, the callback, or a full cache.
+ * sampler NULL = greedy; params NULL = defaults; result may be NULL.
+ * A full cache ends generation with KVFIT_STOP_CONTEXT, not an error; a prompt
+ * that does not fit fails with KVFIT_E_CONTEXT_FULL before anything changes. */
+KVFIT_API kvfit_status kvfit_generate(kvfit_session *session, const int32_t *prompt, size_t n_prompt,
+                                      kvfit_sampler *sampler, const kvfit_generate_params *params,
+                                      kvfit_generate_result *result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVFIT_H */
