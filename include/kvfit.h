@@ -288,7 +288,10 @@ KVFIT_API kvfit_status kvfit_sampler_accept(kvfit_sampler *sampler, int32_t toke
 
 /* Called for each generated token. text/text_len is newly completed UTF-8 text
  * (possibly empty while a multi-byte character is still incomplete; never
- * half a character). Return false to stop after this token. */
+ * half a character; not NUL-terminated). Return false to stop after this
+ * token. If bytes are still pending when generation ends (a character cut
+ * short), one last call passes token = -1 with them (invalid bytes as U+FFFD);
+ * its return value is ignored. */
 typedef bool (*kvfit_token_fn)(int32_t token, const char *text, size_t text_len, void *user_data);
 
 typedef enum kvfit_stop_reason {
@@ -317,6 +320,8 @@ typedef struct kvfit_generate_result {
 
 /* Prefill prompt (may be empty if the session already has logits), then sample
  * and append tokens until EOG, max_tokens, the callback, or a full cache.
+ * Every generated token is appended to the session (an end-of-generation token
+ * is not), so the session can continue from where generation stopped.
  * sampler NULL = greedy; params NULL = defaults; result may be NULL.
  * A full cache ends generation with KVFIT_STOP_CONTEXT, not an error; a prompt
  * that does not fit fails with KVFIT_E_CONTEXT_FULL before anything changes. */

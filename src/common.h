@@ -26,6 +26,8 @@ std::string strfmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 [[noreturn]] void fail(kvfit_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+void set_log_callback(kvfit_log_fn fn, kvfit_log_level min_level, void *user_data);
+
 // Logging goes to the callback set with kvfit_set_log_callback (silent if none).
 void log(kvfit_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -1,0 +1,110 @@
+// The backend interface every compute device implements (CPU here; CUDA and
+// Vulkan in their own directories). Two levels, as in whisper.cpp's model /
+// state split:
+//   Backend - one per model and device: owns the uploaded weights (uploaded
+//             once, shared read-only by every session) and creates streams.
+//   Stream  - one per session: device scratch, worker threads / queue, and the
+//             ops of a forward pass. Ops are enqueued and may run
+//             asynchronously; synchronize() is the only point where results
+//             are guaranteed visible to the host.
+// Pointers passed to ops are device addresses from Stream::alloc (host
+// pointers on the CPU backend). Shapes are row-major: a [n][d] activation is
+// n rows of d contiguous floats.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kvfit.h"
+
+namespace kvfit {
+
+struct GGUFTensor;
+
+// A weight matrix (or vector) on the device: n_rows rows of n_cols elements.
+struct Weight {
+    const void *data = nullptr;  // device address
+    uint32_t type = 0;           // GgmlType
+    int64_t n_cols = 0;          // elements per row (ne[0] in GGUF)
+    int64_t n_rows = 0;          // rows (ne[1] * ne[2] * ne[3])
+    size_t row_bytes = 0;
+    bool valid() const { return data != nullptr; }
+};
+
+enum class RopeMode { Norm, Neox };  // Norm: rotate pairs (2i, 2i+1); Neox: (i, i + n/2)
+
+struct RopeParams {
+    int n_dims = 0;             // rotated dimensions of each head (<= head_dim)
+    float freq_base = 10000.0f;
+    float freq_scale = 1.0f;    // linear scaling: positions are multiplied by it
+    RopeMode mode = RopeMode::Norm;
+    const float *freq_factors = nullptr;  // optional per-pair divisors (n_dims/2), device address
+};
+
+// Causal attention of n_q query tokens over a cache of contiguous K/V rows.
+struct AttentionParams {
+    int n_q = 0;           // query tokens
+    int n_head = 0;
+    int n_head_kv = 0;     // GQA: query head h reads KV head h / (n_head / n_head_kv)
+    int head_dim = 0;
+    int n_kv = 0;          // cache rows visible to the last query
+    int q_offset = 0;      // query i sees cache rows [0, q_offset + i]
+    float scale = 1.0f;    // applied to q.k
+    size_t kv_row_stride = 0;  // elements between consecutive cache rows (n_head_kv * head_dim)
+};
+
+class Stream {
+public:
+    virtual ~Stream() = default;
+
+    // Device memory owned by this stream, freed with it. Throws KVFIT_E_NOMEM.
+    virtual void *alloc(size_t bytes) = 0;
+    virtual void upload(void *dst, const void *src, size_t bytes) = 0;    // host -> device (async)
+    virtual void download(void *dst, const void *src, size_t bytes) = 0;  // device -> host (complete after synchronize)
+    virtual void synchronize() = 0;  // throws KVFIT_E_BACKEND if an op failed
+
+    // x[i] = dequantize(table row ids[i]); ids is a device array of n ints.
+    virtual void get_rows(const Weight &table, const int32_t *ids, int n, float *x) = 0;
+    // y[t] = x[t] / rms(x[t]) * w, for n rows of w.n_cols floats.
+    virtual void rmsnorm(const float *x, const Weight &w, float eps, int n, float *y) = 0;
+    // y[t][r] = dot(w row r, x[t]); x is [n][w.n_cols], y is [n][w.n_rows].
+    virtual void matmul(const Weight &w, const float *x, int n, float *y) = 0;
+    // Rotates n rows of n_head heads of head_dim in place; pos is a device array of n positions.
+    virtual void rope(float *x, int n, int n_head, int head_dim, const int32_t *pos, const RopeParams &p) = 0;
+    // Stores n rows of K and V (n_head_kv * head_dim floats each) as F16 at cache rows [row0, row0 + n).
+    virtual void kv_store_f16(const float *k, const float *v, int n, size_t row_elems, uint16_t *k_cache,
+                              uint16_t *v_cache, int row0) = 0;
+    // out[i] = softmax(scale * q[i] . K^T, causal) V for F16 K/V caches; q, out are [n_q][n_head * head_dim].
+    virtual void attention_f16(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
+                               const AttentionParams &p, float *out) = 0;
+    // out = silu(gate) * up, n floats.
+    virtual void swiglu(const float *gate, const float *up, size_t n, float *out) = 0;
+    // y += x, n floats.
+    virtual void add(float *y, const float *x, size_t n) = 0;
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual const char *name() const = 0;
+    virtual kvfit_backend_kind kind() const = 0;
+    // Makes a GGUF tensor usable by ops (copies to the device where needed;
+    // the CPU backend uses the memory map directly). Called once per tensor.
+    virtual Weight upload_weight(const GGUFTensor &t) = 0;
+    // Small float arrays the model needs on the device (e.g. RoPE factors).
+    virtual const float *upload_floats(const float *data, size_t n) = 0;
+    // A stream for one session; n_threads applies to CPU work. Ops will see at
+    // most max_tokens rows of at most max_cols elements and attention over at
+    // most max_kv cache rows: scratch is sized once, here.
+    virtual std::unique_ptr<Stream> create_stream(int n_threads, int max_tokens, int64_t max_cols, int max_kv) = 0;
+};
+
+// The backend for a requested kind (AUTO consults $KVFIT_BACKEND, then picks
+// the best available). Throws KVFIT_E_BACKEND_UNAVAILABLE for a kind that is
+// not built or has no device.
+std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind);
+std::unique_ptr<Backend> create_cpu_backend();
+
+}  // namespace kvfit
