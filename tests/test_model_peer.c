@@ -1,0 +1,191 @@
+/* kvfit against llama.cpp on the same GGUF files: tokenization of tricky
+ * strings, greedy continuations (64 tokens, token for token) and the top-5
+ * logits of the first step, as recorded by tests/peer/record_peer.py into
+ * tests/data/peer-*.txt. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#include <cmocka.h>
+
+#include "kvfit.h"
+#include "testutil.h"
+
+/* Logits may differ by accumulated rounding (llama.cpp's flash attention keeps
+ * V sums in F16, kvfit in F32); a token flip would still fail the ids check. */
+#define LOGIT_TOL 0.05f
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* Decodes a hex field ('-' = empty) into a malloc'd NUL-terminated string. */
+static char *unhex(const char *h, size_t *len) {
+    size_t n = strcmp(h, "-") ? strlen(h) / 2 : 0;
+    char *out = malloc(n + 1);
+    for (size_t i = 0; i < n; i++) out[i] = (char)(hexval(h[2 * i]) << 4 | hexval(h[2 * i + 1]));
+    out[n] = 0;
+    *len = n;
+    return out;
+}
+
+typedef struct {
+    const char *model_path;
+    const char *peer_file;
+} peer_case;
+
+static int32_t argmax_logits(const float *l, size_t n) {
+    size_t best = 0;
+    for (size_t i = 1; i < n; i++)
+        if (l[i] > l[best]) best = i;
+    return (int32_t)best;
+}
+
+static void run_peer(const char *model_path, const char *peer_name) {
+    char *data = test_read_file(test_repo_data(peer_name), NULL);
+    assert_non_null(data);
+    kvfit_model *m = NULL;
+    assert_int_equal(kvfit_model_load(model_path, NULL, &m), KVFIT_OK);
+    kvfit_session_params sp;
+    kvfit_session_params_init(&sp);
+    sp.n_ctx = 512;
+    kvfit_session *s = NULL;
+    assert_int_equal(kvfit_session_create(m, &sp, &s), KVFIT_OK);
+
+    int n_tok = 0, n_gen = 0, n_top = 0;
+    int32_t *ids = malloc(sizeof(int32_t) * 65536), *want = malloc(sizeof(int32_t) * 65536);
+    char *save = NULL;
+    for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] == '#') continue;
+        char *fs = NULL;
+        char *kind = strtok_r(line, " ", &fs);
+        if (!strcmp(kind, "tok")) {
+            int add = atoi(strtok_r(NULL, " ", &fs)), parse = atoi(strtok_r(NULL, " ", &fs));
+            size_t len;
+            char *text = unhex(strtok_r(NULL, " ", &fs), &len);
+            size_t n = (size_t)atoi(strtok_r(NULL, " ", &fs)), got = 0;
+            for (size_t i = 0; i < n; i++) want[i] = atoi(strtok_r(NULL, " ", &fs));
+            assert_int_equal(kvfit_tokenize(m, text, len, add, parse, ids, 65536, &got), KVFIT_OK);
+            if (got != n || memcmp(ids, want, n * sizeof *ids)) {
+                fprintf(stderr, "tokenization differs for \"%s\" (add_special=%d parse_special=%d): %zu vs %zu tokens\n",
+                        text, add, parse, got, n);
+                fail();
+            }
+            free(text);
+            n_tok++;
+        } else if (!strcmp(kind, "gen")) {
+            const char *name = strtok_r(NULL, " ", &fs);
+            int parse = atoi(strtok_r(NULL, " ", &fs));
+            size_t len;
+            char *text = unhex(strtok_r(NULL, " ", &fs), &len);
+            size_t np = (size_t)atoi(strtok_r(NULL, " ", &fs)), got = 0;
+            for (size_t i = 0; i < np; i++) want[i] = atoi(strtok_r(NULL, " ", &fs));
+            assert_int_equal(kvfit_tokenize(m, text, len, true, parse, ids, 65536, &got), KVFIT_OK);
+            assert_int_equal(got, np);
+            assert_memory_equal(ids, want, np * sizeof *ids);
+            size_t ng = (size_t)atoi(strtok_r(NULL, " ", &fs));
+            int32_t *gen_want = want + np;
+            for (size_t i = 0; i < ng; i++) gen_want[i] = atoi(strtok_r(NULL, " ", &fs));
+            assert_int_equal(kvfit_session_reset(s), KVFIT_OK);
+            assert_int_equal(kvfit_session_prefill(s, ids, np), KVFIT_OK);
+            for (size_t i = 0; i < ng; i++) {
+                const float *l;
+                size_t nv;
+                assert_int_equal(kvfit_session_logits(s, &l, &nv), KVFIT_OK);
+                int32_t t = argmax_logits(l, nv);
+                if (t != gen_want[i]) {
+                    fprintf(stderr, "%s: greedy token %zu is %d, llama.cpp gave %d (logits %.4f vs %.4f)\n", name, i, t,
+                            gen_want[i], l[t], l[gen_want[i]]);
+                    fail();
+                }
+                assert_int_equal(kvfit_session_decode(s, t), KVFIT_OK);
+            }
+            free(text);
+            n_gen++;
+        } else if (!strcmp(kind, "top5")) {
+            /* The matching gen line came just before: recompute its first step. */
+            const char *name = strtok_r(NULL, " ", &fs);
+            (void)name;
+            n_top++;
+        }
+    }
+    /* top5 records are checked in a second pass so the gen loop stays simple. */
+    free(data);
+    data = test_read_file(test_repo_data(peer_name), NULL);
+    save = NULL;
+    char *prompt_line_ids = NULL;
+    (void)prompt_line_ids;
+    size_t np_last = 0;
+    for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *fs = NULL;
+        char *kind = strtok_r(line, " ", &fs);
+        if (!kind || kind[0] == '#') continue;
+        if (!strcmp(kind, "gen")) {
+            strtok_r(NULL, " ", &fs);
+            strtok_r(NULL, " ", &fs);
+            strtok_r(NULL, " ", &fs);
+            np_last = (size_t)atoi(strtok_r(NULL, " ", &fs));
+            for (size_t i = 0; i < np_last; i++) ids[i] = atoi(strtok_r(NULL, " ", &fs));
+        } else if (!strcmp(kind, "top5")) {
+            const char *name = strtok_r(NULL, " ", &fs);
+            assert_int_equal(kvfit_session_reset(s), KVFIT_OK);
+            assert_int_equal(kvfit_session_prefill(s, ids, np_last), KVFIT_OK);
+            const float *l;
+            size_t nv;
+            assert_int_equal(kvfit_session_logits(s, &l, &nv), KVFIT_OK);
+            for (int k = 0; k < 5; k++) {
+                char *f = strtok_r(NULL, " ", &fs);
+                assert_non_null(f);
+                int id = atoi(f);
+                float want_logit = strtof(strchr(f, ':') + 1, NULL);
+                if (fabsf(l[id] - want_logit) > LOGIT_TOL) {
+                    fprintf(stderr, "%s: logit of token %d is %.5f, llama.cpp gave %.5f\n", name, id, l[id], want_logit);
+                    fail();
+                }
+            }
+        }
+    }
+    printf("%s: %d tokenizations, %d greedy continuations, %d top-5 logit sets match llama.cpp\n", peer_name, n_tok,
+           n_gen, n_top);
+    assert_true(n_tok > 10 && n_gen > 2 && n_top == n_gen);
+    free(ids);
+    free(want);
+    free(data);
+    kvfit_session_free(s);
+    kvfit_model_free(m);
+}
+
+static void test_stories260K(void **state) {
+    (void)state;
+    const char *p = test_data_path("models/stories260K.gguf");
+    if (!p) {
+        printf("skipped: models/stories260K.gguf not found under $KVFIT_TEST_DATA or ../shared/data\n");
+        skip();
+    }
+    run_peer(p, "peer-stories260K.txt");
+}
+
+static void test_smollm2(void **state) {
+    (void)state;
+    const char *p = test_default_model();
+    if (!p) {
+        printf("skipped: the default model is missing; run `make models`\n");
+        skip();
+    }
+    run_peer(p, "peer-smollm2.txt");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stories260K),
+        cmocka_unit_test(test_smollm2),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
