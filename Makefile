@@ -47,7 +47,9 @@ bench: build models
 
 # Re-record the llama.cpp reference data (builds llama.cpp via pip; slow).
 peer: models
-	tests/peer/run.sh
+	python3 -m pip install -r tests/peer/requirements.txt
+	python3 tests/peer/record_peer.py stories260K
+	python3 tests/peer/record_peer.py smollm2
 
 install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
