@@ -43,10 +43,8 @@ static char *unhex(const char *h, size_t *len) {
     return out;
 }
 
-typedef struct {
-    const char *model_path;
-    const char *peer_file;
-} peer_case;
+#define MAX_CASES 32
+#define MAX_PROMPT 512
 
 static int32_t argmax_logits(const float *l, size_t n) {
     size_t best = 0;
@@ -70,7 +68,12 @@ static void run_peer(const char *model_path, const char *peer_name, bool strict,
     kvfit_session *s = NULL;
     assert_int_equal(kvfit_session_create(m, &sp, &s), KVFIT_OK);
 
-    int n_tok = 0, n_gen = 0, n_top = 0, n_same = 0, n_forks = 0;
+    int n_tok = 0, n_gen = 0, n_top = 0, n_same = 0, n_forks = 0, n_cases = 0;
+    static struct {
+        char name[64];
+        int32_t prompt[MAX_PROMPT];
+        size_t n_prompt;
+    } cases[MAX_CASES];
     int32_t *ids = malloc(sizeof(int32_t) * 65536), *want = malloc(sizeof(int32_t) * 65536);
     char *save = NULL;
     for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -100,6 +103,7 @@ static void run_peer(const char *model_path, const char *peer_name, bool strict,
             for (size_t i = 0; i < np; i++) want[i] = atoi(strtok_r(NULL, " ", &fs));
             assert_int_equal(kvfit_tokenize(m, text, len, true, parse, ids, 65536, &got), KVFIT_OK);
             assert_int_equal(got, np);
+            /* the recorded prompt ids are what llama.cpp tokenized: use those */
             assert_memory_equal(ids, want, np * sizeof *ids);
             size_t ng = (size_t)atoi(strtok_r(NULL, " ", &fs));
             int32_t *gen_want = want + np;
@@ -122,36 +126,21 @@ static void run_peer(const char *model_path, const char *peer_name, bool strict,
                 n_same++;
                 assert_int_equal(kvfit_session_decode(s, t), KVFIT_OK);
             }
+            assert_true(n_cases < MAX_CASES && np <= MAX_PROMPT);
+            snprintf(cases[n_cases].name, sizeof cases[n_cases].name, "%s", name);
+            memcpy(cases[n_cases].prompt, ids, np * sizeof *ids);
+            cases[n_cases].n_prompt = np;
+            n_cases++;
             free(text);
             n_gen++;
         } else if (!strcmp(kind, "top5")) {
-            /* The matching gen line came just before: recompute its first step. */
+            /* Logits after the prompt of the gen case with this name. */
             const char *name = strtok_r(NULL, " ", &fs);
-            (void)name;
-            n_top++;
-        }
-    }
-    /* top5 records are checked in a second pass so the gen loop stays simple. */
-    free(data);
-    data = test_read_file(test_repo_data(peer_name), NULL);
-    save = NULL;
-    char *prompt_line_ids = NULL;
-    (void)prompt_line_ids;
-    size_t np_last = 0;
-    for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        char *fs = NULL;
-        char *kind = strtok_r(line, " ", &fs);
-        if (!kind || kind[0] == '#') continue;
-        if (!strcmp(kind, "gen")) {
-            strtok_r(NULL, " ", &fs);
-            strtok_r(NULL, " ", &fs);
-            strtok_r(NULL, " ", &fs);
-            np_last = (size_t)atoi(strtok_r(NULL, " ", &fs));
-            for (size_t i = 0; i < np_last; i++) ids[i] = atoi(strtok_r(NULL, " ", &fs));
-        } else if (!strcmp(kind, "top5")) {
-            const char *name = strtok_r(NULL, " ", &fs);
+            int c = 0;
+            while (c < n_cases && strcmp(cases[c].name, name)) c++;
+            assert_true(c < n_cases);
             assert_int_equal(kvfit_session_reset(s), KVFIT_OK);
-            assert_int_equal(kvfit_session_prefill(s, ids, np_last), KVFIT_OK);
+            assert_int_equal(kvfit_session_prefill(s, cases[c].prompt, cases[c].n_prompt), KVFIT_OK);
             const float *l;
             size_t nv;
             assert_int_equal(kvfit_session_logits(s, &l, &nv), KVFIT_OK);
@@ -165,6 +154,7 @@ static void run_peer(const char *model_path, const char *peer_name, bool strict,
                     fail();
                 }
             }
+            n_top++;
         }
     }
     printf("%s: %d tokenizations, %d top-5 logit sets match llama.cpp; %d greedy continuations: %d of %d tokens "

@@ -1,0 +1,191 @@
+// SentencePiece BPE ("llama" tokenizer model) as llama.cpp runs it: spaces
+// become U+2581, a space prefix is added at the start and after special
+// tokens, characters are merged pairwise by the score of the merged token,
+// and what no token covers falls back to <0xXX> byte tokens.
+#include <cstdlib>
+#include <queue>
+
+#include "common.h"
+#include "tokenizer/tokenizer_impl.h"
+
+namespace kvfit {
+
+namespace {
+
+const char kSpace[] = "\xE2\x96\x81";  // U+2581, SentencePiece's visible space
+
+class SpmTokenizer final : public VocabTokenizer {
+public:
+    explicit SpmTokenizer(VocabSpec spec) : VocabTokenizer(std::move(spec)) {
+        static const char hex[] = "0123456789ABCDEF";
+        for (int b = 0; b < 256; b++) {
+            const char name[7] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>', 0};
+            int32_t id = find_token(name);
+            // Some vocabularies hold plain single-byte tokens instead.
+            if (id < 0) id = find_token(std::string(1, char(b)));
+            byte_tokens_[b] = id;
+        }
+        // Words can be tokenized one by one (and cached) only if no token
+        // could span a word start, i.e. no token has U+2581 after another
+        // character. True for Llama-style vocabularies; otherwise the whole
+        // text is one merge problem, as in llama.cpp.
+        split_words_ = true;
+        for (const std::string &t : spec_.tokens) {
+            for (size_t i = t.find(kSpace, 1); i != std::string::npos; i = t.find(kSpace, i + 1)) {
+                if (i < 3 || t.compare(i - 3, 3, kSpace) != 0) {
+                    split_words_ = false;
+                    break;
+                }
+            }
+            if (!split_words_) break;
+        }
+    }
+
+    std::string token_to_piece(int32_t id, bool render_special) const override {
+        check_id(id);
+        const int32_t type = spec_.token_types[size_t(id)];
+        const std::string &text = spec_.tokens[size_t(id)];
+        if (type == TOKEN_CONTROL || type == TOKEN_UNKNOWN) return render_special ? text : std::string();
+        if (type == TOKEN_USER_DEFINED) return text;
+        if (type == TOKEN_NORMAL) {
+            std::string out;
+            out.reserve(text.size());
+            for (size_t i = 0; i < text.size();) {
+                if (text.compare(i, 3, kSpace) == 0) { out += ' '; i += 3; }
+                else out += text[i++];
+            }
+            return out;
+        }
+        if (type == TOKEN_BYTE) {
+            // "<0xXX>": parse the two hex digits.
+            if (text.size() < 6) return std::string();
+            return std::string(1, char(std::strtol(text.substr(3, 2).c_str(), nullptr, 16)));
+        }
+        return std::string();  // unused / undefined tokens render as nothing
+    }
+
+protected:
+    bool strip_first_space() const override { return spec_.add_space_prefix; }
+
+    void encode_fragment(std::string_view raw, bool after_special, std::vector<int32_t> &out) const override {
+        std::string text;
+        text.reserve(raw.size() * 2 + 3);
+        if (spec_.add_space_prefix && after_special) text += kSpace;
+        for (char c : raw) {
+            if (c == ' ') text += kSpace;
+            else text += c;
+        }
+        if (!split_words_) {
+            encode(text, out);
+            return;
+        }
+        // Merges never cross a point where U+2581 follows another character,
+        // and merge order restricted to one word is the same as in the whole
+        // text, so word-wise results are identical.
+        std::unordered_map<std::string, std::vector<int32_t>> cache;
+        std::string word;
+        size_t start = 0;
+        while (start < text.size()) {
+            size_t end = start;
+            while (end < text.size() && text.compare(end, 3, kSpace) == 0) end += 3;  // leading spaces
+            end = text.find(kSpace, end);
+            if (end == std::string::npos) end = text.size();
+            word.assign(text, start, end - start);
+            auto it = cache.find(word);
+            if (it == cache.end()) {
+                std::vector<int32_t> ids;
+                encode(word, ids);
+                it = cache.emplace(word, std::move(ids)).first;
+            }
+            out.insert(out.end(), it->second.begin(), it->second.end());
+            start = end;
+        }
+    }
+
+private:
+    struct Symbol {
+        int prev, next;
+        size_t off, n;  // byte range in the escaped text; n == 0 once merged away
+    };
+    struct Bigram {
+        int left, right;
+        float score;
+        size_t size;
+    };
+    // Highest score first; on equal scores the leftmost pair.
+    struct BigramLess {
+        bool operator()(const Bigram &a, const Bigram &b) const {
+            return a.score < b.score || (a.score == b.score && a.left > b.left);
+        }
+    };
+    using Queue = std::priority_queue<Bigram, std::vector<Bigram>, BigramLess>;
+
+    void try_pair(const std::string &text, const std::vector<Symbol> &syms, int left, int right, Queue &q) const {
+        if (left < 0 || right < 0) return;
+        const size_t size = syms[size_t(left)].n + syms[size_t(right)].n;
+        const int32_t id = find_token(std::string_view(text).substr(syms[size_t(left)].off, size));
+        if (id < 0) return;
+        q.push({left, right, spec_.scores[size_t(id)], size});
+    }
+
+    void encode(const std::string &text, std::vector<int32_t> &out) const {
+        std::vector<Symbol> syms;
+        syms.reserve(text.size());
+        for (size_t off = 0; off < text.size();) {
+            const size_t len = std::min(utf8_seq_len(static_cast<unsigned char>(text[off])), text.size() - off);
+            const int idx = int(syms.size());
+            syms.push_back({idx - 1, off + len == text.size() ? -1 : idx + 1, off, len});
+            off += len;
+        }
+        if (syms.empty()) return;
+
+        std::vector<Bigram> storage;
+        storage.reserve(syms.size());
+        Queue q(BigramLess(), std::move(storage));
+        for (int i = 1; i < int(syms.size()); i++) try_pair(text, syms, i - 1, i, q);
+
+        while (!q.empty()) {
+            const Bigram bg = q.top();
+            q.pop();
+            Symbol &l = syms[size_t(bg.left)];
+            Symbol &r = syms[size_t(bg.right)];
+            // Stale entry: one side was merged since. The size test is the
+            // same (weak) one llama.cpp uses, kept for identical results.
+            if (l.n == 0 || r.n == 0 || l.n + r.n != bg.size) continue;
+            l.n += r.n;
+            r.n = 0;
+            l.next = r.next;
+            if (r.next >= 0) syms[size_t(r.next)].prev = bg.left;
+            try_pair(text, syms, l.prev, bg.left, q);
+            try_pair(text, syms, bg.left, l.next, q);
+        }
+
+        for (int i = 0; i != -1; i = syms[size_t(i)].next) {
+            const Symbol &s = syms[size_t(i)];
+            const int32_t id = find_token(std::string_view(text).substr(s.off, s.n));
+            if (id >= 0) {
+                out.push_back(id);
+                continue;
+            }
+            // Not in the vocabulary: one byte token per byte.
+            for (size_t k = 0; k < s.n; k++) {
+                const int32_t b = byte_tokens_[static_cast<unsigned char>(text[s.off + k])];
+                if (b >= 0) out.push_back(b);
+                else if (spec_.unk >= 0) out.push_back(spec_.unk);
+                else fail(KVFIT_E_UNSUPPORTED, "vocabulary has no byte token for 0x%02X and no unknown token",
+                          unsigned(static_cast<unsigned char>(text[s.off + k])));
+            }
+        }
+    }
+
+    int32_t byte_tokens_[256];
+    bool split_words_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> make_spm_tokenizer(VocabSpec spec) {
+    return std::unique_ptr<Tokenizer>(new SpmTokenizer(std::move(spec)));
+}
+
+}  // namespace kvfit

@@ -1,0 +1,79 @@
+// Internals shared by the tokenizer sources: UTF-8 helpers, the vocabulary
+// lookup and special-token partition common to both models, and the two
+// concrete tokenizers. Behaviour follows llama.cpp's llama-vocab.cpp so that
+// token ids match it exactly.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "tokenizer/tokenizer.h"
+
+namespace kvfit {
+
+// ---- UTF-8 -----------------------------------------------------------------
+
+// Offset of the first byte that is not part of a valid UTF-8 sequence, or
+// std::string_view::npos when the whole string is valid.
+size_t utf8_invalid_offset(std::string_view s);
+// Throws Error(KVFIT_E_UTF8) naming the byte offset of the first bad byte.
+void utf8_check(std::string_view s);
+// Length of the sequence a lead byte starts, as llama.cpp counts it (1 for
+// continuation bytes). Only used on validated text.
+inline size_t utf8_seq_len(unsigned char c) {
+    return c < 0xC0 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+}
+void utf8_append(std::string &out, uint32_t cp);
+// Decodes one code point of valid UTF-8 at s[i], advancing i.
+uint32_t utf8_decode(std::string_view s, size_t &i);
+
+// ---- common vocabulary machinery -------------------------------------------
+
+// A run of the input: either raw text still to be tokenized or a special
+// token already recognised.
+struct Fragment {
+    int32_t token = -1;  // >= 0: a special token
+    size_t offset = 0, length = 0;
+};
+
+class VocabTokenizer : public Tokenizer {
+public:
+    std::vector<int32_t> tokenize(std::string_view text, bool add_special, bool parse_special) const override;
+    std::string detokenize(const int32_t *ids, size_t n, bool render_special) const override;
+
+protected:
+    explicit VocabTokenizer(VocabSpec spec);
+
+    // Appends the tokens of one raw-text fragment. `after_special` is true
+    // for the first fragment and for fragments that follow a special token
+    // (SentencePiece adds its space prefix there).
+    virtual void encode_fragment(std::string_view text, bool after_special, std::vector<int32_t> &out) const = 0;
+    // Whether detokenize drops one leading space of the first piece.
+    virtual bool strip_first_space() const { return false; }
+
+    int32_t find_token(std::string_view text) const {
+        auto it = token_to_id_.find(text);
+        return it == token_to_id_.end() ? -1 : it->second;
+    }
+    void check_id(int32_t id) const;
+
+    std::unordered_map<std::string_view, int32_t> token_to_id_;  // keys point into spec_.tokens
+
+private:
+    void partition_special(std::string_view text, bool parse_special, std::vector<Fragment> &frags) const;
+    std::vector<int32_t> special_cache_;  // control/user-defined/unknown ids, longest text first
+};
+
+std::unique_ptr<Tokenizer> make_spm_tokenizer(VocabSpec spec);
+std::unique_ptr<Tokenizer> make_bpe_tokenizer(VocabSpec spec);
+
+// Whether a GPT-2 style pre-tokenizer name is known (see bpe.cpp).
+bool bpe_pre_supported(const std::string &pre);
+// BPE pre-tokenizers for which llama.cpp adds BOS by default.
+bool bpe_pre_adds_bos(const std::string &pre);
+
+}  // namespace kvfit
