@@ -322,7 +322,8 @@ typedef struct kvfit_generate_result {
  * and append tokens until EOG, max_tokens, the callback, or a full cache.
  * Every generated token is appended to the session (an end-of-generation token
  * is not), so the session can continue from where generation stopped.
- * sampler NULL = greedy; params NULL = defaults; result may be NULL.
+ * sampler NULL = greedy; params NULL = defaults; result may be NULL (else set
+ * its struct_size to sizeof(kvfit_generate_result); it is filled on failure too).
  * A full cache ends generation with KVFIT_STOP_CONTEXT, not an error; a prompt
  * that does not fit fails with KVFIT_E_CONTEXT_FULL before anything changes. */
 KVFIT_API kvfit_status kvfit_generate(kvfit_session *session, const int32_t *prompt, size_t n_prompt,

@@ -377,21 +377,25 @@ KVFIT_API kvfit_status kvfit_generate(kvfit_session *session, const int32_t *pro
         REQUIRE(prompt || n_prompt == 0, "prompt is NULL");
         REQUIRE(!sampler || sampler->s, "sampler is invalid");
         kvfit_generate_params p = read_params(params, kvfit_generate_params_init, "kvfit_generate_params");
+        REQUIRE(!result || result->struct_size >= offsetof(kvfit_generate_result, stop_reason) + sizeof(int32_t),
+                "kvfit_generate_result.struct_size is %u; set it to sizeof(kvfit_generate_result)",
+                result ? result->struct_size : 0);
         kvfit_generate_result r;
         std::memset(&r, 0, sizeof r);
-        r.struct_size = sizeof r;
+        // Filled also when generation fails part-way, so the caller knows how far it got.
+        auto report = [&] {
+            if (!result) return;
+            const uint32_t caller_size = result->struct_size;
+            std::memcpy(result, &r, std::min<size_t>(caller_size, sizeof r));
+            result->struct_size = caller_size;
+        };
         try {
             s.generate(prompt, n_prompt, sampler ? sampler->s.get() : nullptr, p, r);
         } catch (...) {
-            if (result) std::memcpy(result, &r, std::min<size_t>(result->struct_size ? result->struct_size : sizeof r, sizeof r));
+            report();
             throw;
         }
-        if (result) {
-            const size_t n = result->struct_size ? std::min<size_t>(result->struct_size, sizeof r) : sizeof r;
-            uint32_t caller_size = result->struct_size;
-            std::memcpy(result, &r, n);
-            result->struct_size = caller_size ? caller_size : uint32_t(sizeof r);
-        }
+        report();
     });
 }
 
