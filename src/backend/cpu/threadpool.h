@@ -17,8 +17,11 @@ public:
     ThreadPool &operator=(const ThreadPool &) = delete;
 
     int size() const { return n_threads_; }
-    // Calls fn(ith, nth) once on each of nth = size() threads (the calling
-    // thread is ith = 0) and returns when all are done. Not reentrant.
+    // Calls fn(ith, nth) exactly once for each ith in [0, nth), nth = size(),
+    // and returns when all calls are done; the calling thread runs ith = 0.
+    // Normally each ith runs on its own thread, but a worker that has not
+    // woken up in time leaves its ith to a thread that has finished, so fn
+    // must not assume two ith run concurrently. Not reentrant.
     void run(const std::function<void(int ith, int nth)> &fn);
 
 private:
