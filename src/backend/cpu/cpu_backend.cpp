@@ -1,7 +1,9 @@
 // The CPU backend: the reference implementation of the backend interface.
 // Weights stay in the model's memory map (zero copy); ops run synchronously on
 // the session's thread pool, so synchronize() has nothing to wait for.
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -27,6 +29,7 @@ void axpy_f16_scalar(int n, float w, const uint16_t *v, float *out) {
     for (int i = 0; i < n; i++) out[i] += w * fp16_to_fp32(v[i]);
 }
 
+#if defined(__x86_64__)
 __attribute__((target("avx2,fma,f16c"))) void axpy_f16_avx2(int n, float w, const uint16_t *v, float *out) {
     __m256 wv = _mm256_set1_ps(w);
     int i = 0;
@@ -39,10 +42,14 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_f16_avx2(int n, float w, cons
 
 using AxpyF16 = void (*)(int, float, const uint16_t *, float *);
 
+#endif
+
 AxpyF16 pick_axpy_f16() {
+#if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         return axpy_f16_avx2;
+#endif
     return axpy_f16_scalar;
 }
 
