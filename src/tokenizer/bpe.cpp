@@ -7,7 +7,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <queue>
 
 #include "common.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -255,10 +254,6 @@ private:
         return it == ranks_.end() ? -1 : it->second;
     }
 
-    struct Symbol {
-        int prev, next;
-        size_t off, n;
-    };
     struct Bigram {
         int left, right;
         int32_t rank;
@@ -279,42 +274,16 @@ private:
                 return;
             }
         }
-        std::vector<Symbol> syms;
-        syms.reserve(word.size());
-        for (size_t off = 0; off < word.size();) {
-            const size_t len = std::min(utf8_seq_len(static_cast<unsigned char>(word[off])), word.size() - off);
-            const int idx = int(syms.size());
-            syms.push_back({idx - 1, off + len == word.size() ? -1 : idx + 1, off, len});
-            off += len;
-        }
+        std::vector<MergeSymbol> syms = split_utf8_symbols(word);
         const std::string_view w(word);
         std::string key;
-        std::priority_queue<Bigram, std::vector<Bigram>, BigramLess> q;
-        auto try_pair = [&](int left, int right) {
-            if (left < 0 || right < 0) return;
-            const Symbol &l = syms[size_t(left)], &r = syms[size_t(right)];
+        merge_symbols<Bigram>(syms, BigramLess(), [&](int left, int right, auto &q) {
+            const MergeSymbol &l = syms[size_t(left)], &r = syms[size_t(right)];
             const int32_t rk = rank(w.substr(l.off, l.n), w.substr(r.off, r.n), key);
             if (rk >= 0) q.push({left, right, rk, l.n + r.n});
-        };
-        for (int i = 1; i < int(syms.size()); i++) try_pair(i - 1, i);
-        while (!q.empty()) {
-            const Bigram bg = q.top();
-            q.pop();
-            Symbol &l = syms[size_t(bg.left)];
-            Symbol &r = syms[size_t(bg.right)];
-            // Outdated pair: llama.cpp compares the texts; as the left start
-            // and the split point never move, comparing the length is the
-            // same test.
-            if (l.n == 0 || r.n == 0 || l.n + r.n != bg.size) continue;
-            l.n += r.n;
-            r.n = 0;
-            l.next = r.next;
-            if (r.next >= 0) syms[size_t(r.next)].prev = bg.left;
-            try_pair(l.prev, bg.left);
-            try_pair(bg.left, l.next);
-        }
+        });
         for (int i = syms.empty() ? -1 : 0; i != -1; i = syms[size_t(i)].next) {
-            const Symbol &s = syms[size_t(i)];
+            const MergeSymbol &s = syms[size_t(i)];
             const int32_t id = find_token(w.substr(s.off, s.n));
             if (id >= 0) {
                 out.push_back(id);

@@ -3,7 +3,6 @@
 // tokens, characters are merged pairwise by the score of the merged token,
 // and what no token covers falls back to <0xXX> byte tokens.
 #include <cstdlib>
-#include <queue>
 
 #include "common.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -103,10 +102,6 @@ protected:
     }
 
 private:
-    struct Symbol {
-        int prev, next;
-        size_t off, n;  // byte range in the escaped text; n == 0 once merged away
-    };
     struct Bigram {
         int left, right;
         float score;
@@ -118,50 +113,18 @@ private:
             return a.score < b.score || (a.score == b.score && a.left > b.left);
         }
     };
-    using Queue = std::priority_queue<Bigram, std::vector<Bigram>, BigramLess>;
-
-    void try_pair(const std::string &text, const std::vector<Symbol> &syms, int left, int right, Queue &q) const {
-        if (left < 0 || right < 0) return;
-        const size_t size = syms[size_t(left)].n + syms[size_t(right)].n;
-        const int32_t id = find_token(std::string_view(text).substr(syms[size_t(left)].off, size));
-        if (id < 0) return;
-        q.push({left, right, spec_.scores[size_t(id)], size});
-    }
 
     void encode(const std::string &text, std::vector<int32_t> &out) const {
-        std::vector<Symbol> syms;
-        syms.reserve(text.size());
-        for (size_t off = 0; off < text.size();) {
-            const size_t len = std::min(utf8_seq_len(static_cast<unsigned char>(text[off])), text.size() - off);
-            const int idx = int(syms.size());
-            syms.push_back({idx - 1, off + len == text.size() ? -1 : idx + 1, off, len});
-            off += len;
-        }
+        std::vector<MergeSymbol> syms = split_utf8_symbols(text);
         if (syms.empty()) return;
-
-        std::vector<Bigram> storage;
-        storage.reserve(syms.size());
-        Queue q(BigramLess(), std::move(storage));
-        for (int i = 1; i < int(syms.size()); i++) try_pair(text, syms, i - 1, i, q);
-
-        while (!q.empty()) {
-            const Bigram bg = q.top();
-            q.pop();
-            Symbol &l = syms[size_t(bg.left)];
-            Symbol &r = syms[size_t(bg.right)];
-            // Stale entry: one side was merged since. The size test is the
-            // same (weak) one llama.cpp uses, kept for identical results.
-            if (l.n == 0 || r.n == 0 || l.n + r.n != bg.size) continue;
-            l.n += r.n;
-            r.n = 0;
-            l.next = r.next;
-            if (r.next >= 0) syms[size_t(r.next)].prev = bg.left;
-            try_pair(text, syms, l.prev, bg.left, q);
-            try_pair(text, syms, bg.left, l.next, q);
-        }
+        merge_symbols<Bigram>(syms, BigramLess(), [&](int left, int right, auto &q) {
+            const size_t size = syms[size_t(left)].n + syms[size_t(right)].n;
+            const int32_t id = find_token(std::string_view(text).substr(syms[size_t(left)].off, size));
+            if (id >= 0) q.push({left, right, spec_.scores[size_t(id)], size});
+        });
 
         for (int i = 0; i != -1; i = syms[size_t(i)].next) {
-            const Symbol &s = syms[size_t(i)];
+            const MergeSymbol &s = syms[size_t(i)];
             const int32_t id = find_token(std::string_view(text).substr(s.off, s.n));
             if (id >= 0) {
                 out.push_back(id);

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <queue>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -75,5 +76,45 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer(VocabSpec spec);
 bool bpe_pre_supported(const std::string &pre);
 // BPE pre-tokenizers for which llama.cpp adds BOS by default.
 bool bpe_pre_adds_bos(const std::string &pre);
+
+// One piece of a word during BPE merging: the byte range [off, off + n) of
+// the word, linked to its neighbours; n == 0 once merged into its left.
+struct MergeSymbol {
+    int prev, next;
+    size_t off, n;
+};
+
+// One symbol per UTF-8 character of text.
+std::vector<MergeSymbol> split_utf8_symbols(std::string_view text);
+
+// Merges adjacent symbols best pair first, as both BPE flavours do.
+// propose(left, right) pushes a candidate {left, right, priority, size} for
+// two neighbours (or nothing if the pair is not in the vocabulary); the queue
+// orders candidates. A candidate whose sides changed since it was queued is
+// skipped: llama.cpp compares the texts, and since the left start and the
+// split point never move, comparing the combined length is the same test.
+template <typename Candidate, typename Order, typename Propose>
+void merge_symbols(std::vector<MergeSymbol> &syms, Order order, Propose propose) {
+    std::vector<Candidate> storage;
+    storage.reserve(syms.size());
+    std::priority_queue<Candidate, std::vector<Candidate>, Order> q(order, std::move(storage));
+    auto push = [&](int left, int right) {
+        if (left >= 0 && right >= 0) propose(left, right, q);
+    };
+    for (int i = 1; i < int(syms.size()); i++) push(i - 1, i);
+    while (!q.empty()) {
+        const Candidate c = q.top();
+        q.pop();
+        MergeSymbol &l = syms[size_t(c.left)];
+        MergeSymbol &r = syms[size_t(c.right)];
+        if (l.n == 0 || r.n == 0 || l.n + r.n != c.size) continue;
+        l.n += r.n;
+        r.n = 0;
+        l.next = r.next;
+        if (r.next >= 0) syms[size_t(r.next)].prev = c.left;
+        push(l.prev, c.left);
+        push(c.left, l.next);
+    }
+}
 
 }  // namespace kvfit

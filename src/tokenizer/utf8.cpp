@@ -1,4 +1,5 @@
 // UTF-8 validation, encoding helpers and the streaming joiner.
+#include <algorithm>
 #include <cstring>
 
 #include "common.h"
@@ -114,6 +115,22 @@ std::string Utf8Stream::flush() {
     if (!pending_.empty()) out += kReplacement;
     pending_.clear();
     return out;
+}
+
+}  // namespace kvfit
+
+namespace kvfit {
+
+std::vector<MergeSymbol> split_utf8_symbols(std::string_view text) {
+    std::vector<MergeSymbol> syms;
+    syms.reserve(text.size());
+    for (size_t off = 0; off < text.size();) {
+        const size_t len = std::min(utf8_seq_len(static_cast<unsigned char>(text[off])), text.size() - off);
+        const int idx = int(syms.size());
+        syms.push_back({idx - 1, off + len == text.size() ? -1 : idx + 1, off, len});
+        off += len;
+    }
+    return syms;
 }
 
 }  // namespace kvfit
