@@ -27,7 +27,8 @@ static int setup(void **state) {
     (void)state;
     g_model_path = test_data_path("models/stories260K.gguf");
     if (g_model_path) g_model_bytes = test_read_file(g_model_path, &g_model_size);
-    snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/kvfit-test-XXXXXX");
+    const char *tmp = getenv("TMPDIR");
+    snprintf(g_tmpdir, sizeof g_tmpdir, "%s/kvfit-test-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(g_tmpdir)) return -1;
     return 0;
 }
