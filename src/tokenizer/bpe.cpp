@@ -176,19 +176,13 @@ protected:
     void encode_fragment(std::string_view text, bool, std::vector<int32_t> &out) const override {
         std::vector<Span> words = split(text);
         const ByteMap &bm = byte_map();
-        // Natural text repeats words a lot; cache their tokens for this call.
-        std::unordered_map<std::string, std::vector<int32_t>> cache;
+        WordCache cache;
         std::string word;
+        auto encode = [this](const std::string &wd, std::vector<int32_t> &ids) { encode_word(wd, ids); };
         for (const Span &w : words) {
             word.clear();
             for (size_t i = 0; i < w.len; i++) word += bm.enc[static_cast<unsigned char>(text[w.off + i])];
-            auto it = cache.find(word);
-            if (it == cache.end()) {
-                std::vector<int32_t> ids;
-                encode_word(word, ids);
-                it = cache.emplace(word, std::move(ids)).first;
-            }
-            out.insert(out.end(), it->second.begin(), it->second.end());
+            cache.append(word, encode, out);
         }
     }
 

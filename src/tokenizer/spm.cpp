@@ -81,7 +81,8 @@ protected:
         // Merges never cross a point where U+2581 follows another character,
         // and merge order restricted to one word is the same as in the whole
         // text, so word-wise results are identical.
-        std::unordered_map<std::string, std::vector<int32_t>> cache;
+        WordCache cache;
+        auto encode_word = [this](const std::string &wd, std::vector<int32_t> &ids) { encode(wd, ids); };
         std::string word;
         size_t start = 0;
         while (start < text.size()) {
@@ -90,13 +91,7 @@ protected:
             end = text.find(kSpace, end);
             if (end == std::string::npos) end = text.size();
             word.assign(text, start, end - start);
-            auto it = cache.find(word);
-            if (it == cache.end()) {
-                std::vector<int32_t> ids;
-                encode(word, ids);
-                it = cache.emplace(word, std::move(ids)).first;
-            }
-            out.insert(out.end(), it->second.begin(), it->second.end());
+            cache.append(word, encode_word, out);
             start = end;
         }
     }

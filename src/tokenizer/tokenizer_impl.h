@@ -77,6 +77,25 @@ bool bpe_pre_supported(const std::string &pre);
 // BPE pre-tokenizers for which llama.cpp adds BOS by default.
 bool bpe_pre_adds_bos(const std::string &pre);
 
+// Token ids of the words already encoded during one tokenize call: natural
+// text repeats words a lot, and a word's ids do not depend on its neighbours.
+class WordCache {
+public:
+    template <typename Encode>
+    void append(const std::string &word, Encode encode, std::vector<int32_t> &out) {
+        auto it = ids_.find(word);
+        if (it == ids_.end()) {
+            std::vector<int32_t> ids;
+            encode(word, ids);
+            it = ids_.emplace(word, std::move(ids)).first;
+        }
+        out.insert(out.end(), it->second.begin(), it->second.end());
+    }
+
+private:
+    std::unordered_map<std::string, std::vector<int32_t>> ids_;
+};
+
 // One piece of a word during BPE merging: the byte range [off, off + n) of
 // the word, linked to its neighbours; n == 0 once merged into its left.
 struct MergeSymbol {
