@@ -171,7 +171,9 @@ int main(int argc, char **argv) {
         if (st) { free(toks); free(text); rc = die("tokenizing", st); break; }
         reply.len = 0;
         if (reply.buf) reply.buf[0] = 0;
-        kvfit_generate_result res = {sizeof res};
+        kvfit_generate_result res;
+        memset(&res, 0, sizeof res);
+        res.struct_size = sizeof res;
         gp.on_token = on_token;
         gp.user_data = &reply;
         st = kvfit_generate(session, toks, n_tok, sampler, &gp, &res);

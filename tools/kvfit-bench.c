@@ -62,7 +62,9 @@ int main(int argc, char **argv) {
     kvfit_model *model;
     kvfit_status st = kvfit_model_load(model_path, NULL, &model);
     if (st) return die("loading", st);
-    kvfit_model_info info = {sizeof info};
+    kvfit_model_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
     kvfit_model_get_info(model, &info);
 
     /* Prompt source: the text file's tokens, or a fixed pseudo-random sequence. */
