@@ -11,10 +11,13 @@
 // the loop its share of parallelism, not a wait for the scheduler.
 #include "backend/cpu/threadpool.h"
 
+#include "common.h"
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -114,10 +117,17 @@ struct ThreadPool::Impl {
 ThreadPool::ThreadPool(int n_threads) : impl_(new Impl), n_threads_(n_threads < 1 ? 1 : n_threads) {
     impl_->n_threads = n_threads_;
     impl_->workers.reserve(size_t(n_threads_ - 1));
-    for (int i = 1; i < n_threads_; i++) impl_->workers.emplace_back([this] { impl_->worker_main(); });
+    try {
+        for (int i = 1; i < n_threads_; i++) impl_->workers.emplace_back([this] { impl_->worker_main(); });
+    } catch (const std::system_error &e) {
+        // Out of threads: stop the ones already started (a joinable std::thread
+        // destroyed unjoined would terminate the process) and report it.
+        shutdown();
+        fail(KVFIT_E_NOMEM, "cannot start %d CPU worker threads: %s", n_threads_ - 1, e.what());
+    }
 }
 
-ThreadPool::~ThreadPool() {
+void ThreadPool::shutdown() {
     {
         std::lock_guard<std::mutex> lk(impl_->mu);
         impl_->stop.store(true);
@@ -125,7 +135,10 @@ ThreadPool::~ThreadPool() {
     impl_->cv.notify_all();
     for (auto &t : impl_->workers) t.join();
     delete impl_;
+    impl_ = nullptr;
 }
+
+ThreadPool::~ThreadPool() { shutdown(); }
 
 void ThreadPool::run(const std::function<void(int ith, int nth)> &fn) {
     if (n_threads_ == 1) {

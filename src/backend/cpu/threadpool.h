@@ -11,7 +11,9 @@ namespace kvfit {
 
 class ThreadPool {
 public:
-    explicit ThreadPool(int n_threads);  // n_threads >= 1; the caller is thread 0
+    // n_threads >= 1; the caller is thread 0. Throws KVFIT_E_NOMEM if the
+    // system cannot start the workers.
+    explicit ThreadPool(int n_threads);
     ~ThreadPool();
     ThreadPool(const ThreadPool &) = delete;
     ThreadPool &operator=(const ThreadPool &) = delete;
@@ -25,6 +27,7 @@ public:
     void run(const std::function<void(int ith, int nth)> &fn);
 
 private:
+    void shutdown();  // stops and joins the workers, frees impl_
     struct Impl;
     Impl *impl_;
     int n_threads_;
