@@ -223,12 +223,41 @@ KVFIT_API kvfit_status kvfit_chat_apply(const kvfit_model *model, const char *te
 
 /* ---- Sessions --------------------------------------------------------------- */
 
+/* How an attention layer stores its keys and values. */
+typedef enum kvfit_kv_codec {
+    KVFIT_KV_AUTO = 0,        /* the planner chooses */
+    KVFIT_KV_F16 = 1,         /* 16-bit floats: 2 bytes per value */
+    KVFIT_KV_Q8 = 2,          /* int8, one fp16 scale per 32 values: 1.0625 bytes per value */
+    KVFIT_KV_Q4 = 3,          /* int4, fp16 scale + minimum per 32 values: 0.625 bytes per value */
+    KVFIT_KV_Q4_HADAMARD = 4, /* Q4 with keys rotated by a fixed randomized Hadamard transform first */
+    KVFIT_KV_CODEC_MAX_ENUM = 0x7FFFFFFF
+} kvfit_kv_codec;
+
+/* A session's KV memory.
+ *
+ * Dense (kv_budget_bytes = 0 and n_window = 0): every layer keeps all n_ctx
+ * tokens at F16 (or kv_codec); a prompt that does not fit fails with
+ * KVFIT_E_CONTEXT_FULL.
+ *
+ * Streaming (kv_budget_bytes > 0, or n_window > 0): each attention layer keeps
+ * n_sink "attention sink" tokens (the first of the stream) for ever plus a ring
+ * of the n_window most recent ones, so the session ingests and generates
+ * without end at constant memory. With a budget, the planner picks the codec
+ * and window (what the caller pins is kept) to cover n_ctx tokens if possible,
+ * else the longest window that fits; everything the session keeps per token
+ * is allocated at creation and counted in the budget. A budget too small for
+ * the smallest plan fails with KVFIT_E_BUDGET naming the smallest budget that
+ * works. */
 typedef struct kvfit_session_params {
     uint32_t struct_size;
-    uint32_t n_ctx;           /* tokens the cache holds; 0 = the model's training context */
+    uint32_t n_ctx;           /* dense: tokens the cache holds; streaming: the context the planner aims to cover.
+                                 0 = the model's training context */
     uint32_t n_batch;         /* tokens per prefill step; 0 = 512 */
     int32_t n_threads;        /* CPU threads; 0 = all cores (at most 16) */
-    uint64_t kv_budget_bytes; /* 0 = whatever n_ctx needs at full precision */
+    uint64_t kv_budget_bytes; /* 0 = no budget (dense unless n_window is set) */
+    int32_t n_sink;           /* sink tokens per attention layer; -1 (default) = 4 when streaming */
+    uint32_t n_window;        /* ring size in tokens; 0 = the planner decides (dense without a budget) */
+    kvfit_kv_codec kv_codec;  /* KVFIT_KV_AUTO (default) = the planner decides (F16 without a budget) */
 } kvfit_session_params;
 
 KVFIT_API void kvfit_session_params_init(kvfit_session_params *params);
@@ -259,6 +288,33 @@ KVFIT_API uint64_t kvfit_session_n_past(const kvfit_session *session);
 
 /* Bytes this session allocated for per-token and per-sequence state. */
 KVFIT_API uint64_t kvfit_session_kv_bytes(const kvfit_session *session);
+
+/* What the planner chose for one layer. */
+typedef enum kvfit_layer_kind {
+    KVFIT_LAYER_DENSE = 0,     /* attention over every token of the context */
+    KVFIT_LAYER_STREAMING = 1, /* attention over sinks + a sliding window */
+    KVFIT_LAYER_KIND_MAX_ENUM = 0x7FFFFFFF
+} kvfit_layer_kind;
+
+typedef struct kvfit_layer_plan {
+    kvfit_layer_kind kind;
+    kvfit_kv_codec codec;
+    uint32_t n_sink;
+    uint32_t n_window; /* dense layers: the tokens they hold */
+    uint64_t bytes;    /* everything this layer keeps: codes, scales, minima */
+} kvfit_layer_plan;
+
+/* The session's plan: up to capacity layers into layers (may be NULL with
+ * capacity 0 to ask for the count), the number of layers in *n_layers, and
+ * the bytes of all per-session KV state in *total_bytes (may be NULL). */
+KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_layer_plan *layers, size_t capacity,
+                                          size_t *n_layers, uint64_t *total_bytes);
+
+/* Like kvfit_session_prefill, and also writes nll[i] = -log p(tokens[i] | all
+ * tokens before it) in nats, for perplexity. nll[0] uses the logits the session
+ * had before the call (NaN if it had none). */
+KVFIT_API kvfit_status kvfit_session_prefill_nll(kvfit_session *session, const int32_t *tokens, size_t n_tokens,
+                                                 float *nll);
 
 /* ---- Sampling ---------------------------------------------------------------- */
 

@@ -262,6 +262,8 @@ KVFIT_API void kvfit_session_params_init(kvfit_session_params *p) {
     if (!p) return;
     std::memset(p, 0, sizeof *p);
     p->struct_size = sizeof *p;
+    p->n_sink = -1;
+    p->kv_codec = KVFIT_KV_AUTO;
 }
 
 KVFIT_API kvfit_status kvfit_session_create(kvfit_model *model, const kvfit_session_params *params,
@@ -310,6 +312,33 @@ KVFIT_API uint64_t kvfit_session_n_past(const kvfit_session *session) {
 
 KVFIT_API uint64_t kvfit_session_kv_bytes(const kvfit_session *session) {
     return session && session->s ? session->s->kv_bytes() : 0;
+}
+
+KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_layer_plan *layers, size_t capacity,
+                                          size_t *n_layers, uint64_t *total_bytes) {
+    return guard([&] {
+        const kvfit::KVPlan &plan = session_of(session).plan();
+        REQUIRE(layers || capacity == 0, "layers is NULL");
+        if (n_layers) *n_layers = plan.layers.size();
+        if (total_bytes) *total_bytes = plan.total_bytes;
+        for (size_t i = 0; i < plan.layers.size() && i < capacity; i++) {
+            const kvfit::LayerPlan &lp = plan.layers[i];
+            layers[i].kind = lp.kind;
+            layers[i].codec = kvfit::layer_codec(lp);
+            layers[i].n_sink = lp.n_sink;
+            layers[i].n_window = lp.n_window;
+            layers[i].bytes = lp.bytes;
+        }
+    });
+}
+
+KVFIT_API kvfit_status kvfit_session_prefill_nll(kvfit_session *session, const int32_t *tokens, size_t n_tokens,
+                                                 float *nll) {
+    return guard([&] {
+        kvfit::Session &s = session_of(session);
+        REQUIRE(tokens || n_tokens == 0, "tokens is NULL");
+        s.prefill_nll(tokens, n_tokens, nll);
+    });
 }
 
 /* ---- sampling ---- */

@@ -1,6 +1,7 @@
 #include "session.h"
 
 #include <algorithm>
+#include <cmath>
 #include <thread>
 
 #include "common.h"
@@ -20,25 +21,19 @@ int default_threads() {
 
 Session::Session(const Model &model, const kvfit_session_params &p) : model_(model) {
     if (model.vocab_only()) fail(KVFIT_E_ARG, "the model was loaded with vocab_only; sessions need weights");
-    const HParams &hp = model.hparams();
-    uint32_t n_ctx = p.n_ctx ? p.n_ctx : uint32_t(hp.n_ctx_train);
-    if (n_ctx > (1u << 24)) fail(KVFIT_E_ARG, "n_ctx %u is too large", n_ctx);
-    n_batch_ = int(p.n_batch ? std::min<uint32_t>(p.n_batch, 4096) : 512);
-    n_batch_ = std::min<int>(n_batch_, int(n_ctx));
-    int n_threads = p.n_threads > 0 ? std::min(p.n_threads, 256) : default_threads();
     if (p.n_threads < 0) fail(KVFIT_E_ARG, "n_threads must be >= 0 (0 = all cores), got %d", p.n_threads);
-
+    const HParams &hp = model.hparams();
     const KVShape shape = model.kv_shape();
-    const uint64_t need = 2ull * n_ctx * uint64_t(shape.n_layer) * shape.n_head_kv * shape.head_dim * sizeof(uint16_t);
-    if (p.kv_budget_bytes && need > p.kv_budget_bytes)
-        fail(KVFIT_E_BUDGET,
-             "a full-precision cache of %u tokens needs %llu bytes, more than the budget of %llu bytes "
-             "(lower n_ctx, or raise kv_budget_bytes to at least %llu)",
-             n_ctx, (unsigned long long)need, (unsigned long long)p.kv_budget_bytes, (unsigned long long)need);
+    const KVPlan plan = plan_kv(shape, p, uint32_t(hp.n_ctx_train));
+    // A streaming batch may not exceed the window (its tokens must not evict
+    // each other before they are attended); a dense one, the capacity.
+    n_batch_ = int(p.n_batch ? std::min<uint32_t>(p.n_batch, 4096) : 512);
+    n_batch_ = std::min<int>(n_batch_, int(plan.layers[0].n_window));
+    const int n_threads = p.n_threads > 0 ? std::min(p.n_threads, 256) : default_threads();
 
     const int64_t max_cols = std::max<int64_t>({hp.n_embd, hp.n_ff, int64_t(hp.n_head) * hp.head_dim});
-    stream_ = model.backend().create_stream(n_threads, n_batch_, max_cols, int(n_ctx));
-    cache_ = std::make_unique<PlainKVCache>(*stream_, shape, n_ctx);
+    stream_ = model.backend().create_stream(n_threads, std::max(n_batch_, kLogitRows), max_cols, int(plan.capacity()));
+    cache_ = std::make_unique<KVCache>(*stream_, shape, plan, hp.rope, n_batch_);
     bufs_ = alloc_forward_buffers(model, *stream_, n_batch_);
     logits_.resize(size_t(hp.n_vocab));
 }
@@ -48,20 +43,61 @@ void Session::reset() {
     has_logits_ = false;
 }
 
-void Session::prefill(const int32_t *tokens, size_t n) {
+void Session::prefill(const int32_t *tokens, size_t n) { run(tokens, n, nullptr); }
+
+void Session::prefill_nll(const int32_t *tokens, size_t n, float *nll) {
+    if (n && !nll) fail(KVFIT_E_ARG, "nll is NULL");
+    run(tokens, n, nll);
+}
+
+namespace {
+
+// -log softmax(logits)[target], computed stably.
+float nll_of(const float *logits, int32_t n_vocab, int32_t target) {
+    float mx = logits[0];
+    for (int32_t i = 1; i < n_vocab; i++) mx = std::max(mx, logits[i]);
+    double sum = 0;
+    for (int32_t i = 0; i < n_vocab; i++) sum += std::exp(double(logits[i] - mx));
+    return float(std::log(sum) - double(logits[target] - mx));
+}
+
+}  // namespace
+
+void Session::run(const int32_t *tokens, size_t n, float *nll) {
     if (n == 0) return;
     if (!tokens) fail(KVFIT_E_ARG, "tokens is NULL");
     const int32_t n_vocab = model_.hparams().n_vocab;
     for (size_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= n_vocab)
             fail(KVFIT_E_TOKEN, "token %d at index %zu is outside the vocabulary [0, %d)", tokens[i], i, n_vocab);
-    if (n_past_ + n > n_ctx())
+    if (!has_room(n))
         fail(KVFIT_E_CONTEXT_FULL, "%zu tokens do not fit: the session holds %llu of %u tokens", n,
-             (unsigned long long)n_past_, n_ctx());
+             (unsigned long long)n_past_, cache_->capacity());
+    if (nll) {
+        nll[0] = has_logits_ ? nll_of(logits_.data(), n_vocab, tokens[0]) : NAN;
+        if (!nll_logits_) {  // first use: a few rows of logits, kept for the session's life
+            nll_logits_ = static_cast<float *>(stream_->alloc(size_t(kLogitRows) * size_t(n_vocab) * 4));
+            nll_host_.resize(size_t(kLogitRows) * size_t(n_vocab));
+        }
+    }
+    const size_t d = size_t(model_.hparams().n_embd);
     for (size_t done = 0; done < n;) {
         const int c = int(std::min<size_t>(size_t(n_batch_), n - done));
-        forward(model_, *stream_, *cache_, bufs_, tokens + done, c, uint32_t(n_past_));
+        forward(model_, *stream_, *cache_, bufs_, tokens + done, c, n_past_, nll != nullptr);
         n_past_ += uint64_t(c);
+        if (nll) {
+            // Row r predicts token done + r + 1; the batch's last row predicts the next batch's first.
+            for (int r0 = 0; r0 < c; r0 += kLogitRows) {
+                const int rows = std::min(kLogitRows, c - r0);
+                output_logits(model_, *stream_, bufs_.xn + size_t(r0) * d, rows, nll_logits_);
+                stream_->download(nll_host_.data(), nll_logits_, size_t(rows) * size_t(n_vocab) * 4);
+                stream_->synchronize();
+                for (int r = 0; r < rows; r++) {
+                    const size_t next = done + size_t(r0 + r) + 1;
+                    if (next < n) nll[next] = nll_of(nll_host_.data() + size_t(r) * n_vocab, n_vocab, tokens[next]);
+                }
+            }
+        }
         done += size_t(c);
     }
     stream_->download(logits_.data(), bufs_.logits, logits_.size() * sizeof(float));
@@ -92,7 +128,7 @@ void Session::generate(const int32_t *prompt, size_t n_prompt, Sampler *sampler,
     const int32_t n_vocab = model_.hparams().n_vocab;
     Utf8Stream utf8;
     while (result.n_generated < gp.max_tokens) {
-        if (n_past_ >= n_ctx()) {
+        if (!has_room(1)) {
             result.stop_reason = KVFIT_STOP_CONTEXT;
             break;
         }

@@ -22,11 +22,16 @@ public:
     // Appends tokens (in batches of n_batch) and computes the last one's logits.
     // Validates everything first, so a failure leaves the session unchanged.
     void prefill(const int32_t *tokens, size_t n);
+    // prefill that also writes nll[i] = -log p(tokens[i] | before); nll[0]
+    // uses the logits from before the call (NaN without).
+    void prefill_nll(const int32_t *tokens, size_t n, float *nll);
     const std::vector<float> &logits() const;  // throws KVFIT_E_STATE before any token
     bool has_logits() const { return has_logits_; }
     uint64_t n_past() const { return n_past_; }
-    uint32_t n_ctx() const { return cache_->capacity(); }
+    // Whether one more token fits: always for a streaming cache.
+    bool has_room(uint64_t n) const { return cache_->streaming() || n_past_ + n <= cache_->capacity(); }
     uint64_t kv_bytes() const { return cache_->bytes(); }
+    const KVPlan &plan() const { return cache_->plan(); }
     const Model &model() const { return model_; }
 
     // Generation loop behind kvfit_generate; sampler may be null (greedy).
@@ -34,6 +39,7 @@ public:
                   kvfit_generate_result &result);
 
 private:
+    void run(const int32_t *tokens, size_t n, float *nll);
     const Model &model_;
     int n_batch_;
     std::unique_ptr<Stream> stream_;
@@ -42,6 +48,8 @@ private:
     uint64_t n_past_ = 0;
     bool has_logits_ = false;
     std::vector<float> logits_;
+    float *nll_logits_ = nullptr;  // [kLogitRows][n_vocab], allocated on the first prefill_nll
+    std::vector<float> nll_host_;  // host copy of those rows
 };
 
 }  // namespace kvfit

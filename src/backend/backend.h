@@ -43,16 +43,28 @@ struct RopeParams {
     const float *freq_factors = nullptr;  // optional per-pair divisors (n_dims/2), device address
 };
 
-// Causal attention of n_q query tokens over a cache of contiguous K/V rows.
-struct AttentionParams {
-    int n_q = 0;           // query tokens
+// Attention of n_q new queries over a KV cache of encoded, pre-RoPE rows laid
+// out as sinks + ring (see src/kv/kv_cache.h). The new tokens' K/V rows are
+// read from the staging rows, the older ones from their cache slots; every key
+// is rotated to its cache position, each query to its own.
+struct CacheAttention {
+    int n_q = 0;
     int n_head = 0;
-    int n_head_kv = 0;     // GQA: query head h reads KV head h / (n_head / n_head_kv)
+    int n_head_kv = 0;          // GQA: query head h reads KV head h / (n_head / n_head_kv)
     int head_dim = 0;
-    int n_kv = 0;          // cache rows visible to the last query
-    int q_offset = 0;      // query i sees cache rows [0, q_offset + i]
-    float scale = 1.0f;    // applied to q.k
-    size_t kv_row_stride = 0;  // elements between consecutive cache rows (n_head_kv * head_dim)
+    uint64_t pos0 = 0;          // stream position of the first query
+    uint32_t n_sink = 0;
+    uint32_t n_window = 0;      // ring slots (dense: the capacity)
+    bool streaming = false;     // dense caches neither evict nor remap positions
+    int codec = 1;              // KVCodec
+    bool hadamard = false;      // keys were Hadamard-rotated before encoding
+    size_t row_bytes = 0;       // encoded bytes of one token's K (or V), all KV heads
+    size_t head_bytes = 0;      // encoded bytes of one head's part of a row
+    const uint8_t *k = nullptr, *v = nullptr;          // slot-indexed cache rows
+    const uint8_t *k_new = nullptr, *v_new = nullptr;  // the n_q new tokens' rows
+    const float *rope_cs = nullptr;  // [n_sink + n_window][rope.n_dims / 2][2] cos, sin per cache position
+    RopeParams rope;
+    float scale = 1.0f;
 };
 
 class Stream {
@@ -71,14 +83,14 @@ public:
     virtual void rmsnorm(const float *x, const Weight &w, float eps, int n, float *y) = 0;
     // y[t][r] = dot(w row r, x[t]); x is [n][w.n_cols], y is [n][w.n_rows].
     virtual void matmul(const Weight &w, const float *x, int n, float *y) = 0;
-    // Rotates n rows of n_head heads of head_dim in place; pos is a device array of n positions.
-    virtual void rope(float *x, int n, int n_head, int head_dim, const int32_t *pos, const RopeParams &p) = 0;
-    // Stores n rows of K and V (n_head_kv * head_dim floats each) as F16 at cache rows [row0, row0 + n).
-    virtual void kv_store_f16(const float *k, const float *v, int n, size_t row_elems, uint16_t *k_cache,
-                              uint16_t *v_cache, int row0) = 0;
-    // out[i] = softmax(scale * q[i] . K^T, causal) V for F16 K/V caches; q, out are [n_q][n_head * head_dim].
-    virtual void attention_f16(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
-                               const AttentionParams &p, float *out) = 0;
+    // Encodes n rows of n_heads heads of head_dim floats with a KV codec
+    // (optionally Hadamard-rotating each head first; x is then modified).
+    virtual void kv_encode(int codec, bool hadamard, float *x, int n, int n_heads, int head_dim, uint8_t *dst) = 0;
+    // out[i] = softmax(scale * q_i . K^T) V over what query i may see; q is
+    // [n_q][n_head * head_dim] before RoPE (left unchanged).
+    virtual void cache_attention(const CacheAttention &a, const float *q, float *out) = 0;
+    // Device-to-device copy.
+    virtual void copy(void *dst, const void *src, size_t bytes) = 0;
     // out = silu(gate) * up, n floats.
     virtual void swiglu(const float *gate, const float *up, size_t n, float *out) = 0;
     // y += x, n floats.

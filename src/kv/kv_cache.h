@@ -1,54 +1,88 @@
-// The KV cache seen by a forward pass: it stores each new token's K and V and
-// answers attention queries over what it holds. The forward pass knows nothing
-// else about it, so the budgeted cache (sinks + ring, quantized codecs) can
-// replace the plain one without touching the model code.
+// A session's KV memory, as the forward pass sees it, and the planner that
+// sizes it from a byte budget.
+//
+// Layout of an attention layer (see the design notes): n_sink slots hold the
+// first tokens of the stream for ever; a ring of n_window slots holds the most
+// recent ones. Token t goes to slot t if t < n_sink, else to
+// n_sink + (t - n_sink) mod n_window. Keys are stored before RoPE and rotated
+// at attention time to their *cache* position (sinks 0..S-1, then the window
+// in chronological order), the query to the position after the newest one, so
+// relative distances never exceed S + W however long the stream runs. A dense
+// cache is the special case S = 0, W = capacity, no eviction.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "kv/codec.h"
+#include "kvfit.h"
 
 namespace kvfit {
-
-class Stream;
 
 struct KVShape {
     int n_layer = 0;
     int n_head = 0;
     int n_head_kv = 0;
     int head_dim = 0;
+    int rope_dims = 0;  // rotated dimensions of each head
 };
+
+struct LayerPlan {
+    kvfit_layer_kind kind = KVFIT_LAYER_DENSE;
+    KVCodec codec = KVCodec::F16;
+    bool hadamard = false;  // keys rotated by a fixed Hadamard transform before encoding
+    uint32_t n_sink = 0;
+    uint32_t n_window = 0;
+    uint64_t bytes = 0;
+};
+
+struct KVPlan {
+    bool streaming = false;       // evicts (sinks + ring); else dense with a hard capacity
+    std::vector<LayerPlan> layers;
+    uint64_t rope_table_bytes = 0;  // cos/sin of every cache position, shared by the layers
+    uint64_t total_bytes = 0;       // everything allocated per session for KV state
+    uint32_t capacity() const { return layers.empty() ? 0 : layers[0].n_sink + layers[0].n_window; }
+};
+
+// Bytes one token costs in one layer (K and V of every KV head).
+uint64_t kv_token_bytes(const KVShape &shape, KVCodec codec);
+
+// Chooses the plan for a session (throws KVFIT_E_BUDGET with the smallest
+// workable budget in the message, or KVFIT_E_ARG for contradictory pins).
+KVPlan plan_kv(const KVShape &shape, const kvfit_session_params &params, uint32_t n_ctx_train);
 
 class KVCache {
 public:
-    virtual ~KVCache() = default;
-    // Tokens the cache can hold in total.
-    virtual uint32_t capacity() const = 0;
-    // Bytes of device memory the cache allocated (all of it, at creation).
-    virtual size_t bytes() const = 0;
-    // Stores K and V ([n][n_head_kv * head_dim], K after RoPE) of tokens at
-    // stream positions [pos0, pos0 + n) for one layer.
-    virtual void store(Stream &s, int layer, const float *k, const float *v, int n, uint32_t pos0) = 0;
-    // Causal attention of n queries at positions [pos0, pos0 + n) over every
-    // stored token up to each query; q and out are [n][n_head * head_dim].
-    virtual void attend(Stream &s, int layer, const float *q, int n, uint32_t pos0, float *out) = 0;
-};
+    KVCache(Stream &s, const KVShape &shape, const KVPlan &plan, const RopeParams &rope, int max_batch);
+    const KVPlan &plan() const { return plan_; }
+    uint64_t bytes() const { return plan_.total_bytes; }
+    // Tokens a dense cache can hold; a streaming cache holds any number.
+    uint32_t capacity() const { return plan_.capacity(); }
+    bool streaming() const { return plan_.streaming; }
 
-// Full-precision (F16) cache holding `capacity` tokens of every layer.
-class PlainKVCache final : public KVCache {
-public:
-    PlainKVCache(Stream &s, const KVShape &shape, uint32_t capacity);
-    uint32_t capacity() const override { return capacity_; }
-    size_t bytes() const override { return bytes_; }
-    void store(Stream &s, int layer, const float *k, const float *v, int n, uint32_t pos0) override;
-    void attend(Stream &s, int layer, const float *q, int n, uint32_t pos0, float *out) override;
+    // For n new tokens at stream positions [pos0, pos0 + n) of one layer:
+    // q ([n][n_head * head_dim]), k and v ([n][n_head_kv * head_dim]), all
+    // before RoPE. Stores K/V (encoded) and writes the attention output of
+    // each query over what it may see to out ([n][n_head * head_dim]).
+    // k is used as scratch. n must not exceed the window of a
+    // streaming cache or the free room of a dense one.
+    void attend(Stream &s, int layer, const float *q, float *k, const float *v, int n, uint64_t pos0, float *out);
 
 private:
     KVShape shape_;
-    uint32_t capacity_;
-    size_t row_elems_;   // n_head_kv * head_dim
-    size_t bytes_;
-    uint16_t *k_ = nullptr;  // [n_layer][capacity][row_elems] F16
-    uint16_t *v_ = nullptr;
+    KVPlan plan_;
+    size_t row_elems_;  // n_head_kv * head_dim
+    std::vector<uint8_t *> k_, v_;  // per layer: (S + W) rows of encoded K / V
+    std::vector<size_t> row_bytes_; // per layer: encoded bytes of one token's K (= V)
+    float *rope_cs_ = nullptr;      // [S + W][rope_dims / 2][2] cos, sin of each cache position
+    RopeParams rope_;
+    uint8_t *k_new_ = nullptr, *v_new_ = nullptr;  // staging: the current batch's encoded rows
 };
+
+// The public name of a layer's codec.
+kvfit_kv_codec layer_codec(const LayerPlan &lp);
 
 }  // namespace kvfit

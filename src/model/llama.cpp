@@ -1,25 +1,16 @@
 // Forward pass of the llama architecture (SmolLM2, Llama 2/3, TinyLlama,
-// Mistral): pre-norm blocks of RoPE GQA attention and a SwiGLU FFN.
-#include <algorithm>
-#include <vector>
-
+// Mistral): pre-norm blocks of RoPE GQA attention and a SwiGLU FFN. RoPE is
+// applied by the KV cache, which stores keys before rotation.
 #include "common.h"
 #include "model/model.h"
 
 namespace kvfit {
 
 void forward(const Model &m, Stream &s, KVCache &cache, ForwardBuffers &b, const int32_t *tokens, int n,
-             uint32_t pos0) {
+             uint64_t pos0, bool all_hidden) {
     const HParams &hp = m.hparams();
     const ModelWeights &w = m.weights();
     if (n <= 0 || n > b.max_tokens) fail(KVFIT_E_INTERNAL, "forward batch of %d tokens (max %d)", n, b.max_tokens);
-
-    int32_t pos[1024];
-    for (int done = 0; done < n; done += 1024) {  // positions uploaded in pieces; no per-call heap use
-        const int c = std::min(1024, n - done);
-        for (int i = 0; i < c; i++) pos[i] = int32_t(pos0) + done + i;
-        s.upload(b.pos + done, pos, size_t(c) * 4);
-    }
     s.upload(b.ids, tokens, size_t(n) * 4);
 
     const size_t d = size_t(hp.n_embd);
@@ -31,10 +22,7 @@ void forward(const Model &m, Stream &s, KVCache &cache, ForwardBuffers &b, const
         s.matmul(L.wq, b.xn, n, b.q);
         s.matmul(L.wk, b.xn, n, b.k);
         s.matmul(L.wv, b.xn, n, b.v);
-        s.rope(b.q, n, hp.n_head, hp.head_dim, b.pos, hp.rope);
-        s.rope(b.k, n, hp.n_head_kv, hp.head_dim, b.pos, hp.rope);
-        cache.store(s, l, b.k, b.v, n, pos0);
-        cache.attend(s, l, b.q, n, pos0, b.att);
+        cache.attend(s, l, b.q, b.k, b.v, n, pos0, b.att);
         s.matmul(L.wo, b.att, n, b.proj);
         s.add(b.x, b.proj, size_t(n) * d);
         // feed-forward block
@@ -45,10 +33,18 @@ void forward(const Model &m, Stream &s, KVCache &cache, ForwardBuffers &b, const
         s.matmul(L.ffn_down, b.gate, n, b.proj);
         s.add(b.x, b.proj, size_t(n) * d);
     }
+    if (all_hidden) {
+        s.rmsnorm(b.x, w.output_norm, hp.rms_eps, n, b.xn);
+        s.matmul(w.output, b.xn + size_t(n - 1) * d, 1, b.logits);
+        return;
+    }
     // Only the newest token's logits are needed for generation.
-    const float *last = b.x + size_t(n - 1) * d;
-    s.rmsnorm(last, w.output_norm, hp.rms_eps, 1, b.xn);
+    s.rmsnorm(b.x + size_t(n - 1) * d, w.output_norm, hp.rms_eps, 1, b.xn);
     s.matmul(w.output, b.xn, 1, b.logits);
+}
+
+void output_logits(const Model &m, Stream &s, const float *hidden, int n, float *logits) {
+    s.matmul(m.weights().output, hidden, n, logits);
 }
 
 }  // namespace kvfit

@@ -186,8 +186,7 @@ ForwardBuffers alloc_forward_buffers(const Model &m, Stream &s, int max_tokens) 
         return static_cast<float *>(s.alloc(n * 4));
     };
     b.ids = static_cast<int32_t *>(s.alloc(T * 4));
-    b.pos = static_cast<int32_t *>(s.alloc(T * 4));
-    b.bytes += T * 8;
+    b.bytes += T * 4;
     b.x = floats(T * hp.n_embd);
     b.xn = floats(T * hp.n_embd);
     b.q = floats(T * qd);

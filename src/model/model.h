@@ -59,7 +59,7 @@ public:
     const GGUFFile &file() const { return *file_; }
     Backend &backend() const { return *backend_; }
     bool vocab_only() const { return !backend_; }
-    KVShape kv_shape() const { return {hp_.n_layer, hp_.n_head, hp_.n_head_kv, hp_.head_dim}; }
+    KVShape kv_shape() const { return {hp_.n_layer, hp_.n_head, hp_.n_head_kv, hp_.head_dim, hp_.rope.n_dims}; }
 
     const std::string &name() const { return name_; }
     const char *chat_template() const { return chat_template_; }
@@ -85,7 +85,6 @@ private:
 struct ForwardBuffers {
     int max_tokens = 0;
     int32_t *ids = nullptr;  // [max_tokens]
-    int32_t *pos = nullptr;  // [max_tokens]
     float *x = nullptr;      // [max_tokens][n_embd] residual stream
     float *xn = nullptr;     // [max_tokens][n_embd] normalised input
     float *q = nullptr;      // [max_tokens][n_head * head_dim]
@@ -99,12 +98,21 @@ struct ForwardBuffers {
     size_t bytes = 0;
 };
 
+// Rows of logits computed at once when every position's logits are wanted
+// (perplexity), so the buffer stays small whatever the batch.
+constexpr int kLogitRows = 32;
+
 ForwardBuffers alloc_forward_buffers(const Model &m, Stream &s, int max_tokens);
 
 // Runs n tokens (n <= bufs.max_tokens) at stream positions [pos0, pos0 + n)
 // through the model, storing their K/V in the cache, and leaves the last
-// token's logits in bufs.logits (device). Asynchronous until s.synchronize().
+// token's logits in bufs.logits (device). With all_hidden, bufs.xn holds the
+// final normalised hidden state of every token (for output_logits).
+// Asynchronous until s.synchronize().
 void forward(const Model &m, Stream &s, KVCache &cache, ForwardBuffers &bufs, const int32_t *tokens, int n,
-             uint32_t pos0);
+             uint64_t pos0, bool all_hidden = false);
+
+// logits ([n][n_vocab], device) of n <= kLogitRows normalised hidden rows.
+void output_logits(const Model &m, Stream &s, const float *hidden, int n, float *logits);
 
 }  // namespace kvfit

@@ -19,52 +19,73 @@
 #include "common.h"
 #include "gguf/ggml_types.h"
 #include "gguf/gguf.h"
+#include "kv/codec.h"
 
 namespace kvfit {
 
 namespace {
 
-// out += w * fp16 row, the inner loop of attention's value sum.
-void axpy_f16_scalar(int n, float w, const uint16_t *v, float *out) {
-    for (int i = 0; i < n; i++) out[i] += w * fp16_to_fp32(v[i]);
+// Rotates pairs (2i, 2i+1) of v by the angles whose cos, sin are interleaved
+// in cs: the attention-time RoPE of every cached key, so it must be cheap.
+void rotate_norm_scalar(float *v, const float *cs, int n_dims) {
+    for (int i = 0; i < n_dims / 2; i++) {
+        const float x0 = v[2 * i], x1 = v[2 * i + 1];
+        v[2 * i] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
+        v[2 * i + 1] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+    }
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) void axpy_f16_avx2(int n, float w, const uint16_t *v, float *out) {
-    __m256 wv = _mm256_set1_ps(w);
+__attribute__((target("avx2,fma"))) void rotate_norm_avx2(float *v, const float *cs, int n_dims) {
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(v + i)));
-        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(wv, x, _mm256_loadu_ps(out + i)));
+    for (; i + 8 <= n_dims; i += 8) {
+        const __m256 x = _mm256_loadu_ps(v + i), t = _mm256_loadu_ps(cs + i);
+        const __m256 c = _mm256_moveldup_ps(t), sn = _mm256_movehdup_ps(t);
+        const __m256 swapped = _mm256_permute_ps(x, 0xB1);  // (x1, x0) in each pair
+        _mm256_storeu_ps(v + i, _mm256_addsub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(swapped, sn)));
     }
-    for (; i < n; i++) out[i] += w * fp16_to_fp32(v[i]);
+    if (i < n_dims) rotate_norm_scalar(v + i, cs + i, n_dims - i);
 }
-
-using AxpyF16 = void (*)(int, float, const uint16_t *, float *);
-
 #endif
 
-AxpyF16 pick_axpy_f16() {
+using RotateFn = void (*)(float *, const float *, int);
+
+RotateFn pick_rotate() {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        return axpy_f16_avx2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return rotate_norm_avx2;
 #endif
-    return axpy_f16_scalar;
+    return rotate_norm_scalar;
 }
 
 class CpuStream final : public Stream {
 public:
     CpuStream(int n_threads, int max_tokens, int64_t max_cols, int max_kv)
-        : pool_(n_threads), k_(kernels_best()), axpy_(pick_axpy_f16()), max_kv_(max_kv) {
+        : pool_(n_threads), k_(kernels_best()), rotate_norm_(pick_rotate()), max_kv_(max_kv) {
         size_t scratch = 0;
         for (uint32_t t : {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0})
             scratch = std::max(scratch, matmul_scratch_bytes(t, max_cols, max_tokens));
         matmul_scratch_.resize(scratch);
-        // Per thread: attention scores over the cache, an f16 copy of the query head, an f32 accumulator.
-        per_thread_ = size_t(max_kv) + 1024;
-        attn_scratch_.resize(per_thread_ * size_t(pool_.size()));
-        rope_cs_.resize(1024);  // cos/sin pairs of one position; n_dims <= 512 is checked at load
+        max_tokens_ = max_tokens;
+    }
+
+    // y += w * x over n floats (the compiler vectorises it).
+    static void axpy_f32(int n, float w, const float *__restrict x, float *__restrict y) {
+        for (int c = 0; c < n; c++) y[c] += w * x[c];
+    }
+
+    // Rotates one head vector to cache position pos (RoPE from the cache's cos/sin table).
+    void rotate(float *v, uint32_t pos, const CacheAttention &a) const {
+        const int half = a.rope.n_dims / 2;
+        const float *cs = a.rope_cs + size_t(pos) * size_t(half) * 2;
+        if (a.rope.mode == RopeMode::Norm) return rotate_norm_(v, cs, a.rope.n_dims);
+        for (int i = 0; i < half; i++) {
+            const int x = a.rope.mode == RopeMode::Norm ? 2 * i : i;
+            const int y = a.rope.mode == RopeMode::Norm ? 2 * i + 1 : i + half;
+            const float x0 = v[x], x1 = v[y];
+            v[x] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
+            v[y] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+        }
     }
     ~CpuStream() override {
         for (void *p : allocs_) std::free(p);
@@ -114,76 +135,220 @@ public:
                       matmul_scratch_.data());
     }
 
-    void rope(float *x, int n, int n_head, int head_dim, const int32_t *pos, const RopeParams &p) override {
-        const int half = p.n_dims / 2;
-        // Angles advance by repeated multiplication in float, the way ggml computes them,
-        // so positions far into the context round the same way.
-        const float theta_scale = std::pow(p.freq_base, -2.0f / float(p.n_dims));
-        float *cs = rope_cs_.data();
-        for (int t = 0; t < n; t++) {
-            float theta = float(pos[t]) * p.freq_scale;
-            for (int i = 0; i < half; i++) {
-                float th = p.freq_factors ? theta / p.freq_factors[i] : theta;
-                cs[2 * i] = std::cos(th);
-                cs[2 * i + 1] = std::sin(th);
-                theta *= theta_scale;
-            }
-            for (int h = 0; h < n_head; h++) {
-                float *v = x + (size_t(t) * n_head + h) * head_dim;
-                for (int i = 0; i < half; i++) {
-                    int a = p.mode == RopeMode::Norm ? 2 * i : i;
-                    int b = p.mode == RopeMode::Norm ? 2 * i + 1 : i + half;
-                    float x0 = v[a], x1 = v[b];
-                    v[a] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
-                    v[b] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+    void kv_encode(int codec, bool hadamard, float *x, int n, int n_heads, int head_dim, uint8_t *dst) override {
+        const KVCodec c = KVCodec(codec);
+        const size_t hb = codec_row_bytes(c, head_dim);
+        for (int r = 0; r < n * n_heads; r++) {
+            float *h = x + size_t(r) * head_dim;
+            if (hadamard) hadamard_rotate(h, head_dim);
+            codec_encode(c, h, dst + size_t(r) * hb, head_dim);
+        }
+    }
+
+    void copy(void *dst, const void *src, size_t bytes) override { std::memmove(dst, src, bytes); }
+
+    // One new token (decode): the visible keys are split over the threads and
+    // the partial softmax sums merged, as flash-decoding does, because a
+    // handful of KV heads alone would leave threads idle. The visible list
+    // (sinks, then the window in order) is indexed by cache position.
+    void decode_attention(const CacheAttention &a, const float *q, float *out) {
+        const uint32_t S = a.n_sink, W = a.n_window;
+        const int hd = a.head_dim, group = a.n_head / a.n_head_kv;
+        const KVCodec codec = KVCodec(a.codec);
+        const uint64_t t = a.pos0;
+        const uint32_t sinks_vis = uint32_t(std::min<uint64_t>(S, t + 1));
+        const uint64_t wb = a.streaming ? std::max<uint64_t>(S, t + 1 > W ? t + 1 - W : 0) : uint64_t(S);
+        const uint32_t n_vis = sinks_vis + (t + 1 > wb ? uint32_t(t + 1 - wb) : 0);
+        const int kc = std::max(1, std::min<int>(pool_.size(), int(n_vis / 64)));  // key chunks per KV head
+        const size_t part = size_t(group) * (2 + size_t(hd));                     // m, l, acc per head
+        const size_t per_thread = size_t(group) * size_t(hd) + size_t(hd) + size_t(group) * 64;
+        const size_t need = part * size_t(a.n_head_kv) * size_t(kc) + per_thread * size_t(pool_.size());
+        if (attn_scratch_.size() < need) attn_scratch_.resize(need);
+        float *parts = attn_scratch_.data();
+        auto row_of = [&](const uint8_t *cache, const uint8_t *fresh, uint32_t idx) {
+            const uint64_t j = idx < sinks_vis ? idx : wb + (idx - sinks_vis);
+            if (j >= a.pos0) return fresh + (j - a.pos0) * a.row_bytes;
+            const uint64_t slot = !a.streaming || j < S ? j : S + (j - S) % W;
+            return cache + slot * a.row_bytes;
+        };
+        const int64_t tasks = int64_t(a.n_head_kv) * kc;
+        pool_.run([&](int ith, int nth) {
+            float *scratch = parts + part * size_t(a.n_head_kv) * size_t(kc) + per_thread * size_t(ith);
+            float *qr = scratch;                              // [group][hd] rotated queries
+            float *key = qr + size_t(group) * hd;             // [hd]
+            float *sc = key + hd;                             // [group][64] scores of a block of keys
+            int64_t tb, te;
+            split_range(tasks, ith, nth, tb, te);
+            for (int64_t task = tb; task < te; task++) {
+                const int g = int(task / kc), c = int(task % kc);
+                int64_t kb, ke;
+                split_range(n_vis, c, kc, kb, ke);
+                float *p = parts + part * size_t(task);
+                for (int h = 0; h < group; h++) {
+                    std::memcpy(qr + size_t(h) * hd, q + (size_t(g) * group + h) * hd, size_t(hd) * 4);
+                    rotate(qr + size_t(h) * hd, n_vis - 1, a);
+                    p[h * (2 + hd)] = -INFINITY;
+                    p[h * (2 + hd) + 1] = 0.0f;
+                    std::fill(p + h * (2 + hd) + 2, p + (h + 1) * (2 + hd), 0.0f);
                 }
+                for (int64_t b0 = kb; b0 < ke; b0 += 64) {
+                    const int nb = int(std::min<int64_t>(64, ke - b0));
+                    for (int j = 0; j < nb; j++) {
+                        codec_decode(codec, row_of(a.k, a.k_new, uint32_t(b0 + j)) + size_t(g) * a.head_bytes, key, hd);
+                        if (a.hadamard) hadamard_rotate_inv(key, hd);
+                        rotate(key, uint32_t(b0 + j), a);
+                        for (int h = 0; h < group; h++)
+                            sc[h * 64 + j] = k_.vec_dot(TYPE_F32, hd, key, qr + size_t(h) * hd) * a.scale;
+                    }
+                    // Online softmax over the block, values read straight from their codes.
+                    for (int h = 0; h < group; h++) {
+                        float *m = p + h * (2 + hd), *l = m + 1, *acc = m + 2;
+                        float bm = *m;
+                        for (int j = 0; j < nb; j++) bm = std::max(bm, sc[h * 64 + j]);
+                        const float rescale = std::exp(*m - bm);
+                        if (rescale != 1.0f) {
+                            *l *= rescale;
+                            for (int d = 0; d < hd; d++) acc[d] *= rescale;
+                        }
+                        *m = bm;
+                        for (int j = 0; j < nb; j++) {
+                            const float e = std::exp(sc[h * 64 + j] - bm);
+                            *l += e;
+                            codec_axpy(codec, row_of(a.v, a.v_new, uint32_t(b0 + j)) + size_t(g) * a.head_bytes, e,
+                                       acc, hd);
+                        }
+                    }
+                }
+            }
+        });
+        for (int g = 0; g < a.n_head_kv; g++) {
+            for (int h = 0; h < group; h++) {
+                float M = -INFINITY;
+                for (int c = 0; c < kc; c++) M = std::max(M, parts[part * size_t(g * kc + c) + h * (2 + hd)]);
+                float *o = out + (size_t(g) * group + h) * hd;
+                std::fill(o, o + hd, 0.0f);
+                double L = 0;
+                for (int c = 0; c < kc; c++) {
+                    const float *pm = parts + part * size_t(g * kc + c) + h * (2 + hd);
+                    if (pm[0] == -INFINITY) continue;
+                    const float w = std::exp(pm[0] - M);
+                    L += double(pm[1]) * w;
+                    axpy_f32(hd, w, pm + 2, o);
+                }
+                const float inv = float(1.0 / L);
+                for (int d = 0; d < hd; d++) o[d] *= inv;
             }
         }
     }
 
-    void kv_store_f16(const float *k, const float *v, int n, size_t row_elems, uint16_t *k_cache, uint16_t *v_cache,
-                      int row0) override {
-        const size_t total = size_t(n) * row_elems;
-        uint16_t *kd = k_cache + size_t(row0) * row_elems;
-        uint16_t *vd = v_cache + size_t(row0) * row_elems;
-        k_.quantize_row(TYPE_F16, k, kd, int64_t(total));
-        k_.quantize_row(TYPE_F16, v, vd, int64_t(total));
-    }
-
-    void attention_f16(const float *q, const uint16_t *k_cache, const uint16_t *v_cache, const AttentionParams &p,
-                       float *out) override {
-        if (p.q_offset + p.n_q > max_kv_) fail(KVFIT_E_INTERNAL, "attention over more rows than reserved");
-        const int hd = p.head_dim;
-        const int group = p.n_head / p.n_head_kv;
-        const int64_t tasks = int64_t(p.n_q) * p.n_head;
+    void cache_attention(const CacheAttention &a, const float *q, float *out) override {
+        if (a.n_q == 1) return decode_attention(a, q, out);
+        const uint32_t S = a.n_sink, W = a.n_window;
+        const int hd = a.head_dim;
+        const int group = a.n_head / a.n_head_kv;
+        const KVCodec codec = KVCodec(a.codec);
+        // Queries are cut into chunks so both the KV heads and the batch spread over the threads.
+        const int q_chunks = std::max(1, std::min(a.n_q, (pool_.size() + a.n_head_kv - 1) / a.n_head_kv * 2));
+        const int64_t tasks = int64_t(a.n_head_kv) * q_chunks;
+        // Keys and values a task decodes: up to S sinks + W + n_q - 1 window tokens.
+        const size_t rows = size_t(S) + size_t(W) + size_t(a.n_q);
+        if (rows > size_t(max_kv_) + size_t(max_tokens_))
+            fail(KVFIT_E_INTERNAL, "attention over more rows than reserved");
+        const size_t per_thread = 2 * rows * size_t(hd) + size_t(group) * (rows + size_t(hd) * 2);
+        if (attn_scratch_.size() < per_thread * size_t(pool_.size()))
+            attn_scratch_.resize(per_thread * size_t(pool_.size()));  // once: sizes do not grow later
         pool_.run([&](int ith, int nth) {
-            float *scores = attn_scratch_.data() + per_thread_ * size_t(ith);
-            uint16_t qh[512];  // head_dim <= 512 is checked at model load
-            int64_t b, e;
-            split_range(tasks, ith, nth, b, e);
-            for (int64_t task = b; task < e; task++) {
-                const int i = int(task / p.n_head), h = int(task % p.n_head);
-                const int kvh = h / group;
-                const int n_vis = p.q_offset + i + 1;
-                const float *qv = q + (size_t(i) * p.n_head + h) * hd;
-                // K is F16, so the query is rounded to F16 for the dot product as ggml does.
-                k_.quantize_row(TYPE_F16, qv, qh, hd);
-                float mx = -INFINITY;
-                for (int j = 0; j < n_vis; j++) {
-                    const uint16_t *kr = k_cache + size_t(j) * p.kv_row_stride + size_t(kvh) * hd;
-                    scores[j] = k_.vec_dot(TYPE_F16, hd, kr, qh) * p.scale;
-                    mx = std::max(mx, scores[j]);
+            float *kr = attn_scratch_.data() + per_thread * size_t(ith);  // [rows][hd] rotated keys
+            float *vr = kr + rows * size_t(hd);                              // [rows][hd] values
+            float *scores = vr + rows * size_t(hd);                          // [group][rows]
+            float *qw = scores + size_t(group) * rows;                       // [group][hd] query for the window
+            float *qs = qw + size_t(group) * hd;                             // [group][hd] query for the sinks
+            int64_t tb, te;
+            split_range(tasks, ith, nth, tb, te);
+            for (int64_t task = tb; task < te; task++) {
+                const int g = int(task / q_chunks), chunk = int(task % q_chunks);
+                int64_t qb, qe;
+                split_range(a.n_q, chunk, q_chunks, qb, qe);
+                if (qb >= qe) continue;
+                const uint64_t t0 = a.pos0 + uint64_t(qb), t1 = a.pos0 + uint64_t(qe) - 1;
+                // Window start of a query at stream position t (dense: everything after the sinks).
+                auto win_start = [&](uint64_t t) {
+                    return a.streaming ? std::max<uint64_t>(S, t + 1 > W ? t + 1 - W : 0) : uint64_t(S);
+                };
+                auto row_of = [&](const uint8_t *cache, const uint8_t *fresh, uint64_t j) {
+                    if (j >= a.pos0) return fresh + (j - a.pos0) * a.row_bytes;
+                    const uint64_t slot = !a.streaming || j < S ? j : S + (j - S) % W;
+                    return cache + slot * a.row_bytes;
+                };
+                // Decode every key and value these queries may see, once. Keys
+                // are rotated to positions that keep every query-key distance
+                // the cache defines: sinks at 0..S-1 (the query rotated to its
+                // own cache position for them), window tokens at S + (j - ws0)
+                // (the query at S + (t - ws0)), so distances to window tokens are
+                // t - j whatever was evicted in between.
+                const uint64_t ws0 = win_start(t0);
+                const uint32_t n_sinks = uint32_t(std::min<uint64_t>(S, t1 + 1));
+                const uint64_t n_win = t1 + 1 > ws0 ? t1 + 1 - std::max<uint64_t>(ws0, S) : 0;
+                const size_t head_off = size_t(g) * a.head_bytes;
+                for (uint32_t j = 0; j < n_sinks; j++) {
+                    float *k = kr + size_t(j) * hd;
+                    codec_decode(codec, row_of(a.k, a.k_new, j) + head_off, k, hd);
+                    if (a.hadamard) hadamard_rotate_inv(k, hd);
+                    rotate(k, j, a);
+                    codec_decode(codec, row_of(a.v, a.v_new, j) + head_off, vr + size_t(j) * hd, hd);
                 }
-                double sum = 0;
-                for (int j = 0; j < n_vis; j++) {
-                    scores[j] = std::exp(scores[j] - mx);
-                    sum += scores[j];
+                const uint64_t wfirst = std::max<uint64_t>(ws0, S);
+                for (uint64_t w = 0; w < n_win; w++) {
+                    const uint64_t j = wfirst + w;
+                    float *k = kr + (size_t(S) + w) * hd;
+                    codec_decode(codec, row_of(a.k, a.k_new, j) + head_off, k, hd);
+                    if (a.hadamard) hadamard_rotate_inv(k, hd);
+                    rotate(k, uint32_t(S + w), a);
+                    codec_decode(codec, row_of(a.v, a.v_new, j) + head_off, vr + (size_t(S) + w) * hd, hd);
                 }
-                const float inv = float(1.0 / sum);
-                float *o = out + (size_t(i) * p.n_head + h) * hd;
-                std::fill(o, o + hd, 0.0f);
-                for (int j = 0; j < n_vis; j++)
-                    axpy_(hd, scores[j] * inv, v_cache + size_t(j) * p.kv_row_stride + size_t(kvh) * hd, o);
+                for (int64_t i = qb; i < qe; i++) {
+                    const uint64_t t = a.pos0 + uint64_t(i);
+                    const uint32_t sinks_vis = uint32_t(std::min<uint64_t>(S, t + 1));
+                    const uint64_t wb = std::max<uint64_t>(win_start(t), S);  // first window token seen
+                    const uint32_t win_vis = t + 1 > wb ? uint32_t(t + 1 - wb) : 0;
+                    const uint32_t qpos_sink = sinks_vis + win_vis - 1;       // its own cache position
+                    const uint32_t qpos_win = uint32_t(S + (t - wfirst));     // in the batch's window frame
+                    const float *kw = kr + (size_t(S) + (wb - wfirst)) * hd;  // its first window key
+                    const float *vw = vr + (size_t(S) + (wb - wfirst)) * hd;
+                    const int n_vis = int(sinks_vis + win_vis);
+                    for (int h = 0; h < group; h++) {
+                        const float *qsrc = q + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
+                        float *a_w = qw + size_t(h) * hd, *a_s = qs + size_t(h) * hd;
+                        std::memcpy(a_w, qsrc, size_t(hd) * 4);
+                        rotate(a_w, win_vis ? qpos_win : qpos_sink, a);
+                        if (sinks_vis) {
+                            std::memcpy(a_s, qsrc, size_t(hd) * 4);
+                            rotate(a_s, qpos_sink, a);
+                        }
+                        float *sc = scores + size_t(h) * rows;
+                        float mx = -INFINITY;
+                        for (uint32_t j = 0; j < sinks_vis; j++) {
+                            sc[j] = k_.vec_dot(TYPE_F32, hd, kr + size_t(j) * hd, a_s) * a.scale;
+                            mx = std::max(mx, sc[j]);
+                        }
+                        for (uint32_t w = 0; w < win_vis; w++) {
+                            const float v = k_.vec_dot(TYPE_F32, hd, kw + size_t(w) * hd, a_w) * a.scale;
+                            sc[sinks_vis + w] = v;
+                            mx = std::max(mx, v);
+                        }
+                        double sum = 0;
+                        for (int j = 0; j < n_vis; j++) {
+                            sc[j] = std::exp(sc[j] - mx);
+                            sum += sc[j];
+                        }
+                        const float inv = float(1.0 / sum);
+                        float *o = out + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
+                        std::fill(o, o + hd, 0.0f);
+                        for (uint32_t j = 0; j < sinks_vis; j++) axpy_f32(hd, sc[j] * inv, vr + size_t(j) * hd, o);
+                        for (uint32_t w = 0; w < win_vis; w++)
+                            axpy_f32(hd, sc[sinks_vis + w] * inv, vw + size_t(w) * hd, o);
+                    }
+                }
             }
         });
     }
@@ -202,12 +367,11 @@ public:
 private:
     ThreadPool pool_;
     const KernelTable &k_;
-    AxpyF16 axpy_;
+    RotateFn rotate_norm_;
     int max_kv_;
     std::vector<uint8_t> matmul_scratch_;
-    size_t per_thread_ = 0;
     std::vector<float> attn_scratch_;
-    std::vector<float> rope_cs_;
+    int max_tokens_ = 0;
     std::vector<void *> allocs_;
 };
 

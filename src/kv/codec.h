@@ -1,0 +1,68 @@
+// KV codecs: how one row of the KV cache (one token's K or V of one KV head)
+// is stored, plus the fused kernels attention runs over stored rows, and the
+// randomized Hadamard rotation that spreads outlier channels before
+// quantization. Rows have no alignment requirement.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvfit {
+
+enum class KVCodec : int { F16 = 1, Q8 = 2, Q4 = 3 };
+
+// Values are grouped per row (n = head_dim, n a multiple of 32) in groups of 32.
+//   F16: n halfs.
+//   Q8 : per group: fp16 scale d + 32 int8 (x = q*d, symmetric, d = amax/127, round to nearest).
+//   Q4 : per group: fp16 scale d + fp16 min m + 16 bytes of nibbles (x = q*d + m, q in 0..15,
+//        asymmetric). Byte j holds value j in its low nibble and value j + 16 in its high one.
+// Scales are rounded up and minima down when narrowed to fp16, so every value
+// stays within d/2 of its input (d the stored scale) for finite input of
+// magnitude up to 65504; larger input saturates, never to inf or NaN.
+// Misuse (unknown codec; in encode/decode also n not a positive multiple of
+// 32) throws kvfit::Error with KVFIT_E_INTERNAL; the kernels do not check n.
+constexpr int KV_GROUP = 32;
+
+size_t codec_row_bytes(KVCodec c, int n);  // exact bytes, everything counted; 0 if c or n is invalid
+const char *codec_name(KVCodec c);         // "F16", "Q8", "Q4" ("?" if invalid)
+void codec_encode(KVCodec c, const float *x, void *dst, int n);
+void codec_decode(KVCodec c, const void *src, float *x, int n);
+// dot(decode(row), q) without materialising the row (attention scores)
+float codec_dot(KVCodec c, const void *row, const float *q, int n);
+// y += w * decode(row) (attention value sum)
+void codec_axpy(KVCodec c, const void *row, float w, float *y, int n);
+
+// Batched forms for the attention loops: n_rows rows, `stride` bytes apart.
+// For n = 64 and 128 the query (or the output accumulator) stays in registers
+// across rows, which a loop over codec_dot/codec_axpy cannot do.
+//   out[r] = dot(decode(row r), q)
+void codec_dot_rows(KVCodec c, const void *rows, size_t stride, int n_rows, const float *q, int n, float *out);
+//   y += sum_r w[r] * decode(row r)
+void codec_axpy_rows(KVCodec c, const void *rows, size_t stride, int n_rows, const float *w, float *y, int n);
+
+// The kernels behind codec_dot/codec_axpy for one codec, so a caller can pick
+// them once outside its loop instead of dispatching per row.
+using CodecDotFn = float (*)(const void *row, const float *q, int n);
+using CodecAxpyFn = void (*)(const void *row, float w, float *y, int n);
+CodecDotFn codec_dot_fn(KVCodec c);
+CodecAxpyFn codec_axpy_fn(KVCodec c);
+
+// Portable scalar reference of codec_dot/codec_axpy (what non-x86 machines and
+// x86 machines without AVX2/FMA/F16C run); the tests compare the SIMD path to it.
+float codec_dot_ref(KVCodec c, const void *row, const float *q, int n);
+void codec_axpy_ref(KVCodec c, const void *row, float w, float *y, int n);
+// Name of the path codec_dot/codec_axpy use on this machine: "avx2" or "scalar".
+const char *codec_kernel_name();
+
+// Fixed randomized Hadamard rotation of one head vector (n a power of two, <= 512):
+// x <- H * diag(signs) * x / sqrt(n), signs = +-1 from a fixed seed per n
+// (deterministic across platforms). Orthonormal, so dot(R a, R b) == dot(a, b):
+// keys rotated before quantization and the query rotated the same way give the
+// same scores while outlier channels are spread out. O(n log n), in place.
+// Any other n throws kvfit::Error with KVFIT_E_INTERNAL.
+void hadamard_rotate(float *x, int n);
+// The inverse (= transpose): x <- diag(signs) * H * x / sqrt(n). Values rotated
+// before quantization give a rotated attention output; this undoes it.
+void hadamard_rotate_inv(float *x, int n);
+
+}  // namespace kvfit

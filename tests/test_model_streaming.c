@@ -1,0 +1,319 @@
+/* Fixed-budget sessions: sinks + sliding window, codecs and the planner, on
+ * real models. stories260K was trained on 512-token sequences, which makes it
+ * a fast beyond-training-length check. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "kvfit.h"
+#include "testutil.h"
+
+static kvfit_model *g_stories, *g_smol;
+static int32_t *g_text;  /* stories-tokenized long text */
+static size_t g_text_n;
+
+static int setup(void **state) {
+    (void)state;
+    const char *p = test_data_path("models/stories260K.gguf");
+    if (p && kvfit_model_load(p, NULL, &g_stories) != KVFIT_OK) return -1;
+    const char *d = test_default_model();
+    if (d && kvfit_model_load(d, NULL, &g_smol) != KVFIT_OK) return -1;
+    const char *t = test_data_path("text/pride_and_prejudice.txt");
+    if (g_stories && t) {
+        size_t size;
+        char *text = test_read_file(t, &size);
+        if (size > 60000) size = 60000;
+        while (size > 0 && ((unsigned char)text[size] & 0xC0) == 0x80) size--; /* whole characters */
+        g_text = malloc(sizeof(int32_t) * 70000);
+        if (kvfit_tokenize(g_stories, text, size, true, false, g_text, 70000, &g_text_n) != KVFIT_OK) return -1;
+        free(text);
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    kvfit_model_free(g_stories);
+    kvfit_model_free(g_smol);
+    free(g_text);
+    return 0;
+}
+
+#define NEED(x, what)                                        \
+    do {                                                     \
+        if (!(x)) {                                          \
+            printf("skipped: %s not available\n", what);    \
+            skip();                                          \
+        }                                                    \
+    } while (0)
+
+static kvfit_session *open_session(kvfit_model *m, uint64_t budget, int sinks, uint32_t window, kvfit_kv_codec codec,
+                                   uint32_t n_ctx, uint32_t n_batch) {
+    kvfit_session_params sp;
+    kvfit_session_params_init(&sp);
+    sp.kv_budget_bytes = budget;
+    sp.n_sink = sinks;
+    sp.n_window = window;
+    sp.kv_codec = codec;
+    sp.n_ctx = n_ctx;
+    sp.n_batch = n_batch;
+    sp.n_threads = 2;
+    kvfit_session *s = NULL;
+    kvfit_status st = kvfit_session_create(m, &sp, &s);
+    if (st != KVFIT_OK) fprintf(stderr, "session: %s\n", kvfit_last_error());
+    assert_int_equal(st, KVFIT_OK);
+    return s;
+}
+
+/* Every plan fits its budget; too small a budget names the smallest that works,
+ * and exactly that one is accepted. */
+static void test_budget_never_exceeded(void **state) {
+    (void)state;
+    kvfit_model *models[2] = {g_stories, g_smol};
+    int tried = 0;
+    for (int mi = 0; mi < 2; mi++) {
+        kvfit_model *m = models[mi];
+        if (!m) continue;
+        for (uint64_t budget = 4096; budget <= (64ull << 20); budget = budget * 3 / 2 + 777) {
+            kvfit_session_params sp;
+            kvfit_session_params_init(&sp);
+            sp.kv_budget_bytes = budget;
+            sp.n_threads = 1;
+            kvfit_session *s = NULL;
+            kvfit_status st = kvfit_session_create(m, &sp, &s);
+            if (st == KVFIT_E_BUDGET) {
+                const char *msg = kvfit_last_error();
+                const char *at = strstr(msg, "smallest budget that works is ");
+                assert_non_null(at);
+                uint64_t need = strtoull(at + strlen("smallest budget that works is "), NULL, 10);
+                assert_true(need > budget);
+                sp.kv_budget_bytes = need;
+                assert_int_equal(kvfit_session_create(m, &sp, &s), KVFIT_OK);
+                assert_true(kvfit_session_kv_bytes(s) <= need);
+                kvfit_session_free(s);
+                sp.kv_budget_bytes = need - 1;
+                assert_int_equal(kvfit_session_create(m, &sp, &s), KVFIT_E_BUDGET);
+                continue;
+            }
+            assert_int_equal(st, KVFIT_OK);
+            uint64_t total = 0;
+            size_t n_layers = 0;
+            kvfit_layer_plan lp[64];
+            assert_int_equal(kvfit_session_plan(s, lp, 64, &n_layers, &total), KVFIT_OK);
+            assert_true(total <= budget);
+            assert_int_equal(total, kvfit_session_kv_bytes(s));
+            uint64_t sum = 0;
+            for (size_t l = 0; l < n_layers; l++) {
+                assert_int_equal(lp[l].kind, KVFIT_LAYER_STREAMING);
+                assert_int_equal(lp[l].n_sink, 4);
+                assert_true(lp[l].n_window >= 16);
+                sum += lp[l].bytes;
+            }
+            assert_true(sum <= total);
+            kvfit_session_free(s);
+            tried++;
+        }
+    }
+    NEED(tried > 0, "models");
+    printf("%d budgets planned within their limit\n", tried);
+}
+
+/* The planner trades precision for window only when it must. */
+static void test_planner_ladder(void **state) {
+    (void)state;
+    NEED(g_smol, "the default model");
+    kvfit_layer_plan lp;
+    size_t n;
+    uint64_t total;
+    /* generous: the whole 2048-token target at F16 */
+    kvfit_session *s = open_session(g_smol, 64ull << 20, -1, 0, KVFIT_KV_AUTO, 2048, 0);
+    assert_int_equal(kvfit_session_plan(s, &lp, 1, &n, &total), KVFIT_OK);
+    assert_int_equal(lp.codec, KVFIT_KV_F16);
+    assert_int_equal(lp.n_window, 2044);
+    kvfit_session_free(s);
+    /* tight: cannot cover 8192 at any codec -> Q4 with the longest window */
+    s = open_session(g_smol, 8ull << 20, -1, 0, KVFIT_KV_AUTO, 8192, 0);
+    assert_int_equal(kvfit_session_plan(s, &lp, 1, &n, &total), KVFIT_OK);
+    assert_int_equal(lp.codec, KVFIT_KV_Q4);
+    assert_true(lp.n_window < 8188 && total <= (8ull << 20));
+    kvfit_session_free(s);
+    /* in between: Q8 covers 2048 where F16 cannot (F16 needs about 47 MB, Q8 about 26 MB) */
+    s = open_session(g_smol, 32ull << 20, -1, 0, KVFIT_KV_AUTO, 2048, 0);
+    assert_int_equal(kvfit_session_plan(s, &lp, 1, &n, &total), KVFIT_OK);
+    assert_int_equal(lp.codec, KVFIT_KV_Q8);
+    assert_int_equal(lp.n_window, 2044);
+    kvfit_session_free(s);
+    /* pins are kept */
+    s = open_session(g_smol, 64ull << 20, 0, 256, KVFIT_KV_Q4, 8192, 0);
+    assert_int_equal(kvfit_session_plan(s, &lp, 1, &n, &total), KVFIT_OK);
+    assert_int_equal(lp.codec, KVFIT_KV_Q4);
+    assert_int_equal(lp.n_sink, 0);
+    assert_int_equal(lp.n_window, 256);
+    kvfit_session_free(s);
+}
+
+static void logits_of(kvfit_session *s, float *out, size_t n) {
+    const float *l;
+    size_t nv;
+    assert_int_equal(kvfit_session_logits(s, &l, &nv), KVFIT_OK);
+    assert_int_equal(nv, n);
+    memcpy(out, l, n * sizeof(float));
+}
+
+/* Keys are stored before RoPE and rotated at attention time: while nothing has
+ * been evicted, a streaming session computes what the dense cache computes. */
+static void test_prerope_matches_dense(void **state) {
+    (void)state;
+    NEED(g_stories && g_text, "stories260K and the long text");
+    static float a[512], b[512];
+    kvfit_session *dense = open_session(g_stories, 0, -1, 0, KVFIT_KV_AUTO, 512, 64);
+    kvfit_session *stream = open_session(g_stories, 0, 4, 400, KVFIT_KV_F16, 0, 64);
+    assert_int_equal(kvfit_session_prefill(dense, g_text, 300), KVFIT_OK);
+    assert_int_equal(kvfit_session_prefill(stream, g_text, 300), KVFIT_OK);
+    logits_of(dense, a, 512);
+    logits_of(stream, b, 512);
+    float d = 0;
+    for (int i = 0; i < 512; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+    printf("dense vs streaming before eviction: max logit difference %g\n", d);
+    assert_true(d < 1e-4f);
+    kvfit_session_free(dense);
+    kvfit_session_free(stream);
+}
+
+/* Eviction order and slot mapping: however the stream is cut into batches, the
+ * ring ends in the same state and gives the same logits. */
+static void test_ring_independent_of_batching(void **state) {
+    (void)state;
+    NEED(g_stories && g_text, "stories260K and the long text");
+    static float ref[512], got[512];
+    const uint32_t batches[] = {1, 5, 16, 24};
+    for (int c = 0; c < 4; c++) {
+        kvfit_session *s = open_session(g_stories, 0, 4, 24, c < 2 ? KVFIT_KV_F16 : KVFIT_KV_F16, 0, batches[c]);
+        assert_int_equal(kvfit_session_prefill(s, g_text, 200), KVFIT_OK);
+        assert_int_equal(kvfit_session_n_past(s), 200);
+        logits_of(s, c == 0 ? ref : got, 512);
+        if (c > 0) {
+            float d = 0;
+            for (int i = 0; i < 512; i++) d = fmaxf(d, fabsf(ref[i] - got[i]));
+            assert_true(d < 1e-4f);
+        }
+        kvfit_session_free(s);
+    }
+}
+
+static double ppl(kvfit_session *s, const int32_t *toks, size_t n, size_t skip_first) {
+    float *nll = malloc(sizeof(float) * n);
+    assert_int_equal(kvfit_session_prefill_nll(s, toks, n, nll), KVFIT_OK);
+    assert_true(isnan(nll[0]));
+    double sum = 0;
+    for (size_t i = 1 + skip_first; i < n; i++) {
+        assert_true(isfinite(nll[i]) && nll[i] >= 0);
+        sum += nll[i];
+    }
+    free(nll);
+    return exp(sum / (double)(n - 1 - skip_first));
+}
+
+/* Streaming 10x past the model's 512-token training length: sinks + window
+ * stay as good as within it, while dense attention over everything degrades
+ * and a window without sinks is worse than one with them. */
+static void test_beyond_training_length(void **state) {
+    (void)state;
+    NEED(g_stories && g_text && g_text_n >= 5120, "stories260K and the long text");
+    const size_t n = 5120;
+    kvfit_session *dense = open_session(g_stories, 0, -1, 0, KVFIT_KV_AUTO, (uint32_t)n, 256);
+    kvfit_session *sinks = open_session(g_stories, 0, 4, 124, KVFIT_KV_F16, 0, 128);
+    kvfit_session *wonly = open_session(g_stories, 0, 0, 128, KVFIT_KV_F16, 0, 128);
+    /* perplexity over the tokens past the training length */
+    float *nll = malloc(sizeof(float) * n);
+    double p[3];
+    kvfit_session *ss[3] = {dense, sinks, wonly};
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(kvfit_session_prefill_nll(ss[k], g_text, n, nll), KVFIT_OK);
+        double sum = 0;
+        for (size_t i = 1024; i < n; i++) sum += nll[i];
+        p[k] = exp(sum / (double)(n - 1024));
+    }
+    free(nll);
+    printf("perplexity over tokens 1024..%zu: dense %.2f, 4 sinks + 124 window %.2f, 128 window only %.2f\n", n, p[0],
+           p[1], p[2]);
+    assert_true(p[1] < p[0]);
+    assert_true(p[1] < p[2]);
+    /* memory stayed what it was at creation */
+    assert_int_equal(kvfit_session_n_past(sinks), n);
+    kvfit_session_free(dense);
+    kvfit_session_free(sinks);
+    kvfit_session_free(wonly);
+    (void)ppl;
+}
+
+/* Generation runs past any window at constant memory. */
+static void test_endless_generation(void **state) {
+    (void)state;
+    NEED(g_stories, "stories260K");
+    kvfit_session *s = open_session(g_stories, 0, 4, 32, KVFIT_KV_F16, 0, 32);
+    const uint64_t bytes = kvfit_session_kv_bytes(s);
+    int32_t ids[8];
+    size_t n;
+    assert_int_equal(kvfit_tokenize(g_stories, "Once upon a time", 16, true, false, ids, 8, &n), KVFIT_OK);
+    kvfit_generate_params gp;
+    kvfit_generate_params_init(&gp);
+    gp.max_tokens = 400;
+    kvfit_generate_result r;
+    memset(&r, 0, sizeof r);
+    r.struct_size = sizeof r;
+    assert_int_equal(kvfit_generate(s, ids, n, NULL, &gp, &r), KVFIT_OK);
+    assert_true(r.stop_reason == KVFIT_STOP_LENGTH || r.stop_reason == KVFIT_STOP_EOG);
+    assert_int_equal(kvfit_session_n_past(s), n + r.n_generated);
+    assert_int_equal(kvfit_session_kv_bytes(s), bytes);
+    kvfit_session_free(s);
+}
+
+/* Quantized codecs cost little perplexity on a real model. (Logits are no
+ * measure here: SmolLM2 amplifies any last-bit change by up to a logit.) */
+static void test_codecs_close_to_f16(void **state) {
+    (void)state;
+    NEED(g_smol, "the default model");
+    const char *t = test_data_path("text/pride_and_prejudice.txt");
+    NEED(t, "text/pride_and_prejudice.txt");
+    size_t size;
+    char *text = test_read_file(t, &size);
+    const size_t off = 40000, len = 3000; /* prose, past the front matter; ASCII there */
+    assert_true(size > off + len);
+    static int32_t ids[2048];
+    size_t n;
+    assert_int_equal(kvfit_tokenize(g_smol, text + off, len, true, false, ids, 2048, &n), KVFIT_OK);
+    free(text);
+    const kvfit_kv_codec codecs[] = {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD};
+    const double max_increase[] = {0, 0.02, 0.15, 0.15};
+    double p[4];
+    for (int c = 0; c < 4; c++) {
+        kvfit_session *s = open_session(g_smol, 0, 4, 252, codecs[c], 0, 64);
+        p[c] = ppl(s, ids, n, 0);
+        kvfit_session_free(s);
+        printf("codec %d: perplexity %.3f (%+.2f%% vs F16) over %zu tokens, window 256\n", (int)codecs[c], p[c],
+               100.0 * (p[c] / p[0] - 1.0), n);
+        assert_true(p[c] <= p[0] * (1.0 + max_increase[c]));
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_budget_never_exceeded),
+        cmocka_unit_test(test_planner_ladder),
+        cmocka_unit_test(test_prerope_matches_dense),
+        cmocka_unit_test(test_ring_independent_of_batching),
+        cmocka_unit_test(test_beyond_training_length),
+        cmocka_unit_test(test_endless_generation),
+        cmocka_unit_test(test_codecs_close_to_f16),
+    };
+    if (getenv("KVFIT_TEST_FILTER")) cmocka_set_test_filter(getenv("KVFIT_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
