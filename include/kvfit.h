@@ -310,6 +310,18 @@ typedef struct kvfit_layer_plan {
 KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_layer_plan *layers, size_t capacity,
                                           size_t *n_layers, uint64_t *total_bytes);
 
+/* Session state as bytes, to persist a conversation: the tokens' KV state,
+ * the position and the current logits (not the sampler). The bytes can be
+ * loaded into a session of the same model created with the same parameters
+ * (the same plan); they are not portable across kvfit major versions.
+ * kvfit_session_state_size gives the size kvfit_session_save writes.
+ * kvfit_session_load checks the header and the plan (KVFIT_E_FORMAT for
+ * foreign or damaged bytes, KVFIT_E_ARG for another plan) and leaves the
+ * session unchanged on failure. */
+KVFIT_API kvfit_status kvfit_session_state_size(const kvfit_session *session, size_t *size);
+KVFIT_API kvfit_status kvfit_session_save(const kvfit_session *session, void *buf, size_t buf_size, size_t *written);
+KVFIT_API kvfit_status kvfit_session_load(kvfit_session *session, const void *buf, size_t size);
+
 /* Like kvfit_session_prefill, and also writes nll[i] = -log p(tokens[i] | all
  * tokens before it) in nats, for perplexity. nll[0] uses the logits the session
  * had before the call (NaN if it had none). */

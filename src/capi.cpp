@@ -332,6 +332,31 @@ KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_la
     });
 }
 
+KVFIT_API kvfit_status kvfit_session_state_size(const kvfit_session *session, size_t *size) {
+    return guard([&] {
+        const kvfit::Session &s = session_of(session);
+        REQUIRE(size, "size is NULL");
+        *size = s.state_size();
+    });
+}
+
+KVFIT_API kvfit_status kvfit_session_save(const kvfit_session *session, void *buf, size_t buf_size, size_t *written) {
+    return guard([&] {
+        const kvfit::Session &s = session_of(session);
+        REQUIRE(buf || buf_size == 0, "buf is NULL");
+        if (written) *written = s.state_size();
+        s.save(static_cast<uint8_t *>(buf), buf_size);
+    });
+}
+
+KVFIT_API kvfit_status kvfit_session_load(kvfit_session *session, const void *buf, size_t size) {
+    return guard([&] {
+        kvfit::Session &s = session_of(session);
+        REQUIRE(buf, "buf is NULL");
+        s.load(static_cast<const uint8_t *>(buf), size);
+    });
+}
+
 KVFIT_API kvfit_status kvfit_session_prefill_nll(kvfit_session *session, const int32_t *tokens, size_t n_tokens,
                                                  float *nll) {
     return guard([&] {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <thread>
 
 #include "common.h"
@@ -103,6 +104,74 @@ void Session::run(const int32_t *tokens, size_t n, float *nll) {
     stream_->download(logits_.data(), bufs_.logits, logits_.size() * sizeof(float));
     stream_->synchronize();
     has_logits_ = true;
+}
+
+namespace {
+
+// Header of saved session state. Fields that must match for the bytes to be
+// meaningful in another session: the model's shape and vocabulary, and the plan.
+struct StateHeader {
+    char magic[8];  // "KVFITSS\0"
+    uint32_t version;
+    uint32_t n_layer, n_head_kv, head_dim, n_vocab;
+    uint32_t streaming, n_sink, n_window, codec, hadamard;
+    uint64_t n_past;
+    uint32_t has_logits;
+    uint32_t reserved;
+    uint64_t kv_bytes;
+};
+constexpr uint32_t kStateVersion = 1;
+
+StateHeader header_of(const Model &m, const KVPlan &plan, uint64_t n_past, bool has_logits, uint64_t kv_bytes) {
+    StateHeader h;
+    std::memset(&h, 0, sizeof h);
+    std::memcpy(h.magic, "KVFITSS", 8);
+    h.version = kStateVersion;
+    h.n_layer = uint32_t(m.hparams().n_layer);
+    h.n_head_kv = uint32_t(m.hparams().n_head_kv);
+    h.head_dim = uint32_t(m.hparams().head_dim);
+    h.n_vocab = uint32_t(m.hparams().n_vocab);
+    h.streaming = plan.streaming;
+    h.n_sink = plan.layers[0].n_sink;
+    h.n_window = plan.layers[0].n_window;
+    h.codec = uint32_t(plan.layers[0].codec);
+    h.hadamard = plan.layers[0].hadamard;
+    h.n_past = n_past;
+    h.has_logits = has_logits;
+    h.kv_bytes = kv_bytes;
+    return h;
+}
+
+}  // namespace
+
+size_t Session::state_size() const {
+    return sizeof(StateHeader) + logits_.size() * sizeof(float) + cache_->state_bytes();
+}
+
+void Session::save(uint8_t *dst, size_t size) const {
+    if (size < state_size()) fail(KVFIT_E_BUFFER_TOO_SMALL, "session state needs %zu bytes, the buffer has %zu", state_size(), size);
+    const StateHeader h = header_of(model_, plan(), n_past_, has_logits_, cache_->state_bytes());
+    std::memcpy(dst, &h, sizeof h);
+    std::memcpy(dst + sizeof h, logits_.data(), logits_.size() * sizeof(float));
+    cache_->save(*stream_, dst + sizeof h + logits_.size() * sizeof(float));
+}
+
+void Session::load(const uint8_t *src, size_t size) {
+    if (size < sizeof(StateHeader)) fail(KVFIT_E_FORMAT, "session state of %zu bytes is too short", size);
+    StateHeader h;
+    std::memcpy(&h, src, sizeof h);
+    if (std::memcmp(h.magic, "KVFITSS", 8) != 0) fail(KVFIT_E_FORMAT, "not kvfit session state (bad magic)");
+    if (h.version != kStateVersion) fail(KVFIT_E_FORMAT, "session state version %u, this kvfit reads %u", h.version, kStateVersion);
+    const StateHeader mine = header_of(model_, plan(), h.n_past, h.has_logits != 0, cache_->state_bytes());
+    if (std::memcmp(&h, &mine, sizeof h) != 0)
+        fail(KVFIT_E_ARG, "the saved state belongs to another model or plan (layers %u, window %u, codec %u; this session: "
+             "layers %u, window %u, codec %u)", h.n_layer, h.n_window, h.codec, mine.n_layer, mine.n_window, mine.codec);
+    if (size != state_size()) fail(KVFIT_E_FORMAT, "session state is %zu bytes, expected %zu", size, state_size());
+    if (!plan().streaming && h.n_past > cache_->capacity()) fail(KVFIT_E_FORMAT, "session state holds more tokens than the cache");
+    std::memcpy(logits_.data(), src + sizeof h, logits_.size() * sizeof(float));
+    cache_->load(*stream_, src + sizeof h + logits_.size() * sizeof(float));
+    n_past_ = h.n_past;
+    has_logits_ = h.has_logits != 0;
 }
 
 const std::vector<float> &Session::logits() const {

@@ -34,6 +34,11 @@ public:
     const KVPlan &plan() const { return cache_->plan(); }
     const Model &model() const { return model_; }
 
+    // Persisted state (see kvfit_session_save).
+    size_t state_size() const;
+    void save(uint8_t *dst, size_t size) const;
+    void load(const uint8_t *src, size_t size);
+
     // Generation loop behind kvfit_generate; sampler may be null (greedy).
     void generate(const int32_t *prompt, size_t n_prompt, Sampler *sampler, const kvfit_generate_params &gp,
                   kvfit_generate_result &result);

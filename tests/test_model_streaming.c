@@ -304,6 +304,48 @@ static void test_codecs_close_to_f16(void **state) {
     }
 }
 
+/* A saved session continues exactly like the original in a fresh session with
+ * the same plan; other plans and damaged bytes are refused without harm. */
+static void test_save_restore(void **state) {
+    (void)state;
+    NEED(g_stories && g_text, "stories260K and the long text");
+    kvfit_session *a = open_session(g_stories, 0, 4, 60, KVFIT_KV_F16, 0, 32);
+    assert_int_equal(kvfit_session_prefill(a, g_text, 150), KVFIT_OK); /* past the window: ring wrapped */
+    size_t size = 0, written = 0;
+    assert_int_equal(kvfit_session_state_size(a, &size), KVFIT_OK);
+    unsigned char *buf = malloc(size);
+    assert_int_equal(kvfit_session_save(a, buf, size - 1, &written), KVFIT_E_BUFFER_TOO_SMALL);
+    assert_int_equal(kvfit_session_save(a, buf, size, &written), KVFIT_OK);
+    assert_int_equal(written, size);
+
+    kvfit_session *b = open_session(g_stories, 0, 4, 60, KVFIT_KV_F16, 0, 32);
+    assert_int_equal(kvfit_session_prefill(b, g_text + 500, 7), KVFIT_OK); /* something to overwrite */
+    assert_int_equal(kvfit_session_load(b, buf, size), KVFIT_OK);
+    assert_int_equal(kvfit_session_n_past(b), 150);
+    static float la[512], lb[512];
+    for (int step = 0; step < 80; step++) {
+        logits_of(a, la, 512);
+        logits_of(b, lb, 512);
+        assert_memory_equal(la, lb, sizeof la);
+        assert_int_equal(kvfit_session_decode(a, g_text[150 + step]), KVFIT_OK);
+        assert_int_equal(kvfit_session_decode(b, g_text[150 + step]), KVFIT_OK);
+    }
+    /* another plan, damaged bytes, short bytes: refused, session untouched */
+    kvfit_session *c = open_session(g_stories, 0, 4, 61, KVFIT_KV_F16, 0, 32);
+    assert_int_equal(kvfit_session_load(c, buf, size), KVFIT_E_ARG);
+    assert_int_equal(kvfit_session_n_past(c), 0);
+    buf[0] ^= 0xff;
+    assert_int_equal(kvfit_session_load(b, buf, size), KVFIT_E_FORMAT);
+    buf[0] ^= 0xff;
+    assert_int_equal(kvfit_session_load(b, buf, size - 3), KVFIT_E_FORMAT);
+    assert_int_equal(kvfit_session_load(b, buf, 10), KVFIT_E_FORMAT);
+    assert_int_equal(kvfit_session_n_past(b), 230);
+    free(buf);
+    kvfit_session_free(a);
+    kvfit_session_free(b);
+    kvfit_session_free(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_never_exceeded),
@@ -313,6 +355,7 @@ int main(void) {
         cmocka_unit_test(test_beyond_training_length),
         cmocka_unit_test(test_endless_generation),
         cmocka_unit_test(test_codecs_close_to_f16),
+        cmocka_unit_test(test_save_restore),
     };
     if (getenv("KVFIT_TEST_FILTER")) cmocka_set_test_filter(getenv("KVFIT_TEST_FILTER"));
     return cmocka_run_group_tests(tests, setup, teardown);

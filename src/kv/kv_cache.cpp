@@ -213,6 +213,32 @@ void KVCache::attend(Stream &s, int layer, const float *q, float *k, const float
     }
 }
 
+size_t KVCache::state_bytes() const {
+    size_t n = 0;
+    for (size_t rb : row_bytes_) n += 2 * rb * plan_.capacity();
+    return n;
+}
+
+void KVCache::save(Stream &s, uint8_t *dst) const {
+    for (size_t l = 0; l < k_.size(); l++) {
+        const size_t bytes = row_bytes_[l] * plan_.capacity();
+        s.download(dst, k_[l], bytes);
+        s.download(dst + bytes, v_[l], bytes);
+        dst += 2 * bytes;
+    }
+    s.synchronize();
+}
+
+void KVCache::load(Stream &s, const uint8_t *src) {
+    for (size_t l = 0; l < k_.size(); l++) {
+        const size_t bytes = row_bytes_[l] * plan_.capacity();
+        s.upload(k_[l], src, bytes);
+        s.upload(v_[l], src + bytes, bytes);
+        src += 2 * bytes;
+    }
+    s.synchronize();
+}
+
 kvfit_kv_codec layer_codec(const LayerPlan &lp) { return public_codec(lp.codec, lp.hadamard); }
 
 }  // namespace kvfit

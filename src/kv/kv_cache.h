@@ -71,6 +71,12 @@ public:
     // streaming cache or the free room of a dense one.
     void attend(Stream &s, int layer, const float *q, float *k, const float *v, int n, uint64_t pos0, float *out);
 
+    // The stored rows of every layer, K then V, as one byte sequence (for
+    // session save/restore); state_bytes() long.
+    size_t state_bytes() const;
+    void save(Stream &s, uint8_t *dst) const;
+    void load(Stream &s, const uint8_t *src);
+
 private:
     KVShape shape_;
     KVPlan plan_;
