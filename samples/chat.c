@@ -4,11 +4,12 @@
  *   kvfit-chat -m model.gguf [-s "system prompt"] [-p "one-shot prompt"]
  *              [--temp 0.7] [--top-k 40] [--top-p 0.95] [--min-p 0.05]
  *              [--repeat-penalty 1.1] [--seed N] [-t threads] [-c n_ctx] [-n max_tokens]
- *              [--template chatml|llama3|llama2|gemma]
+ *              [--template chatml|llama3|llama2|gemma] [--budget 64MiB] [--plan]
  *
  * Each turn renders the whole conversation with the chat template and feeds
  * the session only the part it has not seen yet, so earlier turns are never
- * recomputed. */
+ * recomputed. With --budget the session streams: its KV memory is fixed and
+ * old turns fade out of the window instead of filling the context. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,7 +74,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: kvfit-chat -m MODEL.gguf [-s SYSTEM] [-p PROMPT] [--temp T] [--top-k K] [--top-p P]\n"
             "                  [--min-p P] [--repeat-penalty R] [--seed N] [-t THREADS] [-c N_CTX]\n"
-            "                  [-n MAX_TOKENS] [--template NAME] [-v]\n"
+            "                  [-n MAX_TOKENS] [--template NAME] [--budget 64MiB] [--plan] [-v]\n"
             "Without -p it reads one user message per line from stdin until EOF.\n");
 }
 
@@ -88,6 +89,37 @@ static char *render(const kvfit_model *m, const char *tmpl, const history *h, bo
         return NULL;
     }
     return out;
+}
+
+/* "64MiB", "512KiB", "1GiB", "123456" -> bytes; 0 on junk. */
+static uint64_t parse_size(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    uint64_t mul = 1;
+    if (!strcmp(end, "KiB") || !strcmp(end, "K")) mul = 1ull << 10;
+    else if (!strcmp(end, "MiB") || !strcmp(end, "M")) mul = 1ull << 20;
+    else if (!strcmp(end, "GiB") || !strcmp(end, "G")) mul = 1ull << 30;
+    else if (*end) return 0;
+    return v > 0 ? (uint64_t)(v * (double)mul) : 0;
+}
+
+static void print_plan(const kvfit_session *s) {
+    kvfit_layer_plan lp[256];
+    size_t n = 0;
+    uint64_t total = 0;
+    static const char *codecs[] = {"auto", "f16", "q8", "q4", "q4-hadamard"};
+    if (kvfit_session_plan(s, lp, 256, &n, &total) != KVFIT_OK) return;
+    fprintf(stderr, "plan: %zu layers, %.2f MiB of KV state\n", n, total / 1048576.0);
+    for (size_t i = 0; i < n && i < 256; i++) {
+        size_t j = i;
+        while (j + 1 < n && lp[j + 1].codec == lp[i].codec && lp[j + 1].n_window == lp[i].n_window &&
+               lp[j + 1].n_sink == lp[i].n_sink)
+            j++;
+        fprintf(stderr, "  layers %zu-%zu: %s, %s, %u sinks + %u window, %.2f MiB each\n", i, j,
+                lp[i].kind == KVFIT_LAYER_STREAMING ? "streaming" : "dense", codecs[lp[i].codec], lp[i].n_sink,
+                lp[i].n_window, lp[i].bytes / 1048576.0);
+        i = j;
+    }
 }
 
 static void log_to_stderr(kvfit_log_level level, const char *msg, void *user) {
@@ -108,7 +140,7 @@ int main(int argc, char **argv) {
     kvfit_generate_params gp;
     kvfit_generate_params_init(&gp);
     gp.max_tokens = 512;
-    bool verbose = false;
+    bool verbose = false, show_plan = false;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -127,6 +159,10 @@ int main(int argc, char **argv) {
         else if (ARG("-t") || ARG("--threads")) sess.n_threads = atoi(v);
         else if (ARG("-c") || ARG("--ctx")) sess.n_ctx = (uint32_t)strtoul(v, NULL, 10);
         else if (ARG("-n") || ARG("--max-tokens")) gp.max_tokens = (uint32_t)strtoul(v, NULL, 10);
+        else if (ARG("--budget")) {
+            if (!(sess.kv_budget_bytes = parse_size(v))) { fprintf(stderr, "kvfit-chat: bad size '%s'\n", v); return 2; }
+        }
+        else if (!strcmp(a, "--plan")) show_plan = true;
         else if (!strcmp(a, "-v")) verbose = true;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
         else { fprintf(stderr, "kvfit-chat: unknown or incomplete argument '%s'\n", a); usage(); return 2; }
@@ -142,6 +178,7 @@ int main(int argc, char **argv) {
     if (st) return die("loading the model", st);
     if ((st = kvfit_session_create(model, &sess, &session))) return die("creating a session", st);
     if ((st = kvfit_sampler_create(&sp, &sampler))) return die("creating the sampler", st);
+    if (show_plan) print_plan(session);
     if (!tmpl) tmpl = kvfit_model_chat_template(model);
     if (!prompt) fprintf(stderr, "kvfit %s, template %s. Type a message, Ctrl-D to quit.\n", kvfit_version(), tmpl);
 

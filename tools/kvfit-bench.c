@@ -1,12 +1,18 @@
 /* kvfit-bench: prefill and decode speed of a model.
  *
  *   kvfit-bench -m model.gguf [-t threads] [-p 128,1024] [-n 128] [-r 3] [-f text.txt]
+ *   kvfit-bench -m model.gguf --budget 8MiB --positions 1000,10000,100000 [-n 128] [-f text.txt]
  *
  * For each prompt length P: a fresh session ingests P tokens in one prefill
  * (tokens/s = P / time), then decodes N tokens greedily one at a time
  * (tokens/s = N / time). Each measurement is repeated R times and the median
  * is printed as a markdown table row. Prompt tokens come from a text file
- * (-f) when given, else from a fixed pseudo-random sequence. */
+ * (-f) when given, else from a fixed pseudo-random sequence.
+ *
+ * With --positions, one streaming session (--budget, or --window/--sinks/
+ * --codec) ingests the token source (cycled) up to each stream position and
+ * decodes N tokens there, printing decode tok/s, the process RSS and the KV
+ * bytes, to show that speed and memory stay flat however long the stream. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +41,28 @@ static int die(const char *what, kvfit_status st) {
     return 1;
 }
 
+static long rss_kib(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kib = strtol(line + 6, NULL, 10);
+    if (f) fclose(f);
+    return kib;
+}
+
+/* "8MiB", "512KiB", "1G", "123456" -> bytes; 0 on junk. */
+static uint64_t parse_size(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    uint64_t mul = 1;
+    if (!strcmp(end, "KiB") || !strcmp(end, "K")) mul = 1ull << 10;
+    else if (!strcmp(end, "MiB") || !strcmp(end, "M")) mul = 1ull << 20;
+    else if (!strcmp(end, "GiB") || !strcmp(end, "G")) mul = 1ull << 30;
+    else if (*end) return 0;
+    return v > 0 ? (uint64_t)(v * (double)mul) : 0;
+}
+
 static int32_t argmax(const float *l, size_t n) {
     size_t best = 0;
     for (size_t i = 1; i < n; i++)
@@ -43,8 +71,11 @@ static int32_t argmax(const float *l, size_t n) {
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = NULL, *text_path = NULL, *plist = "128,1024";
-    int threads = 0, n_gen = 128, reps = 3;
+    const char *model_path = NULL, *text_path = NULL, *plist = "128,1024", *positions = NULL;
+    int threads = 0, n_gen = 128, reps = 3, sinks = -1;
+    uint64_t budget = 0;
+    uint32_t window = 0;
+    kvfit_kv_codec codec = KVFIT_KV_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) { fprintf(stderr, "kvfit-bench: '%s' needs a value\n", a); return 2; }
@@ -54,7 +85,23 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-n")) n_gen = atoi(v);
         else if (!strcmp(a, "-r")) reps = atoi(v);
         else if (!strcmp(a, "-f")) text_path = v;
-        else { fprintf(stderr, "usage: kvfit-bench -m MODEL [-t THREADS] [-p 128,1024] [-n 128] [-r 3] [-f TEXT]\n"); return 2; }
+        else if (!strcmp(a, "--positions")) positions = v;
+        else if (!strcmp(a, "--budget") && (budget = parse_size(v)) == 0) { fprintf(stderr, "kvfit-bench: bad size '%s'\n", v); return 2; }
+        else if (!strcmp(a, "--budget")) {}
+        else if (!strcmp(a, "--window")) window = (uint32_t)strtoul(v, NULL, 10);
+        else if (!strcmp(a, "--sinks")) sinks = atoi(v);
+        else if (!strcmp(a, "--codec")) {
+            if (!strcmp(v, "f16")) codec = KVFIT_KV_F16;
+            else if (!strcmp(v, "q8")) codec = KVFIT_KV_Q8;
+            else if (!strcmp(v, "q4")) codec = KVFIT_KV_Q4;
+            else if (!strcmp(v, "q4h")) codec = KVFIT_KV_Q4_HADAMARD;
+            else { fprintf(stderr, "kvfit-bench: codec is one of f16, q8, q4, q4h\n"); return 2; }
+        }
+        else {
+            fprintf(stderr, "usage: kvfit-bench -m MODEL [-t THREADS] [-p 128,1024] [-n 128] [-r 3] [-f TEXT]\n"
+                            "                   [--positions 1000,10000] [--budget 8MiB] [--window N] [--sinks N] [--codec f16|q8|q4|q4h]\n");
+            return 2;
+        }
         i++;
     }
     if (!model_path || reps < 1 || n_gen < 1) { fprintf(stderr, "kvfit-bench: -m MODEL is required\n"); return 2; }
@@ -91,6 +138,53 @@ int main(int argc, char **argv) {
 
     printf("model: %s (%s, %.1fM params, %.1f MiB), kvfit %s\n", model_path, info.arch, info.n_params / 1e6,
            info.weight_bytes / 1048576.0, kvfit_version());
+    if (positions) {
+        kvfit_session_params sp;
+        kvfit_session_params_init(&sp);
+        sp.kv_budget_bytes = budget;
+        sp.n_window = window;
+        sp.n_sink = sinks;
+        sp.kv_codec = codec;
+        sp.n_threads = threads;
+        if (!budget && !window) { fprintf(stderr, "kvfit-bench: --positions needs --budget or --window\n"); return 2; }
+        kvfit_session *s;
+        if ((st = kvfit_session_create(model, &sp, &s))) return die("creating a session", st);
+        kvfit_layer_plan lp;
+        size_t nl;
+        uint64_t total;
+        kvfit_session_plan(s, &lp, 1, &nl, &total);
+        printf("plan: %zu layers, codec %d, %u sinks + %u window, KV %.2f MiB; threads %d, %d decode tokens per row\n\n",
+               nl, (int)lp.codec, lp.n_sink, lp.n_window, total / 1048576.0, threads, n_gen);
+        printf("| stream position | decode tok/s | RSS MiB | KV MiB |\n|---:|---:|---:|---:|\n");
+        char *plist2 = strdup(positions);
+        size_t next = 0;
+        for (char *tok = strtok(plist2, ","); tok; tok = strtok(NULL, ",")) {
+            const uint64_t P = strtoull(tok, NULL, 10);
+            while (kvfit_session_n_past(s) < P) { /* ingest the source, cycled, in pieces */
+                size_t n = n_src - next;
+                if (n > 512) n = 512;
+                if (n > P - kvfit_session_n_past(s)) n = (size_t)(P - kvfit_session_n_past(s));
+                if ((st = kvfit_session_prefill(s, src + next, n))) return die("prefill", st);
+                next = (next + n) % n_src;
+            }
+            double t0 = now_s();
+            for (int i = 0; i < n_gen; i++) {
+                const float *l;
+                size_t nv;
+                kvfit_session_logits(s, &l, &nv);
+                if ((st = kvfit_session_decode(s, argmax(l, nv)))) return die("decode", st);
+            }
+            double dt = now_s() - t0;
+            printf("| %llu | %.1f | %.1f | %.2f |\n", (unsigned long long)P, n_gen / dt, rss_kib() / 1024.0,
+                   kvfit_session_kv_bytes(s) / 1048576.0);
+            fflush(stdout);
+        }
+        free(plist2);
+        kvfit_session_free(s);
+        free(src);
+        kvfit_model_free(model);
+        return 0;
+    }
     printf("threads: %d, decode tokens: %d, repetitions: %d (median)\n\n", threads, n_gen, reps);
     printf("| prompt tokens | prefill tok/s | decode tok/s |\n|---:|---:|---:|\n");
     char *list = strdup(plist);
