@@ -102,6 +102,10 @@ KVPlan plan_kv(const KVShape &shape, const kvfit_session_params &p, uint32_t n_c
             // target). Pinned fields are kept.
             const KVCodec ladder[] = {KVCodec::F16, KVCodec::Q8, KVCodec::Q4};
             bool chosen = false;
+            // At 4 bits, keys rotated by a Hadamard transform cost the same bytes
+            // and measurably less perplexity (outlier channels spread over the
+            // group): the planner's Q4 is that layout when the head size allows.
+            const bool pow2 = (shape.head_dim & (shape.head_dim - 1)) == 0;
             for (KVCodec c : ladder) {
                 if (p.kv_codec != KVFIT_KV_AUTO && c != codec_of(p.kv_codec)) continue;
                 if (c != KVCodec::F16 && !groups_ok) continue;
@@ -109,6 +113,7 @@ KVPlan plan_kv(const KVShape &shape, const kvfit_session_params &p, uint32_t n_c
                 const bool covers = p.n_window ? plan_bytes(shape, c, lp.n_sink, w) <= p.kv_budget_bytes
                                                : w >= want;
                 lp.codec = c;
+                lp.hadamard = c == KVCodec::Q4 && (hadamard || (p.kv_codec == KVFIT_KV_AUTO && pow2));
                 lp.n_window = w;
                 if (covers) {
                     chosen = true;
