@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "kvfit.h"
+#include "size_arg.h"
 
 typedef struct {
     kvfit_chat_message *items;
@@ -91,17 +92,6 @@ static char *render(const kvfit_model *m, const char *tmpl, const history *h, bo
     return out;
 }
 
-/* "64MiB", "512KiB", "1GiB", "123456" -> bytes; 0 on junk. */
-static uint64_t parse_size(const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    uint64_t mul = 1;
-    if (!strcmp(end, "KiB") || !strcmp(end, "K")) mul = 1ull << 10;
-    else if (!strcmp(end, "MiB") || !strcmp(end, "M")) mul = 1ull << 20;
-    else if (!strcmp(end, "GiB") || !strcmp(end, "G")) mul = 1ull << 30;
-    else if (*end) return 0;
-    return v > 0 ? (uint64_t)(v * (double)mul) : 0;
-}
 
 static void print_plan(const kvfit_session *s) {
     kvfit_layer_plan lp[256];
@@ -160,7 +150,9 @@ int main(int argc, char **argv) {
         else if (ARG("-c") || ARG("--ctx")) sess.n_ctx = (uint32_t)strtoul(v, NULL, 10);
         else if (ARG("-n") || ARG("--max-tokens")) gp.max_tokens = (uint32_t)strtoul(v, NULL, 10);
         else if (ARG("--budget")) {
-            if (!(sess.kv_budget_bytes = parse_size(v))) { fprintf(stderr, "kvfit-chat: bad size '%s'\n", v); return 2; }
+            uint64_t bytes = 0;
+            if (!parse_size(v, &bytes)) { fprintf(stderr, "kvfit-chat: bad size '%s'\n", v); return 2; }
+            sess.kv_budget_bytes = bytes;
         }
         else if (!strcmp(a, "--plan")) show_plan = true;
         else if (!strcmp(a, "-v")) verbose = true;

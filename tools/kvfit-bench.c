@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "kvfit.h"
+#include "size_arg.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -51,17 +52,6 @@ static long rss_kib(void) {
     return kib;
 }
 
-/* "8MiB", "512KiB", "1G", "123456" -> bytes; 0 on junk. */
-static uint64_t parse_size(const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    uint64_t mul = 1;
-    if (!strcmp(end, "KiB") || !strcmp(end, "K")) mul = 1ull << 10;
-    else if (!strcmp(end, "MiB") || !strcmp(end, "M")) mul = 1ull << 20;
-    else if (!strcmp(end, "GiB") || !strcmp(end, "G")) mul = 1ull << 30;
-    else if (*end) return 0;
-    return v > 0 ? (uint64_t)(v * (double)mul) : 0;
-}
 
 static int32_t argmax(const float *l, size_t n) {
     size_t best = 0;
@@ -86,8 +76,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-r")) reps = atoi(v);
         else if (!strcmp(a, "-f")) text_path = v;
         else if (!strcmp(a, "--positions")) positions = v;
-        else if (!strcmp(a, "--budget") && (budget = parse_size(v)) == 0) { fprintf(stderr, "kvfit-bench: bad size '%s'\n", v); return 2; }
-        else if (!strcmp(a, "--budget")) {}
+        else if (!strcmp(a, "--budget")) {
+            if (!parse_size(v, &budget)) { fprintf(stderr, "kvfit-bench: bad size '%s'\n", v); return 2; }
+        }
         else if (!strcmp(a, "--window")) window = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--sinks")) sinks = atoi(v);
         else if (!strcmp(a, "--codec")) {

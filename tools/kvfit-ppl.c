@@ -27,6 +27,7 @@
 #include <time.h>
 
 #include "kvfit.h"
+#include "size_arg.h"
 
 static const char *usage_text =
     "usage: kvfit-ppl -m MODEL -f TEXT [-t THREADS] [--max-tokens N] [--chunk 512]\n"
@@ -70,44 +71,6 @@ static int parse_long(const char *s, long lo, long hi, long *out) {
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
-}
-
-/* "123456", "4MiB", "1.5GiB", "512K": a byte count > 0. K/M/G are the same
- * 1024-based units as KiB/MiB/GiB. A fraction needs a unit; the result is
- * rounded down to whole bytes. Parsed by hand because strtod would also take
- * "inf", "1e9" and hex. */
-static int parse_size(const char *s, uint64_t *out) {
-    uint64_t whole = 0, frac = 0, frac_scale = 1;
-    const char *p = s;
-    if (*p < '0' || *p > '9') return 0;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        if (whole > (UINT64_MAX - 9) / 10) return 0;
-        whole = whole * 10 + (uint64_t)(*p - '0');
-    }
-    int has_frac = 0;
-    if (*p == '.') {
-        p++;
-        if (*p < '0' || *p > '9') return 0;
-        for (; *p >= '0' && *p <= '9'; p++) {
-            if (frac_scale < 1000000000u) { /* digits beyond 1e-9 cannot matter below 2^30 bytes */
-                frac = frac * 10 + (uint64_t)(*p - '0');
-                frac_scale *= 10;
-            }
-        }
-        has_frac = 1;
-    }
-    uint64_t unit = 1;
-    if (!*p) unit = 1;
-    else if (!strcmp(p, "K") || !strcmp(p, "KiB")) unit = 1ull << 10;
-    else if (!strcmp(p, "M") || !strcmp(p, "MiB")) unit = 1ull << 20;
-    else if (!strcmp(p, "G") || !strcmp(p, "GiB")) unit = 1ull << 30;
-    else return 0;
-    if (has_frac && unit == 1) return 0;
-    if (whole > UINT64_MAX / unit) return 0;
-    uint64_t v = whole * unit + frac * unit / frac_scale; /* frac < 1e9, unit <= 2^30: no overflow */
-    if (v < whole * unit || v == 0) return 0;
     *out = v;
     return 1;
 }
