@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "kvfit.h"
-#include "size_arg.h"
+#include "cli_args.h"
 
 typedef struct {
     kvfit_chat_message *items;
@@ -97,7 +97,6 @@ static void print_plan(const kvfit_session *s) {
     kvfit_layer_plan lp[256];
     size_t n = 0;
     uint64_t total = 0;
-    static const char *codecs[] = {"auto", "f16", "q8", "q4", "q4-hadamard"};
     if (kvfit_session_plan(s, lp, 256, &n, &total) != KVFIT_OK) return;
     fprintf(stderr, "plan: %zu layers, %.2f MiB of KV state\n", n, total / 1048576.0);
     for (size_t i = 0; i < n && i < 256; i++) {
@@ -106,7 +105,7 @@ static void print_plan(const kvfit_session *s) {
                lp[j + 1].n_sink == lp[i].n_sink)
             j++;
         fprintf(stderr, "  layers %zu-%zu: %s, %s, %u sinks + %u window, %.2f MiB each\n", i, j,
-                lp[i].kind == KVFIT_LAYER_STREAMING ? "streaming" : "dense", codecs[lp[i].codec], lp[i].n_sink,
+                lp[i].kind == KVFIT_LAYER_STREAMING ? "streaming" : "dense", codec_name(lp[i].codec), lp[i].n_sink,
                 lp[i].n_window, lp[i].bytes / 1048576.0);
         i = j;
     }

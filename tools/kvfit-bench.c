@@ -19,7 +19,7 @@
 #include <time.h>
 
 #include "kvfit.h"
-#include "size_arg.h"
+#include "cli_args.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -82,11 +82,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--window")) window = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--sinks")) sinks = atoi(v);
         else if (!strcmp(a, "--codec")) {
-            if (!strcmp(v, "f16")) codec = KVFIT_KV_F16;
-            else if (!strcmp(v, "q8")) codec = KVFIT_KV_Q8;
-            else if (!strcmp(v, "q4")) codec = KVFIT_KV_Q4;
-            else if (!strcmp(v, "q4h")) codec = KVFIT_KV_Q4_HADAMARD;
-            else { fprintf(stderr, "kvfit-bench: codec is one of f16, q8, q4, q4h\n"); return 2; }
+            if (!parse_codec(v, &codec)) { fprintf(stderr, "kvfit-bench: codec is one of auto, f16, q8, q4, q4h\n"); return 2; }
         }
         else {
             fprintf(stderr, "usage: kvfit-bench -m MODEL [-t THREADS] [-p 128,1024] [-n 128] [-r 3] [-f TEXT]\n"
@@ -144,8 +140,8 @@ int main(int argc, char **argv) {
         size_t nl;
         uint64_t total;
         kvfit_session_plan(s, &lp, 1, &nl, &total);
-        printf("plan: %zu layers, codec %d, %u sinks + %u window, KV %.2f MiB; threads %d, %d decode tokens per row\n\n",
-               nl, (int)lp.codec, lp.n_sink, lp.n_window, total / 1048576.0, threads, n_gen);
+        printf("plan: %zu layers, codec %s, %u sinks + %u window, KV %.2f MiB; threads %d, %d decode tokens per row\n\n",
+               nl, codec_name(lp.codec), lp.n_sink, lp.n_window, total / 1048576.0, threads, n_gen);
         printf("| stream position | decode tok/s | RSS MiB | KV MiB |\n|---:|---:|---:|---:|\n");
         char *plist2 = strdup(positions);
         size_t next = 0;

@@ -27,7 +27,7 @@
 #include <time.h>
 
 #include "kvfit.h"
-#include "size_arg.h"
+#include "cli_args.h"
 
 static const char *usage_text =
     "usage: kvfit-ppl -m MODEL -f TEXT [-t THREADS] [--max-tokens N] [--chunk 512]\n"
@@ -73,27 +73,6 @@ static int parse_long(const char *s, long lo, long hi, long *out) {
     if (errno || end == s || *end || v < lo || v > hi) return 0;
     *out = v;
     return 1;
-}
-
-static int parse_codec(const char *s, kvfit_kv_codec *out) {
-    static const struct { const char *name; kvfit_kv_codec codec; } names[] = {
-        {"auto", KVFIT_KV_AUTO}, {"f16", KVFIT_KV_F16}, {"q8", KVFIT_KV_Q8},
-        {"q4", KVFIT_KV_Q4},     {"q4h", KVFIT_KV_Q4_HADAMARD},
-    };
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (!strcmp(s, names[i].name)) { *out = names[i].codec; return 1; }
-    return 0;
-}
-
-static const char *codec_name(kvfit_kv_codec c) {
-    switch (c) {
-    case KVFIT_KV_AUTO: return "auto";
-    case KVFIT_KV_F16: return "f16";
-    case KVFIT_KV_Q8: return "q8";
-    case KVFIT_KV_Q4: return "q4";
-    case KVFIT_KV_Q4_HADAMARD: return "q4h";
-    default: return "?";
-    }
 }
 
 static const char *kind_name(kvfit_layer_kind k) {

@@ -101,7 +101,6 @@ KVPlan plan_kv(const KVShape &shape, const kvfit_session_params &p, uint32_t n_c
             // (a longer window beats finer codes while it is shorter than the
             // target). Pinned fields are kept.
             const KVCodec ladder[] = {KVCodec::F16, KVCodec::Q8, KVCodec::Q4};
-            bool chosen = false;
             // At 4 bits, keys rotated by a Hadamard transform cost the same bytes
             // and measurably less perplexity (outlier channels spread over the
             // group): the planner's Q4 is that layout when the head size allows.
@@ -115,12 +114,9 @@ KVPlan plan_kv(const KVShape &shape, const kvfit_session_params &p, uint32_t n_c
                 lp.codec = c;
                 lp.hadamard = c == KVCodec::Q4 && (hadamard || (p.kv_codec == KVFIT_KV_AUTO && pow2));
                 lp.n_window = w;
-                if (covers) {
-                    chosen = true;
-                    break;
-                }
+                if (covers) break;
             }
-            (void)chosen;  // not covering the target: the last codec tried with its longest window
+            // Nothing covered the target: the last codec tried, with its longest window.
             const KVCodec cheapest = p.kv_codec != KVFIT_KV_AUTO ? codec_of(p.kv_codec) : groups_ok ? KVCodec::Q4 : KVCodec::F16;
             const uint64_t need_min = plan_bytes(shape, cheapest,
                                                  lp.n_sink, std::max(kMinWindow, p.n_window));
@@ -145,7 +141,6 @@ KVPlan plan_kv(const KVShape &shape, const kvfit_session_params &p, uint32_t n_c
 
 KVCache::KVCache(Stream &s, const KVShape &shape, const KVPlan &plan, const RopeParams &rope, int max_batch)
     : shape_(shape), plan_(plan), row_elems_(size_t(shape.n_head_kv) * shape.head_dim) {
-    (void)max_batch;
     const uint32_t slots = plan.capacity();
     const uint32_t positions = rope_positions(plan.layers[0].n_sink, plan.layers[0].n_window, plan.streaming);
     for (const LayerPlan &lp : plan.layers) {

@@ -1,16 +1,18 @@
-/* Size arguments of the command-line programs: "8MiB", "512KiB", "1.5GiB",
- * "123456" (K/M/G are the same binary units). Shared by the samples and tools
- * so every program accepts the same spellings. */
-#ifndef KVFIT_SIZE_ARG_H
-#define KVFIT_SIZE_ARG_H
+/* Arguments the command-line programs share, so every program accepts the
+ * same spellings: sizes ("8MiB", "512KiB", "1.5GiB", "123456"; K/M/G are the
+ * same binary units) and KV codec names (auto, f16, q8, q4, q4h). */
+#ifndef KVFIT_CLI_ARGS_H
+#define KVFIT_CLI_ARGS_H
 
 #include <stdint.h>
 #include <string.h>
 
+#include "kvfit.h"
+
 /* Parses s into *out (bytes > 0); returns 0 on junk or overflow. A fraction
  * needs a unit and is rounded down to whole bytes. Parsed by hand because
  * strtod would also take "inf", "1e9" and hex. */
-static int parse_size(const char *s, uint64_t *out) {
+static inline int parse_size(const char *s, uint64_t *out) {
     uint64_t whole = 0, frac = 0, frac_scale = 1;
     const char *p = s;
     if (*p < '0' || *p > '9') return 0;
@@ -42,6 +44,28 @@ static int parse_size(const char *s, uint64_t *out) {
     if (v < whole * unit || v == 0) return 0;
     *out = v;
     return 1;
+}
+
+/* A KV codec by name; returns 0 for an unknown name. */
+static inline int parse_codec(const char *s, kvfit_kv_codec *out) {
+    static const struct { const char *name; kvfit_kv_codec codec; } names[] = {
+        {"auto", KVFIT_KV_AUTO}, {"f16", KVFIT_KV_F16}, {"q8", KVFIT_KV_Q8},
+        {"q4", KVFIT_KV_Q4},     {"q4h", KVFIT_KV_Q4_HADAMARD},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(s, names[i].name)) { *out = names[i].codec; return 1; }
+    return 0;
+}
+
+static inline const char *codec_name(kvfit_kv_codec c) {
+    switch (c) {
+    case KVFIT_KV_AUTO: return "auto";
+    case KVFIT_KV_F16: return "f16";
+    case KVFIT_KV_Q8: return "q8";
+    case KVFIT_KV_Q4: return "q4";
+    case KVFIT_KV_Q4_HADAMARD: return "q4h";
+    default: return "?";
+    }
 }
 
 #endif
