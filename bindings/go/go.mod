@@ -1,0 +1,3 @@
+module kvfit
+
+go 1.19

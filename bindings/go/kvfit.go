@@ -1,0 +1,941 @@
+// Package kvfit runs LLM inference with kvfit, an embeddable runtime whose
+// sessions keep their KV memory inside a budget fixed in bytes up front.
+//
+//	model, err := kvfit.LoadModel("models/SmolLM2-135M-Instruct.Q4_1.gguf", nil)
+//	if err != nil { ... }
+//	defer model.Close()
+//	opts := kvfit.DefaultSessionOptions()
+//	opts.KVBudgetBytes = 64 << 20
+//	session, err := model.NewSession(&opts)
+//	if err != nil { ... }
+//	defer session.Close()
+//	prompt, _ := model.ApplyChatTemplate("", []kvfit.ChatMessage{{Role: "user", Content: "Hi!"}}, true)
+//	tokens, _ := model.Tokenize(prompt, true, true)
+//	_, err = session.Generate(tokens, nil, nil, func(t kvfit.Token, text string) bool {
+//		fmt.Print(text)
+//		return true // false stops generation
+//	})
+//
+// A Model is immutable and safe for concurrent use; it may serve many
+// sessions on many goroutines. A Session or a Sampler serializes its calls
+// (the C library allows one thread at a time). Close releases memory at once
+// and is idempotent; finalizers release what was not closed. Closing a model
+// that still has open sessions defers the release until the last one closes.
+//
+// Failures are *Error values carrying kvfit's status and message; compare
+// them with errors.Is against ErrBudget, ErrIO and the other sentinels.
+//
+// The library is found through pkg-config (kvfit.pc, or a build tree's
+// kvfit-uninstalled.pc via PKG_CONFIG_PATH).
+package kvfit
+
+// #cgo pkg-config: kvfit
+// #include <stdlib.h>
+// #include <kvfit.h>
+// #include "callbacks.h"
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/cgo"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
+
+// Token is a token id of the model's vocabulary.
+type Token = int32
+
+// Version is the "MAJOR.MINOR.PATCH" of the library actually loaded.
+func Version() string { return C.GoString(C.kvfit_version()) }
+
+// VersionNumber is MAJOR*10000 + MINOR*100 + PATCH of the loaded library.
+func VersionNumber() uint32 { return uint32(C.kvfit_version_number()) }
+
+// Status is a kvfit status code (KVFIT_E_* in kvfit.h).
+type Status int32
+
+const (
+	StatusArg                Status = C.KVFIT_E_ARG
+	StatusBufferTooSmall     Status = C.KVFIT_E_BUFFER_TOO_SMALL
+	StatusUTF8               Status = C.KVFIT_E_UTF8
+	StatusToken              Status = C.KVFIT_E_TOKEN
+	StatusState              Status = C.KVFIT_E_STATE
+	StatusIO                 Status = C.KVFIT_E_IO
+	StatusFormat             Status = C.KVFIT_E_FORMAT
+	StatusUnsupported        Status = C.KVFIT_E_UNSUPPORTED
+	StatusNoMem              Status = C.KVFIT_E_NOMEM
+	StatusBudget             Status = C.KVFIT_E_BUDGET
+	StatusContextFull        Status = C.KVFIT_E_CONTEXT_FULL
+	StatusBackend            Status = C.KVFIT_E_BACKEND
+	StatusBackendUnavailable Status = C.KVFIT_E_BACKEND_UNAVAILABLE
+	StatusCancelled          Status = C.KVFIT_E_CANCELLED
+	StatusInternal           Status = C.KVFIT_E_INTERNAL
+)
+
+// String is the constant's name, e.g. "KVFIT_E_BUDGET".
+func (s Status) String() string { return C.GoString(C.kvfit_status_str(C.kvfit_status(s))) }
+
+// Error is a failed kvfit call: its status and kvfit's explanation.
+type Error struct {
+	Status  Status
+	Message string
+}
+
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return "kvfit: " + e.Status.String()
+	}
+	return "kvfit: " + e.Message + " (" + e.Status.String() + ")"
+}
+
+// Is matches the sentinels (ErrBudget, ...) by status, whatever the message.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Message == "" && t.Status == e.Status
+}
+
+// Sentinels for errors.Is, one per status.
+var (
+	ErrArg                = &Error{Status: StatusArg}
+	ErrBufferTooSmall     = &Error{Status: StatusBufferTooSmall}
+	ErrUTF8               = &Error{Status: StatusUTF8}
+	ErrToken              = &Error{Status: StatusToken}
+	ErrState              = &Error{Status: StatusState}
+	ErrIO                 = &Error{Status: StatusIO}
+	ErrFormat             = &Error{Status: StatusFormat}
+	ErrUnsupported        = &Error{Status: StatusUnsupported}
+	ErrNoMem              = &Error{Status: StatusNoMem}
+	ErrBudget             = &Error{Status: StatusBudget}
+	ErrContextFull        = &Error{Status: StatusContextFull}
+	ErrBackend            = &Error{Status: StatusBackend}
+	ErrBackendUnavailable = &Error{Status: StatusBackendUnavailable}
+	ErrCancelled          = &Error{Status: StatusCancelled}
+	ErrInternal           = &Error{Status: StatusInternal}
+)
+
+// ErrClosed is returned by methods of a closed Model, Session or Sampler.
+var ErrClosed = errors.New("kvfit: use of a closed handle")
+
+// ErrReentrant is returned when a token callback calls its own session.
+var ErrReentrant = errors.New("kvfit: session called from its own token callback")
+
+// call runs one fallible C call and reads the thread's error message on the
+// same OS thread: kvfit_last_error is thread-local, and goroutines migrate.
+func call(f func() C.kvfit_status) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	st := f()
+	if st == C.KVFIT_OK {
+		return nil
+	}
+	return &Error{Status: Status(st), Message: C.GoString(C.kvfit_last_error())}
+}
+
+// readSized calls a function that fills a buffer and reports the size it
+// needs, growing the buffer once if it was too small. nul: the function also
+// writes a terminating NUL, which is not part of the result.
+func readSized(nul bool, f func(buf *C.char, size C.size_t, n *C.size_t) C.kvfit_status) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		var n C.size_t
+		var tooSmall bool
+		err := call(func() C.kvfit_status {
+			st := f((*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n)
+			tooSmall = st == C.KVFIT_E_BUFFER_TOO_SMALL
+			return st
+		})
+		needed := int(n)
+		if nul {
+			needed++
+		}
+		if tooSmall && needed > len(buf) {
+			buf = make([]byte, needed)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
+// tokensPtr is the C view of a token slice (NULL when empty).
+func tokensPtr(tokens []Token) *C.int32_t {
+	if len(tokens) == 0 {
+		return nil
+	}
+	return (*C.int32_t)(unsafe.Pointer(&tokens[0]))
+}
+
+// LogLevel is the severity of a log line.
+type LogLevel int32
+
+const (
+	LogDebug LogLevel = C.KVFIT_LOG_DEBUG
+	LogInfo  LogLevel = C.KVFIT_LOG_INFO
+	LogWarn  LogLevel = C.KVFIT_LOG_WARN
+	LogError LogLevel = C.KVFIT_LOG_ERROR
+)
+
+var (
+	logMu sync.RWMutex
+	logFn func(LogLevel, string)
+)
+
+// SetLogCallback routes kvfit's log lines at or above minLevel to fn,
+// process-wide; nil silences them (the default). fn may be called from any
+// thread that runs kvfit code, concurrently.
+func SetLogCallback(minLevel LogLevel, fn func(level LogLevel, message string)) {
+	logMu.Lock()
+	logFn = fn
+	logMu.Unlock()
+	C.kvfitgo_set_log_callback(C.bool(fn != nil), C.kvfit_log_level(minLevel))
+}
+
+// Backend picks the device that runs a model.
+type Backend int32
+
+const (
+	BackendAuto   Backend = C.KVFIT_BACKEND_AUTO // CUDA, then Vulkan, then CPU; KVFIT_BACKEND overrides
+	BackendCPU    Backend = C.KVFIT_BACKEND_CPU
+	BackendCUDA   Backend = C.KVFIT_BACKEND_CUDA
+	BackendVulkan Backend = C.KVFIT_BACKEND_VULKAN
+)
+
+// ModelOptions control loading; the zero value is the default.
+type ModelOptions struct {
+	Backend   Backend
+	VocabOnly bool // only metadata and tokenizer: no weights, no sessions
+	// Progress is called with values in [0, 1]; returning false cancels the
+	// load, which then fails with ErrCancelled.
+	Progress func(progress float32) bool
+}
+
+// Model is a loaded GGUF model, safe for concurrent use.
+type Model struct {
+	mu       sync.RWMutex // write-held only to release the C model
+	ptr      *C.kvfit_model
+	sessions int  // open sessions, guarded by mu
+	closing  bool // Close was called; release when sessions reaches 0
+}
+
+// LoadModel memory-maps a GGUF file. opts may be nil.
+func LoadModel(path string, opts *ModelOptions) (*Model, error) {
+	if opts == nil {
+		opts = &ModelOptions{}
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var handle cgo.Handle
+	var sink *progressSink
+	if opts.Progress != nil {
+		sink = &progressSink{fn: opts.Progress}
+		handle = cgo.NewHandle(sink)
+		defer handle.Delete()
+	}
+	var ptr *C.kvfit_model
+	err := call(func() C.kvfit_status {
+		return C.kvfitgo_model_load(cpath, C.kvfit_backend_kind(opts.Backend), C.bool(opts.VocabOnly),
+			C.uintptr_t(handle), &ptr)
+	})
+	if sink != nil && sink.panicked != nil {
+		C.kvfit_model_free(ptr)
+		panic(sink.panicked)
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := &Model{ptr: ptr}
+	runtime.SetFinalizer(m, (*Model).Close)
+	return m, nil
+}
+
+// Close releases the model, at once or, if sessions are still open, when the
+// last of them closes. Calling it again does nothing.
+func (m *Model) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closing = true
+	m.releaseLocked()
+	return nil
+}
+
+func (m *Model) releaseLocked() {
+	if m.closing && m.sessions == 0 && m.ptr != nil {
+		C.kvfit_model_free(m.ptr)
+		m.ptr = nil
+		runtime.SetFinalizer(m, nil)
+	}
+}
+
+// use runs f with the C model while holding it open.
+func (m *Model) use(f func(p *C.kvfit_model) error) error {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.ptr == nil || m.closing {
+		return ErrClosed
+	}
+	return f(m.ptr)
+}
+
+// ModelInfo describes a model.
+type ModelInfo struct {
+	Arch       string
+	Name       string
+	Tokenizer  string // "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+	Layers     uint32
+	Heads      uint32
+	KVHeads    uint32
+	Embedding  uint32
+	ContextLen uint32 // training context
+	VocabSize  uint32
+	Params     uint64
+	WeightSize uint64 // bytes of the weights as stored
+	BOS        Token  // -1 if none
+	EOS        Token  // -1 if none
+}
+
+// Info describes the model.
+func (m *Model) Info() (ModelInfo, error) {
+	var out ModelInfo
+	err := m.use(func(p *C.kvfit_model) error {
+		var i C.kvfit_model_info
+		i.struct_size = C.uint32_t(unsafe.Sizeof(i))
+		if err := call(func() C.kvfit_status { return C.kvfit_model_get_info(p, &i) }); err != nil {
+			return err
+		}
+		out = ModelInfo{
+			Arch: C.GoString(i.arch), Name: C.GoString(i.name), Tokenizer: C.GoString(i.tokenizer),
+			Layers: uint32(i.n_layer), Heads: uint32(i.n_head), KVHeads: uint32(i.n_head_kv),
+			Embedding: uint32(i.n_embd), ContextLen: uint32(i.n_ctx_train), VocabSize: uint32(i.n_vocab),
+			Params: uint64(i.n_params), WeightSize: uint64(i.weight_bytes),
+			BOS: Token(i.bos_token), EOS: Token(i.eos_token),
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Meta is a GGUF metadata value as text (ErrArg if the key is absent).
+func (m *Model) Meta(key string) (string, error) {
+	ckey := C.CString(key)
+	defer C.free(unsafe.Pointer(ckey))
+	var out []byte
+	err := m.use(func(p *C.kvfit_model) (err error) {
+		out, err = readSized(true, func(buf *C.char, size C.size_t, n *C.size_t) C.kvfit_status {
+			return C.kvfit_model_meta(p, ckey, buf, size, n)
+		})
+		return err
+	})
+	return string(out), err
+}
+
+// Tokenize splits UTF-8 text into tokens. addSpecial adds BOS/EOS as the
+// model asks; parseSpecial turns control-token text such as "<|im_start|>"
+// into those tokens.
+func (m *Model) Tokenize(text string, addSpecial, parseSpecial bool) ([]Token, error) {
+	bytes := []byte(text)
+	var textPtr *C.char
+	if len(bytes) > 0 {
+		textPtr = (*C.char)(unsafe.Pointer(&bytes[0]))
+	}
+	tokens := make([]Token, len(bytes)+8)
+	err := m.use(func(p *C.kvfit_model) error {
+		for {
+			var n C.size_t
+			var tooSmall bool
+			err := call(func() C.kvfit_status {
+				st := C.kvfit_tokenize(p, textPtr, C.size_t(len(bytes)), C.bool(addSpecial), C.bool(parseSpecial),
+					tokensPtr(tokens), C.size_t(len(tokens)), &n)
+				tooSmall = st == C.KVFIT_E_BUFFER_TOO_SMALL
+				return st
+			})
+			if tooSmall && int(n) > len(tokens) {
+				tokens = make([]Token, n)
+				continue
+			}
+			tokens = tokens[:n]
+			return err
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return tokens, nil
+}
+
+// TokenToPiece is the bytes of one token (possibly part of a UTF-8 character).
+func (m *Model) TokenToPiece(token Token, renderSpecial bool) ([]byte, error) {
+	var out []byte
+	err := m.use(func(p *C.kvfit_model) (err error) {
+		out, err = readSized(false, func(buf *C.char, size C.size_t, n *C.size_t) C.kvfit_status {
+			return C.kvfit_token_to_piece(p, C.int32_t(token), C.bool(renderSpecial), buf, size, n)
+		})
+		return err
+	})
+	return out, err
+}
+
+// Detokenize is the text of a token sequence.
+func (m *Model) Detokenize(tokens []Token, renderSpecial bool) (string, error) {
+	var out []byte
+	err := m.use(func(p *C.kvfit_model) (err error) {
+		out, err = readSized(false, func(buf *C.char, size C.size_t, n *C.size_t) C.kvfit_status {
+			return C.kvfit_detokenize(p, tokensPtr(tokens), C.size_t(len(tokens)), C.bool(renderSpecial), buf, size, n)
+		})
+		return err
+	})
+	return string(out), err
+}
+
+// IsEOG reports end-of-generation tokens (EOS, EOT, <|im_end|>, ...).
+func (m *Model) IsEOG(token Token) bool {
+	var eog bool
+	_ = m.use(func(p *C.kvfit_model) error {
+		eog = bool(C.kvfit_token_is_eog(p, C.int32_t(token)))
+		return nil
+	})
+	return eog
+}
+
+// ChatTemplate is the template family the model declares ("chatml", ...).
+func (m *Model) ChatTemplate() string {
+	name := "chatml"
+	_ = m.use(func(p *C.kvfit_model) error {
+		name = C.GoString(C.kvfit_model_chat_template(p))
+		return nil
+	})
+	return name
+}
+
+// ChatMessage is one turn of a conversation; Role is "system", "user" or "assistant".
+type ChatMessage struct {
+	Role    string
+	Content string
+}
+
+// ApplyChatTemplate renders a conversation with a template family ("" =
+// the model's); addAssistant appends the header that opens the assistant's turn.
+func (m *Model) ApplyChatTemplate(template string, messages []ChatMessage, addAssistant bool) (string, error) {
+	var ctemplate *C.char
+	if template != "" {
+		ctemplate = C.CString(template)
+		defer C.free(unsafe.Pointer(ctemplate))
+	}
+	// C strings in Go memory are allowed: the slice holds no Go pointers.
+	raw := make([]C.kvfit_chat_message, len(messages)+1)
+	for i, msg := range messages {
+		raw[i].role = C.CString(msg.Role)
+		raw[i].content = C.CString(msg.Content)
+		defer C.free(unsafe.Pointer(raw[i].role))
+		defer C.free(unsafe.Pointer(raw[i].content))
+	}
+	var out []byte
+	err := m.use(func(p *C.kvfit_model) (err error) {
+		out, err = readSized(true, func(buf *C.char, size C.size_t, n *C.size_t) C.kvfit_status {
+			return C.kvfit_chat_apply(p, ctemplate, &raw[0], C.size_t(len(messages)), C.bool(addAssistant), buf, size, n)
+		})
+		return err
+	})
+	return string(out), err
+}
+
+// KVCodec is how an attention layer stores keys and values.
+type KVCodec int32
+
+const (
+	KVAuto       KVCodec = C.KVFIT_KV_AUTO // the planner chooses
+	KVF16        KVCodec = C.KVFIT_KV_F16
+	KVQ8         KVCodec = C.KVFIT_KV_Q8
+	KVQ4         KVCodec = C.KVFIT_KV_Q4
+	KVQ4Hadamard KVCodec = C.KVFIT_KV_Q4_HADAMARD // Q4 with Hadamard-rotated keys
+)
+
+// String gives the names kvfit's tools use: auto, f16, q8, q4, q4h.
+func (c KVCodec) String() string {
+	switch c {
+	case KVAuto:
+		return "auto"
+	case KVF16:
+		return "f16"
+	case KVQ8:
+		return "q8"
+	case KVQ4:
+		return "q4"
+	case KVQ4Hadamard:
+		return "q4h"
+	}
+	return fmt.Sprintf("codec %d", int32(c))
+}
+
+// SessionOptions size a session's KV memory; see kvfit_session_params in
+// kvfit.h. Start from DefaultSessionOptions: some zero values mean something.
+type SessionOptions struct {
+	Context       uint32 // dense: tokens held; streaming: context the planner covers. 0 = training context
+	Batch         uint32 // tokens per prefill step; 0 = 512
+	Threads       int32  // CPU threads; 0 = all cores (at most 16)
+	KVBudgetBytes uint64 // 0 = no budget (dense unless Window is set)
+	Sinks         int32  // sink tokens per attention layer; -1 = 4 when streaming
+	Window        uint32 // ring size in tokens; 0 = the planner decides
+	Codec         KVCodec
+}
+
+// DefaultSessionOptions are the library's defaults.
+func DefaultSessionOptions() SessionOptions {
+	var p C.kvfit_session_params
+	C.kvfit_session_params_init(&p)
+	return SessionOptions{
+		Context: uint32(p.n_ctx), Batch: uint32(p.n_batch), Threads: int32(p.n_threads),
+		KVBudgetBytes: uint64(p.kv_budget_bytes), Sinks: int32(p.n_sink), Window: uint32(p.n_window),
+		Codec: KVCodec(p.kv_codec),
+	}
+}
+
+// Session is a conversation's state on a model: KV memory, position, logits.
+type Session struct {
+	mu         sync.Mutex
+	ptr        *C.kvfit_session
+	model      *Model
+	inCallback atomic.Bool
+}
+
+// NewSession allocates all of a session's memory; opts nil = defaults. A
+// budget too small for any plan fails with ErrBudget, whose message names
+// the smallest budget that works.
+func (m *Model) NewSession(opts *SessionOptions) (*Session, error) {
+	o := DefaultSessionOptions()
+	if opts != nil {
+		o = *opts
+	}
+	var p C.kvfit_session_params
+	C.kvfit_session_params_init(&p)
+	p.n_ctx = C.uint32_t(o.Context)
+	p.n_batch = C.uint32_t(o.Batch)
+	p.n_threads = C.int32_t(o.Threads)
+	p.kv_budget_bytes = C.uint64_t(o.KVBudgetBytes)
+	p.n_sink = C.int32_t(o.Sinks)
+	p.n_window = C.uint32_t(o.Window)
+	p.kv_codec = C.kvfit_kv_codec(o.Codec)
+
+	// The write lock keeps Close from releasing the model mid-creation.
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ptr == nil || m.closing {
+		return nil, ErrClosed
+	}
+	var ptr *C.kvfit_session
+	if err := call(func() C.kvfit_status { return C.kvfit_session_create(m.ptr, &p, &ptr) }); err != nil {
+		return nil, err
+	}
+	m.sessions++
+	s := &Session{ptr: ptr, model: m}
+	runtime.SetFinalizer(s, (*Session).Close)
+	return s, nil
+}
+
+// lock takes the session for one call, refusing calls from its own token
+// callback (which would deadlock) and calls after Close.
+func (s *Session) lock() error {
+	if s.inCallback.Load() {
+		return ErrReentrant
+	}
+	s.mu.Lock()
+	if s.ptr == nil {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// Close releases the session's memory. Calling it again does nothing.
+func (s *Session) Close() error {
+	if s.inCallback.Load() {
+		return ErrReentrant
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ptr == nil {
+		return nil
+	}
+	C.kvfit_session_free(s.ptr)
+	s.ptr = nil
+	runtime.SetFinalizer(s, nil)
+	s.model.mu.Lock()
+	s.model.sessions--
+	s.model.releaseLocked()
+	s.model.mu.Unlock()
+	return nil
+}
+
+// Reset forgets all tokens; the memory stays allocated.
+func (s *Session) Reset() error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	return call(func() C.kvfit_status { return C.kvfit_session_reset(s.ptr) })
+}
+
+// Prefill appends tokens, computing the logits of the last one.
+func (s *Session) Prefill(tokens []Token) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	return call(func() C.kvfit_status { return C.kvfit_session_prefill(s.ptr, tokensPtr(tokens), C.size_t(len(tokens))) })
+}
+
+// Decode appends one token and computes its logits.
+func (s *Session) Decode(token Token) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	return call(func() C.kvfit_status { return C.kvfit_session_decode(s.ptr, C.int32_t(token)) })
+}
+
+// Logits is a copy of the newest token's logits (ErrState before any token).
+func (s *Session) Logits() ([]float32, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	var p *C.float
+	var n C.size_t
+	if err := call(func() C.kvfit_status { return C.kvfit_session_logits(s.ptr, &p, &n) }); err != nil {
+		return nil, err
+	}
+	out := make([]float32, n)
+	if n > 0 {
+		copy(out, unsafe.Slice((*float32)(unsafe.Pointer(p)), int(n)))
+	}
+	return out, nil
+}
+
+// NPast is the number of tokens the session holds (0 once closed).
+func (s *Session) NPast() uint64 {
+	if s.lock() != nil {
+		return 0
+	}
+	defer s.mu.Unlock()
+	return uint64(C.kvfit_session_n_past(s.ptr))
+}
+
+// KVBytes is the memory allocated for per-token and per-sequence state.
+func (s *Session) KVBytes() uint64 {
+	if s.lock() != nil {
+		return 0
+	}
+	defer s.mu.Unlock()
+	return uint64(C.kvfit_session_kv_bytes(s.ptr))
+}
+
+// LayerKind says whether a layer attends to every token or to sinks + a window.
+type LayerKind int32
+
+const (
+	LayerDense     LayerKind = C.KVFIT_LAYER_DENSE
+	LayerStreaming LayerKind = C.KVFIT_LAYER_STREAMING
+)
+
+func (k LayerKind) String() string {
+	switch k {
+	case LayerDense:
+		return "dense"
+	case LayerStreaming:
+		return "streaming"
+	}
+	return fmt.Sprintf("layer kind %d", int32(k))
+}
+
+// LayerPlan is what the planner chose for one layer.
+type LayerPlan struct {
+	Kind   LayerKind
+	Codec  KVCodec
+	Sinks  uint32
+	Window uint32 // dense layers: the tokens they hold
+	Bytes  uint64 // codes, scales, minima
+}
+
+// Plan is a session's plan: one entry per layer and all KV state's bytes.
+type Plan struct {
+	Layers     []LayerPlan
+	TotalBytes uint64
+}
+
+// Plan reports what the planner chose.
+func (s *Session) Plan() (Plan, error) {
+	if err := s.lock(); err != nil {
+		return Plan{}, err
+	}
+	defer s.mu.Unlock()
+	var n C.size_t
+	if err := call(func() C.kvfit_status { return C.kvfit_session_plan(s.ptr, nil, 0, &n, nil) }); err != nil {
+		return Plan{}, err
+	}
+	layers := make([]C.kvfit_layer_plan, n+1)
+	var total C.uint64_t
+	if err := call(func() C.kvfit_status {
+		return C.kvfit_session_plan(s.ptr, &layers[0], C.size_t(len(layers)), &n, &total)
+	}); err != nil {
+		return Plan{}, err
+	}
+	plan := Plan{TotalBytes: uint64(total)}
+	for _, l := range layers[:n] {
+		plan.Layers = append(plan.Layers, LayerPlan{
+			Kind: LayerKind(l.kind), Codec: KVCodec(l.codec), Sinks: uint32(l.n_sink),
+			Window: uint32(l.n_window), Bytes: uint64(l.bytes),
+		})
+	}
+	return plan, nil
+}
+
+// SaveState is the session's state as bytes (tokens' KV, position, logits),
+// loadable into a session of the same model with the same plan.
+func (s *Session) SaveState() ([]byte, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	var size C.size_t
+	if err := call(func() C.kvfit_status { return C.kvfit_session_state_size(s.ptr, &size) }); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, size+1)
+	var written C.size_t
+	if err := call(func() C.kvfit_status {
+		return C.kvfit_session_save(s.ptr, unsafe.Pointer(&buf[0]), size, &written)
+	}); err != nil {
+		return nil, err
+	}
+	return buf[:written], nil
+}
+
+// LoadState restores what SaveState wrote; the session is unchanged on failure.
+func (s *Session) LoadState(state []byte) error {
+	if err := s.lock(); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	buf := append([]byte(nil), state...)
+	buf = append(buf, 0) // a valid pointer even for empty input
+	return call(func() C.kvfit_status {
+		return C.kvfit_session_load(s.ptr, unsafe.Pointer(&buf[0]), C.size_t(len(state)))
+	})
+}
+
+// PrefillNLL is Prefill that also returns -log p(token | everything before)
+// in nats per token (NaN for the first if the session had no logits).
+func (s *Session) PrefillNLL(tokens []Token) ([]float32, error) {
+	if err := s.lock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.Unlock()
+	nll := make([]float32, len(tokens)+1)
+	err := call(func() C.kvfit_status {
+		return C.kvfit_session_prefill_nll(s.ptr, tokensPtr(tokens), C.size_t(len(tokens)), (*C.float)(&nll[0]))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return nll[:len(tokens)], nil
+}
+
+// StopReason says why generation ended.
+type StopReason int32
+
+const (
+	StopEOG         StopReason = C.KVFIT_STOP_EOG      // an end-of-generation token
+	StopLength      StopReason = C.KVFIT_STOP_LENGTH   // MaxTokens reached
+	StopCallback    StopReason = C.KVFIT_STOP_CALLBACK // the callback returned false
+	StopContextFull StopReason = C.KVFIT_STOP_CONTEXT  // the session's cache is full
+)
+
+func (r StopReason) String() string {
+	switch r {
+	case StopEOG:
+		return "end of generation"
+	case StopLength:
+		return "length"
+	case StopCallback:
+		return "callback"
+	case StopContextFull:
+		return "context full"
+	}
+	return fmt.Sprintf("stop reason %d", int32(r))
+}
+
+// GenerateOptions control Generate; start from DefaultGenerateOptions.
+type GenerateOptions struct {
+	MaxTokens     uint32
+	RenderSpecial bool // pass control tokens' text to the callback
+}
+
+// DefaultGenerateOptions are the library's defaults.
+func DefaultGenerateOptions() GenerateOptions {
+	var p C.kvfit_generate_params
+	C.kvfit_generate_params_init(&p)
+	return GenerateOptions{MaxTokens: uint32(p.max_tokens), RenderSpecial: bool(p.render_special)}
+}
+
+// GenerateResult is how a generation ended.
+type GenerateResult struct {
+	Generated  uint32 // tokens generated (an end-of-generation token is not counted)
+	StopReason StopReason
+}
+
+// Generate prefills prompt (may be empty if the session has logits), then
+// samples and appends tokens until an end-of-generation token, MaxTokens, the
+// callback returning false, or a full cache. onToken (may be nil) receives
+// each token with its newly completed UTF-8 text (possibly empty while a
+// character is incomplete), and token -1 with bytes still pending at the end.
+// It must not call this session. sampler nil = greedy; opts nil = defaults.
+// A panic in onToken stops generation and is re-raised here.
+func (s *Session) Generate(prompt []Token, sampler *Sampler, opts *GenerateOptions,
+	onToken func(token Token, text string) bool) (GenerateResult, error) {
+	o := DefaultGenerateOptions()
+	if opts != nil {
+		o = *opts
+	}
+	if err := s.lock(); err != nil {
+		return GenerateResult{}, err
+	}
+	defer s.mu.Unlock()
+	var samplerPtr *C.kvfit_sampler
+	if sampler != nil {
+		if err := sampler.lock(); err != nil {
+			return GenerateResult{}, err
+		}
+		defer sampler.mu.Unlock()
+		samplerPtr = sampler.ptr
+	}
+	var handle cgo.Handle
+	var sink *tokenSink
+	if onToken != nil {
+		sink = &tokenSink{fn: func(t Token, text string) bool {
+			s.inCallback.Store(true)
+			defer s.inCallback.Store(false)
+			return onToken(t, text)
+		}}
+		handle = cgo.NewHandle(sink)
+		defer handle.Delete()
+	}
+	var r C.kvfit_generate_result
+	err := call(func() C.kvfit_status {
+		return C.kvfitgo_generate(s.ptr, tokensPtr(prompt), C.size_t(len(prompt)), samplerPtr, C.uint32_t(o.MaxTokens),
+			C.bool(o.RenderSpecial), C.uintptr_t(handle), &r)
+	})
+	if sink != nil && sink.panicked != nil {
+		panic(sink.panicked)
+	}
+	return GenerateResult{Generated: uint32(r.n_generated), StopReason: StopReason(r.stop_reason)}, err
+}
+
+// SamplerOptions configure a sampling chain; start from DefaultSamplerOptions.
+type SamplerOptions struct {
+	Temperature   float32 // <= 0: greedy
+	TopK          int32   // <= 0: off
+	TopP          float32 // >= 1: off
+	MinP          float32 // <= 0: off
+	RepeatPenalty float32 // 1: off
+	RepeatLastN   int32   // tokens of history the penalty looks at
+	Seed          uint64  // the same seed and logits give the same tokens
+}
+
+// DefaultSamplerOptions are the library's defaults.
+func DefaultSamplerOptions() SamplerOptions {
+	var p C.kvfit_sampler_params
+	C.kvfit_sampler_params_init(&p)
+	return SamplerOptions{
+		Temperature: float32(p.temperature), TopK: int32(p.top_k), TopP: float32(p.top_p), MinP: float32(p.min_p),
+		RepeatPenalty: float32(p.repeat_penalty), RepeatLastN: int32(p.repeat_last_n), Seed: uint64(p.seed),
+	}
+}
+
+// Sampler is a sampling chain with its own history and random state.
+type Sampler struct {
+	mu  sync.Mutex
+	ptr *C.kvfit_sampler
+}
+
+// NewSampler creates a sampler; opts nil = defaults.
+func NewSampler(opts *SamplerOptions) (*Sampler, error) {
+	o := DefaultSamplerOptions()
+	if opts != nil {
+		o = *opts
+	}
+	var p C.kvfit_sampler_params
+	C.kvfit_sampler_params_init(&p)
+	p.temperature = C.float(o.Temperature)
+	p.top_k = C.int32_t(o.TopK)
+	p.top_p = C.float(o.TopP)
+	p.min_p = C.float(o.MinP)
+	p.repeat_penalty = C.float(o.RepeatPenalty)
+	p.repeat_last_n = C.int32_t(o.RepeatLastN)
+	p.seed = C.uint64_t(o.Seed)
+	var ptr *C.kvfit_sampler
+	if err := call(func() C.kvfit_status { return C.kvfit_sampler_create(&p, &ptr) }); err != nil {
+		return nil, err
+	}
+	smp := &Sampler{ptr: ptr}
+	runtime.SetFinalizer(smp, (*Sampler).Close)
+	return smp, nil
+}
+
+func (smp *Sampler) lock() error {
+	smp.mu.Lock()
+	if smp.ptr == nil {
+		smp.mu.Unlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// Close releases the sampler. Calling it again does nothing.
+func (smp *Sampler) Close() error {
+	smp.mu.Lock()
+	defer smp.mu.Unlock()
+	if smp.ptr != nil {
+		C.kvfit_sampler_free(smp.ptr)
+		smp.ptr = nil
+		runtime.SetFinalizer(smp, nil)
+	}
+	return nil
+}
+
+// Reset forgets the history and reseeds.
+func (smp *Sampler) Reset() error {
+	if err := smp.lock(); err != nil {
+		return err
+	}
+	defer smp.mu.Unlock()
+	C.kvfit_sampler_reset(smp.ptr)
+	return nil
+}
+
+// Sample picks a token from the session's current logits (does not append it).
+func (smp *Sampler) Sample(s *Session) (Token, error) {
+	if err := smp.lock(); err != nil {
+		return 0, err
+	}
+	defer smp.mu.Unlock()
+	if err := s.lock(); err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	var token C.int32_t
+	err := call(func() C.kvfit_status { return C.kvfit_sampler_sample(smp.ptr, s.ptr, &token) })
+	return Token(token), err
+}
+
+// Accept records a token in the history the repetition penalty looks at.
+func (smp *Sampler) Accept(token Token) error {
+	if err := smp.lock(); err != nil {
+		return err
+	}
+	defer smp.mu.Unlock()
+	return call(func() C.kvfit_status { return C.kvfit_sampler_accept(smp.ptr, C.int32_t(token)) })
+}
