@@ -230,6 +230,9 @@ typedef enum kvfit_kv_codec {
     KVFIT_KV_Q8 = 2,          /* int8, one fp16 scale per 32 values: 1.0625 bytes per value */
     KVFIT_KV_Q4 = 3,          /* int4, fp16 scale + minimum per 32 values: 0.625 bytes per value */
     KVFIT_KV_Q4_HADAMARD = 4, /* Q4 with keys rotated by a fixed randomized Hadamard transform first */
+    KVFIT_KV_Q4_CHANNEL = 5,  /* Q4 with keys grouped per channel over blocks of 32 tokens (values per
+                               * token); the sinks' keys and the newest, unfinished block's keys stay F16.
+                               * Windows are multiples of 32. */
     KVFIT_KV_CODEC_MAX_ENUM = 0x7FFFFFFF
 } kvfit_kv_codec;
 

@@ -120,7 +120,7 @@ struct StateHeader {
     uint32_t reserved;
     uint64_t kv_bytes;
 };
-constexpr uint32_t kStateVersion = 1;
+constexpr uint32_t kStateVersion = 2;  // 2: codec holds the public kvfit_kv_codec
 
 StateHeader header_of(const Model &m, const KVPlan &plan, uint64_t n_past, bool has_logits, uint64_t kv_bytes) {
     StateHeader h;
@@ -134,7 +134,7 @@ StateHeader header_of(const Model &m, const KVPlan &plan, uint64_t n_past, bool 
     h.streaming = plan.streaming;
     h.n_sink = plan.layers[0].n_sink;
     h.n_window = plan.layers[0].n_window;
-    h.codec = uint32_t(plan.layers[0].codec);
+    h.codec = uint32_t(layer_codec(plan.layers[0]));
     h.hadamard = plan.layers[0].hadamard;
     h.n_past = n_past;
     h.has_logits = has_logits;

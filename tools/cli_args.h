@@ -50,7 +50,7 @@ static inline int parse_size(const char *s, uint64_t *out) {
 static inline int parse_codec(const char *s, kvfit_kv_codec *out) {
     static const struct { const char *name; kvfit_kv_codec codec; } names[] = {
         {"auto", KVFIT_KV_AUTO}, {"f16", KVFIT_KV_F16}, {"q8", KVFIT_KV_Q8},
-        {"q4", KVFIT_KV_Q4},     {"q4h", KVFIT_KV_Q4_HADAMARD},
+        {"q4", KVFIT_KV_Q4},     {"q4h", KVFIT_KV_Q4_HADAMARD}, {"q4c", KVFIT_KV_Q4_CHANNEL},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(s, names[i].name)) { *out = names[i].codec; return 1; }
@@ -64,6 +64,7 @@ static inline const char *codec_name(kvfit_kv_codec c) {
     case KVFIT_KV_Q8: return "q8";
     case KVFIT_KV_Q4: return "q4";
     case KVFIT_KV_Q4_HADAMARD: return "q4h";
+    case KVFIT_KV_Q4_CHANNEL: return "q4c";
     default: return "?";
     }
 }

@@ -82,11 +82,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--window")) window = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--sinks")) sinks = atoi(v);
         else if (!strcmp(a, "--codec")) {
-            if (!parse_codec(v, &codec)) { fprintf(stderr, "kvfit-bench: codec is one of auto, f16, q8, q4, q4h\n"); return 2; }
+            if (!parse_codec(v, &codec)) { fprintf(stderr, "kvfit-bench: codec is one of auto, f16, q8, q4, q4h, q4c\n"); return 2; }
         }
         else {
             fprintf(stderr, "usage: kvfit-bench -m MODEL [-t THREADS] [-p 128,1024] [-n 128] [-r 3] [-f TEXT]\n"
-                            "                   [--positions 1000,10000] [--budget 8MiB] [--window N] [--sinks N] [--codec f16|q8|q4|q4h]\n");
+                            "                   [--positions 1000,10000] [--budget 8MiB] [--window N] [--sinks N] [--codec f16|q8|q4|q4h|q4c]\n");
             return 2;
         }
         i++;

@@ -32,7 +32,7 @@
 static const char *usage_text =
     "usage: kvfit-ppl -m MODEL -f TEXT [-t THREADS] [--max-tokens N] [--chunk 512]\n"
     "                 [--budget SIZE] [--ctx N] [--sinks N] [--window N]\n"
-    "                 [--codec auto|f16|q8|q4|q4h] [--dense] [--csv FILE] [--batch 512]\n"
+    "                 [--codec auto|f16|q8|q4|q4h|q4c] [--dense] [--csv FILE] [--batch 512]\n"
     "  -m MODEL        GGUF model file\n"
     "  -f TEXT         UTF-8 text file\n"
     "  -t THREADS      CPU threads (0 = all cores)\n"

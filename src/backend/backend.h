@@ -56,12 +56,19 @@ struct CacheAttention {
     uint32_t n_sink = 0;
     uint32_t n_window = 0;      // ring slots (dense: the capacity)
     bool streaming = false;     // dense caches neither evict nor remap positions
-    int codec = 1;              // KVCodec
+    int codec = 1;              // KVCodec of the V rows (and of the K rows unless channel_keys)
     bool hadamard = false;      // keys were Hadamard-rotated before encoding
-    size_t row_bytes = 0;       // encoded bytes of one token's K (or V), all KV heads
+    size_t row_bytes = 0;       // encoded bytes of one token's V (and K unless channel_keys), all KV heads
     size_t head_bytes = 0;      // encoded bytes of one head's part of a row
-    const uint8_t *k = nullptr, *v = nullptr;          // slot-indexed cache rows
+    const uint8_t *k = nullptr, *v = nullptr;          // slot-indexed cache rows (K: blocks if channel_keys)
     const uint8_t *k_new = nullptr, *v_new = nullptr;  // the n_q new tokens' rows
+    // Per-channel key blocks (KVFIT_KV_Q4_CHANNEL): window token j's key is
+    // in block ((j - S) mod W) / 32 of k, unless its block is the one still
+    // being filled, whose F16 rows are in k_res (row (j - S) mod 32); sink
+    // keys are F16 rows in k_sink, and k_new holds F16 rows.
+    bool channel_keys = false;
+    const uint8_t *k_sink = nullptr, *k_res = nullptr;
+    size_t k_block_bytes = 0;   // one block, all KV heads (head g at g * k_block_bytes / n_head_kv)
     const float *rope_cs = nullptr;  // [n_sink + n_window][rope.n_dims / 2][2] cos, sin per cache position
     RopeParams rope;
     float scale = 1.0f;
@@ -86,6 +93,9 @@ public:
     // Encodes n rows of n_heads heads of head_dim floats with a KV codec
     // (optionally Hadamard-rotating each head first; x is then modified).
     virtual void kv_encode(int codec, bool hadamard, float *x, int n, int n_heads, int head_dim, uint8_t *dst) = 0;
+    // Packs 32 F16 key rows (n_heads heads of head_dim each) into one
+    // per-channel Q4 block per head, written one after the other to dst.
+    virtual void kv_encode_channels(const uint8_t *rows, int n_heads, int head_dim, uint8_t *dst) = 0;
     // out[i] = softmax(scale * q_i . K^T) V over what query i may see; q is
     // [n_q][n_head * head_dim] before RoPE (left unchanged).
     virtual void cache_attention(const CacheAttention &a, const float *q, float *out) = 0;

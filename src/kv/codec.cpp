@@ -792,6 +792,28 @@ const char *codec_kernel_name() {
     return kernels().name;
 }
 
+size_t channel_block_bytes(int n) {
+    return n > 0 ? size_t(n) * codec_row_bytes(KVCodec::Q4, KV_CHANNEL_BLOCK) : 0;
+}
+
+void channel_block_encode(const float *rows, size_t stride, void *dst, int n) {
+    const size_t gb = codec_row_bytes(KVCodec::Q4, KV_CHANNEL_BLOCK);
+    float col[KV_CHANNEL_BLOCK];
+    for (int c = 0; c < n; c++) {
+        for (int t = 0; t < KV_CHANNEL_BLOCK; t++) col[t] = rows[size_t(t) * stride + size_t(c)];
+        encode_q4(col, static_cast<uint8_t *>(dst) + size_t(c) * gb, KV_CHANNEL_BLOCK);
+    }
+}
+
+void channel_block_decode(const void *block, int n, int first, int count, float *dst) {
+    const size_t gb = codec_row_bytes(KVCodec::Q4, KV_CHANNEL_BLOCK);
+    float col[KV_CHANNEL_BLOCK];
+    for (int c = 0; c < n; c++) {
+        codec_decode(KVCodec::Q4, static_cast<const uint8_t *>(block) + size_t(c) * gb, col, KV_CHANNEL_BLOCK);
+        for (int t = 0; t < count; t++) dst[size_t(t) * size_t(n) + size_t(c)] = col[first + t];
+    }
+}
+
 void hadamard_rotate(float *x, int n) {
     kernels().rotate(x, hadamard_signs(n), n, false);
 }

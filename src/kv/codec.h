@@ -54,6 +54,18 @@ void codec_axpy_ref(KVCodec c, const void *row, float w, float *y, int n);
 // Name of the path codec_dot/codec_axpy use on this machine: "avx2" or "scalar".
 const char *codec_kernel_name();
 
+// Per-channel key blocks (KIVI / KVQuant style): 32 consecutive tokens of a
+// KV head are quantized along the token axis, one Q4 group per channel, so an
+// outlier channel gets its own scale instead of stretching every token's.
+// A block of n channels is n Q4 groups (codec_row_bytes(Q4, 32) bytes each),
+// channel c's group holding that channel's value for tokens 0..31.
+constexpr int KV_CHANNEL_BLOCK = 32;
+size_t channel_block_bytes(int n);  // bytes of one block of n channels
+// Encodes rows [32][n] (row stride `stride` floats) into one block.
+void channel_block_encode(const float *rows, size_t stride, void *dst, int n);
+// Decodes tokens first .. first + count - 1 of a block into dst [count][n].
+void channel_block_decode(const void *block, int n, int first, int count, float *dst);
+
 // Fixed randomized Hadamard rotation of one head vector (n a power of two, <= 512):
 // x <- H * diag(signs) * x / sqrt(n), signs = +-1 from a fixed seed per n
 // (deterministic across platforms). Orthonormal, so dot(R a, R b) == dot(a, b):

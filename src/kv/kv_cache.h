@@ -34,6 +34,7 @@ struct LayerPlan {
     kvfit_layer_kind kind = KVFIT_LAYER_DENSE;
     KVCodec codec = KVCodec::F16;
     bool hadamard = false;  // keys rotated by a fixed Hadamard transform before encoding
+    bool channel_keys = false;  // keys in per-channel Q4 blocks of 32 tokens (codec is Q4, for the values)
     uint32_t n_sink = 0;
     uint32_t n_window = 0;
     uint64_t bytes = 0;
@@ -47,8 +48,9 @@ struct KVPlan {
     uint32_t capacity() const { return layers.empty() ? 0 : layers[0].n_sink + layers[0].n_window; }
 };
 
-// Bytes one token costs in one layer (K and V of every KV head).
-uint64_t kv_token_bytes(const KVShape &shape, KVCodec codec);
+// Bytes of one layer's K and V state for sinks + window (everything counted:
+// codes, scales, minima, full-precision sink keys and residual rows).
+uint64_t layer_state_bytes(const KVShape &shape, const LayerPlan &lp);
 
 // Chooses the plan for a session (throws KVFIT_E_BUDGET with the smallest
 // workable budget in the message, or KVFIT_E_ARG for contradictory pins).
@@ -81,8 +83,16 @@ private:
     KVShape shape_;
     KVPlan plan_;
     size_t row_elems_;  // n_head_kv * head_dim
-    std::vector<uint8_t *> k_, v_;  // per layer: (S + W) rows of encoded K / V
-    std::vector<size_t> row_bytes_; // per layer: encoded bytes of one token's K (= V)
+    struct LayerStore {
+        uint8_t *k = nullptr;       // (S + W) encoded rows, or W / 32 channel blocks
+        uint8_t *v = nullptr;       // (S + W) encoded rows
+        uint8_t *k_sink = nullptr;  // channel keys: S F16 rows
+        uint8_t *k_res = nullptr;   // channel keys: 32 F16 rows, the block being filled
+        size_t k_row_bytes = 0;     // one token's K row as staged (F16 for channel keys)
+        size_t v_row_bytes = 0;
+        size_t k_bytes = 0, v_bytes = 0, k_sink_bytes = 0, k_res_bytes = 0;
+    };
+    std::vector<LayerStore> layers_;
     float *rope_cs_ = nullptr;      // [S + W][rope_dims / 2][2] cos, sin of each cache position
     RopeParams rope_;
     uint8_t *k_new_ = nullptr, *v_new_ = nullptr;  // staging: the current batch's encoded rows

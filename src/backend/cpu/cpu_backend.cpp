@@ -87,6 +87,56 @@ public:
             v[y] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
         }
     }
+    // Keys of stream positions j0 .. j0 + n - 1 of KV head g, decoded into
+    // dst [n][head_dim] before RoPE (a Hadamard rotation undone), from
+    // wherever the layout keeps them.
+    static void decode_keys(const CacheAttention &a, int g, uint64_t j0, int n, float *dst) {
+        const int hd = a.head_dim;
+        const uint64_t S = a.n_sink, W = a.n_window;
+        const KVCodec kc = a.channel_keys ? KVCodec::F16 : KVCodec(a.codec);
+        const size_t krb = a.channel_keys ? size_t(a.n_head_kv) * size_t(hd) * 2 : a.row_bytes;
+        const size_t khb = a.channel_keys ? size_t(hd) * 2 : a.head_bytes;
+        // Channel keys: positions from res0 on are in the block still being filled.
+        const uint64_t res0 = a.pos0 > S ? S + (a.pos0 - S) / KV_CHANNEL_BLOCK * KV_CHANNEL_BLOCK : a.pos0;
+        for (int i = 0; i < n;) {
+            const uint64_t j = j0 + uint64_t(i);
+            float *d = dst + size_t(i) * size_t(hd);
+            const uint8_t *row;
+            if (j >= a.pos0) {
+                row = a.k_new + (j - a.pos0) * krb;
+            } else if (!a.channel_keys) {
+                row = a.k + (!a.streaming || j < S ? j : S + (j - S) % W) * krb;
+            } else if (a.streaming && j < S) {
+                row = a.k_sink + j * krb;
+            } else if (j >= res0) {
+                row = a.k_res + (j - S) % KV_CHANNEL_BLOCK * krb;
+            } else {
+                // A packed block: decode the run of positions it holds at once.
+                const uint64_t w = j - S;
+                const int o = int(w % KV_CHANNEL_BLOCK), cnt = std::min(n - i, KV_CHANNEL_BLOCK - o);
+                const uint8_t *block = a.k + (w % W) / KV_CHANNEL_BLOCK * a.k_block_bytes;
+                channel_block_decode(block + size_t(g) * (a.k_block_bytes / size_t(a.n_head_kv)), hd, o, cnt, d);
+                i += cnt;
+                continue;
+            }
+            codec_decode(kc, row + size_t(g) * khb, d, hd);
+            if (a.hadamard) hadamard_rotate_inv(d, hd);
+            i++;
+        }
+    }
+
+    // Values of positions j0 .. j0 + n - 1 of KV head g into dst [n][head_dim].
+    static void decode_values(const CacheAttention &a, int g, uint64_t j0, int n, float *dst) {
+        const uint64_t S = a.n_sink, W = a.n_window;
+        for (int i = 0; i < n; i++) {
+            const uint64_t j = j0 + uint64_t(i);
+            const uint8_t *row = j >= a.pos0 ? a.v_new + (j - a.pos0) * a.row_bytes
+                                             : a.v + (!a.streaming || j < S ? j : S + (j - S) % W) * a.row_bytes;
+            codec_decode(KVCodec(a.codec), row + size_t(g) * a.head_bytes, dst + size_t(i) * size_t(a.head_dim),
+                         a.head_dim);
+        }
+    }
+
     ~CpuStream() override {
         for (void *p : allocs_) std::free(p);
     }
@@ -145,6 +195,16 @@ public:
         }
     }
 
+    void kv_encode_channels(const uint8_t *rows, int n_heads, int head_dim, uint8_t *dst) override {
+        const size_t width = size_t(n_heads) * size_t(head_dim);
+        std::vector<float> &x = channel_scratch_;
+        x.resize(width * KV_CHANNEL_BLOCK);
+        codec_decode(KVCodec::F16, rows, x.data(), int(x.size()));
+        for (int g = 0; g < n_heads; g++)
+            channel_block_encode(x.data() + size_t(g) * head_dim, width, dst + size_t(g) * channel_block_bytes(head_dim),
+                                 head_dim);
+    }
+
     void copy(void *dst, const void *src, size_t bytes) override { std::memmove(dst, src, bytes); }
 
     // One new token (decode): the visible keys are split over the threads and
@@ -154,29 +214,24 @@ public:
     void decode_attention(const CacheAttention &a, const float *q, float *out) {
         const uint32_t S = a.n_sink, W = a.n_window;
         const int hd = a.head_dim, group = a.n_head / a.n_head_kv;
-        const KVCodec codec = KVCodec(a.codec);
         const uint64_t t = a.pos0;
         const uint32_t sinks_vis = uint32_t(std::min<uint64_t>(S, t + 1));
         const uint64_t wb = a.streaming ? std::max<uint64_t>(S, t + 1 > W ? t + 1 - W : 0) : uint64_t(S);
         const uint32_t n_vis = sinks_vis + (t + 1 > wb ? uint32_t(t + 1 - wb) : 0);
         const int kc = std::max(1, std::min<int>(pool_.size(), int(n_vis / 64)));  // key chunks per KV head
         const size_t part = size_t(group) * (2 + size_t(hd));                     // m, l, acc per head
-        const size_t per_thread = size_t(group) * size_t(hd) + size_t(hd) + size_t(group) * 64;
+        constexpr int B = 64;                                                     // keys per block
+        const size_t per_thread = size_t(group) * size_t(hd) + 2 * size_t(B) * size_t(hd) + size_t(group) * B;
         const size_t need = part * size_t(a.n_head_kv) * size_t(kc) + per_thread * size_t(pool_.size());
         if (attn_scratch_.size() < need) attn_scratch_.resize(need);
         float *parts = attn_scratch_.data();
-        auto row_of = [&](const uint8_t *cache, const uint8_t *fresh, uint32_t idx) {
-            const uint64_t j = idx < sinks_vis ? idx : wb + (idx - sinks_vis);
-            if (j >= a.pos0) return fresh + (j - a.pos0) * a.row_bytes;
-            const uint64_t slot = !a.streaming || j < S ? j : S + (j - S) % W;
-            return cache + slot * a.row_bytes;
-        };
         const int64_t tasks = int64_t(a.n_head_kv) * kc;
         pool_.run([&](int ith, int nth) {
             float *scratch = parts + part * size_t(a.n_head_kv) * size_t(kc) + per_thread * size_t(ith);
             float *qr = scratch;                              // [group][hd] rotated queries
-            float *key = qr + size_t(group) * hd;             // [hd]
-            float *sc = key + hd;                             // [group][64] scores of a block of keys
+            float *keys = qr + size_t(group) * hd;            // [B][hd] a block of keys, rotated
+            float *vals = keys + size_t(B) * hd;              // [B][hd] their values
+            float *sc = vals + size_t(B) * hd;                // [group][B] scores
             int64_t tb, te;
             split_range(tasks, ith, nth, tb, te);
             for (int64_t task = tb; task < te; task++) {
@@ -191,20 +246,30 @@ public:
                     p[h * (2 + hd) + 1] = 0.0f;
                     std::fill(p + h * (2 + hd) + 2, p + (h + 1) * (2 + hd), 0.0f);
                 }
-                for (int64_t b0 = kb; b0 < ke; b0 += 64) {
-                    const int nb = int(std::min<int64_t>(64, ke - b0));
+                for (int64_t b0 = kb; b0 < ke; b0 += B) {
+                    const int nb = int(std::min<int64_t>(B, ke - b0));
+                    // Visible indices b0 .. b0 + nb - 1: sinks first, then the window in order.
+                    const int n_s = int(std::clamp<int64_t>(int64_t(sinks_vis) - b0, 0, nb));
+                    if (n_s) {
+                        decode_keys(a, g, uint64_t(b0), n_s, keys);
+                        decode_values(a, g, uint64_t(b0), n_s, vals);
+                    }
+                    if (nb > n_s) {
+                        const uint64_t j0 = wb + uint64_t(b0 + n_s - int64_t(sinks_vis));
+                        decode_keys(a, g, j0, nb - n_s, keys + size_t(n_s) * hd);
+                        decode_values(a, g, j0, nb - n_s, vals + size_t(n_s) * hd);
+                    }
                     for (int j = 0; j < nb; j++) {
-                        codec_decode(codec, row_of(a.k, a.k_new, uint32_t(b0 + j)) + size_t(g) * a.head_bytes, key, hd);
-                        if (a.hadamard) hadamard_rotate_inv(key, hd);
+                        float *key = keys + size_t(j) * hd;
                         rotate(key, uint32_t(b0 + j), a);
                         for (int h = 0; h < group; h++)
-                            sc[h * 64 + j] = k_.vec_dot(TYPE_F32, hd, key, qr + size_t(h) * hd) * a.scale;
+                            sc[h * B + j] = k_.vec_dot(TYPE_F32, hd, key, qr + size_t(h) * hd) * a.scale;
                     }
-                    // Online softmax over the block, values read straight from their codes.
+                    // Online softmax over the block.
                     for (int h = 0; h < group; h++) {
                         float *m = p + h * (2 + hd), *l = m + 1, *acc = m + 2;
                         float bm = *m;
-                        for (int j = 0; j < nb; j++) bm = std::max(bm, sc[h * 64 + j]);
+                        for (int j = 0; j < nb; j++) bm = std::max(bm, sc[h * B + j]);
                         const float rescale = std::exp(*m - bm);
                         if (rescale != 1.0f) {
                             *l *= rescale;
@@ -212,10 +277,9 @@ public:
                         }
                         *m = bm;
                         for (int j = 0; j < nb; j++) {
-                            const float e = std::exp(sc[h * 64 + j] - bm);
+                            const float e = std::exp(sc[h * B + j] - bm);
                             *l += e;
-                            codec_axpy(codec, row_of(a.v, a.v_new, uint32_t(b0 + j)) + size_t(g) * a.head_bytes, e,
-                                       acc, hd);
+                            axpy_f32(hd, e, vals + size_t(j) * hd, acc);
                         }
                     }
                 }
@@ -246,7 +310,6 @@ public:
         const uint32_t S = a.n_sink, W = a.n_window;
         const int hd = a.head_dim;
         const int group = a.n_head / a.n_head_kv;
-        const KVCodec codec = KVCodec(a.codec);
         // Queries are cut into chunks so both the KV heads and the batch spread over the threads.
         const int q_chunks = std::max(1, std::min(a.n_q, (pool_.size() + a.n_head_kv - 1) / a.n_head_kv * 2));
         const int64_t tasks = int64_t(a.n_head_kv) * q_chunks;
@@ -275,11 +338,6 @@ public:
                 auto win_start = [&](uint64_t t) {
                     return a.streaming ? std::max<uint64_t>(S, t + 1 > W ? t + 1 - W : 0) : uint64_t(S);
                 };
-                auto row_of = [&](const uint8_t *cache, const uint8_t *fresh, uint64_t j) {
-                    if (j >= a.pos0) return fresh + (j - a.pos0) * a.row_bytes;
-                    const uint64_t slot = !a.streaming || j < S ? j : S + (j - S) % W;
-                    return cache + slot * a.row_bytes;
-                };
                 // Decode every key and value these queries may see, once. Keys
                 // are rotated to positions that keep every query-key distance
                 // the cache defines: sinks at 0..S-1 (the query rotated to its
@@ -289,23 +347,13 @@ public:
                 const uint64_t ws0 = win_start(t0);
                 const uint32_t n_sinks = uint32_t(std::min<uint64_t>(S, t1 + 1));
                 const uint64_t n_win = t1 + 1 > ws0 ? t1 + 1 - std::max<uint64_t>(ws0, S) : 0;
-                const size_t head_off = size_t(g) * a.head_bytes;
-                for (uint32_t j = 0; j < n_sinks; j++) {
-                    float *k = kr + size_t(j) * hd;
-                    codec_decode(codec, row_of(a.k, a.k_new, j) + head_off, k, hd);
-                    if (a.hadamard) hadamard_rotate_inv(k, hd);
-                    rotate(k, j, a);
-                    codec_decode(codec, row_of(a.v, a.v_new, j) + head_off, vr + size_t(j) * hd, hd);
-                }
+                decode_keys(a, g, 0, int(n_sinks), kr);
+                decode_values(a, g, 0, int(n_sinks), vr);
+                for (uint32_t j = 0; j < n_sinks; j++) rotate(kr + size_t(j) * hd, j, a);
                 const uint64_t wfirst = std::max<uint64_t>(ws0, S);
-                for (uint64_t w = 0; w < n_win; w++) {
-                    const uint64_t j = wfirst + w;
-                    float *k = kr + (size_t(S) + w) * hd;
-                    codec_decode(codec, row_of(a.k, a.k_new, j) + head_off, k, hd);
-                    if (a.hadamard) hadamard_rotate_inv(k, hd);
-                    rotate(k, uint32_t(S + w), a);
-                    codec_decode(codec, row_of(a.v, a.v_new, j) + head_off, vr + (size_t(S) + w) * hd, hd);
-                }
+                decode_keys(a, g, wfirst, int(n_win), kr + size_t(S) * hd);
+                decode_values(a, g, wfirst, int(n_win), vr + size_t(S) * hd);
+                for (uint64_t w = 0; w < n_win; w++) rotate(kr + (size_t(S) + w) * hd, uint32_t(S + w), a);
                 for (int64_t i = qb; i < qe; i++) {
                     const uint64_t t = a.pos0 + uint64_t(i);
                     const uint32_t sinks_vis = uint32_t(std::min<uint64_t>(S, t + 1));
@@ -371,6 +419,7 @@ private:
     int max_kv_;
     std::vector<uint8_t> matmul_scratch_;
     std::vector<float> attn_scratch_;
+    std::vector<float> channel_scratch_;
     int max_tokens_ = 0;
     std::vector<void *> allocs_;
 };
