@@ -918,14 +918,15 @@ func (smp *Sampler) Reset() error {
 
 // Sample picks a token from the session's current logits (does not append it).
 func (smp *Sampler) Sample(s *Session) (Token, error) {
-	if err := smp.lock(); err != nil {
-		return 0, err
-	}
-	defer smp.mu.Unlock()
+	// Session first, then sampler: the order Generate takes them in.
 	if err := s.lock(); err != nil {
 		return 0, err
 	}
 	defer s.mu.Unlock()
+	if err := smp.lock(); err != nil {
+		return 0, err
+	}
+	defer smp.mu.Unlock()
 	var token C.int32_t
 	err := call(func() C.kvfit_status { return C.kvfit_sampler_sample(smp.ptr, s.ptr, &token) })
 	return Token(token), err
