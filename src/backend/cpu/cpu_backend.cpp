@@ -48,6 +48,73 @@ __attribute__((target("avx2,fma"))) void rotate_norm_avx2(float *v, const float 
 }
 #endif
 
+// x[i] = exp(x[i] - m) for the n scores of a softmax (every x[i] <= m);
+// returns their sum. Scalar exp per score costs more than the rest of
+// attention over a short head, hence the vector version.
+float exp_shift_scalar(float *x, int n, float m) {
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += (x[i] = std::exp(x[i] - m));
+    return sum;
+}
+
+#if defined(__x86_64__)
+// exp(x) for x <= 0 within 2 ulp: x = k ln2 + r with |r| <= ln2/2, e^r by its
+// degree-6 Taylor polynomial, 2^k added to the exponent bits; exp(x) < 2^-126
+// (x < -87.3) flushes to 0, as the softmax needs no subnormals.
+__attribute__((target("avx2,fma"))) inline __m256 exp_nonpositive_avx2(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23);
+    const __m256 y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+    return _mm256_andnot_ps(under, y);
+}
+
+__attribute__((target("avx2,fma"))) float exp_shift_avx2(float *x, int n, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 y = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        _mm256_storeu_ps(x + i, y);
+        acc = _mm256_add_ps(acc, y);
+    }
+    if (i < n) {
+        alignas(32) float t[8] = {0};
+        for (int j = i; j < n; j++) t[j - i] = x[j] - m;
+        for (int j = n - i; j < 8; j++) t[j] = -INFINITY;
+        const __m256 y = exp_nonpositive_avx2(_mm256_load_ps(t));
+        _mm256_store_ps(t, y);
+        for (int j = i; j < n; j++) x[j] = t[j - i];
+        acc = _mm256_add_ps(acc, y);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, acc);
+    return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+#endif
+
+using ExpShiftFn = float (*)(float *, int, float);
+
+ExpShiftFn pick_exp_shift() {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return exp_shift_avx2;
+#endif
+    return exp_shift_scalar;
+}
+
 using RotateFn = void (*)(float *, const float *, int);
 
 RotateFn pick_rotate() {
@@ -61,7 +128,8 @@ RotateFn pick_rotate() {
 class CpuStream final : public Stream {
 public:
     CpuStream(int n_threads, int max_tokens, int64_t max_cols, int max_kv)
-        : pool_(n_threads), k_(kernels_best()), rotate_norm_(pick_rotate()), max_kv_(max_kv) {
+        : pool_(n_threads), k_(kernels_best()), rotate_norm_(pick_rotate()), exp_shift_(pick_exp_shift()),
+          max_kv_(max_kv) {
         size_t scratch = 0;
         for (uint32_t t : {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0})
             scratch = std::max(scratch, matmul_scratch_bytes(t, max_cols, max_tokens));
@@ -276,11 +344,9 @@ public:
                             for (int d = 0; d < hd; d++) acc[d] *= rescale;
                         }
                         *m = bm;
-                        for (int j = 0; j < nb; j++) {
-                            const float e = std::exp(sc[h * B + j] - bm);
-                            *l += e;
-                            axpy_f32(hd, e, vals + size_t(j) * hd, acc);
-                        }
+                        float *e = sc + h * B;
+                        *l += exp_shift_(e, nb, bm);
+                        for (int j = 0; j < nb; j++) axpy_f32(hd, e[j], vals + size_t(j) * hd, acc);
                     }
                 }
             }
@@ -384,12 +450,7 @@ public:
                             sc[sinks_vis + w] = v;
                             mx = std::max(mx, v);
                         }
-                        double sum = 0;
-                        for (int j = 0; j < n_vis; j++) {
-                            sc[j] = std::exp(sc[j] - mx);
-                            sum += sc[j];
-                        }
-                        const float inv = float(1.0 / sum);
+                        const float inv = 1.0f / exp_shift_(sc, n_vis, mx);
                         float *o = out + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
                         std::fill(o, o + hd, 0.0f);
                         for (uint32_t j = 0; j < sinks_vis; j++) axpy_f32(hd, sc[j] * inv, vr + size_t(j) * hd, o);
@@ -416,6 +477,7 @@ private:
     ThreadPool pool_;
     const KernelTable &k_;
     RotateFn rotate_norm_;
+    ExpShiftFn exp_shift_;
     int max_kv_;
     std::vector<uint8_t> matmul_scratch_;
     std::vector<float> attn_scratch_;
