@@ -123,7 +123,8 @@ typedef struct kvfit_session kvfit_session;
 typedef struct kvfit_sampler kvfit_sampler;
 
 typedef enum kvfit_backend_kind {
-    KVFIT_BACKEND_AUTO = 0, /* CUDA, then Vulkan, then CPU; KVFIT_BACKEND env var overrides */
+    KVFIT_BACKEND_AUTO = 0, /* CUDA, then Vulkan on a GPU, then CPU; the KVFIT_BACKEND env var
+                               (auto, cpu, cuda, vulkan) overrides */
     KVFIT_BACKEND_CPU = 1,
     KVFIT_BACKEND_CUDA = 2,
     KVFIT_BACKEND_VULKAN = 3,
@@ -140,9 +141,41 @@ typedef struct kvfit_model_params {
     kvfit_progress_fn progress; /* optional */
     void *progress_user_data;
     bool vocab_only; /* load only metadata and tokenizer (no weights, no sessions) */
+    int32_t device;  /* index of the device among the backend's devices (kvfit_device_info.index);
+                        -1 (default) = the KVFIT_DEVICE env var if set, else the best device */
 } kvfit_model_params;
 
 KVFIT_API void kvfit_model_params_init(kvfit_model_params *params);
+
+/* Compute devices. KVFIT_BACKEND_AUTO picks a CUDA GPU, then a Vulkan
+ * discrete or integrated GPU, then the CPU; a Vulkan device that is itself a
+ * CPU implementation (such as Mesa's lavapipe) is only used when the Vulkan
+ * backend is asked for explicitly. */
+typedef enum kvfit_device_type {
+    KVFIT_DEVICE_CPU = 0,            /* the CPU backend, or a Vulkan device running on the CPU */
+    KVFIT_DEVICE_INTEGRATED_GPU = 1, /* shares memory with the host */
+    KVFIT_DEVICE_DISCRETE_GPU = 2,
+    KVFIT_DEVICE_VIRTUAL_GPU = 3,    /* a GPU seen through a hypervisor */
+    KVFIT_DEVICE_OTHER = 4,
+    KVFIT_DEVICE_TYPE_MAX_ENUM = 0x7FFFFFFF
+} kvfit_device_type;
+
+typedef struct kvfit_device_info {
+    uint32_t struct_size;
+    kvfit_backend_kind backend; /* KVFIT_BACKEND_CPU, KVFIT_BACKEND_VULKAN, ... */
+    int32_t index;              /* the device's index within its backend, for kvfit_model_params.device */
+    kvfit_device_type type;
+    const char *name;           /* e.g. "llvmpipe (LLVM 15.0.6, 256 bits)"; valid for the life of the process */
+    uint64_t memory_bytes;      /* device-local memory (for the CPU: physical RAM) */
+} kvfit_device_info;
+
+/* Number of devices kvfit can compute on: the CPU first, then every usable
+ * device of each GPU backend built in. Devices are enumerated once, on the
+ * first call. Thread-safe. */
+KVFIT_API kvfit_status kvfit_device_count(size_t *n_devices);
+/* Describe device i (0 <= i < kvfit_device_count). Set info->struct_size to
+ * sizeof(kvfit_device_info) first. KVFIT_E_ARG for i out of range. Thread-safe. */
+KVFIT_API kvfit_status kvfit_device_get_info(size_t i, kvfit_device_info *info);
 
 /* Load a GGUF file (memory-mapped). params may be NULL for defaults.
  * Errors: KVFIT_E_ARG, KVFIT_E_IO, KVFIT_E_FORMAT, KVFIT_E_UNSUPPORTED,

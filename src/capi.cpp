@@ -138,6 +138,33 @@ KVFIT_API void kvfit_model_params_init(kvfit_model_params *p) {
     std::memset(p, 0, sizeof *p);
     p->struct_size = sizeof *p;
     p->backend = KVFIT_BACKEND_AUTO;
+    p->device = -1;
+}
+
+KVFIT_API kvfit_status kvfit_device_count(size_t *n_devices) {
+    return guard([&] {
+        REQUIRE(n_devices, "n_devices is NULL");
+        *n_devices = kvfit::list_devices().size();
+    });
+}
+
+KVFIT_API kvfit_status kvfit_device_get_info(size_t i, kvfit_device_info *info) {
+    return guard([&] {
+        REQUIRE(info, "info is NULL");
+        REQUIRE(info->struct_size >= offsetof(kvfit_device_info, backend) + sizeof(int32_t),
+                "kvfit_device_info.struct_size is %u; set it to sizeof(kvfit_device_info)", info->struct_size);
+        const auto &devs = kvfit::list_devices();
+        REQUIRE(i < devs.size(), "device %zu does not exist (%zu devices)", i, devs.size());
+        kvfit_device_info d;
+        std::memset(&d, 0, sizeof d);
+        d.struct_size = info->struct_size;
+        d.backend = devs[i].backend;
+        d.index = devs[i].index;
+        d.type = devs[i].type;
+        d.name = devs[i].name.c_str();
+        d.memory_bytes = devs[i].memory;
+        std::memcpy(info, &d, std::min<size_t>(info->struct_size, sizeof d));
+    });
 }
 
 KVFIT_API kvfit_status kvfit_model_load(const char *path, const kvfit_model_params *params, kvfit_model **out) {

@@ -1,14 +1,59 @@
 #include "backend/backend.h"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <strings.h>
 
 #include "common.h"
+#include "sampler.h"
 
 namespace kvfit {
 
-std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind) {
+namespace {
+
+// $KVFIT_DEVICE: a device index for the chosen backend, or -1 if unset.
+int device_from_env() {
+    const char *env = std::getenv("KVFIT_DEVICE");
+    if (!env || !*env) return -1;
+    char *end = nullptr;
+    errno = 0;
+    const long v = std::strtol(env, &end, 10);
+    if (errno || *end || v < 0 || v > 1 << 20) fail(KVFIT_E_ARG, "KVFIT_DEVICE='%s' is not a device index", env);
+    return int(v);
+}
+
+}  // namespace
+
+void Stream::argmax(const float *x, int n, int32_t *out) {
+    std::vector<float> h(size_t(n > 0 ? n : 0));
+    if (n > 0) download(h.data(), x, h.size() * sizeof(float));
+    synchronize();
+    const int32_t best = kvfit::argmax(h.data(), n);
+    upload(out, &best, sizeof best);
+}
+
+#if !defined(KVFIT_WITH_VULKAN)
+uint64_t vulkan_validation_errors() { return 0; }
+#endif
+
+const std::vector<DeviceDesc> &list_devices() {
+    static const std::vector<DeviceDesc> devices = [] {
+        std::vector<DeviceDesc> d(1);
+        d[0].name = "CPU";
+        const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+        d[0].memory = pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+#if defined(KVFIT_WITH_VULKAN)
+        for (DeviceDesc &v : vulkan_devices()) d.push_back(std::move(v));
+#endif
+        return d;
+    }();
+    return devices;
+}
+
+std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind, int device) {
     if (kind == KVFIT_BACKEND_AUTO) {
         if (const char *env = std::getenv("KVFIT_BACKEND"); env && *env) {
             if (!strcasecmp(env, "cpu")) kind = KVFIT_BACKEND_CPU;
@@ -18,11 +63,35 @@ std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind) {
                 fail(KVFIT_E_ARG, "KVFIT_BACKEND='%s' is not one of auto, cpu, cuda, vulkan", env);
         }
     }
+    if (device < 0) device = device_from_env();
     switch (kind) {
-        case KVFIT_BACKEND_AUTO:  // GPU backends join this order as they are built
-        case KVFIT_BACKEND_CPU: return create_cpu_backend();
+        case KVFIT_BACKEND_AUTO: {
+            // GPU backends in order of preference; any failure falls through to the CPU.
+#if defined(KVFIT_WITH_VULKAN)
+            bool gpu = false;
+            for (const DeviceDesc &d : list_devices())
+                gpu |= d.backend == KVFIT_BACKEND_VULKAN &&
+                       (d.type == KVFIT_DEVICE_DISCRETE_GPU || d.type == KVFIT_DEVICE_INTEGRATED_GPU);
+            if (gpu) {
+                try {
+                    return create_vulkan_backend(device, false);
+                } catch (const Error &e) {
+                    log(KVFIT_LOG_WARN, "not using the Vulkan backend: %s", e.what());
+                }
+            }
+#endif
+            return create_cpu_backend();
+        }
+        case KVFIT_BACKEND_CPU:
+            if (device > 0) fail(KVFIT_E_BACKEND_UNAVAILABLE, "the CPU backend has one device (0), not %d", device);
+            return create_cpu_backend();
         case KVFIT_BACKEND_CUDA: fail(KVFIT_E_BACKEND_UNAVAILABLE, "the CUDA backend is not part of this build");
-        case KVFIT_BACKEND_VULKAN: fail(KVFIT_E_BACKEND_UNAVAILABLE, "the Vulkan backend is not part of this build");
+        case KVFIT_BACKEND_VULKAN:
+#if defined(KVFIT_WITH_VULKAN)
+            return create_vulkan_backend(device, true);
+#else
+            fail(KVFIT_E_BACKEND_UNAVAILABLE, "the Vulkan backend is not part of this build");
+#endif
         default: fail(KVFIT_E_ARG, "unknown backend kind %d", int(kind));
     }
 }

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kvfit.h"
 
@@ -105,6 +106,9 @@ public:
     virtual void swiglu(const float *gate, const float *up, size_t n, float *out) = 0;
     // y += x, n floats.
     virtual void add(float *y, const float *x, size_t n) = 0;
+    // *out = index of the largest of n floats (the lowest among equals; NaN
+    // never wins), as kvfit::argmax. The default reads x back to the host.
+    virtual void argmax(const float *x, int n, int32_t *out);
 };
 
 class Backend {
@@ -124,9 +128,31 @@ public:
 };
 
 // The backend for a requested kind (AUTO consults $KVFIT_BACKEND, then picks
-// the best available). Throws KVFIT_E_BACKEND_UNAVAILABLE for a kind that is
-// not built or has no device.
-std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind);
+// the best available) on device `device` of that backend (-1: $KVFIT_DEVICE,
+// else the best). Throws KVFIT_E_BACKEND_UNAVAILABLE for a kind that is not
+// built or has no such device.
+std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind, int device = -1);
 std::unique_ptr<Backend> create_cpu_backend();
+
+// A device a backend can run on (see kvfit_device_info).
+struct DeviceDesc {
+    kvfit_backend_kind backend = KVFIT_BACKEND_CPU;
+    int index = 0;
+    kvfit_device_type type = KVFIT_DEVICE_CPU;
+    std::string name;
+    uint64_t memory = 0;
+};
+// Every device of every backend built in, the CPU first; enumerated once.
+const std::vector<DeviceDesc> &list_devices();
+
+#if defined(KVFIT_WITH_VULKAN)
+// vulkan/: the usable Vulkan devices (empty without a loader), and a backend
+// on one of them (-1: the best GPU; with allow_cpu, a CPU implementation too).
+std::vector<DeviceDesc> vulkan_devices();
+std::unique_ptr<Backend> create_vulkan_backend(int device, bool allow_cpu);
+#endif
+// Errors the Vulkan validation layer reported in this process (it runs when
+// KVFIT_VULKAN_VALIDATION=1); 0 without the Vulkan backend.
+uint64_t vulkan_validation_errors();
 
 }  // namespace kvfit

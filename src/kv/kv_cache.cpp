@@ -179,7 +179,10 @@ KVCache::KVCache(Stream &s, const KVShape &shape, const KVPlan &plan, const Rope
     std::vector<float> cs(size_t(positions) * size_t(half) * 2);
     const float theta_scale = std::pow(rope.freq_base, -2.0f / float(rope.n_dims));
     std::vector<float> factors(size_t(half), 1.0f);
-    if (rope.freq_factors) std::memcpy(factors.data(), rope.freq_factors, factors.size() * 4);  // CPU address
+    if (rope.freq_factors) {  // a device address: read back through the stream
+        s.download(factors.data(), rope.freq_factors, factors.size() * 4);
+        s.synchronize();
+    }
     for (uint32_t pos = 0; pos < positions; pos++) {
         float theta = float(pos) * rope.freq_scale;
         for (int i = 0; i < half; i++) {

@@ -143,7 +143,7 @@ std::unique_ptr<Model> Model::load(const std::string &path, const kvfit_model_pa
     else if (scaling != "none" && scaling != "linear")
         fail(KVFIT_E_UNSUPPORTED, "%s: RoPE scaling '%s' is not supported", path.c_str(), scaling.c_str());
 
-    m->backend_ = create_backend(params.backend);
+    m->backend_ = create_backend(params.backend, params.device);
     WeightLoader ld(f, *m->backend_);
     const int64_t d = hp.n_embd, qd = int64_t(hp.n_head) * hp.head_dim, kvd = int64_t(hp.n_head_kv) * hp.head_dim;
     ModelWeights &w = m->w_;

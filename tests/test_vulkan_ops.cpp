@@ -1,0 +1,506 @@
+// Every op of the Vulkan backend against the CPU backend (the reference) on
+// random inputs: get_rows and matmul (decode and batched) for every weight
+// type, rmsnorm, kv_encode in each codec with and without the Hadamard
+// rotation, cache_attention over dense and streaming caches (sinks filling,
+// wrapped ring, batches, stream positions past 2^32, GQA, partial and NeoX
+// RoPE), swiglu, add, copy, argmax and large transfers. Each runs on the
+// device's preferred paths and again with subgroup operations and doubles
+// switched off (the fallbacks). The Vulkan validation layer runs throughout
+// (when installed) and must report no error. Skips when the Vulkan backend
+// is not built or there is no Vulkan device.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "common.h"
+#include "gguf/ggml_types.h"
+#include "gguf/gguf.h"
+#include "kv/codec.h"
+
+// cmocka.h last: its fail() macro would rewrite kvfit::fail.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+extern "C" {
+#include <cmocka.h>
+}
+
+using namespace kvfit;
+
+namespace {
+
+const uint32_t kWeightTypes[] = {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q8_0, TYPE_Q4_0, TYPE_Q4_1};
+const char *type_name(uint32_t t) { return type_info(t)->name; }
+bool is_float_type(uint32_t t) { return t == TYPE_F32 || t == TYPE_F16 || t == TYPE_BF16; }
+
+// Validation messages and other warnings, shown with the test's output.
+void print_log(kvfit_log_level, const char *msg, void *) { std::printf("%s\n", msg); }
+
+// The backends under test: the device's preferred paths, then the fallbacks.
+struct Setup {
+    std::unique_ptr<Backend> cpu;
+    std::vector<std::pair<std::string, std::unique_ptr<Backend>>> vk;
+    std::string skip_reason;
+};
+Setup *g;
+
+constexpr int kMaxTokens = 40;
+constexpr int64_t kMaxCols = 512;
+constexpr int kMaxKv = 160;
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> v(n);
+    for (float &x : v) {
+        x = dist(rng);
+        if (rng() % 97 == 0) x *= 20.0f;  // outliers, as activations have
+    }
+    return v;
+}
+
+// A weight tensor in GGUF layout (kept alive by the caller).
+struct HostWeight {
+    std::vector<uint8_t> bytes;
+    GGUFTensor t;
+};
+
+HostWeight make_weight(uint32_t type, int64_t rows, int64_t cols, uint32_t seed) {
+    HostWeight w;
+    const size_t rb = row_bytes(type, cols);
+    w.bytes.resize(rb * size_t(rows));
+    const std::vector<float> f = random_floats(size_t(rows * cols), seed, 0.05f);
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x = f.data() + r * cols;
+        uint8_t *y = w.bytes.data() + size_t(r) * rb;
+        switch (type) {
+            case TYPE_Q4_0: quantize_row_q4_0_ref(x, reinterpret_cast<BlockQ4_0 *>(y), cols); break;
+            case TYPE_Q4_1: quantize_row_q4_1_ref(x, reinterpret_cast<BlockQ4_1 *>(y), cols); break;
+            case TYPE_Q8_0: quantize_row_q8_0_ref(x, reinterpret_cast<BlockQ8_0 *>(y), cols); break;
+            default: kernels_scalar().quantize_row(type, x, y, cols); break;
+        }
+    }
+    w.t.name = "w";
+    w.t.type = type;
+    w.t.n_dims = 2;
+    w.t.ne[0] = cols;
+    w.t.ne[1] = rows;
+    w.t.nbytes = w.bytes.size();
+    w.t.data = w.bytes.data();
+    return w;
+}
+
+// The same bytes on both streams.
+struct Pair {
+    void *c = nullptr, *v = nullptr;
+    size_t bytes = 0;
+};
+
+Pair pair_of(Stream &cs, Stream &vs, const void *host, size_t bytes) {
+    Pair p{cs.alloc(bytes), vs.alloc(bytes), bytes};
+    if (host) {
+        cs.upload(p.c, host, bytes);
+        vs.upload(p.v, host, bytes);
+    }
+    return p;
+}
+
+template <class T>
+Pair pair_of(Stream &cs, Stream &vs, const std::vector<T> &v) {
+    return pair_of(cs, vs, v.data(), v.size() * sizeof(T));
+}
+
+template <class T>
+std::vector<T> fetch(Stream &s, const void *p, size_t n) {
+    std::vector<T> out(n);
+    s.download(out.data(), p, n * sizeof(T));
+    s.synchronize();
+    return out;
+}
+
+// max |a - b| / max |b|: one number per op, as backend-ops tests report it.
+double rel_error(const std::vector<float> &a, const std::vector<float> &b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); i++) {
+        num = std::max(num, double(std::fabs(a[i] - b[i])));
+        den = std::max(den, double(std::fabs(b[i])));
+    }
+    return den > 0 ? num / den : num;
+}
+
+void expect_close(const char *what, const std::vector<float> &got, const std::vector<float> &ref, double tol) {
+    const double e = rel_error(got, ref);
+    if (!(e <= tol)) {
+        std::printf("%s: relative error %.3g exceeds %.3g\n", what, e, tol);
+        fail();
+    }
+}
+
+// Runs body(cpu stream, vulkan stream, label) for every Vulkan configuration.
+template <class Body>
+void each_backend(Body body) {
+    if (!g->skip_reason.empty()) {
+        std::printf("skipped: %s\n", g->skip_reason.c_str());
+        skip();
+    }
+    for (auto &vk : g->vk) {
+        auto cs = g->cpu->create_stream(2, kMaxTokens, kMaxCols, kMaxKv);
+        auto vs = vk.second->create_stream(2, kMaxTokens, kMaxCols, kMaxKv);
+        body(*g->cpu, *vk.second, *cs, *vs, vk.first.c_str());
+        vs.reset();
+    }
+    assert_int_equal(vulkan_validation_errors(), 0);
+}
+
+// ---------------------------------------------------------------------------
+
+void test_get_rows(void **) {
+    each_backend([](Backend &cb, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        for (uint32_t type : kWeightTypes) {
+            HostWeight hw = make_weight(type, 37, 96, 11 + type);
+            const Weight wc = cb.upload_weight(hw.t), wv = vb.upload_weight(hw.t);
+            const std::vector<int32_t> ids = {0, 36, 5, 5, 17, 2};
+            Pair pi = pair_of(cs, vs, ids);
+            Pair px = pair_of(cs, vs, nullptr, ids.size() * 96 * 4);
+            cs.get_rows(wc, static_cast<int32_t *>(pi.c), int(ids.size()), static_cast<float *>(px.c));
+            vs.get_rows(wv, static_cast<int32_t *>(pi.v), int(ids.size()), static_cast<float *>(px.v));
+            // dequantization is exact: bit for bit
+            if (fetch<float>(cs, px.c, ids.size() * 96) != fetch<float>(vs, px.v, ids.size() * 96)) {
+                std::printf("%s: get_rows of %s differs\n", label, type_name(type));
+                fail();
+            }
+        }
+    });
+}
+
+void test_rmsnorm(void **) {
+    each_backend([](Backend &cb, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        const int n = 5, d = 200;
+        std::vector<float> x = random_floats(size_t(n * d), 3), gw = random_floats(size_t(d), 4);
+        HostWeight hg;
+        hg.bytes.resize(size_t(d) * 4);
+        std::memcpy(hg.bytes.data(), gw.data(), hg.bytes.size());
+        hg.t.type = TYPE_F32;
+        hg.t.ne[0] = d;
+        hg.t.data = hg.bytes.data();
+        const Weight gc = cb.upload_weight(hg.t), gv = vb.upload_weight(hg.t);
+        Pair px = pair_of(cs, vs, x), py = pair_of(cs, vs, nullptr, x.size() * 4);
+        cs.rmsnorm(static_cast<float *>(px.c), gc, 1e-5f, n, static_cast<float *>(py.c));
+        vs.rmsnorm(static_cast<float *>(px.v), gv, 1e-5f, n, static_cast<float *>(py.v));
+        expect_close(label, fetch<float>(vs, py.v, x.size()), fetch<float>(cs, py.c, x.size()), 1e-6);
+    });
+}
+
+void test_matmul(void **) {
+    each_backend([](Backend &cb, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        for (uint32_t type : kWeightTypes) {
+            // an odd row length for the float types, 3 blocks for the quantized ones
+            const int64_t cols = is_float_type(type) ? 131 : 96, rows = 70;
+            HostWeight hw = make_weight(type, rows, cols, 21 + type);
+            const Weight wc = cb.upload_weight(hw.t), wv = vb.upload_weight(hw.t);
+            for (int n : {1, 3, 9, 17}) {
+                std::vector<float> x = random_floats(size_t(n * cols), uint32_t(n * 7 + type));
+                Pair px = pair_of(cs, vs, x), py = pair_of(cs, vs, nullptr, size_t(n * rows) * 4);
+                cs.matmul(wc, static_cast<float *>(px.c), n, static_cast<float *>(py.c));
+                vs.matmul(wv, static_cast<float *>(px.v), n, static_cast<float *>(py.v));
+                const std::string what = std::string(label) + " matmul " + type_name(type) + " n=" + std::to_string(n);
+                // the same products summed in another order
+                expect_close(what.c_str(), fetch<float>(vs, py.v, size_t(n * rows)), fetch<float>(cs, py.c, size_t(n * rows)),
+                             2e-6);
+            }
+        }
+    });
+}
+
+void test_kv_encode(void **) {
+    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
+        const int n = 4, heads = 3, hd = 64;
+        for (KVCodec c : {KVCodec::F16, KVCodec::Q8, KVCodec::Q4}) {
+            for (bool had : {false, true}) {
+                std::vector<float> x = random_floats(size_t(n * heads * hd), 5 + int(c) * 2 + had);
+                x[7] = 0.0f;
+                std::fill(x.begin() + 64, x.begin() + 96, 0.25f);  // a constant group
+                const size_t hb = codec_row_bytes(c, hd), total = size_t(n * heads) * hb;
+                Pair px = pair_of(cs, vs, x), pd = pair_of(cs, vs, nullptr, total);
+                cs.kv_encode(int(c), had, static_cast<float *>(px.c), n, heads, hd, static_cast<uint8_t *>(pd.c));
+                vs.kv_encode(int(c), had, static_cast<float *>(px.v), n, heads, hd, static_cast<uint8_t *>(pd.v));
+                const auto bc = fetch<uint8_t>(cs, pd.c, total), bv = fetch<uint8_t>(vs, pd.v, total);
+                // The rotated input is written back identically (same additions in the same order).
+                if (had && fetch<float>(cs, px.c, x.size()) != fetch<float>(vs, px.v, x.size())) {
+                    std::printf("%s: Hadamard rotation of codec %s differs\n", label, codec_name(c));
+                    fail();
+                }
+                size_t same = 0;
+                for (size_t i = 0; i < total; i++) same += bc[i] == bv[i];
+                // Decoded rows agree to a quantization step where a division rounded differently.
+                for (int r = 0; r < n * heads; r++) {
+                    std::vector<float> dc(static_cast<size_t>(hd)), dv(static_cast<size_t>(hd));
+                    codec_decode(c, bc.data() + size_t(r) * hb, dc.data(), hd);
+                    codec_decode(c, bv.data() + size_t(r) * hb, dv.data(), hd);
+                    expect_close("kv_encode decoded", dv, dc, c == KVCodec::F16 ? 0.0 : 0.1);
+                }
+                if (same != total) std::printf("%s: %s%s: %zu of %zu bytes differ\n", label, codec_name(c),
+                                               had ? "+H" : "", total - same, total);
+                assert_true(same * 100 >= total * 99);
+            }
+        }
+    });
+}
+
+// The RoPE table a KV cache builds (positions 0 .. count-1).
+std::vector<float> rope_table(int n_dims, int count, float base) {
+    const int half = n_dims / 2;
+    std::vector<float> cs(size_t(count) * size_t(half) * 2);
+    const float theta_scale = std::pow(base, -2.0f / float(n_dims));
+    for (int pos = 0; pos < count; pos++) {
+        float theta = float(pos);
+        for (int i = 0; i < half; i++) {
+            cs[(size_t(pos) * half + i) * 2] = std::cos(theta);
+            cs[(size_t(pos) * half + i) * 2 + 1] = std::sin(theta);
+            theta *= theta_scale;
+        }
+    }
+    return cs;
+}
+
+struct AttnCase {
+    bool streaming;
+    uint32_t S, W;
+    uint64_t pos0;
+    int n_q;
+};
+
+void test_attention(void **) {
+    const AttnCase cases[] = {
+        {false, 0, 48, 0, 7},            // dense prefill
+        {false, 0, 48, 20, 1},           // dense decode
+        {false, 0, 48, 30, 9},           // dense batch after earlier tokens
+        {true, 4, 16, 0, 3},             // streaming: the batch fills sinks
+        {true, 4, 16, 2, 5},             // ... straddles sinks and window
+        {true, 4, 16, 37, 1},            // wrapped ring, decode
+        {true, 4, 16, 101, 12},          // wrapped ring, batch
+        {true, 4, 16, 5000000000ull, 3}, // stream positions past 2^32
+        {true, 0, 24, 77, 1},            // no sinks
+    };
+    each_backend([&](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
+        const int n_head = 6, n_head_kv = 2, hd = 64;
+        int seed = 1;
+        for (const AttnCase &ac : cases) {
+            for (int variant = 0; variant < 5; variant++) {
+                // F16, Q8, Q4, Q4 + Hadamard keys; then F16 with partial NeoX rotation
+                const KVCodec c = variant == 1 ? KVCodec::Q8 : variant == 2 || variant == 3 ? KVCodec::Q4 : KVCodec::F16;
+                const bool had = variant == 3;
+                CacheAttention a;
+                a.n_q = ac.n_q;
+                a.n_head = n_head;
+                a.n_head_kv = n_head_kv;
+                a.head_dim = hd;
+                a.pos0 = ac.pos0;
+                a.n_sink = ac.S;
+                a.n_window = ac.W;
+                a.streaming = ac.streaming;
+                a.codec = int(c);
+                a.hadamard = had;
+                a.head_bytes = codec_row_bytes(c, hd);
+                a.row_bytes = a.head_bytes * n_head_kv;
+                a.rope.n_dims = variant == 4 ? 32 : hd;
+                a.rope.mode = variant == 4 ? RopeMode::Neox : RopeMode::Norm;
+                a.scale = 1.0f / std::sqrt(float(hd));
+                const int slots = int(ac.S + ac.W);
+                // Encoded cache rows and staged rows, the same bytes on both sides.
+                auto encoded = [&](int rows, bool keys) {
+                    std::vector<float> f = random_floats(size_t(rows * n_head_kv * hd), uint32_t(seed++));
+                    std::vector<uint8_t> out(size_t(rows) * a.row_bytes);
+                    for (int r = 0; r < rows * n_head_kv; r++) {
+                        if (keys && had) hadamard_rotate(f.data() + size_t(r) * hd, hd);
+                        codec_encode(c, f.data() + size_t(r) * hd, out.data() + size_t(r) * a.head_bytes, hd);
+                    }
+                    return out;
+                };
+                Pair k = pair_of(cs, vs, encoded(slots, true)), v = pair_of(cs, vs, encoded(slots, false));
+                Pair kn = pair_of(cs, vs, encoded(ac.n_q, true)), vn = pair_of(cs, vs, encoded(ac.n_q, false));
+                const int positions = ac.streaming ? int(ac.S + 2 * ac.W) : int(ac.W);
+                Pair rc = pair_of(cs, vs, rope_table(a.rope.n_dims, positions, 10000.0f));
+                std::vector<float> q = random_floats(size_t(ac.n_q * n_head * hd), uint32_t(seed++));
+                Pair pq = pair_of(cs, vs, q), po = pair_of(cs, vs, nullptr, q.size() * 4);
+                CacheAttention ac_c = a, ac_v = a;
+                ac_c.k = static_cast<uint8_t *>(k.c), ac_v.k = static_cast<uint8_t *>(k.v);
+                ac_c.v = static_cast<uint8_t *>(v.c), ac_v.v = static_cast<uint8_t *>(v.v);
+                ac_c.k_new = static_cast<uint8_t *>(kn.c), ac_v.k_new = static_cast<uint8_t *>(kn.v);
+                ac_c.v_new = static_cast<uint8_t *>(vn.c), ac_v.v_new = static_cast<uint8_t *>(vn.v);
+                ac_c.rope_cs = static_cast<float *>(rc.c), ac_v.rope_cs = static_cast<float *>(rc.v);
+                cs.cache_attention(ac_c, static_cast<float *>(pq.c), static_cast<float *>(po.c));
+                vs.cache_attention(ac_v, static_cast<float *>(pq.v), static_cast<float *>(po.v));
+                char what[160];
+                std::snprintf(what, sizeof what, "%s attention %s S=%u W=%u pos0=%llu n_q=%d %s%s%s", label,
+                              ac.streaming ? "streaming" : "dense", ac.S, ac.W, (unsigned long long)ac.pos0, ac.n_q,
+                              codec_name(c), had ? "+H" : "", variant == 4 ? " neox/32" : "");
+                expect_close(what, fetch<float>(vs, po.v, q.size()), fetch<float>(cs, po.c, q.size()), 2e-5);
+            }
+        }
+    });
+}
+
+void test_elementwise(void **) {
+    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
+        const size_t n = 1000;
+        std::vector<float> a = random_floats(n, 1), b = random_floats(n, 2);
+        Pair pa = pair_of(cs, vs, a), pb = pair_of(cs, vs, b), pc = pair_of(cs, vs, nullptr, n * 4);
+        cs.swiglu(static_cast<float *>(pa.c), static_cast<float *>(pb.c), n, static_cast<float *>(pc.c));
+        vs.swiglu(static_cast<float *>(pa.v), static_cast<float *>(pb.v), n, static_cast<float *>(pc.v));
+        expect_close("swiglu", fetch<float>(vs, pc.v, n), fetch<float>(cs, pc.c, n), 1e-6);
+        // in place, as the forward pass calls it
+        cs.swiglu(static_cast<float *>(pa.c), static_cast<float *>(pb.c), n, static_cast<float *>(pa.c));
+        vs.swiglu(static_cast<float *>(pa.v), static_cast<float *>(pb.v), n, static_cast<float *>(pa.v));
+        expect_close("swiglu in place", fetch<float>(vs, pa.v, n), fetch<float>(cs, pa.c, n), 1e-6);
+        // add is exact: inputs that are the same on both sides
+        Pair pd = pair_of(cs, vs, a);
+        cs.add(static_cast<float *>(pb.c), static_cast<float *>(pd.c), n);
+        vs.add(static_cast<float *>(pb.v), static_cast<float *>(pd.v), n);
+        if (fetch<float>(vs, pb.v, n) != fetch<float>(cs, pb.c, n)) {
+            std::printf("%s: add differs\n", label);
+            fail();
+        }
+        // device copy between unaligned offsets of two buffers
+        vs.copy(static_cast<uint8_t *>(pc.v) + 6, static_cast<uint8_t *>(pb.v) + 10, 333);
+        const auto src = fetch<uint8_t>(vs, pb.v, n * 4), dst = fetch<uint8_t>(vs, pc.v, n * 4);
+        assert_memory_equal(dst.data() + 6, src.data() + 10, 333);
+    });
+}
+
+void test_argmax(void **) {
+    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *) {
+        std::vector<float> x = random_floats(49152, 9);
+        x[100] = NAN;
+        x[777] = 1000.0f;
+        x[40000] = 1000.0f;  // a tie: the lower index wins
+        Pair px = pair_of(cs, vs, x), po = pair_of(cs, vs, nullptr, 4);
+        vs.argmax(static_cast<float *>(px.v), int(x.size()), static_cast<int32_t *>(po.v));
+        cs.argmax(static_cast<float *>(px.c), int(x.size()), static_cast<int32_t *>(po.c));
+        assert_int_equal(fetch<int32_t>(vs, po.v, 1)[0], 777);
+        assert_int_equal(fetch<int32_t>(cs, po.c, 1)[0], 777);
+        std::vector<float> nans(70, NAN);
+        Pair pn = pair_of(cs, vs, nans);
+        vs.argmax(static_cast<float *>(pn.v), 70, static_cast<int32_t *>(po.v));
+        assert_int_equal(fetch<int32_t>(vs, po.v, 1)[0], 0);
+    });
+}
+
+// Transfers larger than the staging buffers, interleaved with compute.
+void test_transfers(void **) {
+    each_backend([](Backend &, Backend &, Stream &, Stream &vs, const char *) {
+        const size_t n = (11u << 20) / 4 + 13;
+        std::vector<float> a = random_floats(n, 4), back(n);
+        float *d = static_cast<float *>(vs.alloc(n * 4));
+        vs.upload(d, a.data(), n * 4);
+        vs.add(d, d + 1, 1);  // d[0] += d[1]
+        vs.download(back.data(), d, n * 4);
+        vs.synchronize();
+        a[0] += a[1];
+        assert_true(back == a);
+    });
+}
+
+void test_errors(void **) {
+    each_backend([](Backend &, Backend &, Stream &, Stream &vs, const char *) {
+        float *x = static_cast<float *>(vs.alloc(64 * 4));
+        uint8_t *dst = static_cast<uint8_t *>(vs.alloc(1024));
+        try {
+            vs.kv_encode(42, false, x, 1, 1, 64, dst);
+            fail();
+        } catch (const Error &e) {
+            assert_int_equal(e.status(), KVFIT_E_UNSUPPORTED);
+        }
+        int host = 0;
+        try {
+            vs.copy(dst, &host, 4);  // a host pointer is not a device address
+            fail();
+        } catch (const Error &e) {
+            assert_int_equal(e.status(), KVFIT_E_INTERNAL);
+        }
+        try {
+            vs.copy(dst, x + 60, 64);  // past the end of its allocation
+            fail();
+        } catch (const Error &e) {
+            assert_int_equal(e.status(), KVFIT_E_INTERNAL);
+        }
+        vs.synchronize();  // the stream still works
+    });
+}
+
+void test_devices(void **) {
+    if (!g->skip_reason.empty()) {
+        std::printf("skipped: %s\n", g->skip_reason.c_str());
+        skip();
+    }
+    size_t n = 0;
+    assert_int_equal(kvfit_device_count(&n), KVFIT_OK);
+    assert_true(n >= 2);
+    kvfit_device_info di;
+    di.struct_size = sizeof di;
+    assert_int_equal(kvfit_device_get_info(0, &di), KVFIT_OK);
+    assert_int_equal(di.backend, KVFIT_BACKEND_CPU);
+    assert_int_equal(di.type, KVFIT_DEVICE_CPU);
+    assert_int_equal(kvfit_device_get_info(1, &di), KVFIT_OK);
+    assert_int_equal(di.backend, KVFIT_BACKEND_VULKAN);
+    assert_int_equal(di.index, 0);
+    assert_true(di.name && *di.name && di.memory_bytes > 0);
+    std::printf("Vulkan device 0: %s, type %d, %llu MiB\n", di.name, int(di.type), (unsigned long long)(di.memory_bytes >> 20));
+    assert_int_equal(kvfit_device_get_info(n, &di), KVFIT_E_ARG);
+    try {
+        create_backend(KVFIT_BACKEND_VULKAN, 1000);
+        fail();
+    } catch (const Error &e) {
+        assert_int_equal(e.status(), KVFIT_E_BACKEND_UNAVAILABLE);
+    }
+}
+
+int setup(void **) {
+    g = new Setup();
+    g->cpu = create_cpu_backend();
+    auto make = [](const char *label, bool fallbacks) {
+        if (fallbacks) {
+            setenv("KVFIT_VULKAN_NO_SUBGROUP", "1", 1);
+            setenv("KVFIT_VULKAN_NO_FP64", "1", 1);
+        }
+        try {
+            g->vk.emplace_back(label, create_backend(KVFIT_BACKEND_VULKAN));
+        } catch (const Error &e) {
+            if (e.status() != KVFIT_E_BACKEND_UNAVAILABLE) throw;
+            g->skip_reason = e.what();
+        }
+        unsetenv("KVFIT_VULKAN_NO_SUBGROUP");
+        unsetenv("KVFIT_VULKAN_NO_FP64");
+    };
+    make("vulkan", false);
+    if (g->skip_reason.empty()) make("vulkan (no subgroups, no fp64)", true);
+    return 0;
+}
+
+int teardown(void **) {
+    delete g;
+    return 0;
+}
+
+}  // namespace
+
+int main() {
+    setenv("KVFIT_VULKAN_VALIDATION", "1", 0);  // unless the caller chose otherwise
+    kvfit_set_log_callback(print_log, KVFIT_LOG_WARN, nullptr);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_devices),  cmocka_unit_test(test_get_rows),    cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_matmul),   cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_elementwise), cmocka_unit_test(test_argmax),   cmocka_unit_test(test_transfers),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

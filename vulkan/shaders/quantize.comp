@@ -1,0 +1,52 @@
+#version 450
+// Activations converted to what the CPU reference multiplies a weight row
+// with (kvfit::vec_dot_type): Q8_0 / Q8_1 blocks for quantized weights, halfs
+// or bfloat16 for F16 / BF16 weights. Per token row, in words:
+//   Q8  : ncols/4 words of int8 codes, ncols/32 floats d (the fp16-rounded
+//         scale), ncols/32 floats s (fp16-rounded d * sum of codes, Q8_1 only)
+//   F16 / BF16: (ncols + 1)/2 words of two values each
+#include "common.glsl"
+
+layout(std430, binding = 0) readonly buffer X { float x[]; };
+layout(std430, binding = 1) writeonly buffer Q { uint q[]; };
+
+layout(push_constant) uniform P {
+    uint mode;  // 0 Q8_0, 1 Q8_1, 2 F16, 3 BF16
+    uint ncols, x_off, q_off, q_stride;
+} p;
+
+void main() {
+    const uint i = gl_GlobalInvocationID.x;  // block (Q8) or pair of values
+    const uint t = gl_WorkGroupID.y;
+    const uint xb = p.x_off + t * p.ncols, qb = p.q_off + t * p.q_stride;
+    if (p.mode >= 2u) {
+        if (2u * i >= p.ncols) return;
+        const float a = x[xb + 2u * i];
+        const float b = 2u * i + 1u < p.ncols ? x[xb + 2u * i + 1u] : 0.0;
+        q[qb + i] = p.mode == 2u ? float_to_half(a) | (float_to_half(b) << 16)
+                                 : float_to_bf16(a) | (float_to_bf16(b) << 16);
+        return;
+    }
+    const uint nb = p.ncols / 32u;
+    if (i >= nb) return;
+    float amax = 0.0;
+    for (uint j = 0; j < 32u; j++) amax = max(amax, abs(x[xb + 32u * i + j]));
+    const float d = amax / 127.0;
+    const float id = amax != 0.0 ? 127.0 / amax : 0.0;
+    int sum = 0;
+    for (uint k = 0; k < 8u; k++) {
+        uint word = 0u;
+        for (uint e = 0; e < 4u; e++) {
+            precise float s = x[xb + 32u * i + 4u * k + e] * id;
+            const int v = int(roundEven(s));
+            sum += v;
+            word |= (uint(v) & 0xffu) << (8u * e);
+        }
+        q[qb + 8u * i + k] = word;
+    }
+    q[qb + p.ncols / 4u + i] = floatBitsToUint(half_to_float(float_to_half(d)));
+    if (p.mode == 1u) {
+        precise float s = d * float(sum);
+        q[qb + p.ncols / 4u + nb + i] = floatBitsToUint(half_to_float(float_to_half(s)));
+    }
+}

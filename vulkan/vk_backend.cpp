@@ -1,0 +1,932 @@
+// The Vulkan backend. Weights are repacked once per model into device arenas
+// (rows padded to 16 bytes, quantized blocks split into codes and scales so
+// shaders load whole words; see vulkan/shaders/weights.glsl). A stream owns
+// its session's buffers and records ops into a command buffer that is
+// submitted at synchronize() or when full, with a barrier only where an op
+// touches bytes an earlier op since the last barrier wrote (or writes bytes
+// it read). Device addresses are opaque values that Device::span() resolves.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "backend/backend.h"
+#include "common.h"
+#include "gguf/ggml_types.h"
+#include "gguf/gguf.h"
+#include "kv/codec.h"
+#include "vk_context.h"
+
+namespace kvfit {
+
+namespace vk {
+namespace {
+
+constexpr uint32_t kWG = 64;              // workgroup size of most shaders
+constexpr uint32_t kMaxCommands = 1024;   // recorded commands before a command buffer is submitted
+constexpr size_t kStagingBytes = 4 << 20; // per stream, each way
+constexpr VkDeviceSize kArenaBytes = VkDeviceSize(64) << 20;
+constexpr uint32_t kTokenTile = 8;        // tokens per workgroup in batched matmul
+constexpr size_t kMaxDescriptorSets = 8192;
+constexpr uint32_t kSetsPerPool = 256, kMaxBindings = 8;
+
+size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+uint32_t ceil_div(uint64_t a, uint64_t b) { return uint32_t((a + b - 1) / b); }
+
+bool is_quant(uint32_t type) { return type == TYPE_Q4_0 || type == TYPE_Q4_1 || type == TYPE_Q8_0; }
+
+// Bytes of one weight row in the device layout.
+size_t weight_stride(uint32_t type, int64_t n) {
+    size_t b;
+    switch (type) {
+        case TYPE_F32: b = size_t(n) * 4; break;
+        case TYPE_F16:
+        case TYPE_BF16: b = size_t(n) * 2; break;
+        case TYPE_Q8_0: b = size_t(n) + size_t(n / QK) * 2; break;
+        case TYPE_Q4_0: b = size_t(n) / 2 + size_t(n / QK) * 2; break;
+        case TYPE_Q4_1: b = size_t(n) / 2 + size_t(n / QK) * 4; break;
+        default: {
+            const TypeInfo *ti = type_info(type);
+            fail(KVFIT_E_UNSUPPORTED, "the Vulkan backend cannot compute with %s weights", ti ? ti->name : "unknown");
+        }
+    }
+    return round_up(std::max<size_t>(b, 4), 16);
+}
+
+// One GGUF row into the device layout (dst is `stride` bytes, zeroed here).
+void repack_row(uint32_t type, const uint8_t *src, uint8_t *dst, int64_t n, size_t stride) {
+    std::memset(dst, 0, stride);
+    const int64_t nb = n / QK;
+    switch (type) {
+        case TYPE_F32: std::memcpy(dst, src, size_t(n) * 4); return;
+        case TYPE_F16:
+        case TYPE_BF16: std::memcpy(dst, src, size_t(n) * 2); return;
+        case TYPE_Q8_0:
+            for (int64_t b = 0; b < nb; b++) {
+                BlockQ8_0 blk;
+                std::memcpy(&blk, src + size_t(b) * sizeof blk, sizeof blk);
+                std::memcpy(dst + b * QK, blk.qs, QK);
+                std::memcpy(dst + n + 2 * b, &blk.d, 2);
+            }
+            return;
+        case TYPE_Q4_0:
+            for (int64_t b = 0; b < nb; b++) {
+                BlockQ4_0 blk;
+                std::memcpy(&blk, src + size_t(b) * sizeof blk, sizeof blk);
+                std::memcpy(dst + b * QK / 2, blk.qs, QK / 2);
+                std::memcpy(dst + n / 2 + 2 * b, &blk.d, 2);
+            }
+            return;
+        case TYPE_Q4_1:
+            for (int64_t b = 0; b < nb; b++) {
+                BlockQ4_1 blk;
+                std::memcpy(&blk, src + size_t(b) * sizeof blk, sizeof blk);
+                std::memcpy(dst + b * QK / 2, blk.qs, QK / 2);
+                std::memcpy(dst + n / 2 + 4 * b, &blk.d, 2);
+                std::memcpy(dst + n / 2 + 4 * b + 2, &blk.m, 2);
+            }
+            return;
+        default: fail(KVFIT_E_INTERNAL, "repack of weight type %u", type);
+    }
+}
+
+bool env_flag(const char *name) {
+    const char *v = std::getenv(name);
+    return v && *v && std::strcmp(v, "0") != 0;
+}
+
+// Push constants of each shader, mirroring its GLSL block.
+struct GetRowsPush {
+    uint32_t type, ncols, stride, w_off, ids_off, x_off, row0, row1;
+};
+struct QuantizePush {
+    uint32_t mode, ncols, x_off, q_off, q_stride;
+};
+struct MatmulPush {
+    uint32_t ncols, nrows, ntok, w_off, w_stride, x_off, x_stride, y_off, ldy, n_wg;
+};
+struct RmsnormPush {
+    uint32_t x_off, g_off, y_off, d;
+    float eps;
+};
+struct KvEncodePush {
+    uint32_t codec, hadamard, hd, nrows, x_off, dst_off, head_bytes, signs_off, gx;
+};
+struct AttentionPush {
+    uint32_t q_off, o_off, cs_off, signs_off, k_off, v_off, kn_off, vn_off, n_head, S, W, pos0c;
+    int32_t rel_S, rel_wfirst;
+    uint32_t p0mod, row_bytes, head_bytes, n_dims;
+    float scale;
+};
+struct ElementwisePush {
+    uint32_t a_off, b_off, c_off, n, stride;
+};
+struct ArgmaxPush {
+    uint32_t x_off, n, o_off;
+};
+static_assert(sizeof(AttentionPush) <= kPushBytes, "push constants");
+
+class VulkanStream;
+
+class VulkanBackend final : public Backend {
+public:
+    VulkanBackend(std::shared_ptr<Instance> inst, const PhysicalDevice &pd) : dev_(std::move(inst), pd) {
+        name_ = "Vulkan (" + pd.name + ")";
+    }
+    ~VulkanBackend() override {
+        for (void *a : addrs_) dev_.unmap_address(a);
+        for (Buffer &b : arenas_) dev_.destroy(b);
+        dev_.destroy(staging_);
+        const DeviceFns &f = dev_.fn();
+        if (fence_) f.vkDestroyFence(dev_.handle(), fence_, nullptr);
+        if (pool_) f.vkDestroyCommandPool(dev_.handle(), pool_, nullptr);
+    }
+
+    const char *name() const override { return name_.c_str(); }
+    kvfit_backend_kind kind() const override { return KVFIT_BACKEND_VULKAN; }
+
+    Weight upload_weight(const GGUFTensor &t) override {
+        Weight w;
+        w.type = t.type;
+        w.n_cols = t.ne[0];
+        w.n_rows = t.ne[1] * t.ne[2] * t.ne[3];
+        if (is_quant(t.type) && w.n_cols % QK)
+            fail(KVFIT_E_FORMAT, "tensor '%s' has rows of %lld values, not a multiple of %d", t.name.c_str(),
+                 (long long)w.n_cols, QK);
+        w.row_bytes = weight_stride(t.type, w.n_cols);
+        const size_t src_row = row_bytes(t.type, w.n_cols);
+        w.data = place(w.row_bytes * size_t(w.n_rows), [&](uint8_t *dst, size_t first, size_t rows) {
+            for (size_t r = 0; r < rows; r++)
+                repack_row(t.type, t.data + (first + r) * src_row, dst + r * w.row_bytes, w.n_cols, w.row_bytes);
+        }, w.row_bytes);
+        return w;
+    }
+
+    const float *upload_floats(const float *data, size_t n) override {
+        return static_cast<const float *>(place(n * 4, [&](uint8_t *dst, size_t first, size_t rows) {
+            std::memcpy(dst, data + first, rows * 4);
+        }, 4));
+    }
+
+    std::unique_ptr<Stream> create_stream(int n_threads, int max_tokens, int64_t max_cols, int max_kv) override;
+
+    Device &device() { return dev_; }
+
+    // Scaled signs of the Hadamard rotation of n values, on the device.
+    const float *hadamard_signs(int n) {
+        {
+            std::lock_guard<std::mutex> lock(signs_mutex_);
+            auto it = signs_.find(n);
+            if (it != signs_.end()) return it->second;
+        }
+        // Row 0 of the Hadamard matrix is all ones, so the rotation of unit
+        // vector i starts with sign[i] / sqrt(n): the CPU's table, read back.
+        std::vector<float> s(static_cast<size_t>(n)), e(static_cast<size_t>(n));
+        for (int i = 0; i < n; i++) {
+            std::fill(e.begin(), e.end(), 0.0f);
+            e[size_t(i)] = 1.0f;
+            hadamard_rotate(e.data(), n);
+            s[size_t(i)] = e[0];
+        }
+        const float *d = upload_floats(s.data(), s.size());
+        std::lock_guard<std::mutex> lock(signs_mutex_);
+        return signs_.emplace(n, d).first->second;
+    }
+
+private:
+    // Reserves `bytes` in an arena and fills them with fill(dst, first, count)
+    // over items of `item` bytes (in pieces when they go through staging).
+    template <class Fill>
+    void *place(size_t bytes, Fill fill, size_t item) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        const VkDeviceSize align = dev_.offset_align();
+        VkDeviceSize off = round_up(arena_used_, align);
+        if (arenas_.empty() || off + bytes > arenas_.back().size) {
+            const VkDeviceSize size = std::max<VkDeviceSize>(kArenaBytes, round_up(bytes, align));
+            arenas_.push_back(dev_.create_buffer(size, dev_.unified_memory() ? MemKind::DeviceMapped : MemKind::Device));
+            off = 0;
+        }
+        Buffer &a = arenas_.back();
+        const size_t n_items = bytes / item;
+        if (a.mapped) {
+            fill(static_cast<uint8_t *>(a.mapped) + off, 0, n_items);
+        } else {
+            ensure_staging();
+            const size_t per = std::max<size_t>(1, kStagingBytes * 4 / item);
+            for (size_t first = 0; first < n_items; first += per) {
+                const size_t cnt = std::min(per, n_items - first);
+                fill(static_cast<uint8_t *>(staging_.mapped), first, cnt);
+                copy_staged(a.buf, off + first * item, cnt * item);
+            }
+        }
+        arena_used_ = off + bytes;
+        void *addr = dev_.map_address(a.buf, off, bytes);
+        addrs_.push_back(addr);
+        return addr;
+    }
+
+    void ensure_staging() {
+        if (staging_.buf) return;
+        const DeviceFns &f = dev_.fn();
+        staging_ = dev_.create_buffer(kStagingBytes * 4, MemKind::Upload);
+        VkCommandPoolCreateInfo pi{};
+        pi.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO;
+        pi.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
+        pi.queueFamilyIndex = dev_.physical().family;
+        check(f.vkCreateCommandPool(dev_.handle(), &pi, nullptr, &pool_), "vkCreateCommandPool");
+        VkCommandBufferAllocateInfo ai{};
+        ai.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
+        ai.commandPool = pool_;
+        ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+        ai.commandBufferCount = 1;
+        check(f.vkAllocateCommandBuffers(dev_.handle(), &ai, &cb_), "vkAllocateCommandBuffers");
+        VkFenceCreateInfo fi{};
+        fi.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO;
+        check(f.vkCreateFence(dev_.handle(), &fi, nullptr, &fence_), "vkCreateFence");
+    }
+
+    // Staging -> arena copy, waited for (weights load once, at model load).
+    void copy_staged(VkBuffer dst, VkDeviceSize off, size_t bytes) {
+        const DeviceFns &f = dev_.fn();
+        VkCommandBufferBeginInfo bi{};
+        bi.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
+        bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+        check(f.vkBeginCommandBuffer(cb_, &bi), "vkBeginCommandBuffer");
+        VkBufferCopy region{0, off, bytes};
+        f.vkCmdCopyBuffer(cb_, staging_.buf, dst, 1, &region);
+        check(f.vkEndCommandBuffer(cb_), "vkEndCommandBuffer");
+        VkSubmitInfo si{};
+        si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
+        si.commandBufferCount = 1;
+        si.pCommandBuffers = &cb_;
+        check(dev_.submit(si, fence_), "vkQueueSubmit");
+        check(f.vkWaitForFences(dev_.handle(), 1, &fence_, VK_TRUE, UINT64_MAX), "vkWaitForFences");
+        check(f.vkResetFences(dev_.handle(), 1, &fence_), "vkResetFences");
+    }
+
+    Device dev_;
+    std::string name_;
+    std::mutex mutex_;
+    std::vector<Buffer> arenas_;
+    VkDeviceSize arena_used_ = 0;
+    std::vector<void *> addrs_;
+    Buffer staging_;
+    VkCommandPool pool_ = VK_NULL_HANDLE;
+    VkCommandBuffer cb_ = VK_NULL_HANDLE;
+    VkFence fence_ = VK_NULL_HANDLE;
+    std::mutex signs_mutex_;
+    std::map<int, const float *> signs_;
+};
+
+class VulkanStream final : public Stream {
+public:
+    VulkanStream(VulkanBackend &b, int max_tokens, int64_t max_cols)
+        : b_(b), d_(b.device()), f_(b.device().fn()), max_tokens_(max_tokens), max_cols_(max_cols) {
+        profile_ = env_flag("KVFIT_VULKAN_PROFILE") && d_.physical().timestamp_bits > 0;
+        try {
+            VkCommandPoolCreateInfo pi{};
+            pi.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO;
+            pi.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
+            pi.queueFamilyIndex = d_.physical().family;
+            check(f_.vkCreateCommandPool(d_.handle(), &pi, nullptr, &pool_), "vkCreateCommandPool");
+            for (Batch &bt : batch_) {
+                VkCommandBufferAllocateInfo ai{};
+                ai.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
+                ai.commandPool = pool_;
+                ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+                ai.commandBufferCount = 1;
+                check(f_.vkAllocateCommandBuffers(d_.handle(), &ai, &bt.cb), "vkAllocateCommandBuffers");
+                VkFenceCreateInfo fi{};
+                fi.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO;
+                check(f_.vkCreateFence(d_.handle(), &fi, nullptr, &bt.fence), "vkCreateFence");
+                if (profile_) {
+                    VkQueryPoolCreateInfo qi{};
+                    qi.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO;
+                    qi.queryType = VK_QUERY_TYPE_TIMESTAMP;
+                    qi.queryCount = 2 * kMaxCommands;
+                    check(f_.vkCreateQueryPool(d_.handle(), &qi, nullptr, &bt.queries), "vkCreateQueryPool");
+                }
+            }
+            up_ = d_.create_buffer(kStagingBytes, MemKind::Upload);
+            down_ = d_.create_buffer(kStagingBytes, MemKind::Readback);
+            // Activations converted for matmul: Q8 codes + two floats per block, or halfs.
+            const size_t per_token =
+                std::max(size_t(max_cols) + size_t(max_cols / QK + 1) * 8, 2 * size_t(max_cols) + 4) + 16;
+            act_ = alloc(per_token * size_t(std::max(max_tokens, 1)));
+        } catch (...) {
+            release();
+            throw;
+        }
+    }
+
+    ~VulkanStream() override {
+        if (profile_) report_profile();
+        release();
+    }
+
+    void *alloc(size_t bytes) override {
+        Buffer buf = d_.create_buffer(bytes, MemKind::Device);
+        void *addr = nullptr;
+        try {
+            addr = d_.map_address(buf.buf, 0, bytes);
+            allocs_.emplace_back(buf, addr);
+        } catch (...) {
+            if (addr) d_.unmap_address(addr);
+            d_.destroy(buf);
+            throw;
+        }
+        return addr;
+    }
+
+    void upload(void *dst, const void *src, size_t bytes) override {
+        live();
+        const uint8_t *s = static_cast<const uint8_t *>(src);
+        uint8_t *dptr = static_cast<uint8_t *>(dst);
+        while (bytes) {
+            if (up_used_ >= kStagingBytes) drain();
+            const size_t chunk = std::min(bytes, kStagingBytes - up_used_);
+            std::memcpy(static_cast<uint8_t *>(up_.mapped) + up_used_, s, chunk);
+            const Span ds = d_.span(dptr, chunk);
+            Batch &bt = begin();
+            track({{ds, true}});
+            stamp(bt, 0);
+            VkBufferCopy region{up_used_, ds.begin, chunk};
+            f_.vkCmdCopyBuffer(bt.cb, up_.buf, ds.buf, 1, &region);
+            stamp(bt, 1);
+            up_used_ = std::min(kStagingBytes, round_up(up_used_ + chunk, 16));
+            done("upload");
+            s += chunk;
+            dptr += chunk;
+            bytes -= chunk;
+        }
+    }
+
+    void download(void *dst, const void *src, size_t bytes) override {
+        live();
+        uint8_t *hd = static_cast<uint8_t *>(dst);
+        const uint8_t *sptr = static_cast<const uint8_t *>(src);
+        while (bytes) {
+            if (down_used_ >= kStagingBytes) drain();
+            const size_t chunk = std::min(bytes, kStagingBytes - down_used_);
+            const Span ss = d_.span(sptr, chunk);
+            Batch &bt = begin();
+            track({{ss, false}});
+            stamp(bt, 0);
+            VkBufferCopy region{ss.begin, down_used_, chunk};
+            f_.vkCmdCopyBuffer(bt.cb, ss.buf, down_.buf, 1, &region);
+            stamp(bt, 1);
+            bt.reads.push_back({hd, down_used_, chunk});
+            down_used_ = std::min(kStagingBytes, round_up(down_used_ + chunk, 16));
+            done("download");
+            hd += chunk;
+            sptr += chunk;
+            bytes -= chunk;
+        }
+    }
+
+    void synchronize() override {
+        live();
+        drain();
+    }
+
+    void copy(void *dst, const void *src, size_t bytes) override {
+        live();
+        if (!bytes) return;
+        const Span ss = d_.span(src, bytes), ds = d_.span(dst, bytes);
+        if (ss.buf == ds.buf && ss.begin < ds.end && ds.begin < ss.end)
+            fail(KVFIT_E_INTERNAL, "Vulkan: overlapping device-to-device copy");
+        Batch &bt = begin();
+        track({{ss, false}, {ds, true}});
+        stamp(bt, 0);
+        VkBufferCopy region{ss.begin, ds.begin, bytes};
+        f_.vkCmdCopyBuffer(bt.cb, ss.buf, ds.buf, 1, &region);
+        stamp(bt, 1);
+        done("copy");
+    }
+
+    void get_rows(const Weight &table, const int32_t *ids, int n, float *x) override {
+        if (n <= 0) return;
+        const size_t ncols = size_t(table.n_cols);
+        const Span is = d_.span(ids, size_t(n) * 4), xs = d_.span(x, size_t(n) * ncols * 4);
+        const Pipeline &pl = d_.pipeline("get_rows", 3, {kWG});
+        for_row_chunks(table, [&](int64_t r0, int64_t rows, const Span &ws) {
+            GetRowsPush p{table.type, uint32_t(ncols), uint32_t(table.row_bytes), uint32_t(ws.rel),
+                          uint32_t(is.rel / 4), uint32_t(xs.rel / 4), uint32_t(r0), uint32_t(r0 + rows)};
+            run("get_rows", pl, {{ws, false}, {is, false}, {xs, true}}, &p, sizeof p, ceil_div(ncols, kWG), uint32_t(n));
+        });
+    }
+
+    void rmsnorm(const float *x, const Weight &w, float eps, int n, float *y) override {
+        if (n <= 0) return;
+        if (w.type != TYPE_F32) fail(KVFIT_E_INTERNAL, "Vulkan: norm weights must be F32");
+        const size_t d = size_t(w.n_cols);
+        const Span xs = d_.span(x, size_t(n) * d * 4), gs = d_.span(w.data, d * 4), ys = d_.span(y, size_t(n) * d * 4);
+        const Pipeline &pl = d_.pipeline(d_.use_fp64() ? "rmsnorm_f64" : "rmsnorm", 3, {kWG});
+        RmsnormPush p{uint32_t(xs.rel / 4), uint32_t(gs.rel / 4), uint32_t(ys.rel / 4), uint32_t(d), eps};
+        run("rmsnorm", pl, {{xs, false}, {gs, false}, {ys, true}}, &p, sizeof p, uint32_t(n));
+    }
+
+    void matmul(const Weight &w, const float *x, int n, float *y) override {
+        if (n <= 0 || w.n_rows <= 0) return;
+        if (n > max_tokens_ || w.n_cols > max_cols_)
+            fail(KVFIT_E_INTERNAL, "Vulkan: matmul of %d x %lld exceeds the stream's scratch", n, (long long)w.n_cols);
+        const size_t ncols = size_t(w.n_cols), nrows = size_t(w.n_rows);
+        const bool q = is_quant(w.type);
+        Span xs;
+        uint32_t x_stride;
+        if (w.type == TYPE_F32) {
+            xs = d_.span(x, size_t(n) * ncols * 4);
+            x_stride = uint32_t(ncols);
+        } else {
+            // Activations first become what the CPU multiplies this weight type with.
+            const uint32_t mode = w.type == TYPE_Q4_1 ? 1 : q ? 0 : w.type == TYPE_F16 ? 2 : 3;
+            x_stride = q ? uint32_t(ncols / 4 + 2 * (ncols / QK)) : uint32_t((ncols + 1) / 2);
+            const Span in = d_.span(x, size_t(n) * ncols * 4);
+            xs = d_.span(act_, size_t(n) * x_stride * 4);
+            QuantizePush p{mode, uint32_t(ncols), uint32_t(in.rel / 4), uint32_t(xs.rel / 4), x_stride};
+            const uint32_t items = q ? uint32_t(ncols / QK) : uint32_t((ncols + 1) / 2);
+            run("quantize", d_.pipeline("quantize", 2, {kWG}), {{in, false}, {xs, true}}, &p, sizeof p,
+                ceil_div(items, kWG), uint32_t(n));
+        }
+        const Span ys = d_.span(y, size_t(n) * nrows * 4);
+        const uint32_t nt = n == 1 ? 1 : kTokenTile;
+        const bool sg = d_.use_subgroup();
+        const uint32_t wg = sg ? std::max<uint32_t>(kWG, d_.subgroup_size()) : kWG;
+        const uint32_t slots = sg ? wg / d_.subgroup_size() : 1;
+        std::string shader = q ? "matmul_q" : "matmul_f";
+        if (sg) shader += "_sg";
+        const Pipeline &pl = d_.pipeline(shader.c_str(), 3, {wg, w.type, nt});
+        for_row_chunks(w, [&](int64_t r0, int64_t rows, const Span &ws) {
+            const uint32_t gx = std::min<uint32_t>(ceil_div(uint64_t(rows), slots), d_.limits().maxComputeWorkGroupCount[0]);
+            MatmulPush p{uint32_t(ncols), uint32_t(rows), uint32_t(n), uint32_t(ws.rel), uint32_t(w.row_bytes),
+                         uint32_t(xs.rel / 4), x_stride, uint32_t(ys.rel / 4 + size_t(r0)), uint32_t(nrows), gx};
+            run("matmul", pl, {{ws, false}, {xs, false}, {ys, true}}, &p, sizeof p, gx, ceil_div(uint64_t(n), nt));
+        });
+    }
+
+    void kv_encode(int codec, bool hadamard, float *x, int n, int n_heads, int head_dim, uint8_t *dst) override {
+        check_codec(codec, hadamard, head_dim);
+        if (n <= 0) return;
+        const uint32_t rows = uint32_t(n) * uint32_t(n_heads);
+        const size_t hb = codec_row_bytes(KVCodec(codec), head_dim);
+        const Span xs = d_.span(x, size_t(rows) * size_t(head_dim) * 4), ds = d_.span(dst, size_t(rows) * hb);
+        const float *signs = hadamard ? b_.hadamard_signs(head_dim) : x;
+        const Span ss = d_.span(signs, hadamard ? size_t(head_dim) * 4 : 4);
+        const uint32_t gx = std::min<uint32_t>(rows, d_.limits().maxComputeWorkGroupCount[0]);
+        KvEncodePush p{uint32_t(codec), hadamard, uint32_t(head_dim), rows, uint32_t(xs.rel / 4), uint32_t(ds.rel),
+                       uint32_t(hb), uint32_t(ss.rel / 4), gx};
+        run("kv_encode", d_.pipeline("kv_encode", 3, {kWG}), {{xs, hadamard}, {ds, true}, {ss, false}}, &p, sizeof p,
+            gx, ceil_div(rows, gx));
+    }
+
+    // Per-channel key blocks (KVFIT_KV_Q4_CHANNEL) are not implemented on this backend.
+    void kv_encode_channels(const uint8_t *, int, int, uint8_t *) override { no_channel_keys(); }
+
+    void cache_attention(const CacheAttention &a, const float *q, float *out) override {
+        if (a.channel_keys) no_channel_keys();
+        check_codec(a.codec, a.hadamard, a.head_dim);
+        if (a.n_q <= 0) return;
+        const uint32_t hd = uint32_t(a.head_dim), group = uint32_t(a.n_head / a.n_head_kv);
+        const uint32_t S = a.n_sink, W = a.n_window;
+        if (a.rope.n_dims <= 0 || a.rope.n_dims > a.head_dim || a.rope.n_dims % 2 || W == 0 || uint32_t(a.n_q) > W + S)
+            fail(KVFIT_E_INTERNAL, "Vulkan: attention arguments out of range");
+        const size_t shared = (2 * size_t(group) * hd + size_t(group) * kWG + 3 * kWG) * 4;
+        if (shared > d_.limits().maxComputeSharedMemorySize)
+            fail(KVFIT_E_UNSUPPORTED, "Vulkan: attention of %u query heads per KV head of size %u needs %zu bytes of "
+                 "shared memory; %s has %u", group, hd, shared, d_.physical().name.c_str(),
+                 d_.limits().maxComputeSharedMemorySize);
+        const size_t qbytes = size_t(a.n_q) * size_t(a.n_head) * hd * 4;
+        const Span qs = d_.span(q, qbytes), os = d_.span(out, qbytes);
+        const Span ks = d_.span(a.k, size_t(S + W) * a.row_bytes), vs = d_.span(a.v, size_t(S + W) * a.row_bytes);
+        const Span kn = d_.span(a.k_new, size_t(a.n_q) * a.row_bytes), vn = d_.span(a.v_new, size_t(a.n_q) * a.row_bytes);
+        const Span cs = d_.span(a.rope_cs, d_.bytes_after(a.rope_cs));
+        const float *signs = a.hadamard ? b_.hadamard_signs(a.head_dim) : a.rope_cs;
+        const Span ss = d_.span(signs, a.hadamard ? size_t(hd) * 4 : 4);
+
+        const uint64_t p0 = a.pos0;
+        const uint64_t ws0 = a.streaming ? std::max<uint64_t>(S, p0 + 1 > W ? p0 + 1 - W : 0) : S;
+        AttentionPush p{};
+        p.q_off = uint32_t(qs.rel / 4);
+        p.o_off = uint32_t(os.rel / 4);
+        p.cs_off = uint32_t(cs.rel / 4);
+        p.signs_off = uint32_t(ss.rel / 4);
+        p.k_off = uint32_t(ks.rel);
+        p.v_off = uint32_t(vs.rel);
+        p.kn_off = uint32_t(kn.rel);
+        p.vn_off = uint32_t(vn.rel);
+        p.n_head = uint32_t(a.n_head);
+        p.S = S;
+        p.W = W;
+        p.pos0c = uint32_t(std::min<uint64_t>(p0, S));
+        p.rel_S = int32_t(std::clamp<int64_t>(int64_t(S) - int64_t(std::min<uint64_t>(p0, uint64_t(1) << 62)),
+                                              -(int64_t(1) << 30), int64_t(1) << 30));
+        p.rel_wfirst = int32_t(int64_t(std::max<uint64_t>(ws0, S)) - int64_t(p0));
+        p.p0mod = p0 >= S ? uint32_t((p0 - S) % W) : 0;
+        p.row_bytes = uint32_t(a.row_bytes);
+        p.head_bytes = uint32_t(a.head_bytes);
+        p.n_dims = uint32_t(a.rope.n_dims);
+        p.scale = a.scale;
+        const Pipeline &pl = d_.pipeline(d_.use_subgroup() ? "attention_sg" : "attention", 8,
+                                         {kWG, hd, group, uint32_t(a.codec), a.hadamard, a.rope.mode == RopeMode::Neox});
+        run("attention", pl,
+            {{qs, false}, {os, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}, {ss, false}}, &p,
+            sizeof p, uint32_t(a.n_head_kv), uint32_t(a.n_q));
+    }
+
+    void swiglu(const float *gate, const float *up, size_t n, float *out) override {
+        elementwise("swiglu", gate, up, out, n);
+    }
+
+    void add(float *y, const float *x, size_t n) override { elementwise("add", y, x, nullptr, n); }
+
+    void argmax(const float *x, int n, int32_t *out) override {
+        if (n <= 0) return Stream::argmax(x, n, out);
+        const Span xs = d_.span(x, size_t(n) * 4), os = d_.span(out, 4);
+        ArgmaxPush p{uint32_t(xs.rel / 4), uint32_t(n), uint32_t(os.rel / 4)};
+        run("argmax", d_.pipeline("argmax", 2, {256}), {{xs, false}, {os, true}}, &p, sizeof p, 1);
+    }
+
+private:
+    struct Readback {
+        void *dst;
+        size_t off, bytes;
+    };
+    struct Batch {
+        VkCommandBuffer cb = VK_NULL_HANDLE;
+        VkFence fence = VK_NULL_HANDLE;
+        VkQueryPool queries = VK_NULL_HANDLE;
+        bool recording = false, pending = false;
+        uint32_t n_cmds = 0;
+        std::vector<Readback> reads;
+        std::vector<const char *> names;  // per command, when profiling
+    };
+    struct Arg {
+        Span s;
+        bool write;
+    };
+    struct Range {
+        VkBuffer buf;
+        VkDeviceSize begin, end;
+    };
+
+    [[noreturn]] static void no_channel_keys() {
+        fail(KVFIT_E_UNSUPPORTED, "the Vulkan backend does not support per-channel KV keys (KVFIT_KV_Q4_CHANNEL)");
+    }
+
+    void check_codec(int codec, bool hadamard, int head_dim) const {
+        if (codec < int(KVCodec::F16) || codec > int(KVCodec::Q4))
+            fail(KVFIT_E_UNSUPPORTED, "the Vulkan backend does not support KV codec %d", codec);
+        if (head_dim <= 0 || head_dim > 512 || head_dim % 2 || (codec != int(KVCodec::F16) && head_dim % KV_GROUP) ||
+            (hadamard && (head_dim & (head_dim - 1))))
+            fail(KVFIT_E_UNSUPPORTED, "the Vulkan backend does not support KV heads of %d values with codec %d%s",
+                 head_dim, codec, hadamard ? " and the Hadamard rotation" : "");
+    }
+
+    // Calls fn(first row, rows, span) over pieces of a weight that each fit
+    // one storage-buffer binding (all of it on most devices).
+    template <class Fn>
+    void for_row_chunks(const Weight &w, Fn fn) {
+        const VkDeviceSize room = d_.max_range() - d_.offset_align();
+        const int64_t per = std::max<int64_t>(1, int64_t(room / std::max<size_t>(w.row_bytes, 1)));
+        for (int64_t r0 = 0; r0 < w.n_rows; r0 += per) {
+            const int64_t rows = std::min(per, w.n_rows - r0);
+            fn(r0, rows, d_.span(static_cast<const uint8_t *>(w.data) + size_t(r0) * w.row_bytes, size_t(rows) * w.row_bytes));
+        }
+    }
+
+    void elementwise(const char *shader, const float *a, const float *b, float *c, size_t n) {
+        if (!n) return;
+        if (n > 0xffffffffu) fail(KVFIT_E_INTERNAL, "Vulkan: elementwise op over %zu values", n);
+        const Span as = d_.span(a, n * 4), bs = d_.span(b, n * 4);
+        const uint32_t gx = std::min<uint32_t>(ceil_div(n, kWG), d_.limits().maxComputeWorkGroupCount[0]);
+        if (c) {
+            const Span cs = d_.span(c, n * 4);
+            ElementwisePush p{uint32_t(as.rel / 4), uint32_t(bs.rel / 4), uint32_t(cs.rel / 4), uint32_t(n), gx * kWG};
+            run(shader, d_.pipeline(shader, 3, {kWG}), {{as, false}, {bs, false}, {cs, true}}, &p, sizeof p, gx);
+        } else {
+            ElementwisePush p{uint32_t(as.rel / 4), uint32_t(bs.rel / 4), uint32_t(n), gx * kWG, 0};
+            run(shader, d_.pipeline(shader, 2, {kWG}), {{as, true}, {bs, false}}, &p, 4 * sizeof(uint32_t), gx);
+        }
+    }
+
+    void live() const {
+        if (!broken_.empty()) fail(KVFIT_E_BACKEND, "the Vulkan stream failed earlier: %s", broken_.c_str());
+    }
+
+    // The batch being recorded, started if needed.
+    Batch &begin() {
+        Batch &bt = batch_[cur_];
+        if (bt.recording) return bt;
+        if (bt.pending) wait(bt);
+        VkCommandBufferBeginInfo bi{};
+        bi.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
+        bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+        check(f_.vkBeginCommandBuffer(bt.cb, &bi), "vkBeginCommandBuffer");
+        bt.recording = true;
+        bt.n_cmds = 0;
+        if (bt.queries) f_.vkCmdResetQueryPool(bt.cb, bt.queries, 0, 2 * kMaxCommands);
+        barrier(bt);  // orders this batch after everything submitted before it
+        bound_ = VK_NULL_HANDLE;
+        return bt;
+    }
+
+    void barrier(Batch &bt) {
+        VkMemoryBarrier mb{};
+        mb.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
+        mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT;
+        mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT |
+                           VK_ACCESS_TRANSFER_WRITE_BIT;
+        const VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+        f_.vkCmdPipelineBarrier(bt.cb, st, st, 0, 1, &mb, 0, nullptr, 0, nullptr);
+        reads_.clear();
+        writes_.clear();
+    }
+
+    // A barrier before this command if it depends on one recorded since the last barrier.
+    void track(std::initializer_list<Arg> args) {
+        auto overlaps = [](const std::vector<Range> &v, const Span &s) {
+            for (const Range &r : v)
+                if (r.buf == s.buf && r.begin < s.end && s.begin < r.end) return true;
+            return false;
+        };
+        bool hazard = false;
+        for (const Arg &a : args) hazard |= overlaps(writes_, a.s) || (a.write && overlaps(reads_, a.s));
+        if (hazard) barrier(batch_[cur_]);
+        for (const Arg &a : args) (a.write ? writes_ : reads_).push_back({a.s.buf, a.s.begin, a.s.end});
+    }
+
+    // Timestamps before (end = 0) and after (1) each command, when profiling.
+    void stamp(Batch &bt, int end) {
+        if (bt.queries)
+            f_.vkCmdWriteTimestamp(bt.cb, end ? VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT : VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT,
+                                   bt.queries, 2 * bt.n_cmds + uint32_t(end));
+    }
+
+    // After recording a command: its name for the profile, and submission of a full batch.
+    void done(const char *name) {
+        Batch &bt = batch_[cur_];
+        if (bt.queries) bt.names.push_back(name);
+        if (++bt.n_cmds >= kMaxCommands) submit();
+    }
+
+    void run(const char *name, const Pipeline &pl, std::initializer_list<Arg> args, const void *push, size_t push_bytes,
+             uint32_t gx, uint32_t gy = 1) {
+        live();
+        if (!gx || !gy) return;
+        const VkDescriptorSet set = descriptors(pl, args);
+        Batch &bt = begin();
+        track(args);
+        if (bound_ != pl.pipeline) {
+            f_.vkCmdBindPipeline(bt.cb, VK_PIPELINE_BIND_POINT_COMPUTE, pl.pipeline);
+            bound_ = pl.pipeline;
+        }
+        f_.vkCmdBindDescriptorSets(bt.cb, VK_PIPELINE_BIND_POINT_COMPUTE, pl.layout, 0, 1, &set, 0, nullptr);
+        f_.vkCmdPushConstants(bt.cb, pl.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, uint32_t(push_bytes), push);
+        stamp(bt, 0);
+        f_.vkCmdDispatch(bt.cb, gx, gy, 1);
+        stamp(bt, 1);
+        done(name);
+    }
+
+    // Descriptor sets are immutable and cached by what they bind: a forward
+    // pass binds the same buffers every step, so steady state writes none.
+    VkDescriptorSet descriptors(const Pipeline &pl, std::initializer_list<Arg> args) {
+        std::vector<uint64_t> key;
+        key.reserve(1 + 3 * args.size());
+        key.push_back(reinterpret_cast<uint64_t>(pl.set_layout));
+        for (const Arg &a : args) {
+            key.push_back(reinterpret_cast<uint64_t>(a.s.buf));
+            key.push_back(a.s.desc_off);
+            key.push_back(a.s.desc_range);
+        }
+        auto it = sets_.find(key);
+        if (it != sets_.end()) return it->second;
+        if (sets_.size() >= kMaxDescriptorSets) {
+            // Something keeps binding new ranges: start over once nothing is in flight.
+            drain();
+            for (VkDescriptorPool dp : dpools_) f_.vkDestroyDescriptorPool(d_.handle(), dp, nullptr);
+            dpools_.clear();
+            sets_.clear();
+        }
+        if (dpools_.empty() || dpool_used_ == kSetsPerPool) {
+            VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, kSetsPerPool * kMaxBindings};
+            VkDescriptorPoolCreateInfo ci{};
+            ci.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO;
+            ci.maxSets = kSetsPerPool;
+            ci.poolSizeCount = 1;
+            ci.pPoolSizes = &size;
+            VkDescriptorPool dp;
+            check(f_.vkCreateDescriptorPool(d_.handle(), &ci, nullptr, &dp), "vkCreateDescriptorPool");
+            dpools_.push_back(dp);
+            dpool_used_ = 0;
+        }
+        VkDescriptorSetAllocateInfo ai{};
+        ai.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO;
+        ai.descriptorPool = dpools_.back();
+        ai.descriptorSetCount = 1;
+        ai.pSetLayouts = &pl.set_layout;
+        VkDescriptorSet set;
+        check(f_.vkAllocateDescriptorSets(d_.handle(), &ai, &set), "vkAllocateDescriptorSets");
+        dpool_used_++;
+        VkDescriptorBufferInfo infos[kMaxBindings];
+        VkWriteDescriptorSet writes[kMaxBindings];
+        uint32_t i = 0;
+        for (const Arg &a : args) {
+            infos[i] = {a.s.buf, a.s.desc_off, a.s.desc_range};
+            writes[i] = {};
+            writes[i].sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET;
+            writes[i].dstSet = set;
+            writes[i].dstBinding = i;
+            writes[i].descriptorCount = 1;
+            writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+            writes[i].pBufferInfo = &infos[i];
+            i++;
+        }
+        f_.vkUpdateDescriptorSets(d_.handle(), i, writes, 0, nullptr);
+        return sets_[key] = set;
+    }
+
+    // Ends and submits the batch being recorded; the next one records meanwhile.
+    void submit() {
+        Batch &bt = batch_[cur_];
+        if (!bt.recording) return;
+        bt.recording = false;
+        if (!bt.reads.empty()) {
+            VkMemoryBarrier mb{};
+            mb.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER;
+            mb.srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT;
+            mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
+            f_.vkCmdPipelineBarrier(bt.cb, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0,
+                                    nullptr, 0, nullptr);
+        }
+        VkResult r = f_.vkEndCommandBuffer(bt.cb);
+        if (r == VK_SUCCESS) {
+            VkSubmitInfo si{};
+            si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
+            si.commandBufferCount = 1;
+            si.pCommandBuffers = &bt.cb;
+            r = d_.submit(si, bt.fence);
+        }
+        if (r != VK_SUCCESS) {
+            broken_ = "command submission failed";
+            check(r, "vkQueueSubmit");
+        }
+        bt.pending = true;
+        cur_ ^= 1;
+    }
+
+    void wait(Batch &bt) {
+        const VkResult r = f_.vkWaitForFences(d_.handle(), 1, &bt.fence, VK_TRUE, UINT64_MAX);
+        bt.pending = false;
+        if (r != VK_SUCCESS) {
+            broken_ = "waiting for the device failed (device lost?)";
+            bt.reads.clear();
+            bt.names.clear();
+            check(r, "vkWaitForFences");
+        }
+        f_.vkResetFences(d_.handle(), 1, &bt.fence);
+        for (const Readback &rb : bt.reads)
+            std::memcpy(rb.dst, static_cast<const uint8_t *>(down_.mapped) + rb.off, rb.bytes);
+        bt.reads.clear();
+        if (bt.queries && !bt.names.empty()) {
+            std::vector<uint64_t> ts(2 * bt.names.size());
+            if (f_.vkGetQueryPoolResults(d_.handle(), bt.queries, 0, uint32_t(ts.size()), ts.size() * 8, ts.data(), 8,
+                                         VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) == VK_SUCCESS) {
+                const double period = d_.limits().timestampPeriod;
+                for (size_t i = 0; i < bt.names.size(); i++) {
+                    auto &pr = profile_ns_[bt.names[i]];
+                    pr.first += double(ts[2 * i + 1] - ts[2 * i]) * period;
+                    pr.second++;
+                }
+            }
+        }
+        bt.names.clear();
+    }
+
+    // Submits what was recorded, waits for everything, and frees the staging buffers.
+    void drain() {
+        submit();
+        // the older batch first, so read-backs land in program order
+        for (int k = 0; k < 2; k++) {
+            Batch &bt = batch_[cur_ ^ k];
+            if (bt.pending) wait(bt);
+        }
+        up_used_ = down_used_ = 0;
+    }
+
+    void report_profile() {
+        std::vector<std::pair<std::string, std::pair<double, uint64_t>>> v(profile_ns_.begin(), profile_ns_.end());
+        std::sort(v.begin(), v.end(), [](const auto &a, const auto &b) { return a.second.first > b.second.first; });
+        for (const auto &e : v)
+            log(KVFIT_LOG_INFO, "Vulkan profile: %-10s %8llu calls %10.3f ms", e.first.c_str(),
+                (unsigned long long)e.second.second, e.second.first * 1e-6);
+    }
+
+    void release() noexcept {
+        if (d_.handle()) {
+            for (Batch &bt : batch_)
+                if (bt.pending) f_.vkWaitForFences(d_.handle(), 1, &bt.fence, VK_TRUE, UINT64_MAX);
+        }
+        for (Batch &bt : batch_) {
+            if (bt.fence) f_.vkDestroyFence(d_.handle(), bt.fence, nullptr);
+            if (bt.queries) f_.vkDestroyQueryPool(d_.handle(), bt.queries, nullptr);
+            bt = Batch();
+        }
+        if (pool_) f_.vkDestroyCommandPool(d_.handle(), pool_, nullptr);  // frees the command buffers
+        pool_ = VK_NULL_HANDLE;
+        for (VkDescriptorPool dp : dpools_) f_.vkDestroyDescriptorPool(d_.handle(), dp, nullptr);
+        dpools_.clear();
+        for (auto &a : allocs_) {
+            d_.unmap_address(a.second);
+            d_.destroy(a.first);
+        }
+        allocs_.clear();
+        d_.destroy(up_);
+        d_.destroy(down_);
+    }
+
+    VulkanBackend &b_;
+    Device &d_;
+    const DeviceFns &f_;
+    int max_tokens_;
+    int64_t max_cols_;
+    bool profile_ = false;
+    VkCommandPool pool_ = VK_NULL_HANDLE;
+    Batch batch_[2];
+    int cur_ = 0;
+    VkPipeline bound_ = VK_NULL_HANDLE;
+    std::vector<Range> reads_, writes_;  // since the last barrier
+    Buffer up_, down_;
+    size_t up_used_ = 0, down_used_ = 0;
+    std::vector<std::pair<Buffer, void *>> allocs_;
+    void *act_ = nullptr;
+    std::vector<VkDescriptorPool> dpools_;
+    uint32_t dpool_used_ = 0;
+    std::map<std::vector<uint64_t>, VkDescriptorSet> sets_;
+    std::map<std::string, std::pair<double, uint64_t>> profile_ns_;
+    std::string broken_;
+};
+
+std::unique_ptr<Stream> VulkanBackend::create_stream(int, int max_tokens, int64_t max_cols, int) {
+    return std::make_unique<VulkanStream>(*this, max_tokens, max_cols);
+}
+
+bool is_gpu(kvfit_device_type t) { return t == KVFIT_DEVICE_DISCRETE_GPU || t == KVFIT_DEVICE_INTEGRATED_GPU; }
+
+}  // namespace
+}  // namespace vk
+
+std::vector<DeviceDesc> vulkan_devices() {
+    std::vector<DeviceDesc> out;
+    try {
+        auto inst = vk::Instance::get();
+        for (const vk::PhysicalDevice &pd : inst->devices()) {
+            DeviceDesc d;
+            d.backend = KVFIT_BACKEND_VULKAN;
+            d.index = pd.index;
+            d.type = pd.type;
+            d.name = pd.name;
+            d.memory = pd.memory;
+            out.push_back(d);
+        }
+    } catch (const Error &e) {
+        log(KVFIT_LOG_DEBUG, "no Vulkan devices: %s", e.what());
+    }
+    return out;
+}
+
+std::unique_ptr<Backend> create_vulkan_backend(int device, bool allow_cpu) {
+    auto inst = vk::Instance::get();
+    const auto &devs = inst->devices();
+    if (devs.empty()) fail(KVFIT_E_BACKEND_UNAVAILABLE, "no Vulkan 1.1 device with a compute queue");
+    const vk::PhysicalDevice *pick = nullptr;
+    if (device >= 0) {
+        if (size_t(device) >= devs.size())
+            fail(KVFIT_E_BACKEND_UNAVAILABLE, "there is no Vulkan device %d (%zu found)", device, devs.size());
+        pick = &devs[size_t(device)];
+        if (!allow_cpu && !vk::is_gpu(pick->type))
+            fail(KVFIT_E_BACKEND_UNAVAILABLE, "Vulkan device %d (%s) is not a GPU", device, pick->name.c_str());
+    } else {
+        // discrete, then integrated, then (if allowed) anything; the most memory among equals
+        auto rank = [](kvfit_device_type t) {
+            return t == KVFIT_DEVICE_DISCRETE_GPU ? 0 : t == KVFIT_DEVICE_INTEGRATED_GPU ? 1 : 2;
+        };
+        for (const vk::PhysicalDevice &pd : devs) {
+            if (!allow_cpu && !vk::is_gpu(pd.type)) continue;
+            if (!pick || rank(pd.type) < rank(pick->type) || (rank(pd.type) == rank(pick->type) && pd.memory > pick->memory))
+                pick = &pd;
+        }
+        if (!pick) fail(KVFIT_E_BACKEND_UNAVAILABLE, "no Vulkan GPU (only CPU implementations)");
+    }
+    auto b = std::make_unique<vk::VulkanBackend>(inst, *pick);
+    log(KVFIT_LOG_INFO, "Vulkan backend on device %d: %s (subgroup operations %s, fp64 %s)", pick->index,
+        pick->name.c_str(), b->device().use_subgroup() ? "on" : "off", b->device().use_fp64() ? "on" : "off");
+    return b;
+}
+
+uint64_t vulkan_validation_errors() { return vk::validation_errors(); }
+
+}  // namespace kvfit
