@@ -452,9 +452,10 @@ const (
 	KVQ8         KVCodec = C.KVFIT_KV_Q8
 	KVQ4         KVCodec = C.KVFIT_KV_Q4
 	KVQ4Hadamard KVCodec = C.KVFIT_KV_Q4_HADAMARD // Q4 with Hadamard-rotated keys
+	KVQ4Channel  KVCodec = C.KVFIT_KV_Q4_CHANNEL  // Q4 with keys grouped per channel; windows are multiples of 32
 )
 
-// String gives the names kvfit's tools use: auto, f16, q8, q4, q4h.
+// String gives the names kvfit's tools use: auto, f16, q8, q4, q4h, q4c.
 func (c KVCodec) String() string {
 	switch c {
 	case KVAuto:
@@ -467,6 +468,8 @@ func (c KVCodec) String() string {
 		return "q4"
 	case KVQ4Hadamard:
 		return "q4h"
+	case KVQ4Channel:
+		return "q4c"
 	}
 	return fmt.Sprintf("codec %d", int32(c))
 }

@@ -285,6 +285,21 @@ func TestBudgetedSessionPlansInsideItsBudget(t *testing.T) {
 		t.Fatalf("kv bytes moved from %d to %d", before, s.KVBytes())
 	}
 
+	// A pinned codec comes back in the plan.
+	pinned := opts
+	pinned.Codec = KVQ4Channel
+	ps, err := m.NewSession(&pinned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	if plan, err := ps.Plan(); err != nil || plan.Layers[0].Codec != KVQ4Channel || plan.Layers[0].Window%32 != 0 {
+		t.Fatalf("pinned q4c: %+v, %v", plan, err)
+	}
+	if KVQ4Channel.String() != "q4c" {
+		t.Fatalf("codec name %q", KVQ4Channel.String())
+	}
+
 	opts.KVBudgetBytes = 1024
 	_, err = m.NewSession(&opts)
 	var kerr *Error

@@ -244,10 +244,11 @@ class KvCodec(enum.IntEnum):
     Q8 = 2
     Q4 = 3
     Q4_HADAMARD = 4  # Q4 with keys rotated by a fixed randomized Hadamard transform first
+    Q4_CHANNEL = 5  # Q4 with keys grouped per channel over blocks of 32 tokens; windows are multiples of 32
 
     def __str__(self):
-        """The names kvfit's tools use: auto, f16, q8, q4, q4h."""
-        return {KvCodec.Q4_HADAMARD: "q4h"}.get(self, self.name.lower())
+        """The names kvfit's tools use: auto, f16, q8, q4, q4h, q4c."""
+        return {KvCodec.Q4_HADAMARD: "q4h", KvCodec.Q4_CHANNEL: "q4c"}.get(self, self.name.lower())
 
 
 class LayerKind(enum.IntEnum):

@@ -148,6 +148,10 @@ def test_budgeted_session_plans_inside_its_budget(model):
         before = s.kv_bytes
         reply(s, chat_prompt(model, "Tell me a story."), 8)
         assert s.kv_bytes == before
+    # A pinned codec comes back in the plan.
+    with model.session(kv_budget_bytes=budget, n_ctx=8192, kv_codec=kvfit.KvCodec.Q4_CHANNEL) as s:
+        assert all(layer.codec == kvfit.KvCodec.Q4_CHANNEL and layer.n_window % 32 == 0 for layer in s.plan().layers)
+    assert str(kvfit.KvCodec.Q4_CHANNEL) == "q4c"
     with pytest.raises(kvfit.BudgetError) as info:
         model.session(kv_budget_bytes=1024)
     assert any(c.isdigit() for c in info.value.message)

@@ -509,6 +509,8 @@ pub enum KvCodec {
     Q4,
     /// Q4 with keys rotated by a fixed randomized Hadamard transform first.
     Q4Hadamard,
+    /// Q4 with keys grouped per channel over blocks of 32 tokens; windows are multiples of 32.
+    Q4Channel,
     /// A codec this binding does not know (from a newer library).
     Unknown(i32),
 }
@@ -521,6 +523,7 @@ impl KvCodec {
             2 => KvCodec::Q8,
             3 => KvCodec::Q4,
             4 => KvCodec::Q4Hadamard,
+            5 => KvCodec::Q4Channel,
             other => KvCodec::Unknown(other),
         }
     }
@@ -532,13 +535,14 @@ impl KvCodec {
             KvCodec::Q8 => 2,
             KvCodec::Q4 => 3,
             KvCodec::Q4Hadamard => 4,
+            KvCodec::Q4Channel => 5,
             KvCodec::Unknown(v) => v,
         }
     }
 }
 
 impl fmt::Display for KvCodec {
-    /// The names kvfit's command-line tools use: auto, f16, q8, q4, q4h.
+    /// The names kvfit's command-line tools use: auto, f16, q8, q4, q4h, q4c.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KvCodec::Auto => f.write_str("auto"),
@@ -546,6 +550,7 @@ impl fmt::Display for KvCodec {
             KvCodec::Q8 => f.write_str("q8"),
             KvCodec::Q4 => f.write_str("q4"),
             KvCodec::Q4Hadamard => f.write_str("q4h"),
+            KvCodec::Q4Channel => f.write_str("q4c"),
             KvCodec::Unknown(v) => write!(f, "codec {v}"),
         }
     }

@@ -193,6 +193,12 @@ fn budgeted_session_plans_inside_its_budget() {
     reply(&mut session, &prompt, 8);
     assert_eq!(session.kv_bytes(), before);
 
+    // A pinned codec comes back in the plan.
+    let pinned = SessionParams { kv_codec: KvCodec::Q4Channel, ..params.clone() };
+    let plan = Session::new(model, &pinned).unwrap().plan().unwrap();
+    assert!(plan.layers.iter().all(|l| l.codec == KvCodec::Q4Channel && l.n_window % 32 == 0), "{plan:?}");
+    assert_eq!(KvCodec::Q4Channel.to_string(), "q4c");
+
     let tiny = SessionParams { kv_budget_bytes: 1024, ..params };
     let err = Session::new(model, &tiny).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Budget);
