@@ -11,48 +11,51 @@ import "C"
 
 import "runtime/cgo"
 
-type tokenSink struct {
-	fn       func(token Token, text string) bool
+// panicTrap runs a Go callback for C and keeps its panic instead of letting
+// it unwind; once it has one, it refuses further calls.
+type panicTrap struct {
 	panicked interface{}
+}
+
+func (t *panicTrap) run(f func() bool) (goOn bool) {
+	if t.panicked != nil {
+		return false
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			t.panicked = r
+			goOn = false
+		}
+	}()
+	return f()
+}
+
+type tokenSink struct {
+	panicTrap
+	fn func(token Token, text string) bool
 }
 
 type progressSink struct {
-	fn       func(progress float32) bool
-	panicked interface{}
+	panicTrap
+	fn func(progress float32) bool
 }
 
 //export kvfitgoOnToken
-func kvfitgoOnToken(token C.int32_t, text *C.char, textLen C.size_t, handle C.uintptr_t) (goOn C.bool) {
+func kvfitgoOnToken(token C.int32_t, text *C.char, textLen C.size_t, handle C.uintptr_t) C.bool {
 	sink := cgo.Handle(handle).Value().(*tokenSink)
-	if sink.panicked != nil {
-		return false
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			sink.panicked = r
-			goOn = false
+	return C.bool(sink.run(func() bool {
+		var piece string
+		if textLen > 0 {
+			piece = C.GoStringN(text, C.int(textLen))
 		}
-	}()
-	var piece string
-	if textLen > 0 {
-		piece = C.GoStringN(text, C.int(textLen))
-	}
-	return C.bool(sink.fn(Token(token), piece))
+		return sink.fn(Token(token), piece)
+	}))
 }
 
 //export kvfitgoOnProgress
-func kvfitgoOnProgress(progress C.float, handle C.uintptr_t) (goOn C.bool) {
+func kvfitgoOnProgress(progress C.float, handle C.uintptr_t) C.bool {
 	sink := cgo.Handle(handle).Value().(*progressSink)
-	if sink.panicked != nil {
-		return false
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			sink.panicked = r
-			goOn = false
-		}
-	}()
-	return C.bool(sink.fn(float32(progress)))
+	return C.bool(sink.run(func() bool { return sink.fn(float32(progress)) }))
 }
 
 //export kvfitgoOnLog

@@ -539,20 +539,6 @@ func (m *Model) NewSession(opts *SessionOptions) (*Session, error) {
 	return s, nil
 }
 
-// lock takes the session for one call, refusing calls from its own token
-// callback (which would deadlock) and calls after Close.
-func (s *Session) lock() error {
-	if s.inCallback.Load() {
-		return ErrReentrant
-	}
-	s.mu.Lock()
-	if s.ptr == nil {
-		s.mu.Unlock()
-		return ErrClosed
-	}
-	return nil
-}
-
 // Close releases the session's memory. Calling it again does nothing.
 func (s *Session) Close() error {
 	if s.inCallback.Load() {
@@ -573,67 +559,70 @@ func (s *Session) Close() error {
 	return nil
 }
 
+// use runs f with the C session, holding it for that time. It refuses
+// calls from the session's own token callback (which would deadlock) and
+// calls after Close.
+func (s *Session) use(f func(p *C.kvfit_session) error) error {
+	if s.inCallback.Load() {
+		return ErrReentrant
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ptr == nil {
+		return ErrClosed
+	}
+	return f(s.ptr)
+}
+
+// do runs one fallible C call on the session.
+func (s *Session) do(f func(p *C.kvfit_session) C.kvfit_status) error {
+	return s.use(func(p *C.kvfit_session) error { return call(func() C.kvfit_status { return f(p) }) })
+}
+
 // Reset forgets all tokens; the memory stays allocated.
 func (s *Session) Reset() error {
-	if err := s.lock(); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	return call(func() C.kvfit_status { return C.kvfit_session_reset(s.ptr) })
+	return s.do(func(p *C.kvfit_session) C.kvfit_status { return C.kvfit_session_reset(p) })
 }
 
 // Prefill appends tokens, computing the logits of the last one.
 func (s *Session) Prefill(tokens []Token) error {
-	if err := s.lock(); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	return call(func() C.kvfit_status { return C.kvfit_session_prefill(s.ptr, tokensPtr(tokens), C.size_t(len(tokens))) })
+	return s.do(func(p *C.kvfit_session) C.kvfit_status {
+		return C.kvfit_session_prefill(p, tokensPtr(tokens), C.size_t(len(tokens)))
+	})
 }
 
 // Decode appends one token and computes its logits.
 func (s *Session) Decode(token Token) error {
-	if err := s.lock(); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	return call(func() C.kvfit_status { return C.kvfit_session_decode(s.ptr, C.int32_t(token)) })
+	return s.do(func(p *C.kvfit_session) C.kvfit_status { return C.kvfit_session_decode(p, C.int32_t(token)) })
 }
 
 // Logits is a copy of the newest token's logits (ErrState before any token).
 func (s *Session) Logits() ([]float32, error) {
-	if err := s.lock(); err != nil {
-		return nil, err
-	}
-	defer s.mu.Unlock()
-	var p *C.float
-	var n C.size_t
-	if err := call(func() C.kvfit_status { return C.kvfit_session_logits(s.ptr, &p, &n) }); err != nil {
-		return nil, err
-	}
-	out := make([]float32, n)
-	if n > 0 {
-		copy(out, unsafe.Slice((*float32)(unsafe.Pointer(p)), int(n)))
-	}
-	return out, nil
+	var out []float32
+	err := s.do(func(p *C.kvfit_session) C.kvfit_status {
+		var logits *C.float
+		var n C.size_t
+		st := C.kvfit_session_logits(p, &logits, &n)
+		if st == C.KVFIT_OK && n > 0 {
+			out = append([]float32(nil), unsafe.Slice((*float32)(unsafe.Pointer(logits)), int(n))...)
+		}
+		return st
+	})
+	return out, err
 }
 
 // NPast is the number of tokens the session holds (0 once closed).
 func (s *Session) NPast() uint64 {
-	if s.lock() != nil {
-		return 0
-	}
-	defer s.mu.Unlock()
-	return uint64(C.kvfit_session_n_past(s.ptr))
+	var n uint64
+	_ = s.use(func(p *C.kvfit_session) error { n = uint64(C.kvfit_session_n_past(p)); return nil })
+	return n
 }
 
 // KVBytes is the memory allocated for per-token and per-sequence state.
 func (s *Session) KVBytes() uint64 {
-	if s.lock() != nil {
-		return 0
-	}
-	defer s.mu.Unlock()
-	return uint64(C.kvfit_session_kv_bytes(s.ptr))
+	var n uint64
+	_ = s.use(func(p *C.kvfit_session) error { n = uint64(C.kvfit_session_kv_bytes(p)); return nil })
+	return n
 }
 
 // LayerKind says whether a layer attends to every token or to sinks + a window.
@@ -671,19 +660,19 @@ type Plan struct {
 
 // Plan reports what the planner chose.
 func (s *Session) Plan() (Plan, error) {
-	if err := s.lock(); err != nil {
-		return Plan{}, err
-	}
-	defer s.mu.Unlock()
 	var n C.size_t
-	if err := call(func() C.kvfit_status { return C.kvfit_session_plan(s.ptr, nil, 0, &n, nil) }); err != nil {
-		return Plan{}, err
-	}
-	layers := make([]C.kvfit_layer_plan, n+1)
 	var total C.uint64_t
-	if err := call(func() C.kvfit_status {
-		return C.kvfit_session_plan(s.ptr, &layers[0], C.size_t(len(layers)), &n, &total)
-	}); err != nil {
+	var layers []C.kvfit_layer_plan
+	err := s.use(func(p *C.kvfit_session) error {
+		if err := call(func() C.kvfit_status { return C.kvfit_session_plan(p, nil, 0, &n, nil) }); err != nil {
+			return err
+		}
+		layers = make([]C.kvfit_layer_plan, n+1)
+		return call(func() C.kvfit_status {
+			return C.kvfit_session_plan(p, &layers[0], C.size_t(len(layers)), &n, &total)
+		})
+	})
+	if err != nil {
 		return Plan{}, err
 	}
 	plan := Plan{TotalBytes: uint64(total)}
@@ -699,19 +688,17 @@ func (s *Session) Plan() (Plan, error) {
 // SaveState is the session's state as bytes (tokens' KV, position, logits),
 // loadable into a session of the same model with the same plan.
 func (s *Session) SaveState() ([]byte, error) {
-	if err := s.lock(); err != nil {
-		return nil, err
-	}
-	defer s.mu.Unlock()
-	var size C.size_t
-	if err := call(func() C.kvfit_status { return C.kvfit_session_state_size(s.ptr, &size) }); err != nil {
-		return nil, err
-	}
-	buf := make([]byte, size+1)
+	var buf []byte
 	var written C.size_t
-	if err := call(func() C.kvfit_status {
-		return C.kvfit_session_save(s.ptr, unsafe.Pointer(&buf[0]), size, &written)
-	}); err != nil {
+	err := s.use(func(p *C.kvfit_session) error {
+		var size C.size_t
+		if err := call(func() C.kvfit_status { return C.kvfit_session_state_size(p, &size) }); err != nil {
+			return err
+		}
+		buf = make([]byte, size+1)
+		return call(func() C.kvfit_status { return C.kvfit_session_save(p, unsafe.Pointer(&buf[0]), size, &written) })
+	})
+	if err != nil {
 		return nil, err
 	}
 	return buf[:written], nil
@@ -719,27 +706,18 @@ func (s *Session) SaveState() ([]byte, error) {
 
 // LoadState restores what SaveState wrote; the session is unchanged on failure.
 func (s *Session) LoadState(state []byte) error {
-	if err := s.lock(); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	buf := append([]byte(nil), state...)
-	buf = append(buf, 0) // a valid pointer even for empty input
-	return call(func() C.kvfit_status {
-		return C.kvfit_session_load(s.ptr, unsafe.Pointer(&buf[0]), C.size_t(len(state)))
+	buf := append(append([]byte(nil), state...), 0) // a valid pointer even for empty input
+	return s.do(func(p *C.kvfit_session) C.kvfit_status {
+		return C.kvfit_session_load(p, unsafe.Pointer(&buf[0]), C.size_t(len(state)))
 	})
 }
 
 // PrefillNLL is Prefill that also returns -log p(token | everything before)
 // in nats per token (NaN for the first if the session had no logits).
 func (s *Session) PrefillNLL(tokens []Token) ([]float32, error) {
-	if err := s.lock(); err != nil {
-		return nil, err
-	}
-	defer s.mu.Unlock()
 	nll := make([]float32, len(tokens)+1)
-	err := call(func() C.kvfit_status {
-		return C.kvfit_session_prefill_nll(s.ptr, tokensPtr(tokens), C.size_t(len(tokens)), (*C.float)(&nll[0]))
+	err := s.do(func(p *C.kvfit_session) C.kvfit_status {
+		return C.kvfit_session_prefill_nll(p, tokensPtr(tokens), C.size_t(len(tokens)), (*C.float)(&nll[0]))
 	})
 	if err != nil {
 		return nil, err
@@ -803,18 +781,6 @@ func (s *Session) Generate(prompt []Token, sampler *Sampler, opts *GenerateOptio
 	if opts != nil {
 		o = *opts
 	}
-	if err := s.lock(); err != nil {
-		return GenerateResult{}, err
-	}
-	defer s.mu.Unlock()
-	var samplerPtr *C.kvfit_sampler
-	if sampler != nil {
-		if err := sampler.lock(); err != nil {
-			return GenerateResult{}, err
-		}
-		defer sampler.mu.Unlock()
-		samplerPtr = sampler.ptr
-	}
 	var handle cgo.Handle
 	var sink *tokenSink
 	if onToken != nil {
@@ -827,9 +793,18 @@ func (s *Session) Generate(prompt []Token, sampler *Sampler, opts *GenerateOptio
 		defer handle.Delete()
 	}
 	var r C.kvfit_generate_result
-	err := call(func() C.kvfit_status {
-		return C.kvfitgo_generate(s.ptr, tokensPtr(prompt), C.size_t(len(prompt)), samplerPtr, C.uint32_t(o.MaxTokens),
-			C.bool(o.RenderSpecial), C.uintptr_t(handle), &r)
+	run := func(p *C.kvfit_session, samplerPtr *C.kvfit_sampler) error {
+		return call(func() C.kvfit_status {
+			return C.kvfitgo_generate(p, tokensPtr(prompt), C.size_t(len(prompt)), samplerPtr, C.uint32_t(o.MaxTokens),
+				C.bool(o.RenderSpecial), C.uintptr_t(handle), &r)
+		})
+	}
+	// Session first, then sampler, as everywhere both are held.
+	err := s.use(func(p *C.kvfit_session) error {
+		if sampler == nil {
+			return run(p, nil)
+		}
+		return sampler.use(func(sp *C.kvfit_sampler) error { return run(p, sp) })
 	})
 	if sink != nil && sink.panicked != nil {
 		panic(sink.panicked)
@@ -888,13 +863,14 @@ func NewSampler(opts *SamplerOptions) (*Sampler, error) {
 	return smp, nil
 }
 
-func (smp *Sampler) lock() error {
+// use runs f with the C sampler, holding it for that time.
+func (smp *Sampler) use(f func(p *C.kvfit_sampler) error) error {
 	smp.mu.Lock()
+	defer smp.mu.Unlock()
 	if smp.ptr == nil {
-		smp.mu.Unlock()
 		return ErrClosed
 	}
-	return nil
+	return f(smp.ptr)
 }
 
 // Close releases the sampler. Calling it again does nothing.
@@ -911,35 +887,24 @@ func (smp *Sampler) Close() error {
 
 // Reset forgets the history and reseeds.
 func (smp *Sampler) Reset() error {
-	if err := smp.lock(); err != nil {
-		return err
-	}
-	defer smp.mu.Unlock()
-	C.kvfit_sampler_reset(smp.ptr)
-	return nil
+	return smp.use(func(p *C.kvfit_sampler) error { C.kvfit_sampler_reset(p); return nil })
 }
 
 // Sample picks a token from the session's current logits (does not append it).
 func (smp *Sampler) Sample(s *Session) (Token, error) {
-	// Session first, then sampler: the order Generate takes them in.
-	if err := s.lock(); err != nil {
-		return 0, err
-	}
-	defer s.mu.Unlock()
-	if err := smp.lock(); err != nil {
-		return 0, err
-	}
-	defer smp.mu.Unlock()
 	var token C.int32_t
-	err := call(func() C.kvfit_status { return C.kvfit_sampler_sample(smp.ptr, s.ptr, &token) })
+	// Session first, then sampler, as Generate takes them.
+	err := s.use(func(sp *C.kvfit_session) error {
+		return smp.use(func(p *C.kvfit_sampler) error {
+			return call(func() C.kvfit_status { return C.kvfit_sampler_sample(p, sp, &token) })
+		})
+	})
 	return Token(token), err
 }
 
 // Accept records a token in the history the repetition penalty looks at.
 func (smp *Sampler) Accept(token Token) error {
-	if err := smp.lock(); err != nil {
-		return err
-	}
-	defer smp.mu.Unlock()
-	return call(func() C.kvfit_status { return C.kvfit_sampler_accept(smp.ptr, C.int32_t(token)) })
+	return smp.use(func(p *C.kvfit_sampler) error {
+		return call(func() C.kvfit_status { return C.kvfit_sampler_accept(p, C.int32_t(token)) })
+	})
 }

@@ -342,7 +342,27 @@ class _ModelHandle:
 ChatMessages = Sequence[Union[Tuple[str, str], dict]]
 
 
-class Model:
+class _Closeable:
+    """close() goes through the object's weakref finalizer, so the C handle is
+    released once, whether by close(), a with block or garbage collection."""
+    _finalizer: weakref.finalize
+
+    def close(self) -> None:
+        """Releases the C object. Calling it again does nothing."""
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+
+class Model(_Closeable):
     """A loaded GGUF model: immutable, usable from many threads at once."""
 
     def __init__(self, path: Union[str, os.PathLike], backend: Backend = Backend.AUTO, vocab_only: bool = False,
@@ -376,17 +396,7 @@ class Model:
 
     def close(self) -> None:
         """Releases the model now, or when its last open session closes."""
-        self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
+        super().close()
 
     def _ptr(self) -> int:
         return self._handle.get()
@@ -490,7 +500,7 @@ class _HandleState:
         self.callback_thread: Optional[int] = None  # the thread inside a token callback, if any
 
 
-class Session:
+class Session(_Closeable):
     """A conversation's state on a model: its KV memory, position and logits.
 
     Parameters (None = the library's default; see kvfit_session_params):
@@ -530,17 +540,7 @@ class Session:
     def close(self) -> None:
         """Releases the session's memory. Calling it again does nothing."""
         self._refuse_from_callback()
-        self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
+        super().close()
 
     def _refuse_from_callback(self):
         if self._state.callback_thread == threading.get_ident():
@@ -668,7 +668,7 @@ class Session:
         return GenerateResult(result.n_generated, _enum_or_int(StopReason, result.stop_reason))
 
 
-class Sampler:
+class Sampler(_Closeable):
     """A sampling chain with its own history and random state.
 
     Parameters (None = the library's default; see kvfit_sampler_params):
@@ -689,16 +689,6 @@ class Sampler:
         _check(_ffi.kvfit_sampler_create(ctypes.byref(params), ctypes.byref(ptr)))
         self._state = _HandleState(ptr.value)
         self._finalizer = weakref.finalize(self, _free_sampler, self._state)
-
-    def close(self) -> None:
-        """Releases the sampler. Calling it again does nothing."""
-        self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _call(self, fn, *args):
         with self._state.lock:
