@@ -45,6 +45,9 @@ const std::vector<DeviceDesc> &list_devices() {
         d[0].name = "CPU";
         const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
         d[0].memory = pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+#if defined(KVFIT_WITH_CUDA)
+        for (DeviceDesc &c : cuda_devices()) d.push_back(std::move(c));
+#endif
 #if defined(KVFIT_WITH_VULKAN)
         for (DeviceDesc &v : vulkan_devices()) d.push_back(std::move(v));
 #endif
@@ -67,6 +70,17 @@ std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind, int device) {
     switch (kind) {
         case KVFIT_BACKEND_AUTO: {
             // GPU backends in order of preference; any failure falls through to the CPU.
+#if defined(KVFIT_WITH_CUDA)
+            bool cuda_gpu = false;
+            for (const DeviceDesc &d : list_devices()) cuda_gpu |= d.backend == KVFIT_BACKEND_CUDA;
+            if (cuda_gpu) {
+                try {
+                    return create_cuda_backend(device);
+                } catch (const Error &e) {
+                    log(KVFIT_LOG_WARN, "not using the CUDA backend: %s", e.what());
+                }
+            }
+#endif
 #if defined(KVFIT_WITH_VULKAN)
             bool gpu = false;
             for (const DeviceDesc &d : list_devices())
@@ -85,7 +99,12 @@ std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind, int device) {
         case KVFIT_BACKEND_CPU:
             if (device > 0) fail(KVFIT_E_BACKEND_UNAVAILABLE, "the CPU backend has one device (0), not %d", device);
             return create_cpu_backend();
-        case KVFIT_BACKEND_CUDA: fail(KVFIT_E_BACKEND_UNAVAILABLE, "the CUDA backend is not part of this build");
+        case KVFIT_BACKEND_CUDA:
+#if defined(KVFIT_WITH_CUDA)
+            return create_cuda_backend(device);
+#else
+            fail(KVFIT_E_BACKEND_UNAVAILABLE, "the CUDA backend is not part of this build");
+#endif
         case KVFIT_BACKEND_VULKAN:
 #if defined(KVFIT_WITH_VULKAN)
             return create_vulkan_backend(device, true);

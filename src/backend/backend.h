@@ -145,6 +145,12 @@ struct DeviceDesc {
 // Every device of every backend built in, the CPU first; enumerated once.
 const std::vector<DeviceDesc> &list_devices();
 
+#if defined(KVFIT_WITH_CUDA)
+// cuda/: the CUDA devices (empty without a driver or a device), and a backend
+// on one of them (-1: device 0).
+std::vector<DeviceDesc> cuda_devices();
+std::unique_ptr<Backend> create_cuda_backend(int device);
+#endif
 #if defined(KVFIT_WITH_VULKAN)
 // vulkan/: the usable Vulkan devices (empty without a loader), and a backend
 // on one of them (-1: the best GPU; with allow_cpu, a CPU implementation too).

@@ -1,0 +1,77 @@
+// Launchers of the CUDA kernels, called by the host code in cuda_backend.cpp.
+// Each enqueues its kernels on `stream` and returns the launch status
+// (cudaSuccess or the error the runtime reported); none synchronizes.
+// Shapes and byte layouts are those of src/backend/backend.h and
+// src/kv/codec.h; this header keeps its own copies of the few constants so
+// the .cu files need no project headers (cuda_backend.cpp checks they agree).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvfit {
+namespace cuda {
+
+constexpr int kGroup = 32;         // KV codec group (KV_GROUP) and weight block (QK)
+constexpr int kChannelBlock = 32;  // tokens per per-channel key block (KV_CHANNEL_BLOCK)
+constexpr int kMaxHadamardLog = 9; // Hadamard rotation of heads up to 512 values
+
+// ggml type ids (GgmlType) and KV codec ids (KVCodec).
+constexpr uint32_t kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kBF16 = 30;
+constexpr int kCodecF16 = 1, kCodecQ8 = 2, kCodecQ4 = 3;
+
+// The scaled signs of the randomized Hadamard rotation for n = 2^0 .. 2^9
+// (signs[k][i] for n = 2^k), copied to constant memory of the current device.
+cudaError_t set_hadamard_signs(const float signs[kMaxHadamardLog + 1][1 << kMaxHadamardLog]);
+
+cudaError_t get_rows(cudaStream_t s, uint32_t type, const void *table, size_t row_bytes, int64_t n_cols,
+                     const int32_t *ids, int n, float *x);
+cudaError_t rmsnorm(cudaStream_t s, const float *x, const float *w, int64_t d, float eps, int n, float *y);
+cudaError_t swiglu(cudaStream_t s, const float *gate, const float *up, size_t n, float *out);
+cudaError_t add(cudaStream_t s, float *y, const float *x, size_t n);
+cudaError_t argmax(cudaStream_t s, const float *x, int n, int32_t *out);
+
+// kv_encode: n * n_heads head rows of head_dim floats (rotated in place first
+// when hadamard is set) into codec rows at dst.
+cudaError_t kv_encode(cudaStream_t s, int codec, bool hadamard, float *x, int rows, int head_dim, uint8_t *dst);
+// kv_encode_channels: 32 F16 rows of n_heads * head_dim into n_heads per-channel Q4 blocks.
+cudaError_t kv_encode_channels(cudaStream_t s, const uint8_t *rows, int n_heads, int head_dim, uint8_t *dst);
+
+// Matrix products y[t][r] = dot(W row r, x[t]). Activations meet block-quantized
+// weights as 8-bit blocks quantized exactly as the CPU backend does (Q8_0, or
+// Q8_1 with its sum for Q4_1), so every block's integer sum is the CPU's.
+struct MatmulScratch {
+    int8_t *q = nullptr;   // [n][n_cols] activation codes
+    float *d = nullptr;    // [n][n_cols / 32] fp16-rounded block scales
+    float *s = nullptr;    // [n][n_cols / 32] fp16-rounded d * sum(codes) (Q4_1's partner)
+};
+size_t matmul_scratch_bytes(int64_t max_cols, int max_tokens);
+MatmulScratch matmul_scratch(void *base, int64_t max_cols, int max_tokens);
+cudaError_t matmul(cudaStream_t s, uint32_t type, const void *w, size_t row_bytes, int64_t n_rows, int64_t n_cols,
+                   const float *x, int n, float *y, const MatmulScratch &scratch);
+
+// Attention over the sink + window cache; see CacheAttention in backend.h,
+// whose fields these mirror (device addresses).
+struct AttnParams {
+    int n_q, n_head, n_head_kv, head_dim;
+    uint64_t pos0;
+    uint32_t n_sink, n_window;
+    int streaming, codec, hadamard, channel_keys;
+    size_t row_bytes, head_bytes, k_block_bytes;
+    const uint8_t *k, *v, *k_new, *v_new, *k_sink, *k_res;
+    const float *rope_cs;
+    int rope_dims;  // rotated dimensions of each head
+    int rope_neox;  // pairs (i, i + n/2) instead of (2i, 2i + 1)
+    float scale;
+};
+// Splits of the visible keys per query and KV head the attention will use
+// (flash-decoding), and the float scratch its partial results need.
+int attention_splits(const AttnParams &p, int n_sm);
+size_t attention_scratch_floats(const AttnParams &p, int splits);
+// Fails with cudaErrorInvalidValue when a head does not fit in shared memory.
+cudaError_t attention(cudaStream_t s, const AttnParams &p, int splits, const float *q, float *partials, float *out);
+
+}  // namespace cuda
+}  // namespace kvfit

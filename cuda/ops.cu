@@ -1,0 +1,117 @@
+// Element-wise and row-wise ops: embedding lookup, RMSNorm, SwiGLU, add, argmax.
+#include <cfloat>
+#include <climits>
+
+#include "common.cuh"
+
+namespace kvfit {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned blocks_for(size_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+
+__global__ void get_rows_kernel(uint32_t type, const uint8_t *table, size_t row_bytes, int64_t n_cols,
+                                const int32_t *ids, float *x) {
+    const int t = blockIdx.y;
+    const uint8_t *row = table + size_t(ids[t]) * row_bytes;
+    for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < n_cols; c += int64_t(gridDim.x) * blockDim.x)
+        x[size_t(t) * size_t(n_cols) + size_t(c)] = weight_elem(type, row, c);
+}
+
+// One block per row; the sum of squares in double, as the CPU backend (and ggml) does.
+__global__ void rmsnorm_kernel(const float *x, const float *w, int64_t d, float eps, float *y) {
+    const float *xr = x + size_t(blockIdx.x) * size_t(d);
+    float *yr = y + size_t(blockIdx.x) * size_t(d);
+    double ss = 0;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += double(xr[i]) * double(xr[i]);
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    __shared__ double part[kThreads / 32];
+    __shared__ float scale;
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double tot = 0;
+        for (int i = 0; i < int(blockDim.x / 32); i++) tot += part[i];
+        scale = 1.0f / sqrtf(float(tot / double(d)) + eps);
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+}
+
+__global__ void swiglu_kernel(const float *gate, const float *up, size_t n, float *out) {
+    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+        const float g = gate[i];
+        out[i] = __fmul_rn(g / (1.0f + expf(-g)), up[i]);
+    }
+}
+
+__global__ void add_kernel(float *y, const float *x, size_t n) {
+    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+        y[i] += x[i];
+}
+
+// (value, index) pairs: a larger value wins, the lower index among equals;
+// NaN counts as -inf, so it never beats anything but can be the answer when
+// nothing is larger (index 0, as kvfit::argmax).
+__device__ __forceinline__ bool better(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
+
+__global__ void argmax_kernel(const float *x, int n, int32_t *out) {
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = isnan(x[i]) ? -INFINITY : x[i];
+        if (better(v, i, bv, bi)) bv = v, bi = i;
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (better(ov, oi, bv, bi)) bv = ov, bi = oi;
+    }
+    __shared__ float sv[kThreads / 32];
+    __shared__ int si[kThreads / 32];
+    if (threadIdx.x % 32 == 0) sv[threadIdx.x / 32] = bv, si[threadIdx.x / 32] = bi;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < int(blockDim.x / 32); w++)
+            if (better(sv[w], si[w], bv, bi)) bv = sv[w], bi = si[w];
+        *out = n > 0 ? bi : -1;
+    }
+}
+
+}  // namespace
+
+cudaError_t get_rows(cudaStream_t s, uint32_t type, const void *table, size_t row_bytes, int64_t n_cols,
+                     const int32_t *ids, int n, float *x) {
+    if (n <= 0 || n_cols <= 0) return cudaSuccess;
+    const dim3 grid(unsigned(std::min<int64_t>((n_cols + kThreads - 1) / kThreads, 1024)), unsigned(n));
+    get_rows_kernel<<<grid, kThreads, 0, s>>>(type, static_cast<const uint8_t *>(table), row_bytes, n_cols, ids, x);
+    return cudaGetLastError();
+}
+
+cudaError_t rmsnorm(cudaStream_t s, const float *x, const float *w, int64_t d, float eps, int n, float *y) {
+    if (n <= 0) return cudaSuccess;
+    rmsnorm_kernel<<<unsigned(n), kThreads, 0, s>>>(x, w, d, eps, y);
+    return cudaGetLastError();
+}
+
+cudaError_t swiglu(cudaStream_t s, const float *gate, const float *up, size_t n, float *out) {
+    if (!n) return cudaSuccess;
+    swiglu_kernel<<<std::min(blocks_for(n), 65535u), kThreads, 0, s>>>(gate, up, n, out);
+    return cudaGetLastError();
+}
+
+cudaError_t add(cudaStream_t s, float *y, const float *x, size_t n) {
+    if (!n) return cudaSuccess;
+    add_kernel<<<std::min(blocks_for(n), 65535u), kThreads, 0, s>>>(y, x, n);
+    return cudaGetLastError();
+}
+
+cudaError_t argmax(cudaStream_t s, const float *x, int n, int32_t *out) {
+    argmax_kernel<<<1, kThreads, 0, s>>>(x, n, out);
+    return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace kvfit

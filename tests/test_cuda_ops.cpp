@@ -1,0 +1,409 @@
+// The CUDA backend op by op against the CPU backend (the reference) on random
+// inputs: matmul for every weight type in decode and batch shapes, get_rows,
+// RMSNorm, SwiGLU, add, argmax, KV encoding in every codec (with and without
+// the Hadamard rotation, and per-channel key blocks), and attention over the
+// sink + window cache in every layout, driven through KVCache so that window
+// wrap-around, the residual key block and long windows (split over blocks)
+// are all reached. Skips when the CUDA backend is not built or has no device.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "common.h"
+#include "gguf/ggml_types.h"
+#include "gguf/gguf.h"
+#include "kv/codec.h"
+#include "kv/kv_cache.h"
+#include "sampler.h"
+
+// cmocka.h last: its fail() macro would rewrite kvfit::fail.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+extern "C" {
+#include <cmocka.h>
+}
+
+using namespace kvfit;
+
+namespace {
+
+std::unique_ptr<Backend> g_cpu, g_gpu;
+std::string g_skip;
+
+int setup(void **) {
+    g_cpu = create_cpu_backend();
+    try {
+        g_gpu = create_backend(KVFIT_BACKEND_CUDA, -1);
+    } catch (const Error &e) {
+        g_skip = e.what();
+    }
+    return 0;
+}
+
+int teardown(void **) {
+    g_gpu.reset();
+    g_cpu.reset();
+    return 0;
+}
+
+#define NEED_GPU()                                                    \
+    do {                                                              \
+        if (!g_gpu) {                                                 \
+            printf("skipped: no CUDA device (%s)\n", g_skip.c_str()); \
+            skip();                                                   \
+        }                                                             \
+    } while (0)
+
+std::vector<float> randn(size_t n, std::mt19937 &rng, float scale = 1.0f) {
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<float> v(n);
+    for (float &x : v) x = d(rng);
+    return v;
+}
+
+// A weight of `type` from floats, in GGUF bytes, and views of it on both backends.
+struct TestWeight {
+    std::vector<uint8_t> bytes;
+    GGUFTensor t;
+    Weight cpu, gpu;
+};
+
+std::unique_ptr<TestWeight> make_weight(uint32_t type, const std::vector<float> &x, int64_t cols, int64_t rows) {
+    auto w = std::make_unique<TestWeight>();
+    const size_t rb = row_bytes(type, cols);
+    w->bytes.resize(rb * size_t(rows));
+    for (int64_t r = 0; r < rows; r++) {
+        const float *src = x.data() + r * cols;
+        uint8_t *dst = w->bytes.data() + size_t(r) * rb;
+        switch (type) {
+            case TYPE_F32: std::memcpy(dst, src, size_t(cols) * 4); break;
+            case TYPE_F16:
+            case TYPE_BF16:
+                for (int64_t i = 0; i < cols; i++) {
+                    const uint16_t h = type == TYPE_F16 ? fp32_to_fp16(src[i]) : fp32_to_bf16(src[i]);
+                    std::memcpy(dst + 2 * i, &h, 2);
+                }
+                break;
+            case TYPE_Q4_0: quantize_row_q4_0_ref(src, reinterpret_cast<BlockQ4_0 *>(dst), cols); break;
+            case TYPE_Q4_1: quantize_row_q4_1_ref(src, reinterpret_cast<BlockQ4_1 *>(dst), cols); break;
+            case TYPE_Q8_0: quantize_row_q8_0_ref(src, reinterpret_cast<BlockQ8_0 *>(dst), cols); break;
+        }
+    }
+    w->t.name = "test";
+    w->t.type = type;
+    w->t.n_dims = 2;
+    w->t.ne[0] = cols;
+    w->t.ne[1] = rows;
+    w->t.nbytes = w->bytes.size();
+    w->t.data = w->bytes.data();
+    w->cpu = g_cpu->upload_weight(w->t);
+    w->gpu = g_gpu->upload_weight(w->t);
+    return w;
+}
+
+// A CPU and a CUDA stream sized for the tests.
+struct Pair {
+    std::unique_ptr<Stream> cpu, gpu;
+    Pair(int max_tokens = 128, int64_t max_cols = 1024, int max_kv = 4096)
+        : cpu(g_cpu->create_stream(2, max_tokens, max_cols, max_kv)),
+          gpu(g_gpu->create_stream(1, max_tokens, max_cols, max_kv)) {}
+    // Device copies of host data on each stream.
+    template <class T>
+    std::pair<T *, T *> put(const std::vector<T> &h) {
+        T *c = static_cast<T *>(cpu->alloc(h.size() * sizeof(T)));
+        T *g = static_cast<T *>(gpu->alloc(h.size() * sizeof(T)));
+        cpu->upload(c, h.data(), h.size() * sizeof(T));
+        gpu->upload(g, h.data(), h.size() * sizeof(T));
+        return {c, g};
+    }
+    template <class T>
+    std::vector<T> get_gpu(const T *g, size_t n) {
+        std::vector<T> h(n);
+        gpu->download(h.data(), g, n * sizeof(T));
+        gpu->synchronize();
+        return h;
+    }
+};
+
+// |a - b| <= tol * scale[i] + abs_tol for every i; prints the worst offender.
+void expect_close(const char *what, const float *a, const float *b, size_t n, const std::vector<float> &scale,
+                  float tol, float abs_tol) {
+    size_t bad = 0, worst = 0;
+    double worst_excess = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double lim = double(tol) * (scale.empty() ? std::fabs(a[i]) : scale[i]) + abs_tol;
+        const double err = std::fabs(double(a[i]) - double(b[i]));
+        if (!(err <= lim)) {
+            if (!bad || err - lim > worst_excess) worst = i, worst_excess = err - lim;
+            bad++;
+        }
+    }
+    if (bad) {
+        printf("%s: %zu of %zu values differ; worst at %zu: CPU %.7g, CUDA %.7g\n", what, bad, n, worst, a[worst],
+               b[worst]);
+        fail();
+    }
+}
+
+const uint32_t kTypes[] = {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0};
+
+void test_matmul(void **) {
+    NEED_GPU();
+    std::mt19937 rng(1);
+    const int64_t cols = 512, rows = 200;  // rows not a multiple of any tile
+    Pair p;
+    for (uint32_t type : kTypes) {
+        auto w = make_weight(type, randn(size_t(cols * rows), rng, 0.05f), cols, rows);
+        std::vector<float> wf(size_t(cols * rows));
+        for (int64_t r = 0; r < rows; r++)
+            dequantize_row(type, w->bytes.data() + size_t(r) * w->cpu.row_bytes, wf.data() + r * cols, cols);
+        for (int n : {1, 2, 5, 8, 9, 33, 100}) {
+            const std::vector<float> x = randn(size_t(n * cols), rng);
+            auto [xc, xg] = p.put(x);
+            float *yc = static_cast<float *>(p.cpu->alloc(size_t(n * rows) * 4));
+            float *yg = static_cast<float *>(p.gpu->alloc(size_t(n * rows) * 4));
+            p.cpu->matmul(w->cpu, xc, n, yc);
+            p.gpu->matmul(w->gpu, xg, n, yg);
+            const std::vector<float> got = p.get_gpu(yg, size_t(n * rows));
+            // Scale of each output: sum |w| |x|, what rounding in any order is relative to.
+            std::vector<float> scale(size_t(n * rows));
+            for (int t = 0; t < n; t++)
+                for (int64_t r = 0; r < rows; r++) {
+                    double s = 0;
+                    for (int64_t i = 0; i < cols; i++) s += std::fabs(wf[size_t(r * cols + i)] * x[size_t(t * cols + i)]);
+                    scale[size_t(t * rows + r)] = float(s);
+                }
+            char what[64];
+            snprintf(what, sizeof what, "matmul %s n=%d", type_info(type)->name, n);
+            expect_close(what, yc, got.data(), got.size(), scale, 1e-4f, 1e-6f);
+        }
+    }
+}
+
+void test_get_rows(void **) {
+    NEED_GPU();
+    std::mt19937 rng(2);
+    const int64_t cols = 96, rows = 50;
+    Pair p;
+    for (uint32_t type : kTypes) {
+        auto w = make_weight(type, randn(size_t(cols * rows), rng), cols, rows);
+        const std::vector<int32_t> ids = {3, 0, 49, 3, 17};
+        auto [ic, ig] = p.put(ids);
+        const size_t n = ids.size() * size_t(cols);
+        float *xc = static_cast<float *>(p.cpu->alloc(n * 4));
+        float *xg = static_cast<float *>(p.gpu->alloc(n * 4));
+        p.cpu->get_rows(w->cpu, ic, int(ids.size()), xc);
+        p.gpu->get_rows(w->gpu, ig, int(ids.size()), xg);
+        const std::vector<float> got = p.get_gpu(xg, n);
+        expect_close(type_info(type)->name, xc, got.data(), n, {}, 0.0f, 0.0f);  // dequantization is exact
+    }
+}
+
+void test_elementwise(void **) {
+    NEED_GPU();
+    std::mt19937 rng(3);
+    Pair p;
+    const int64_t d = 576;
+    const int n = 7;
+    const std::vector<float> x = randn(size_t(d * n), rng, 3.0f), u = randn(size_t(d * n), rng);
+    auto g = make_weight(TYPE_F32, randn(size_t(d), rng), d, 1);
+    auto [xc, xg] = p.put(x);
+    auto [uc, ug] = p.put(u);
+    float *yc = static_cast<float *>(p.cpu->alloc(x.size() * 4));
+    float *yg = static_cast<float *>(p.gpu->alloc(x.size() * 4));
+    p.cpu->rmsnorm(xc, g->cpu, 1e-5f, n, yc);
+    p.gpu->rmsnorm(xg, g->gpu, 1e-5f, n, yg);
+    expect_close("rmsnorm", yc, p.get_gpu(yg, x.size()).data(), x.size(), {}, 2e-6f, 1e-7f);
+    p.cpu->swiglu(xc, uc, x.size(), yc);
+    p.gpu->swiglu(xg, ug, x.size(), yg);
+    expect_close("swiglu", yc, p.get_gpu(yg, x.size()).data(), x.size(), {}, 2e-6f, 1e-7f);
+    p.cpu->add(yc, xc, x.size());
+    p.gpu->add(yg, xg, x.size());
+    expect_close("add", yc, p.get_gpu(yg, x.size()).data(), x.size(), {}, 2e-6f, 1e-7f);
+}
+
+void test_argmax(void **) {
+    NEED_GPU();
+    std::mt19937 rng(4);
+    Pair p;
+    std::vector<std::vector<float>> cases;
+    cases.push_back(randn(49152, rng));
+    std::vector<float> ties(1000, 1.0f);
+    ties[10] = NAN;
+    ties[700] = 2.0f;
+    ties[900] = 2.0f;
+    cases.push_back(ties);
+    cases.push_back(std::vector<float>(33, NAN));
+    cases.push_back(std::vector<float>(5, -INFINITY));
+    for (const auto &c : cases) {
+        auto [xc, xg] = p.put(c);
+        int32_t *og = static_cast<int32_t *>(p.gpu->alloc(4));
+        p.gpu->argmax(xg, int(c.size()), og);
+        const int32_t got = p.get_gpu(og, 1)[0];
+        assert_int_equal(got, argmax(c.data(), int32_t(c.size())));
+    }
+}
+
+// Encoded rows are compared by their decoded values: within one step of the
+// CPU's codes (they are expected to be identical).
+void test_kv_encode(void **) {
+    NEED_GPU();
+    std::mt19937 rng(5);
+    Pair p;
+    const int n = 5, heads = 3, hd = 128;
+    for (int codec = 1; codec <= 3; codec++) {
+        for (bool had : {false, true}) {
+            const std::vector<float> x = randn(size_t(n * heads * hd), rng, 2.0f);
+            auto [xc, xg] = p.put(x);
+            const size_t hb = codec_row_bytes(KVCodec(codec), hd), bytes = hb * size_t(n * heads);
+            uint8_t *dc = static_cast<uint8_t *>(p.cpu->alloc(bytes));
+            uint8_t *dg = static_cast<uint8_t *>(p.gpu->alloc(bytes));
+            p.cpu->kv_encode(codec, had, xc, n, heads, hd, dc);
+            p.gpu->kv_encode(codec, had, xg, n, heads, hd, dg);
+            const std::vector<uint8_t> got = p.get_gpu(dg, bytes);
+            const std::vector<float> xr = p.get_gpu(xg, x.size());
+            expect_close("kv_encode rotated input", xc, xr.data(), x.size(), {}, 1e-6f, 1e-6f);
+    std::vector<float> a(size_t(KV_CHANNEL_BLOCK) * size_t(hd)), b(a.size());
+            for (int r = 0; r < n * heads; r++) {
+                codec_decode(KVCodec(codec), dc + size_t(r) * hb, a.data(), hd);
+                codec_decode(KVCodec(codec), got.data() + size_t(r) * hb, b.data(), hd);
+                float amax = 0;
+                for (float v : a) amax = std::max(amax, std::fabs(v));
+                const float step = codec == 1 ? 1e-3f * amax : codec == 2 ? amax / 127 : 2 * amax / 15;
+                char what[64];
+                snprintf(what, sizeof what, "kv_encode codec %d hadamard %d row %d", codec, int(had), r);
+                expect_close(what, a.data(), b.data(), size_t(hd), {}, 0.0f, step * 1.01f);
+            }
+        }
+    }
+}
+
+void test_kv_encode_channels(void **) {
+    NEED_GPU();
+    std::mt19937 rng(6);
+    Pair p;
+    const int heads = 2, hd = 64;
+    const std::vector<float> x = randn(size_t(KV_CHANNEL_BLOCK * heads * hd), rng);
+    std::vector<uint8_t> rows(x.size() * 2);
+    codec_encode(KVCodec::F16, x.data(), rows.data(), int(x.size()));
+    auto [rc, rg] = p.put(rows);
+    const size_t bytes = size_t(heads) * channel_block_bytes(hd);
+    uint8_t *dc = static_cast<uint8_t *>(p.cpu->alloc(bytes));
+    uint8_t *dg = static_cast<uint8_t *>(p.gpu->alloc(bytes));
+    p.cpu->kv_encode_channels(rc, heads, hd, dc);
+    p.gpu->kv_encode_channels(rg, heads, hd, dg);
+    const std::vector<uint8_t> got = p.get_gpu(dg, bytes);
+    std::vector<float> a(size_t(KV_CHANNEL_BLOCK * hd)), b(a.size());
+    for (int g = 0; g < heads; g++) {
+        channel_block_decode(dc + size_t(g) * channel_block_bytes(hd), hd, 0, KV_CHANNEL_BLOCK, a.data());
+        channel_block_decode(got.data() + size_t(g) * channel_block_bytes(hd), hd, 0, KV_CHANNEL_BLOCK, b.data());
+        expect_close("kv_encode_channels", a.data(), b.data(), a.size(), {}, 0.0f, 0.5f);
+        size_t same = 0;
+        for (size_t i = 0; i < a.size(); i++) same += a[i] == b[i];
+        printf("kv_encode_channels head %d: %zu of %zu values identical\n", g, same, a.size());
+    }
+}
+
+// Attention through KVCache on both backends with the same q/k/v: a prefill,
+// decode steps and batches that wrap the window several times.
+void run_cache(kvfit_kv_codec codec, bool streaming, uint32_t window, RopeMode mode, const std::vector<int> &batches) {
+    std::mt19937 rng(7);
+    KVShape shape;
+    shape.n_layer = 1;
+    shape.n_head = 6;
+    shape.n_head_kv = 2;
+    shape.head_dim = 64;
+    shape.rope_dims = 64;
+    kvfit_session_params sp;
+    kvfit_session_params_init(&sp);
+    sp.kv_codec = codec;
+    if (streaming) {
+        sp.n_window = window;
+        sp.n_sink = 4;
+    } else {
+        sp.n_ctx = window;
+    }
+    const KVPlan plan = plan_kv(shape, sp, window);
+    RopeParams rope;
+    rope.n_dims = 64;
+    rope.mode = mode;
+    int max_batch = 0, total = 0;
+    for (int b : batches) max_batch = std::max(max_batch, b), total += b;
+    const int qd = shape.n_head * shape.head_dim, kvd = shape.n_head_kv * shape.head_dim;
+    Pair p(max_batch, qd, int(plan.capacity()));
+    KVCache cc(*p.cpu, shape, plan, rope, max_batch), cg(*p.gpu, shape, plan, rope, max_batch);
+    float *buf_c = static_cast<float *>(p.cpu->alloc(size_t(max_batch) * (2 * qd + 2 * kvd) * 4));
+    float *buf_g = static_cast<float *>(p.gpu->alloc(size_t(max_batch) * (2 * qd + 2 * kvd) * 4));
+    uint64_t pos = 0;
+    for (int n : batches) {
+        const std::vector<float> q = randn(size_t(n * qd), rng), k = randn(size_t(n * kvd), rng),
+                                 v = randn(size_t(n * kvd), rng);
+        float *bufs[2] = {buf_c, buf_g};
+        Stream *ss[2] = {p.cpu.get(), p.gpu.get()};
+        KVCache *caches[2] = {&cc, &cg};
+        for (int b = 0; b < 2; b++) {
+            float *qq = bufs[b], *kk = qq + size_t(max_batch) * qd, *vv = kk + size_t(max_batch) * kvd,
+                  *out = vv + size_t(max_batch) * kvd;
+            ss[b]->upload(qq, q.data(), q.size() * 4);
+            ss[b]->upload(kk, k.data(), k.size() * 4);
+            ss[b]->upload(vv, v.data(), v.size() * 4);
+            caches[b]->attend(*ss[b], 0, qq, kk, vv, n, pos, out);
+        }
+        const float *out_c = buf_c + size_t(max_batch) * (qd + 2 * kvd);
+        const std::vector<float> got = p.get_gpu(buf_g + size_t(max_batch) * (qd + 2 * kvd), size_t(n * qd));
+        char what[96];
+        snprintf(what, sizeof what, "attention codec %d %s W=%u at %llu (+%d)", int(codec),
+                 streaming ? "streaming" : "dense", window, (unsigned long long)pos, n);
+        expect_close(what, out_c, got.data(), got.size(), {}, 1e-3f, 1e-3f);
+        pos += uint64_t(n);
+    }
+    printf("attention codec %d %s window %u: %d tokens match\n", int(codec), streaming ? "streaming" : "dense", window,
+           total);
+}
+
+void test_attention(void **) {
+    NEED_GPU();
+    const std::vector<int> steps = {40, 1, 1, 17, 1, 64, 3, 1, 64, 64, 1, 1, 30, 1};
+    for (kvfit_kv_codec c : {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD, KVFIT_KV_Q4_CHANNEL}) {
+        run_cache(c, true, 64, RopeMode::Norm, steps);
+        run_cache(c, false, 512, RopeMode::Norm, steps);
+    }
+    run_cache(KVFIT_KV_Q8, true, 64, RopeMode::Neox, steps);
+    // A long window: decode steps are split over many blocks and merged.
+    std::vector<int> longs(6, 512);
+    longs.insert(longs.end(), {1, 1, 1, 100, 1});
+    run_cache(KVFIT_KV_Q4_HADAMARD, true, 2048, RopeMode::Norm, longs);
+    run_cache(KVFIT_KV_Q4_CHANNEL, true, 2048, RopeMode::Norm, longs);
+}
+
+// Errors are status codes, not aborts.
+void test_errors(void **) {
+    NEED_GPU();
+    Pair p;
+    bool threw = false;
+    try {
+        p.gpu->alloc(size_t(1) << 62);
+    } catch (const Error &e) {
+        threw = e.status() == KVFIT_E_NOMEM;
+    }
+    assert_true(threw);
+}
+
+}  // namespace
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul),          cmocka_unit_test(test_get_rows),
+        cmocka_unit_test(test_elementwise),     cmocka_unit_test(test_argmax),
+        cmocka_unit_test(test_kv_encode),       cmocka_unit_test(test_kv_encode_channels),
+        cmocka_unit_test(test_attention),       cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
