@@ -70,6 +70,8 @@ def main():
     ap.add_argument("--n-gen", type=int, default=128, help="greedy tokens decoded after each prompt")
     ap.add_argument("--reps", type=int, default=3, help="repetitions; the median is reported")
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--n-gpu-layers", type=int, default=0,
+                    help="layers offloaded to the GPU (-1: all; needs a CUDA build of llama-cpp-python)")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo llama.cpp's log")
     args = ap.parse_args()
 
@@ -82,7 +84,7 @@ def main():
 
     pc.init_backend(verbose=args.verbose)
     lcp_ver, llama_ver = pc.versions()
-    model = pc.Model(args.model)
+    model = pc.Model(args.model, args.n_gpu_layers)
     ctx, st = model.new_context(n_ctx=args.n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=args.threads)
     toks = prompt_tokens(model, args.text, args.start_at, max(sizes))
 
@@ -104,10 +106,10 @@ def main():
     print("llama-cpp-python %s (llama.cpp %s)" % (lcp_ver, llama_ver))
     print("system: %s" % pc.system_info())
     print("settings: n_threads=%d n_threads_batch=%d n_ctx=%d n_batch=%d n_ubatch=%d flash_attn_type=%s (resolved: %s) "
-          "type_k=%s type_v=%s n_gpu_layers=0; prompt from %s; greedy decode; median of %d runs after 1 warm-up"
+          "type_k=%s type_v=%s n_gpu_layers=%d; prompt from %s; greedy decode; median of %d runs after 1 warm-up"
           % (st["n_threads"], st["n_threads_batch"], st["n_ctx"], st["n_batch"], st["n_ubatch"],
              st["flash_attn_type"], st["flash_attn_resolved"], st["type_k"], st["type_v"],
-             os.path.basename(args.text), args.reps))
+             args.n_gpu_layers, os.path.basename(args.text), args.reps))
     print()
     print("| prompt tokens | prefill tok/s (one llama_decode) | decode tok/s (%d tokens, 1 per llama_decode) |" % args.n_gen)
     print("|---:|---:|---:|")

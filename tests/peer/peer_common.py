@@ -116,11 +116,11 @@ GGML_TYPE_NAMES = {0: "f32", 1: "f16", 8: "q8_0", 30: "bf16"}
 
 
 class Model:
-    def __init__(self, path):
+    def __init__(self, path, n_gpu_layers=0):
         if not os.path.exists(path):
             sys.exit("model not found: %s" % path)
         mp = L.llama_model_default_params()
-        mp.n_gpu_layers = 0
+        mp.n_gpu_layers = n_gpu_layers  # 0: CPU only; -1: every layer (a GPU build of llama.cpp)
         self.path = path
         self.model = L.llama_model_load_from_file(path.encode(), mp)
         if not self.model:
