@@ -4,11 +4,12 @@
 
 static bool on_progress(float progress, void *user) { return kvfitgoOnProgress(progress, (uintptr_t)user); }
 
-kvfit_status kvfitgo_model_load(const char *path, kvfit_backend_kind backend, bool vocab_only,
+kvfit_status kvfitgo_model_load(const char *path, kvfit_backend_kind backend, int32_t device, bool vocab_only,
                                 uintptr_t progress_handle, kvfit_model **out_model) {
     kvfit_model_params p;
     kvfit_model_params_init(&p);
     p.backend = backend;
+    p.device = device;
     p.vocab_only = vocab_only;
     if (progress_handle) {
         p.progress = on_progress;

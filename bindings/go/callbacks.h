@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <kvfit.h>
 
-kvfit_status kvfitgo_model_load(const char *path, kvfit_backend_kind backend, bool vocab_only,
+kvfit_status kvfitgo_model_load(const char *path, kvfit_backend_kind backend, int32_t device, bool vocab_only,
                                 uintptr_t progress_handle, kvfit_model **out_model);
 kvfit_status kvfitgo_generate(kvfit_session *session, const int32_t *prompt, size_t n_prompt, kvfit_sampler *sampler,
                               uint32_t max_tokens, bool render_special, uintptr_t token_handle,

@@ -199,15 +199,74 @@ func SetLogCallback(minLevel LogLevel, fn func(level LogLevel, message string)) 
 type Backend int32
 
 const (
-	BackendAuto   Backend = C.KVFIT_BACKEND_AUTO // CUDA, then Vulkan, then CPU; KVFIT_BACKEND overrides
+	// BackendAuto picks CUDA, then Vulkan on a GPU, then the CPU; the
+	// KVFIT_BACKEND environment variable (auto, cpu, cuda, vulkan) overrides it.
+	BackendAuto   Backend = C.KVFIT_BACKEND_AUTO
 	BackendCPU    Backend = C.KVFIT_BACKEND_CPU
 	BackendCUDA   Backend = C.KVFIT_BACKEND_CUDA
 	BackendVulkan Backend = C.KVFIT_BACKEND_VULKAN
 )
 
+func (b Backend) String() string {
+	switch b {
+	case BackendAuto:
+		return "auto"
+	case BackendCPU:
+		return "cpu"
+	case BackendCUDA:
+		return "cuda"
+	case BackendVulkan:
+		return "vulkan"
+	}
+	return fmt.Sprintf("backend %d", int32(b))
+}
+
+// DeviceType is the kind of hardware a device is.
+type DeviceType int32
+
+const (
+	DeviceCPU           DeviceType = C.KVFIT_DEVICE_CPU // the CPU backend, or a Vulkan device running on the CPU
+	DeviceIntegratedGPU DeviceType = C.KVFIT_DEVICE_INTEGRATED_GPU
+	DeviceDiscreteGPU   DeviceType = C.KVFIT_DEVICE_DISCRETE_GPU
+	DeviceVirtualGPU    DeviceType = C.KVFIT_DEVICE_VIRTUAL_GPU
+	DeviceOther         DeviceType = C.KVFIT_DEVICE_OTHER
+)
+
+// DeviceInfo describes a device kvfit can compute on.
+type DeviceInfo struct {
+	Backend     Backend
+	Index       int // the device's index within its backend, for ModelOptions.Device
+	Type        DeviceType
+	Name        string
+	MemoryBytes uint64 // device-local memory (for the CPU: physical RAM)
+}
+
+// Devices lists the devices kvfit can compute on: the CPU first, then every
+// usable device of each GPU backend built in.
+func Devices() ([]DeviceInfo, error) {
+	var n C.size_t
+	if err := call(func() C.kvfit_status { return C.kvfit_device_count(&n) }); err != nil {
+		return nil, err
+	}
+	out := make([]DeviceInfo, 0, n)
+	for i := C.size_t(0); i < n; i++ {
+		var d C.kvfit_device_info
+		d.struct_size = C.uint32_t(unsafe.Sizeof(d))
+		if err := call(func() C.kvfit_status { return C.kvfit_device_get_info(i, &d) }); err != nil {
+			return nil, err
+		}
+		out = append(out, DeviceInfo{Backend: Backend(d.backend), Index: int(d.index), Type: DeviceType(d._type),
+			Name: C.GoString(d.name), MemoryBytes: uint64(d.memory_bytes)})
+	}
+	return out, nil
+}
+
 // ModelOptions control loading; the zero value is the default.
 type ModelOptions struct {
-	Backend   Backend
+	Backend Backend
+	// Device is the device's index within the backend (DeviceInfo.Index);
+	// nil = the KVFIT_DEVICE environment variable if set, else the best device.
+	Device    *int
 	VocabOnly bool // only metadata and tokenizer: no weights, no sessions
 	// Progress is called with values in [0, 1]; returning false cancels the
 	// load, which then fails with ErrCancelled.
@@ -236,9 +295,13 @@ func LoadModel(path string, opts *ModelOptions) (*Model, error) {
 		handle = cgo.NewHandle(sink)
 		defer handle.Delete()
 	}
+	device := -1
+	if opts.Device != nil {
+		device = *opts.Device
+	}
 	var ptr *C.kvfit_model
 	err := call(func() C.kvfit_status {
-		return C.kvfitgo_model_load(cpath, C.kvfit_backend_kind(opts.Backend), C.bool(opts.VocabOnly),
+		return C.kvfitgo_model_load(cpath, C.kvfit_backend_kind(opts.Backend), C.int32_t(device), C.bool(opts.VocabOnly),
 			C.uintptr_t(handle), &ptr)
 	})
 	if sink != nil && sink.panicked != nil {

@@ -122,6 +122,36 @@ func TestNotAModelIsAFormatError(t *testing.T) {
 	}
 }
 
+func TestDevicesStartWithTheCPU(t *testing.T) {
+	devices, err := Devices()
+	if err != nil || len(devices) == 0 {
+		t.Fatalf("devices %v, %v", devices, err)
+	}
+	if d := devices[0]; d.Backend != BackendCPU || d.Type != DeviceCPU || d.MemoryBytes == 0 || d.Name == "" {
+		t.Fatalf("first device %+v", d)
+	}
+}
+
+func TestModelLoadsOnAChosenDevice(t *testing.T) {
+	path := modelPathOrSkip(t)
+	zero, absent := 0, 999
+	m, err := LoadModel(path, &ModelOptions{Backend: BackendCPU, Device: &zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if _, err := LoadModel(path, &ModelOptions{Backend: BackendCPU, Device: &absent}); err == nil ||
+		!strings.Contains(err.Error(), "999") {
+		t.Fatalf("device 999: %v", err)
+	}
+	// A cancelling progress callback stops the load.
+	calls := 0
+	_, err = LoadModel(path, &ModelOptions{Progress: func(float32) bool { calls++; return false }})
+	if !errors.Is(err, ErrCancelled) || calls != 1 {
+		t.Fatalf("cancelled load: %v after %d calls", err, calls)
+	}
+}
+
 func TestModelInfoAndTokens(t *testing.T) {
 	m := testModel(t)
 	info, err := m.Info()

@@ -32,7 +32,7 @@ __all__ = [
     "version", "version_number", "set_log_callback", "Status", "KvfitError", "ArgumentError", "BufferTooSmallError",
     "Utf8Error", "TokenError", "StateError", "ModelIOError", "FormatError", "UnsupportedError", "OutOfMemoryError",
     "BudgetError", "ContextFullError", "BackendError", "BackendUnavailableError", "CancelledError", "InternalError",
-    "ClosedError", "LogLevel", "Backend", "KvCodec", "LayerKind", "StopReason", "ModelInfo", "LayerPlan", "Plan",
+    "ClosedError", "LogLevel", "Backend", "DeviceType", "DeviceInfo", "devices", "KvCodec", "LayerKind", "StopReason", "ModelInfo", "LayerPlan", "Plan",
     "GenerateResult", "Model", "Session", "Sampler",
 ]
 
@@ -232,10 +232,18 @@ def set_log_callback(handler: Optional[Callable[[LogLevel, str], None]], min_lev
 
 
 class Backend(enum.IntEnum):
-    AUTO = 0  # CUDA, then Vulkan, then CPU; the KVFIT_BACKEND environment variable overrides it
+    AUTO = 0  # CUDA, then Vulkan on a GPU, then CPU; $KVFIT_BACKEND (auto, cpu, cuda, vulkan) overrides it
     CPU = 1
     CUDA = 2
     VULKAN = 3
+
+
+class DeviceType(enum.IntEnum):
+    CPU = 0  # the CPU backend, or a Vulkan device running on the CPU
+    INTEGRATED_GPU = 1  # shares memory with the host
+    DISCRETE_GPU = 2
+    VIRTUAL_GPU = 3  # a GPU seen through a hypervisor
+    OTHER = 4
 
 
 class KvCodec(enum.IntEnum):
@@ -272,6 +280,30 @@ def _enum_or_int(enum_type, value: int):
         return enum_type(value)
     except ValueError:
         return value
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    backend: Union[Backend, int]
+    index: int  # the device's index within its backend, for Model(device=...)
+    type: Union[DeviceType, int]
+    name: str
+    memory_bytes: int  # device-local memory (for the CPU: physical RAM)
+
+
+def devices() -> List[DeviceInfo]:
+    """The devices kvfit can compute on: the CPU first, then every usable
+    device of each GPU backend built in."""
+    n = ctypes.c_size_t(0)
+    _check(_ffi.kvfit_device_count(ctypes.byref(n)))
+    out = []
+    for i in range(n.value):
+        d = _ffi.DeviceInfo()
+        d.struct_size = ctypes.sizeof(d)
+        _check(_ffi.kvfit_device_get_info(i, ctypes.byref(d)))
+        out.append(DeviceInfo(_enum_or_int(Backend, d.backend), d.index, _enum_or_int(DeviceType, d.type),
+                              (d.name or b"").decode("utf-8", "replace"), d.memory_bytes))
+    return out
 
 
 @dataclass(frozen=True)
@@ -365,13 +397,18 @@ class _Closeable:
 class Model(_Closeable):
     """A loaded GGUF model: immutable, usable from many threads at once."""
 
-    def __init__(self, path: Union[str, os.PathLike], backend: Backend = Backend.AUTO, vocab_only: bool = False,
+    def __init__(self, path: Union[str, os.PathLike], backend: Backend = Backend.AUTO,
+                 device: Optional[int] = None, vocab_only: bool = False,
                  progress: Optional[Callable[[float], bool]] = None):
-        """Memory-maps a GGUF file. progress(fraction) is called during
-        loading; returning False cancels it (CancelledError)."""
+        """Memory-maps a GGUF file. device is an index within the backend
+        (DeviceInfo.index; None = $KVFIT_DEVICE if set, else the best
+        device). progress(fraction) is called during loading; returning False
+        cancels it (CancelledError)."""
         params = _ffi.ModelParams()
         _ffi.kvfit_model_params_init(ctypes.byref(params))
         params.backend = int(backend)
+        if device is not None:
+            params.device = device
         params.vocab_only = vocab_only
         raised = []
         if progress is not None:

@@ -60,7 +60,12 @@ token_fn = CFUNCTYPE(c_bool, c_int32, POINTER(c_char), c_size_t, c_void_p)
 
 class ModelParams(Structure):
     _fields_ = [("struct_size", c_uint32), ("backend", c_enum), ("progress", progress_fn),
-                ("progress_user_data", c_void_p), ("vocab_only", c_bool)]
+                ("progress_user_data", c_void_p), ("vocab_only", c_bool), ("device", c_int32)]
+
+
+class DeviceInfo(Structure):
+    _fields_ = [("struct_size", c_uint32), ("backend", c_enum), ("index", c_int32), ("type", c_enum),
+                ("name", c_char_p), ("memory_bytes", c_uint64)]
 
 
 class ModelInfo(Structure):
@@ -119,6 +124,8 @@ kvfit_last_error = _fn("kvfit_last_error", c_char_p)
 kvfit_set_log_callback = _fn("kvfit_set_log_callback", None, log_fn, c_enum, c_void_p)
 
 kvfit_model_params_init = _fn("kvfit_model_params_init", None, POINTER(ModelParams))
+kvfit_device_count = _fn("kvfit_device_count", kvfit_status, size_p)
+kvfit_device_get_info = _fn("kvfit_device_get_info", kvfit_status, c_size_t, POINTER(DeviceInfo))
 kvfit_model_load = _fn("kvfit_model_load", kvfit_status, c_char_p, POINTER(ModelParams), POINTER(model_p))
 kvfit_model_free = _fn("kvfit_model_free", None, model_p)
 kvfit_model_get_info = _fn("kvfit_model_get_info", kvfit_status, model_p, POINTER(ModelInfo))

@@ -63,6 +63,24 @@ def test_not_a_model_is_a_format_error(tmp_path):
         kvfit.Model(path)
 
 
+def test_devices_start_with_the_cpu():
+    devices = kvfit.devices()
+    assert devices and devices[0].backend == kvfit.Backend.CPU and devices[0].type == kvfit.DeviceType.CPU
+    assert devices[0].memory_bytes > 0 and devices[0].name
+
+
+def test_model_loads_on_a_chosen_device(model_path):
+    with kvfit.Model(model_path, backend=kvfit.Backend.CPU, device=0) as m:
+        assert m.info().arch == "llama"
+    with pytest.raises(kvfit.KvfitError, match="999"):
+        kvfit.Model(model_path, backend=kvfit.Backend.CPU, device=999)
+    # A cancelling progress callback stops the load.
+    calls = []
+    with pytest.raises(kvfit.CancelledError):
+        kvfit.Model(model_path, progress=lambda fraction: calls.append(fraction) and False)
+    assert len(calls) == 1
+
+
 def test_model_info_and_tokens(model):
     info = model.info()
     assert (info.arch, info.tokenizer, info.n_vocab) == ("llama", "gpt2", 49152)

@@ -258,15 +258,96 @@ pub fn clear_log_callback() {
     }
 }
 
-/// Which device runs the model.
+/// Which kind of device runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Backend {
-    /// CUDA, then Vulkan, then CPU; the KVFIT_BACKEND environment variable overrides it.
+    /// CUDA, then Vulkan on a GPU, then CPU; the KVFIT_BACKEND environment
+    /// variable (auto, cpu, cuda, vulkan) overrides it.
     #[default]
-    Auto = 0,
-    Cpu = 1,
-    Cuda = 2,
-    Vulkan = 3,
+    Auto,
+    Cpu,
+    Cuda,
+    Vulkan,
+    /// A backend this binding does not know (from a newer library).
+    Unknown(i32),
+}
+
+impl Backend {
+    fn from_raw(v: i32) -> Backend {
+        match v {
+            0 => Backend::Auto,
+            1 => Backend::Cpu,
+            2 => Backend::Cuda,
+            3 => Backend::Vulkan,
+            other => Backend::Unknown(other),
+        }
+    }
+
+    fn to_raw(self) -> i32 {
+        match self {
+            Backend::Auto => 0,
+            Backend::Cpu => 1,
+            Backend::Cuda => 2,
+            Backend::Vulkan => 3,
+            Backend::Unknown(v) => v,
+        }
+    }
+}
+
+/// What kind of hardware a device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeviceType {
+    /// The CPU backend, or a Vulkan device running on the CPU.
+    Cpu,
+    /// Shares memory with the host.
+    IntegratedGpu,
+    DiscreteGpu,
+    /// A GPU seen through a hypervisor.
+    VirtualGpu,
+    Other,
+    Unknown(i32),
+}
+
+/// A device kvfit can compute on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub backend: Backend,
+    /// The device's index within its backend, for [`ModelParams::device`].
+    pub index: u32,
+    pub device_type: DeviceType,
+    pub name: String,
+    /// Device-local memory (for the CPU: physical RAM).
+    pub memory_bytes: u64,
+}
+
+/// The devices kvfit can compute on: the CPU first, then every usable device
+/// of each GPU backend built in.
+pub fn devices() -> Result<Vec<DeviceInfo>> {
+    let mut n = 0usize;
+    check(unsafe { sys::kvfit_device_count(&mut n) })?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut d = unsafe { std::mem::zeroed::<sys::kvfit_device_info>() };
+        d.struct_size = std::mem::size_of::<sys::kvfit_device_info>() as u32;
+        check(unsafe { sys::kvfit_device_get_info(i, &mut d) })?;
+        out.push(DeviceInfo {
+            backend: Backend::from_raw(d.backend),
+            index: u32::try_from(d.index).unwrap_or(0),
+            device_type: match d.r#type {
+                0 => DeviceType::Cpu,
+                1 => DeviceType::IntegratedGpu,
+                2 => DeviceType::DiscreteGpu,
+                3 => DeviceType::VirtualGpu,
+                4 => DeviceType::Other,
+                other => DeviceType::Unknown(other),
+            },
+            name: unsafe { cstr_lossy(d.name) },
+            memory_bytes: d.memory_bytes,
+        });
+    }
+    Ok(out)
 }
 
 /// How a model is loaded.
@@ -275,6 +356,9 @@ pub struct ModelParams {
     pub backend: Backend,
     /// Only metadata and tokenizer: no weights, no sessions.
     pub vocab_only: bool,
+    /// The device's index within the backend ([`DeviceInfo::index`]); None =
+    /// the KVFIT_DEVICE environment variable if set, else the best device.
+    pub device: Option<u32>,
 }
 
 /// What a model file describes.
@@ -357,8 +441,12 @@ impl Model {
             sys::kvfit_model_params_init(&mut p);
             p
         };
-        raw_params.backend = params.backend as i32;
+        raw_params.backend = params.backend.to_raw();
         raw_params.vocab_only = params.vocab_only;
+        if let Some(device) = params.device {
+            raw_params.device =
+                i32::try_from(device).map_err(|_| Error::argument(format!("device {device} is too large")))?;
+        }
         let mut progress = progress;
         if let Some(f) = progress.as_mut() {
             raw_params.progress = Some(progress_trampoline);

@@ -8,6 +8,7 @@ use std::os::raw::{c_char, c_void};
 pub type kvfit_status = i32;
 pub type kvfit_log_level = i32;
 pub type kvfit_backend_kind = i32;
+pub type kvfit_device_type = i32;
 pub type kvfit_kv_codec = i32;
 pub type kvfit_layer_kind = i32;
 pub type kvfit_stop_reason = i32;
@@ -55,6 +56,18 @@ pub struct kvfit_model_params {
     pub progress: kvfit_progress_fn,
     pub progress_user_data: *mut c_void,
     pub vocab_only: bool,
+    pub device: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct kvfit_device_info {
+    pub struct_size: u32,
+    pub backend: kvfit_backend_kind,
+    pub index: i32,
+    pub r#type: kvfit_device_type,
+    pub name: *const c_char,
+    pub memory_bytes: u64,
 }
 
 #[repr(C)]
@@ -145,6 +158,8 @@ extern "C" {
     pub fn kvfit_set_log_callback(f: kvfit_log_fn, min_level: kvfit_log_level, user_data: *mut c_void);
 
     pub fn kvfit_model_params_init(params: *mut kvfit_model_params);
+    pub fn kvfit_device_count(n_devices: *mut usize) -> kvfit_status;
+    pub fn kvfit_device_get_info(i: usize, info: *mut kvfit_device_info) -> kvfit_status;
     pub fn kvfit_model_load(path: *const c_char, params: *const kvfit_model_params, out_model: *mut *mut kvfit_model)
         -> kvfit_status;
     pub fn kvfit_model_free(model: *mut kvfit_model);

@@ -78,6 +78,35 @@ fn nul_in_a_path_is_rejected_before_the_library() {
 }
 
 #[test]
+fn devices_start_with_the_cpu() {
+    let devices = kvfit::devices().unwrap();
+    assert!(!devices.is_empty());
+    assert_eq!(devices[0].backend, kvfit::Backend::Cpu);
+    assert_eq!(devices[0].device_type, kvfit::DeviceType::Cpu);
+    assert!(devices[0].memory_bytes > 0 && !devices[0].name.is_empty(), "{devices:?}");
+}
+
+#[test]
+fn model_loads_on_a_chosen_device() {
+    let Some(_) = model() else { return };
+    let cpu = kvfit::ModelParams { backend: kvfit::Backend::Cpu, device: Some(0), ..Default::default() };
+    let model = Model::load_with(model_path(), &cpu, None).unwrap();
+    assert_eq!(model.info().unwrap().arch, "llama");
+    let absent = kvfit::ModelParams { device: Some(999), ..cpu };
+    let err = Model::load_with(model_path(), &absent, None).unwrap_err();
+    assert!(err.message().contains("999"), "{err}");
+    // A cancelling progress callback stops the load.
+    let mut calls = 0;
+    let mut cancel = |_: f32| {
+        calls += 1;
+        false
+    };
+    let err = Model::load_with(model_path(), &kvfit::ModelParams::default(), Some(&mut cancel)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+    assert_eq!(calls, 1);
+}
+
+#[test]
 fn handles_have_the_c_abis_thread_rules() {
     fn send_and_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
