@@ -19,7 +19,18 @@
  *   callback.
  * - Whatever kvfit_*_load / kvfit_*_create returns is released by the matching
  *   kvfit_*_free, which accepts NULL. Output parameters are left untouched on
- *   failure unless documented otherwise.
+ *   failure unless documented otherwise. Strings and arrays the library
+ *   returns belong to it, for as long as documented at each call; the caller
+ *   owns every buffer it passes in.
+ * - Functions on a model are thread-safe unless noted. Functions on a session
+ *   or sampler must not run concurrently with another call on the same
+ *   session or sampler; different sessions may run on different threads at
+ *   once. A handle must not be freed while another thread uses it.
+ * - Callbacks run on the thread that made the call (the log callback: on any
+ *   thread that calls kvfit) and must not free the handle they were called
+ *   for.
+ * - Every function that takes a handle returns KVFIT_E_ARG for NULL (functions
+ *   returning a value instead of a status return 0, false or a default).
  *
  * Minimal use
  * -----------
@@ -113,7 +124,10 @@ typedef enum kvfit_log_level {
 typedef void (*kvfit_log_fn)(kvfit_log_level level, const char *message, void *user_data);
 
 /* Route kvfit's log lines at or above min_level to fn (NULL = silence, the
- * default). Process-wide; fn may be called from any thread that calls kvfit. */
+ * default), passing user_data back. Process-wide and thread-safe; fn may be
+ * called from any thread that calls kvfit, one line at a time under kvfit's
+ * log lock, so it must not call kvfit_set_log_callback itself. message is
+ * valid during the call only. */
 KVFIT_API void kvfit_set_log_callback(kvfit_log_fn fn, kvfit_log_level min_level, void *user_data);
 
 /* ---- Models ---------------------------------------------------------------- */
@@ -145,6 +159,7 @@ typedef struct kvfit_model_params {
                         -1 (default) = the KVFIT_DEVICE env var if set, else the best device */
 } kvfit_model_params;
 
+/* Fill params with the defaults (and struct_size). NULL is a no-op. */
 KVFIT_API void kvfit_model_params_init(kvfit_model_params *params);
 
 /* Compute devices. KVFIT_BACKEND_AUTO picks a CUDA GPU, then a Vulkan
@@ -177,7 +192,9 @@ KVFIT_API kvfit_status kvfit_device_count(size_t *n_devices);
  * sizeof(kvfit_device_info) first. KVFIT_E_ARG for i out of range. Thread-safe. */
 KVFIT_API kvfit_status kvfit_device_get_info(size_t i, kvfit_device_info *info);
 
-/* Load a GGUF file (memory-mapped). params may be NULL for defaults.
+/* Load a GGUF file (memory-mapped). params may be NULL for defaults. On
+ * success *out_model is the caller's, to release with kvfit_model_free.
+ * Thread-safe: several models may load at once.
  * Errors: KVFIT_E_ARG, KVFIT_E_IO, KVFIT_E_FORMAT, KVFIT_E_UNSUPPORTED,
  * KVFIT_E_NOMEM, KVFIT_E_CANCELLED, KVFIT_E_BACKEND*. */
 KVFIT_API kvfit_status kvfit_model_load(const char *path, const kvfit_model_params *params, kvfit_model **out_model);
@@ -202,12 +219,15 @@ typedef struct kvfit_model_info {
 } kvfit_model_info;
 
 /* Fill *info (set info->struct_size first, or call with a zeroed struct whose
- * struct_size = sizeof). Thread-safe. */
+ * struct_size = sizeof). The strings belong to the model and live until
+ * kvfit_model_free. Thread-safe. Errors: KVFIT_E_ARG. */
 KVFIT_API kvfit_status kvfit_model_get_info(const kvfit_model *model, kvfit_model_info *info);
 
 /* Copy a GGUF metadata value rendered as text (numbers in decimal, arrays as
  * "[n items]") into buf, NUL-terminated. *len receives the length without the
- * NUL, also when KVFIT_E_BUFFER_TOO_SMALL. KVFIT_E_ARG if the key is absent. */
+ * NUL, also when KVFIT_E_BUFFER_TOO_SMALL (buf may then be NULL with
+ * buf_size 0 to ask for the size). KVFIT_E_ARG if the key is absent.
+ * Thread-safe. */
 KVFIT_API kvfit_status kvfit_model_meta(const kvfit_model *model, const char *key, char *buf, size_t buf_size, size_t *len);
 
 /* ---- Tokens --------------------------------------------------------------- */
@@ -221,17 +241,20 @@ KVFIT_API kvfit_status kvfit_tokenize(const kvfit_model *model, const char *text
 
 /* Bytes of one token's text (may be part of a UTF-8 character). Control tokens
  * give their text only if render_special. Not NUL-terminated; on
- * KVFIT_E_BUFFER_TOO_SMALL *len holds the size needed. Thread-safe. */
+ * KVFIT_E_BUFFER_TOO_SMALL *len holds the size needed. Errors: KVFIT_E_ARG,
+ * KVFIT_E_TOKEN, KVFIT_E_BUFFER_TOO_SMALL. Thread-safe. */
 KVFIT_API kvfit_status kvfit_token_to_piece(const kvfit_model *model, int32_t token, bool render_special, char *buf,
                                             size_t buf_size, size_t *len);
 
 /* Text of a token sequence (SentencePiece leading space handled as the model
  * does). Not NUL-terminated; on KVFIT_E_BUFFER_TOO_SMALL *len holds the size
- * needed. Thread-safe. */
+ * needed. Errors: KVFIT_E_ARG, KVFIT_E_TOKEN, KVFIT_E_BUFFER_TOO_SMALL.
+ * Thread-safe. */
 KVFIT_API kvfit_status kvfit_detokenize(const kvfit_model *model, const int32_t *tokens, size_t n_tokens,
                                         bool render_special, char *buf, size_t buf_size, size_t *len);
 
-/* True for end-of-generation tokens (EOS, EOT, <|im_end|>, ...). */
+/* True for end-of-generation tokens (EOS, EOT, <|im_end|>, ...); false for
+ * other tokens, ids outside the vocabulary and a NULL model. Thread-safe. */
 KVFIT_API bool kvfit_token_is_eog(const kvfit_model *model, int32_t token);
 
 /* ---- Chat templates --------------------------------------------------------- */
@@ -242,14 +265,16 @@ typedef struct kvfit_chat_message {
 } kvfit_chat_message;
 
 /* Name of the template family recognised in the model's tokenizer.chat_template
- * ("chatml", "llama3", "gemma", "llama2"), or "chatml" when there is none.
- * The string is static. */
+ * ("chatml", "llama3", "gemma", "llama2"), or "chatml" when there is none (or
+ * model is NULL). The string is static. Thread-safe. */
 KVFIT_API const char *kvfit_model_chat_template(const kvfit_model *model);
 
-/* Render messages with a template family (template_name NULL = the model's).
- * add_assistant appends the header that starts the assistant's turn. Output is
- * NUL-terminated; *len excludes the NUL and holds the size needed on
- * KVFIT_E_BUFFER_TOO_SMALL. KVFIT_E_ARG for an unknown template name. */
+/* Render messages with a template family (template_name NULL = the model's;
+ * model may be NULL when template_name is given). add_assistant appends the
+ * header that starts the assistant's turn. Output is NUL-terminated; *len
+ * excludes the NUL and holds the size needed on KVFIT_E_BUFFER_TOO_SMALL.
+ * KVFIT_E_ARG for an unknown template name, a NULL role or content, or
+ * content that is not valid UTF-8. Thread-safe. */
 KVFIT_API kvfit_status kvfit_chat_apply(const kvfit_model *model, const char *template_name,
                                         const kvfit_chat_message *messages, size_t n_messages, bool add_assistant,
                                         char *buf, size_t buf_size, size_t *len);
@@ -296,33 +321,41 @@ typedef struct kvfit_session_params {
     kvfit_kv_codec kv_codec;  /* KVFIT_KV_AUTO (default) = the planner decides (F16 without a budget) */
 } kvfit_session_params;
 
+/* Fill params with the defaults (and struct_size). NULL is a no-op. */
 KVFIT_API void kvfit_session_params_init(kvfit_session_params *params);
 
 /* Create a session on a model (params may be NULL). All per-session memory is
- * allocated here. Errors: KVFIT_E_ARG, KVFIT_E_NOMEM, KVFIT_E_BUDGET. */
+ * allocated here. On success *out_session is the caller's, to release with
+ * kvfit_session_free before the model. Thread-safe: any number of sessions
+ * may be created on one model at once. Errors: KVFIT_E_ARG, KVFIT_E_NOMEM,
+ * KVFIT_E_BUDGET (the message names the smallest budget that works). */
 KVFIT_API kvfit_status kvfit_session_create(kvfit_model *model, const kvfit_session_params *params,
                                             kvfit_session **out_session);
-/* NULL is a no-op. */
+/* Release a session and all its memory. NULL is a no-op. */
 KVFIT_API void kvfit_session_free(kvfit_session *session);
 
-/* Forget all tokens; the memory stays allocated. */
+/* Forget all tokens; the memory stays allocated. Errors: KVFIT_E_ARG. */
 KVFIT_API kvfit_status kvfit_session_reset(kvfit_session *session);
 
 /* Append tokens to the session (batched), computing the logits of the last one.
  * Errors: KVFIT_E_ARG, KVFIT_E_TOKEN, KVFIT_E_CONTEXT_FULL (nothing is appended). */
 KVFIT_API kvfit_status kvfit_session_prefill(kvfit_session *session, const int32_t *tokens, size_t n_tokens);
 
-/* Append one token and compute its logits (same as prefill with one token). */
+/* Append one token and compute its logits (same as prefill with one token).
+ * Errors: KVFIT_E_ARG, KVFIT_E_TOKEN, KVFIT_E_CONTEXT_FULL. */
 KVFIT_API kvfit_status kvfit_session_decode(kvfit_session *session, int32_t token);
 
-/* Logits of the newest token: *n_vocab floats, valid until the next call that
- * changes the session. KVFIT_E_STATE before any token was appended. */
+/* Logits of the newest token: *n_vocab floats (n_vocab may be NULL), owned by
+ * the session and valid until the next call that changes it. KVFIT_E_STATE
+ * before any token was appended. */
 KVFIT_API kvfit_status kvfit_session_logits(const kvfit_session *session, const float **logits, size_t *n_vocab);
 
-/* Tokens the session holds (0 after create or reset). */
+/* Tokens appended since create or reset, or restored by kvfit_session_load (a
+ * streaming session keeps only its sinks and window of them); 0 for NULL. */
 KVFIT_API uint64_t kvfit_session_n_past(const kvfit_session *session);
 
-/* Bytes this session allocated for per-token and per-sequence state. */
+/* Bytes this session allocated for per-token and per-sequence state; constant
+ * for the session's life; 0 for NULL. */
 KVFIT_API uint64_t kvfit_session_kv_bytes(const kvfit_session *session);
 
 /* What the planner chose for one layer. */
@@ -341,8 +374,10 @@ typedef struct kvfit_layer_plan {
 } kvfit_layer_plan;
 
 /* The session's plan: up to capacity layers into layers (may be NULL with
- * capacity 0 to ask for the count), the number of layers in *n_layers, and
- * the bytes of all per-session KV state in *total_bytes (may be NULL). */
+ * capacity 0 to ask for the count), the number of layers in *n_layers (may be
+ * NULL), and the bytes of all per-session KV state in *total_bytes (may be
+ * NULL; it also counts state the layers share, so it can exceed the sum of
+ * the layers' bytes). Errors: KVFIT_E_ARG. */
 KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_layer_plan *layers, size_t capacity,
                                           size_t *n_layers, uint64_t *total_bytes);
 
@@ -350,8 +385,9 @@ KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_la
  * the position and the current logits (not the sampler). The bytes can be
  * loaded into a session of the same model created with the same parameters
  * (the same plan); they are not portable across kvfit major versions.
- * kvfit_session_state_size gives the size kvfit_session_save writes.
- * kvfit_session_load checks the header and the plan (KVFIT_E_FORMAT for
+ * kvfit_session_state_size gives the size kvfit_session_save writes
+ * (KVFIT_E_BUFFER_TOO_SMALL if buf_size is less; *written, which may be NULL,
+ * gets that size either way). kvfit_session_load checks the header and the plan (KVFIT_E_FORMAT for
  * foreign or damaged bytes, KVFIT_E_ARG for another plan) and leaves the
  * session unchanged on failure. */
 KVFIT_API kvfit_status kvfit_session_state_size(const kvfit_session *session, size_t *size);
@@ -359,8 +395,9 @@ KVFIT_API kvfit_status kvfit_session_save(const kvfit_session *session, void *bu
 KVFIT_API kvfit_status kvfit_session_load(kvfit_session *session, const void *buf, size_t size);
 
 /* Like kvfit_session_prefill, and also writes nll[i] = -log p(tokens[i] | all
- * tokens before it) in nats, for perplexity. nll[0] uses the logits the session
- * had before the call (NaN if it had none). */
+ * tokens before it) in nats, for perplexity; nll holds n_tokens floats and
+ * belongs to the caller. nll[0] uses the logits the session had before the
+ * call (NaN if it had none). Errors: as kvfit_session_prefill. */
 KVFIT_API kvfit_status kvfit_session_prefill_nll(kvfit_session *session, const int32_t *tokens, size_t n_tokens,
                                                  float *nll);
 
@@ -377,15 +414,23 @@ typedef struct kvfit_sampler_params {
     uint64_t seed;          /* same seed and same logits give the same tokens. default 0 */
 } kvfit_sampler_params;
 
+/* Fill params with the defaults (and struct_size). NULL is a no-op. */
 KVFIT_API void kvfit_sampler_params_init(kvfit_sampler_params *params);
-/* params may be NULL for the defaults. */
+/* Create a sampling chain with its own history and random state (params may
+ * be NULL for the defaults). *out_sampler is the caller's, to release with
+ * kvfit_sampler_free; it is independent of any model or session. Thread-safe.
+ * Errors: KVFIT_E_ARG, KVFIT_E_NOMEM. */
 KVFIT_API kvfit_status kvfit_sampler_create(const kvfit_sampler_params *params, kvfit_sampler **out_sampler);
+/* Release a sampler. NULL is a no-op. */
 KVFIT_API void kvfit_sampler_free(kvfit_sampler *sampler);
-/* Forget the history and reseed. */
+/* Forget the history and reseed. NULL is a no-op. */
 KVFIT_API void kvfit_sampler_reset(kvfit_sampler *sampler);
-/* Pick a token from the session's current logits (does not append it). */
+/* Pick a token from the session's current logits (does not append it).
+ * Neither the sampler nor the session may be in use on another thread.
+ * Errors: KVFIT_E_ARG, KVFIT_E_STATE (the session has no logits yet). */
 KVFIT_API kvfit_status kvfit_sampler_sample(kvfit_sampler *sampler, const kvfit_session *session, int32_t *token);
-/* Record a token in the history used by the repetition penalty (prompt tokens too). */
+/* Record a token in the history used by the repetition penalty (prompt tokens
+ * too). Errors: KVFIT_E_ARG (NULL sampler, negative token). */
 KVFIT_API kvfit_status kvfit_sampler_accept(kvfit_sampler *sampler, int32_t token);
 
 /* ---- Generation ----------------------------------------------------------------- */
@@ -414,6 +459,7 @@ typedef struct kvfit_generate_params {
     bool render_special;    /* pass control tokens' text to on_token. default false */
 } kvfit_generate_params;
 
+/* Fill params with the defaults (and struct_size). NULL is a no-op. */
 KVFIT_API void kvfit_generate_params_init(kvfit_generate_params *params);
 
 typedef struct kvfit_generate_result {
@@ -429,7 +475,10 @@ typedef struct kvfit_generate_result {
  * sampler NULL = greedy; params NULL = defaults; result may be NULL (else set
  * its struct_size to sizeof(kvfit_generate_result); it is filled on failure too).
  * A full cache ends generation with KVFIT_STOP_CONTEXT, not an error; a prompt
- * that does not fit fails with KVFIT_E_CONTEXT_FULL before anything changes. */
+ * that does not fit fails with KVFIT_E_CONTEXT_FULL before anything changes.
+ * on_token runs on the calling thread, between tokens; it must not call
+ * functions on this session or sampler. Errors: KVFIT_E_ARG, KVFIT_E_TOKEN,
+ * KVFIT_E_STATE (empty prompt and no logits), KVFIT_E_CONTEXT_FULL. */
 KVFIT_API kvfit_status kvfit_generate(kvfit_session *session, const int32_t *prompt, size_t n_prompt,
                                       kvfit_sampler *sampler, const kvfit_generate_params *params,
                                       kvfit_generate_result *result);
