@@ -207,19 +207,17 @@ const (
 	BackendVulkan Backend = C.KVFIT_BACKEND_VULKAN
 )
 
-func (b Backend) String() string {
-	switch b {
-	case BackendAuto:
-		return "auto"
-	case BackendCPU:
-		return "cpu"
-	case BackendCUDA:
-		return "cuda"
-	case BackendVulkan:
-		return "vulkan"
+// nameOf looks v up in names; values a newer library may add get their number.
+func nameOf[T ~int32](names map[T]string, v T, kind string) string {
+	if name, ok := names[v]; ok {
+		return name
 	}
-	return fmt.Sprintf("backend %d", int32(b))
+	return fmt.Sprintf("%s %d", kind, int32(v))
 }
+
+var backendNames = map[Backend]string{BackendAuto: "auto", BackendCPU: "cpu", BackendCUDA: "cuda", BackendVulkan: "vulkan"}
+
+func (b Backend) String() string { return nameOf(backendNames, b, "backend") }
 
 // DeviceType is the kind of hardware a device is.
 type DeviceType int32
@@ -518,24 +516,12 @@ const (
 	KVQ4Channel  KVCodec = C.KVFIT_KV_Q4_CHANNEL  // Q4 with keys grouped per channel; windows are multiples of 32
 )
 
-// String gives the names kvfit's tools use: auto, f16, q8, q4, q4h, q4c.
-func (c KVCodec) String() string {
-	switch c {
-	case KVAuto:
-		return "auto"
-	case KVF16:
-		return "f16"
-	case KVQ8:
-		return "q8"
-	case KVQ4:
-		return "q4"
-	case KVQ4Hadamard:
-		return "q4h"
-	case KVQ4Channel:
-		return "q4c"
-	}
-	return fmt.Sprintf("codec %d", int32(c))
+var codecNames = map[KVCodec]string{
+	KVAuto: "auto", KVF16: "f16", KVQ8: "q8", KVQ4: "q4", KVQ4Hadamard: "q4h", KVQ4Channel: "q4c",
 }
+
+// String gives the names kvfit's tools use: auto, f16, q8, q4, q4h, q4c.
+func (c KVCodec) String() string { return nameOf(codecNames, c, "codec") }
 
 // SessionOptions size a session's KV memory; see kvfit_session_params in
 // kvfit.h. Start from DefaultSessionOptions: some zero values mean something.
@@ -696,15 +682,9 @@ const (
 	LayerStreaming LayerKind = C.KVFIT_LAYER_STREAMING
 )
 
-func (k LayerKind) String() string {
-	switch k {
-	case LayerDense:
-		return "dense"
-	case LayerStreaming:
-		return "streaming"
-	}
-	return fmt.Sprintf("layer kind %d", int32(k))
-}
+var layerKindNames = map[LayerKind]string{LayerDense: "dense", LayerStreaming: "streaming"}
+
+func (k LayerKind) String() string { return nameOf(layerKindNames, k, "layer kind") }
 
 // LayerPlan is what the planner chose for one layer.
 type LayerPlan struct {
@@ -798,19 +778,11 @@ const (
 	StopContextFull StopReason = C.KVFIT_STOP_CONTEXT  // the session's cache is full
 )
 
-func (r StopReason) String() string {
-	switch r {
-	case StopEOG:
-		return "end of generation"
-	case StopLength:
-		return "length"
-	case StopCallback:
-		return "callback"
-	case StopContextFull:
-		return "context full"
-	}
-	return fmt.Sprintf("stop reason %d", int32(r))
+var stopReasonNames = map[StopReason]string{
+	StopEOG: "end of generation", StopLength: "length", StopCallback: "callback", StopContextFull: "context full",
 }
+
+func (r StopReason) String() string { return nameOf(stopReasonNames, r, "stop reason") }
 
 // GenerateOptions control Generate; start from DefaultGenerateOptions.
 type GenerateOptions struct {
