@@ -56,7 +56,7 @@ int teardown(void **) {
 #define NEED_GPU()                                                    \
     do {                                                              \
         if (!g_gpu) {                                                 \
-            printf("skipped: no CUDA device (%s)\n", g_skip.c_str()); \
+            printf("skipped: the CUDA backend is unavailable: %s\n", g_skip.c_str()); \
             skip();                                                   \
         }                                                             \
     } while (0)

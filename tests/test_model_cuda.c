@@ -120,7 +120,7 @@ static void run_model(const char *path, const char *peer_name, bool quant_codecs
     kvfit_model *gpu = NULL;
     const kvfit_status st = kvfit_model_load(path, &mp, &gpu);
     if (st == KVFIT_E_BACKEND_UNAVAILABLE) {
-        printf("skipped: no CUDA device (%s)\n", kvfit_last_error());
+        printf("skipped: the CUDA backend is unavailable: %s\n", kvfit_last_error());
         skip();
     }
     assert_int_equal(st, KVFIT_OK);
