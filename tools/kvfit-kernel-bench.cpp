@@ -1,9 +1,10 @@
 // Microbenchmark of the CPU matmul kernels: time per product for the shapes
 // that dominate decoding SmolLM2-135M (576x1536 Q4_1 ffn_down, 49152x576 Q8_0
 // output), per instruction set and thread count, and batched prefill against
-// the same number of separate matrix-vector products.
+// the same number of separate matrix-vector products; then one decode step of
+// one layer's attention over a full 4 + 1024 token cache, per KV codec.
 //
-//   kvfit-kernel-bench [max_threads=2] [seconds_per_case=0.3]
+//   kvfit-kernel-bench [max_threads=2] [seconds_per_case=0.3] [matmul|attention|pool]
 //
 // Weights and activations are random; results are times, not checked values
 // (tests/test_kernels.cpp checks the values).
@@ -11,13 +12,16 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "backend/backend.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/kernels_impl.h"
 #include "backend/cpu/threadpool.h"
 #include "gguf/ggml_types.h"
+#include "kv/kv_cache.h"
 
 using namespace kvfit;
 
@@ -78,6 +82,8 @@ double time_us(F &&f, double seconds) {
 int main(int argc, char **argv) {
     const int max_threads = argc > 1 ? std::max(1, std::atoi(argv[1])) : 2;
     const double seconds = argc > 2 ? std::atof(argv[2]) : 0.3;
+    const char *only = argc > 3 ? argv[3] : nullptr;  // one section
+    auto section = [&](const char *name) { return !only || !std::strcmp(only, name); };
 
     std::vector<const cpu::KernelImpl *> impls = {&cpu::impl_scalar()};
     for (const cpu::KernelImpl *i : {cpu::impl_avx2(), cpu::impl_avx512(), cpu::impl_neon()})
@@ -91,100 +97,152 @@ int main(int argc, char **argv) {
                           {TYPE_Q8_0, 576, 1536}, {TYPE_F16, 576, 1536}};
 
     std::printf("best kernels: %s\n\n", kernels_best().name);
-    std::printf("matrix-vector (decode): best us per product, weight GB/s\n");
-    std::printf("%-6s %-12s %-8s %7s %10s %8s\n", "type", "shape", "kernels", "threads", "us", "GB/s");
-    for (const Case &c : cases) {
-        Matrix m = make_matrix(c.type, c.rows, c.cols);
-        std::vector<float> x(size_t(c.cols)), y(size_t(c.rows));
-        std::mt19937 rng(1);
-        std::normal_distribution<float> g(0.0f, 1.0f);
-        for (float &v : x) v = g(rng);
-        std::vector<uint8_t> scratch(matmul_scratch_bytes(c.type, c.cols, 1));
-        for (const cpu::KernelImpl *impl : impls) {
+    if (section("matmul")) {
+        std::printf("matrix-vector (decode): best us per product, weight GB/s\n");
+        std::printf("%-6s %-12s %-8s %7s %10s %8s\n", "type", "shape", "kernels", "threads", "us", "GB/s");
+        for (const Case &c : cases) {
+            Matrix m = make_matrix(c.type, c.rows, c.cols);
+            std::vector<float> x(size_t(c.cols)), y(size_t(c.rows));
+            std::mt19937 rng(1);
+            std::normal_distribution<float> g(0.0f, 1.0f);
+            for (float &v : x) v = g(rng);
+            std::vector<uint8_t> scratch(matmul_scratch_bytes(c.type, c.cols, 1));
+            for (const cpu::KernelImpl *impl : impls) {
+                for (int nth = 1; nth <= max_threads; nth++) {
+                    // The scalar path is slow; one thread shows it.
+                    if (impl == &cpu::impl_scalar() && nth > 1) continue;
+                    ThreadPool pool(nth);
+                    const double us = time_us(
+                        [&] {
+                            matmul(pool, impl->table, c.type, m.data.data(), m.row_bytes, c.rows, c.cols, x.data(), 1,
+                                   y.data(), c.rows, scratch.data());
+                        },
+                        impl == &cpu::impl_scalar() ? std::min(seconds, 0.2) : seconds);
+                    std::printf("%-6s %-12s %-8s %7d %10.1f %8.1f\n", type_info(c.type)->name, shape_str(c.rows, c.cols),
+                                impl->table.name, nth, us, double(m.data.size()) / us * 1e-3);
+                }
+            }
+            // For reference, the structure of ggml's mul_mat on x86: quantize the
+            // activations to the standard blocks, then one vec_dot call per row
+            // (same kernels as kvfit's public vec_dot: per block dot, scale, FMA).
+            const KernelTable &kb = kernels_best();
+            const uint32_t xt = vec_dot_type(c.type);
+            std::vector<uint8_t> xq(xt == TYPE_F32 ? size_t(c.cols) * 4 : row_bytes(xt, c.cols));
+            const double us = time_us(
+                [&] {
+                    kb.quantize_row(xt, x.data(), xq.data(), c.cols);
+                    for (int64_t r = 0; r < c.rows; r++)
+                        y[size_t(r)] = kb.vec_dot(c.type, c.cols, m.data.data() + size_t(r) * m.row_bytes, xq.data());
+                },
+                seconds);
+            std::printf("%-6s %-12s %-8s %7d %10.1f %8.1f   (row-by-row vec_dot, ggml's structure)\n",
+                        type_info(c.type)->name, shape_str(c.rows, c.cols), kb.name, 1, us,
+                        double(m.data.size()) / us * 1e-3);
+        }
+
+        std::printf("\nbatched prefill: us per token, one product of n tokens vs n matrix-vector products\n");
+        std::printf("%-6s %-12s %-8s %7s %6s %12s %12s %7s\n", "type", "shape", "kernels", "threads", "tokens",
+                    "batched", "separate", "speedup");
+        const int64_t n_tok = 64;
+        for (const Case &c : {cases[0], cases[2], cases[3], cases[4]}) {
+            Matrix m = make_matrix(c.type, c.rows, c.cols);
+            std::vector<float> x(size_t(c.cols * n_tok)), y(size_t(c.rows * n_tok));
+            std::mt19937 rng(2);
+            std::normal_distribution<float> g(0.0f, 1.0f);
+            for (float &v : x) v = g(rng);
+            std::vector<uint8_t> scratch(matmul_scratch_bytes(c.type, c.cols, n_tok));
+            const cpu::KernelImpl *impl = impls.back();
             for (int nth = 1; nth <= max_threads; nth++) {
-                // The scalar path is slow; one thread shows it.
-                if (impl == &cpu::impl_scalar() && nth > 1) continue;
                 ThreadPool pool(nth);
-                const double us = time_us(
+                const double batched = time_us(
                     [&] {
-                        matmul(pool, impl->table, c.type, m.data.data(), m.row_bytes, c.rows, c.cols, x.data(), 1,
+                        matmul(pool, impl->table, c.type, m.data.data(), m.row_bytes, c.rows, c.cols, x.data(), n_tok,
                                y.data(), c.rows, scratch.data());
                     },
-                    impl == &cpu::impl_scalar() ? std::min(seconds, 0.2) : seconds);
-                std::printf("%-6s %-12s %-8s %7d %10.1f %8.1f\n", type_info(c.type)->name, shape_str(c.rows, c.cols),
-                            impl->table.name, nth, us, double(m.data.size()) / us * 1e-3);
+                    seconds);
+                const double separate = time_us(
+                    [&] {
+                        for (int64_t t = 0; t < n_tok; t++)
+                            matmul(pool, impl->table, c.type, m.data.data(), m.row_bytes, c.rows, c.cols,
+                                   x.data() + t * c.cols, 1, y.data() + t * c.rows, c.rows, scratch.data());
+                    },
+                    seconds);
+                std::printf("%-6s %-12s %-8s %7d %6lld %12.2f %12.2f %6.2fx\n", type_info(c.type)->name,
+                            shape_str(c.rows, c.cols),
+                            impl->table.name, nth, (long long)n_tok, batched / n_tok, separate / n_tok,
+                            separate / batched);
             }
         }
-        // For reference, the structure of ggml's mul_mat on x86: quantize the
-        // activations to the standard blocks, then one vec_dot call per row
-        // (same kernels as kvfit's public vec_dot: per block dot, scale, FMA).
-        const KernelTable &kb = kernels_best();
-        const uint32_t xt = vec_dot_type(c.type);
-        std::vector<uint8_t> xq(xt == TYPE_F32 ? size_t(c.cols) * 4 : row_bytes(xt, c.cols));
-        const double us = time_us(
-            [&] {
-                kb.quantize_row(xt, x.data(), xq.data(), c.cols);
-                for (int64_t r = 0; r < c.rows; r++)
-                    y[size_t(r)] = kb.vec_dot(c.type, c.cols, m.data.data() + size_t(r) * m.row_bytes, xq.data());
-            },
-            seconds);
-        std::printf("%-6s %-12s %-8s %7d %10.1f %8.1f   (row-by-row vec_dot, ggml's structure)\n",
-                    type_info(c.type)->name, shape_str(c.rows, c.cols), kb.name, 1, us,
-                    double(m.data.size()) / us * 1e-3);
+
     }
 
-    std::printf("\nbatched prefill: us per token, one product of n tokens vs n matrix-vector products\n");
-    std::printf("%-6s %-12s %-8s %7s %6s %12s %12s %7s\n", "type", "shape", "kernels", "threads", "tokens",
-                "batched", "separate", "speedup");
-    const int64_t n_tok = 64;
-    for (const Case &c : {cases[0], cases[2], cases[3], cases[4]}) {
-        Matrix m = make_matrix(c.type, c.rows, c.cols);
-        std::vector<float> x(size_t(c.cols * n_tok)), y(size_t(c.rows * n_tok));
-        std::mt19937 rng(2);
-        std::normal_distribution<float> g(0.0f, 1.0f);
-        for (float &v : x) v = g(rng);
-        std::vector<uint8_t> scratch(matmul_scratch_bytes(c.type, c.cols, n_tok));
-        const cpu::KernelImpl *impl = impls.back();
+    if (section("attention")) {
+        // Decode attention of one layer with SmolLM2's shape (9 query heads, 3 KV
+        // heads of 64) over 4 sinks + a full window of 1024, per codec.
+        std::printf("\ndecode attention, one layer, 4 sinks + 1024 window, 9/3 heads of 64: best us per token\n");
+        for (kvfit_kv_codec codec : {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD, KVFIT_KV_Q4_CHANNEL}) {
+            KVShape shape;
+            shape.n_layer = 1;
+            shape.n_head = 9;
+            shape.n_head_kv = 3;
+            shape.head_dim = 64;
+            shape.rope_dims = 64;
+            kvfit_session_params sp = {};
+            sp.n_sink = 4;
+            sp.n_window = 1024;
+            sp.kv_codec = codec;
+            const KVPlan plan = plan_kv(shape, sp, 8192);
+            RopeParams rope;
+            rope.n_dims = 64;
+            rope.freq_base = 100000.0f;
+            auto backend = create_cpu_backend();
+            for (int nth = 1; nth <= max_threads; nth++) {
+                auto stream = backend->create_stream(nth, 256, 576, 1028);
+                KVCache cache(*stream, shape, plan, rope, 256);
+                std::mt19937 rng(3);
+                std::normal_distribution<float> g(0.0f, 1.0f);
+                std::vector<float> q(256 * 576), k(256 * 192), v(256 * 192), out(256 * 576);
+                for (float &x : q) x = g(rng);
+                for (float &x : v) x = g(rng);
+                uint64_t pos = 0;
+                while (pos < 2000) {  // fill the cache past its window
+                    for (float &x : k) x = g(rng);
+                    cache.attend(*stream, 0, q.data(), k.data(), v.data(), 256, pos, out.data());
+                    pos += 256;
+                }
+                const double us = time_us(
+                    [&] {
+                        cache.attend(*stream, 0, q.data(), k.data(), v.data(), 1, pos, out.data());
+                        pos++;
+                    },
+                    seconds);
+                std::printf("%-4s threads %d: %8.1f\n", codec == KVFIT_KV_F16 ? "f16" : codec == KVFIT_KV_Q8 ? "q8"
+                            : codec == KVFIT_KV_Q4 ? "q4" : codec == KVFIT_KV_Q4_HADAMARD ? "q4h" : "q4c", nth, us);
+            }
+        }
+
+    }
+
+    if (section("pool")) {
+        // Cost of a parallel loop beyond its work: every index busy for 2 us, so a
+        // perfect pool takes 2 us per run() whatever the thread count. (An empty
+        // loop would measure little: the caller claims every index itself before
+        // a worker has noticed the job.)
+        std::printf("\nthread pool: us per run() of 2 us of work per thread (ideal 2.0)\n");
         for (int nth = 1; nth <= max_threads; nth++) {
             ThreadPool pool(nth);
-            const double batched = time_us(
+            const double us = time_us(
                 [&] {
-                    matmul(pool, impl->table, c.type, m.data.data(), m.row_bytes, c.rows, c.cols, x.data(), n_tok,
-                           y.data(), c.rows, scratch.data());
+                    for (int i = 0; i < 100; i++)
+                        pool.run([](int, int) {
+                            const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(2);
+                            while (std::chrono::steady_clock::now() < end) {
+                            }
+                        });
                 },
                 seconds);
-            const double separate = time_us(
-                [&] {
-                    for (int64_t t = 0; t < n_tok; t++)
-                        matmul(pool, impl->table, c.type, m.data.data(), m.row_bytes, c.rows, c.cols,
-                               x.data() + t * c.cols, 1, y.data() + t * c.rows, c.rows, scratch.data());
-                },
-                seconds);
-            std::printf("%-6s %-12s %-8s %7d %6lld %12.2f %12.2f %6.2fx\n", type_info(c.type)->name,
-                        shape_str(c.rows, c.cols),
-                        impl->table.name, nth, (long long)n_tok, batched / n_tok, separate / n_tok,
-                        separate / batched);
+            std::printf("threads %d: %.2f\n", nth, us / 100);
         }
-    }
-
-    // Cost of a parallel loop beyond its work: every index busy for 2 us, so a
-    // perfect pool takes 2 us per run() whatever the thread count. (An empty
-    // loop would measure little: the caller claims every index itself before
-    // a worker has noticed the job.)
-    std::printf("\nthread pool: us per run() of 2 us of work per thread (ideal 2.0)\n");
-    for (int nth = 1; nth <= max_threads; nth++) {
-        ThreadPool pool(nth);
-        const double us = time_us(
-            [&] {
-                for (int i = 0; i < 100; i++)
-                    pool.run([](int, int) {
-                        const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(2);
-                        while (std::chrono::steady_clock::now() < end) {
-                        }
-                    });
-            },
-            seconds);
-        std::printf("threads %d: %.2f\n", nth, us / 100);
     }
     return 0;
 }

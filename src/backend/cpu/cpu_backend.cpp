@@ -36,15 +36,82 @@ void rotate_norm_scalar(float *v, const float *cs, int n_dims) {
 }
 
 #if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) inline __m256 rotate8_avx2(__m256 x, const float *cs) {
+    const __m256 t = _mm256_loadu_ps(cs);
+    const __m256 c = _mm256_moveldup_ps(t), sn = _mm256_movehdup_ps(t);
+    const __m256 swapped = _mm256_permute_ps(x, 0xB1);  // (x1, x0) in each pair
+    return _mm256_addsub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(swapped, sn));
+}
+
 __attribute__((target("avx2,fma"))) void rotate_norm_avx2(float *v, const float *cs, int n_dims) {
     int i = 0;
-    for (; i + 8 <= n_dims; i += 8) {
-        const __m256 x = _mm256_loadu_ps(v + i), t = _mm256_loadu_ps(cs + i);
-        const __m256 c = _mm256_moveldup_ps(t), sn = _mm256_movehdup_ps(t);
-        const __m256 swapped = _mm256_permute_ps(x, 0xB1);  // (x1, x0) in each pair
-        _mm256_storeu_ps(v + i, _mm256_addsub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(swapped, sn)));
-    }
+    for (; i + 8 <= n_dims; i += 8) _mm256_storeu_ps(v + i, rotate8_avx2(_mm256_loadu_ps(v + i), cs + i));
     if (i < n_dims) rotate_norm_scalar(v + i, cs + i, n_dims - i);
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum_avx2(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+
+// out[j] = scale * dot(row j, q) for n rows of hd floats (hd a multiple of 8).
+__attribute__((target("avx2,fma"))) void dots_avx2(const float *rows, int n, int hd, const float *q, float scale,
+                                                   float *out) {
+    for (int j = 0; j < n; j++) {
+        const float *k = rows + size_t(j) * size_t(hd);
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        int i = 0;
+        for (; i + 16 <= hd; i += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(k + i), _mm256_loadu_ps(q + i), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(k + i + 8), _mm256_loadu_ps(q + i + 8), a1);
+        }
+        if (i < hd) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(k + i), _mm256_loadu_ps(q + i), a0);
+        out[j] = hsum_avx2(_mm256_add_ps(a0, a1)) * scale;
+    }
+}
+
+// Attention's inner loops over a block of nb decoded keys and values of one
+// KV head (head_dim and rotated dims multiples of 8, RoPE in pair mode), in
+// registers instead of per-key calls:
+//   block_scores: rotates key j to the cache position whose cos/sin row is
+//   cs + j * n_dims, then sc[h * ldsc + j] = scale * dot(key j, query h);
+//   block_values: acc_h = acc_h * rescale[h] + sum_j e[h * lde + j] * value j,
+//   acc_h at acc + h * acc_stride.
+__attribute__((target("avx2,fma"))) void block_scores_avx2(float *keys, int nb, int hd, int n_dims, const float *cs,
+                                                           const float *qr, int group, float scale, float *sc, int ldsc) {
+    for (int j = 0; j < nb; j++) {
+        float *k = keys + size_t(j) * size_t(hd);
+        const float *c = cs + size_t(j) * size_t(n_dims);
+        for (int i = 0; i < n_dims; i += 8) _mm256_storeu_ps(k + i, rotate8_avx2(_mm256_loadu_ps(k + i), c + i));
+    }
+    for (int h = 0; h < group; h++) dots_avx2(keys, nb, hd, qr + size_t(h) * size_t(hd), scale, sc + size_t(h) * ldsc);
+}
+
+__attribute__((target("avx2,fma"))) void block_values_avx2(const float *vals, int nb, int hd, const float *e, int lde,
+                                                           int group, const float *rescale, float *acc,
+                                                           size_t acc_stride) {
+    for (int h = 0; h < group; h++) {
+        float *a = acc + size_t(h) * acc_stride;
+        const float *eh = e + size_t(h) * size_t(lde);
+        const __m256 r = _mm256_set1_ps(rescale[h]);
+        for (int i = 0; i < hd; i += 8) {
+            __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(a + i), r), s1 = _mm256_setzero_ps();
+            int j = 0;
+            for (; j + 2 <= nb; j += 2) {
+                s0 = _mm256_fmadd_ps(_mm256_set1_ps(eh[j]), _mm256_loadu_ps(vals + size_t(j) * size_t(hd) + i), s0);
+                s1 = _mm256_fmadd_ps(_mm256_set1_ps(eh[j + 1]), _mm256_loadu_ps(vals + size_t(j + 1) * size_t(hd) + i),
+                                     s1);
+            }
+            if (j < nb) s0 = _mm256_fmadd_ps(_mm256_set1_ps(eh[j]), _mm256_loadu_ps(vals + size_t(j) * size_t(hd) + i), s0);
+            _mm256_storeu_ps(a + i, _mm256_add_ps(s0, s1));
+        }
+    }
+}
+
+bool cpu_has_avx2_fma() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #endif
 
@@ -109,8 +176,7 @@ using ExpShiftFn = float (*)(float *, int, float);
 
 ExpShiftFn pick_exp_shift() {
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return exp_shift_avx2;
+    if (cpu_has_avx2_fma()) return exp_shift_avx2;
 #endif
     return exp_shift_scalar;
 }
@@ -119,8 +185,7 @@ using RotateFn = void (*)(float *, const float *, int);
 
 RotateFn pick_rotate() {
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return rotate_norm_avx2;
+    if (cpu_has_avx2_fma()) return rotate_norm_avx2;
 #endif
     return rotate_norm_scalar;
 }
@@ -129,6 +194,9 @@ class CpuStream final : public Stream {
 public:
     CpuStream(int n_threads, int max_tokens, int64_t max_cols, int max_kv)
         : pool_(n_threads), k_(kernels_best()), rotate_norm_(pick_rotate()), exp_shift_(pick_exp_shift()),
+#if defined(__x86_64__)
+          fast_attention_(cpu_has_avx2_fma()),
+#endif
           max_kv_(max_kv) {
         size_t scratch = 0;
         for (uint32_t t : {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0})
@@ -289,7 +357,9 @@ public:
         const int kc = std::max(1, std::min<int>(pool_.size(), int(n_vis / 64)));  // key chunks per KV head
         const size_t part = size_t(group) * (2 + size_t(hd));                     // m, l, acc per head
         constexpr int B = 64;                                                     // keys per block
-        const size_t per_thread = size_t(group) * size_t(hd) + 2 * size_t(B) * size_t(hd) + size_t(group) * B;
+        const size_t per_thread = size_t(group) * size_t(hd) + 2 * size_t(B) * size_t(hd) + size_t(group) * (B + 1);
+        const bool fast_block = fast_attention_ && hd % 8 == 0 && a.rope.n_dims % 8 == 0 &&
+                                a.rope.mode == RopeMode::Norm;
         const size_t need = part * size_t(a.n_head_kv) * size_t(kc) + per_thread * size_t(pool_.size());
         if (attn_scratch_.size() < need) attn_scratch_.resize(need);
         float *parts = attn_scratch_.data();
@@ -300,6 +370,7 @@ public:
             float *keys = qr + size_t(group) * hd;            // [B][hd] a block of keys, rotated
             float *vals = keys + size_t(B) * hd;              // [B][hd] their values
             float *sc = vals + size_t(B) * hd;                // [group][B] scores
+            float *rescale = sc + size_t(group) * B;          // [group] per block
             int64_t tb, te;
             split_range(tasks, ith, nth, tb, te);
             for (int64_t task = tb; task < te; task++) {
@@ -327,26 +398,37 @@ public:
                         decode_keys(a, g, j0, nb - n_s, keys + size_t(n_s) * hd);
                         decode_values(a, g, j0, nb - n_s, vals + size_t(n_s) * hd);
                     }
-                    for (int j = 0; j < nb; j++) {
-                        float *key = keys + size_t(j) * hd;
-                        rotate(key, uint32_t(b0 + j), a);
-                        for (int h = 0; h < group; h++)
-                            sc[h * B + j] = k_.vec_dot(TYPE_F32, hd, key, qr + size_t(h) * hd) * a.scale;
-                    }
+#if defined(__x86_64__)
+                    if (fast_block)
+                        block_scores_avx2(keys, nb, hd, a.rope.n_dims, a.rope_cs + size_t(b0) * size_t(a.rope.n_dims),
+                                          qr, group, a.scale, sc, B);
+                    else
+#endif
+                        for (int j = 0; j < nb; j++) {
+                            float *key = keys + size_t(j) * hd;
+                            rotate(key, uint32_t(b0 + j), a);
+                            for (int h = 0; h < group; h++)
+                                sc[h * B + j] = k_.vec_dot(TYPE_F32, hd, key, qr + size_t(h) * hd) * a.scale;
+                        }
                     // Online softmax over the block.
                     for (int h = 0; h < group; h++) {
-                        float *m = p + h * (2 + hd), *l = m + 1, *acc = m + 2;
+                        float *m = p + h * (2 + hd), *l = m + 1;
                         float bm = *m;
                         for (int j = 0; j < nb; j++) bm = std::max(bm, sc[h * B + j]);
-                        const float rescale = std::exp(*m - bm);
-                        if (rescale != 1.0f) {
-                            *l *= rescale;
-                            for (int d = 0; d < hd; d++) acc[d] *= rescale;
-                        }
+                        rescale[h] = std::exp(*m - bm);
+                        *l = *l * rescale[h] + exp_shift_(sc + h * B, nb, bm);
                         *m = bm;
-                        float *e = sc + h * B;
-                        *l += exp_shift_(e, nb, bm);
-                        for (int j = 0; j < nb; j++) axpy_f32(hd, e[j], vals + size_t(j) * hd, acc);
+                    }
+#if defined(__x86_64__)
+                    if (fast_block) {
+                        block_values_avx2(vals, nb, hd, sc, B, group, rescale, p + 2, 2 + size_t(hd));
+                        continue;
+                    }
+#endif
+                    for (int h = 0; h < group; h++) {
+                        float *acc = p + h * (2 + hd) + 2;
+                        for (int d = 0; d < hd; d++) acc[d] *= rescale[h];
+                        for (int j = 0; j < nb; j++) axpy_f32(hd, sc[h * B + j], vals + size_t(j) * hd, acc);
                     }
                 }
             }
@@ -386,6 +468,7 @@ public:
         const size_t per_thread = 2 * rows * size_t(hd) + size_t(group) * (rows + size_t(hd) * 2);
         if (attn_scratch_.size() < per_thread * size_t(pool_.size()))
             attn_scratch_.resize(per_thread * size_t(pool_.size()));  // once: sizes do not grow later
+        const bool fast_dots = fast_attention_ && hd % 8 == 0;
         pool_.run([&](int ith, int nth) {
             float *kr = attn_scratch_.data() + per_thread * size_t(ith);  // [rows][hd] rotated keys
             float *vr = kr + rows * size_t(hd);                              // [rows][hd] values
@@ -440,6 +523,20 @@ public:
                             rotate(a_s, qpos_sink, a);
                         }
                         float *sc = scores + size_t(h) * rows;
+                        float *o = out + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
+                        std::fill(o, o + hd, 0.0f);
+#if defined(__x86_64__)
+                        if (fast_dots) {
+                            dots_avx2(kr, int(sinks_vis), hd, a_s, a.scale, sc);
+                            dots_avx2(kw, int(win_vis), hd, a_w, a.scale, sc + sinks_vis);
+                            const float mx = *std::max_element(sc, sc + n_vis);
+                            const float inv = 1.0f / exp_shift_(sc, n_vis, mx), one = 1.0f;
+                            block_values_avx2(vr, int(sinks_vis), hd, sc, 0, 1, &one, o, 0);
+                            block_values_avx2(vw, int(win_vis), hd, sc + sinks_vis, 0, 1, &one, o, 0);
+                            for (int d = 0; d < hd; d++) o[d] *= inv;
+                            continue;
+                        }
+#endif
                         float mx = -INFINITY;
                         for (uint32_t j = 0; j < sinks_vis; j++) {
                             sc[j] = k_.vec_dot(TYPE_F32, hd, kr + size_t(j) * hd, a_s) * a.scale;
@@ -451,8 +548,6 @@ public:
                             mx = std::max(mx, v);
                         }
                         const float inv = 1.0f / exp_shift_(sc, n_vis, mx);
-                        float *o = out + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
-                        std::fill(o, o + hd, 0.0f);
                         for (uint32_t j = 0; j < sinks_vis; j++) axpy_f32(hd, sc[j] * inv, vr + size_t(j) * hd, o);
                         for (uint32_t w = 0; w < win_vis; w++)
                             axpy_f32(hd, sc[sinks_vis + w] * inv, vw + size_t(w) * hd, o);
@@ -478,6 +573,7 @@ private:
     const KernelTable &k_;
     RotateFn rotate_norm_;
     ExpShiftFn exp_shift_;
+    bool fast_attention_ = false;  // AVX2 + FMA block loops in decode attention
     int max_kv_;
     std::vector<uint8_t> matmul_scratch_;
     std::vector<float> attn_scratch_;
