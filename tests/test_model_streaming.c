@@ -138,12 +138,19 @@ static void test_planner_ladder(void **state) {
     assert_int_equal(lp.codec, KVFIT_KV_F16);
     assert_int_equal(lp.n_window, 2044);
     kvfit_session_free(s);
-    /* tight: cannot cover 8192 at any codec -> 4 bits (Hadamard-rotated keys,
-       the better Q4 layout) with the longest window */
+    /* tight: cannot cover 8192 at any codec -> 4 bits with keys per channel
+       (the 4-bit layout closest to F16) and the longest window */
     s = open_session(g_smol, 8ull << 20, -1, 0, KVFIT_KV_AUTO, 8192, 0);
     assert_int_equal(kvfit_session_plan(s, &lp, 1, &n, &total), KVFIT_OK);
+    assert_int_equal(lp.codec, KVFIT_KV_Q4_CHANNEL);
+    assert_true(lp.n_window == 1024 && total <= (8ull << 20));
+    kvfit_session_free(s);
+    /* very tight: per-channel keys would leave under 128 tokens of window, so
+       the per-token 4-bit layout with the longer window */
+    s = open_session(g_smol, 1ull << 20, -1, 0, KVFIT_KV_AUTO, 8192, 0);
+    assert_int_equal(kvfit_session_plan(s, &lp, 1, &n, &total), KVFIT_OK);
     assert_int_equal(lp.codec, KVFIT_KV_Q4_HADAMARD);
-    assert_true(lp.n_window < 8188 && total <= (8ull << 20));
+    assert_true(lp.n_window == 132 && total <= (1ull << 20));
     kvfit_session_free(s);
     /* in between: Q8 covers 2048 where F16 cannot (F16 needs about 47 MB, Q8 about 26 MB) */
     s = open_session(g_smol, 32ull << 20, -1, 0, KVFIT_KV_AUTO, 2048, 0);

@@ -25,8 +25,11 @@ uint64_t rope_table_bytes(const KVShape &shape, uint32_t positions) {
     return uint64_t(positions) * uint64_t(shape.rope_dims / 2) * 2 * sizeof(float);
 }
 
-// The 4-bit layout the planner uses when it needs 4 bits (see plan_kv).
-constexpr kvfit_kv_codec kAutoQ4 = KVFIT_KV_Q4_HADAMARD;
+// Below this window the planner prefers the 4-bit layout with the longest
+// window over per-channel keys, whose F16 sink keys and residual block eat
+// into small budgets (docs/BENCHMARKS.md, the budget table: at 1 MiB q4h's
+// 132 tokens beat q4c's 64; at 2 MiB q4c's 192 beat q4h's 268).
+constexpr uint32_t kChannelMinWindow = 128;
 
 // How a public codec lays out a layer (codec, sinks and window not set).
 LayerPlan layout_of(kvfit_kv_codec c) {
@@ -108,20 +111,34 @@ KVPlan plan_kv(const KVShape &shape, const kvfit_session_params &p, uint32_t n_c
             lp.n_window = p.n_window;
         } else {
             // The precision ladder: the best codec whose window covers the target
-            // context; if none does, the cheapest codec and the longest window
-            // (a longer window beats finer codes while it is shorter than the
-            // target). Pinned fields are kept.
-            const kvfit_kv_codec ladder[] = {KVFIT_KV_F16, KVFIT_KV_Q8, pow2 ? kAutoQ4 : KVFIT_KV_Q4};
-            for (kvfit_kv_codec c : ladder) {
-                if (p.kv_codec != KVFIT_KV_AUTO) c = p.kv_codec;
-                if (c != KVFIT_KV_F16 && !groups_ok) break;
-                lp = layout_of(c);
-                const uint32_t w = p.n_window ? p.n_window
-                                              : std::min(round_up(want, window_step(lp)),
-                                                         max_window(shape, lp, sinks, p.kv_budget_bytes));
-                lp.n_window = w;
-                if (p.n_window ? plan_bytes(shape, lp, sinks, w) <= p.kv_budget_bytes : w >= want) break;
-                if (p.kv_codec != KVFIT_KV_AUTO) break;
+            // context (F16, then Q8, which measures lossless). If none does, 4 bits
+            // with keys per channel (+0.2 % perplexity, measured) and the longest
+            // window, since a longer window beats finer codes while it is shorter
+            // than the target; and if even that window is short, whichever 4-bit
+            // layout gives the longest window. Pinned fields are kept.
+            auto fit = [&](kvfit_kv_codec c) {
+                LayerPlan l = layout_of(c);
+                l.n_window = p.n_window ? p.n_window
+                                        : std::min(round_up(want, window_step(l)),
+                                                   max_window(shape, l, sinks, p.kv_budget_bytes));
+                return l;
+            };
+            auto covers = [&](const LayerPlan &l) {
+                return p.n_window ? plan_bytes(shape, l, sinks, l.n_window) <= p.kv_budget_bytes : l.n_window >= want;
+            };
+            if (p.kv_codec != KVFIT_KV_AUTO) {
+                lp = fit(p.kv_codec);
+            } else {
+                const kvfit_kv_codec ladder[] = {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4_CHANNEL};
+                for (kvfit_kv_codec c : ladder) {
+                    if (c != KVFIT_KV_F16 && !groups_ok) break;
+                    lp = fit(c);
+                    if (covers(lp)) break;
+                }
+                if (lp.channel_keys && !covers(lp) && lp.n_window < kChannelMinWindow) {
+                    const LayerPlan per_token = fit(pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4);
+                    if (per_token.n_window >= lp.n_window) lp = per_token;  // ties: the cheaper minimum
+                }
             }
             // Nothing covered the target: the last codec tried, with its longest window.
             const uint32_t min_window = std::max(p.n_window, round_up(kMinWindow, window_step(lp)));
