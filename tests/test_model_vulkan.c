@@ -2,15 +2,29 @@
  * Q4_1), against the CPU backend: greedy continuations of recorded prompts
  * (tests/data/peer-smollm2.txt, their token ids as recorded) in dense
  * sessions, and budgeted streaming sessions in every KV codec whose ring
- * wraps during prefill and generation. The tokens must be the CPU's; where
- * they differ, only at a step where the CPU's own top two logits are a near
- * tie, after which the case stops (the two backends round differently, and
- * this model's 8-bit activations turn last-bit differences into logit
- * differences: the CPU's own scalar and AVX2 kernels differ from each other
- * by as much as the Vulkan backend differs from either). Lavapipe on a small
- * CI machine is slow, so this takes five prompts and N_GEN tokens per case.
- * The Vulkan validation layer runs (when installed) and must report no
- * error. Skips without the model or a Vulkan device. */
+ * wraps during prefill and generation.
+ *
+ * Dense, F16 and Q8: the greedy tokens must be the CPU's; where they differ,
+ * only at a step where the CPU's own top two logits are a near tie, after
+ * which the case stops (the backends round differently, and this model's
+ * 8-bit activations turn last-bit differences into logit differences: the
+ * CPU's own scalar and AVX2 kernels differ from each other by as much as the
+ * Vulkan backend differs from either).
+ *
+ * Q4 and Q4 with Hadamard keys: 4-bit keys turn any such difference into a
+ * different code somewhere, and the logits then differ by several units
+ * (measured on these prompts with a 32-token window: up to 7.6 between the
+ * CPU's scalar and AVX2 kernels, 8.2 between Vulkan and AVX2), so greedy
+ * continuations part within a few tokens on the CPU alone. Both backends are
+ * therefore fed the recorded continuation, and at every step the Vulkan
+ * backend's top token must be one the CPU ranks within Q4_GAP of its own top
+ * (the CPU's scalar kernels reach 1.85 by the same measure), and must be the
+ * CPU's top token at half the steps or more (the scalar kernels: 10 of 16).
+ *
+ * Lavapipe on a small CI machine is slow, so this takes five prompts for the
+ * dense sessions, one for the budgeted ones, and N_GEN tokens per case. The
+ * Vulkan validation layer runs (when installed) and must report no error.
+ * Skips without the model or a Vulkan device. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,11 +43,7 @@
 #define N_DENSE_CASES 5
 /* A gap in the CPU's top two logits below this is a tie, as in test_model_peer.c. */
 #define NEAR_TIE 0.25f
-/* 4-bit keys in a 32-token window make the logits far more sensitive: on the
- * chat_hash prompt the CPU's scalar and AVX2 kernels alone differ by up to
- * 7.6 (Q4) and 5.5 (Q4 Hadamard) in some logit, and pick different tokens
- * where the AVX2 gap is 0.68. */
-#define NEAR_TIE_Q4 1.0f
+#define Q4_GAP 2.5f
 #define MAX_CASES 16
 #define MAX_PROMPT 256
 
@@ -41,6 +51,7 @@ typedef struct {
     char name[64];
     int32_t ids[MAX_PROMPT];
     size_t n;
+    int32_t cont[N_GEN]; /* the recorded continuation */
 } prompt_case;
 
 static prompt_case g_cases[MAX_CASES];
@@ -75,6 +86,8 @@ static void read_cases(void) {
         c->n = (size_t)atoi(strtok_r(NULL, " ", &fs));
         assert_true(c->n > 0 && c->n <= MAX_PROMPT);
         for (size_t i = 0; i < c->n; i++) c->ids[i] = atoi(strtok_r(NULL, " ", &fs));
+        assert_true(atoi(strtok_r(NULL, " ", &fs)) >= N_GEN);
+        for (size_t i = 0; i < N_GEN; i++) c->cont[i] = atoi(strtok_r(NULL, " ", &fs));
         g_n_cases++;
     }
     free(data);
@@ -128,28 +141,33 @@ static int32_t argmax_of(const float *l, size_t n) {
     return (int32_t)best;
 }
 
+/* Both sessions' current logits; records the largest difference. */
+static void logits_of(kvfit_session *sc, kvfit_session *sv, const float **lc, const float **lv, size_t *n) {
+    size_t nv;
+    assert_int_equal(kvfit_session_logits(sc, lc, n), KVFIT_OK);
+    assert_int_equal(kvfit_session_logits(sv, lv, &nv), KVFIT_OK);
+    assert_int_equal(*n, nv);
+    for (size_t j = 0; j < nv; j++) {
+        const float d = fabsf((*lc)[j] - (*lv)[j]);
+        if (d > g_max_diff) g_max_diff = d;
+    }
+}
+
 /* Greedy decoding in both sessions side by side. */
-static void compare_greedy(kvfit_session *sc, kvfit_session *sv, const int32_t *prompt, size_t np, float near_tie,
-                           const char *what) {
+static void compare_greedy(kvfit_session *sc, kvfit_session *sv, const int32_t *prompt, size_t np, const char *what) {
     assert_int_equal(kvfit_session_prefill(sc, prompt, np), KVFIT_OK);
     assert_int_equal(kvfit_session_prefill(sv, prompt, np), KVFIT_OK);
     for (int i = 0; i < N_GEN; i++) {
         const float *lc, *lv;
-        size_t nc, nv;
-        assert_int_equal(kvfit_session_logits(sc, &lc, &nc), KVFIT_OK);
-        assert_int_equal(kvfit_session_logits(sv, &lv, &nv), KVFIT_OK);
-        assert_int_equal(nc, nv);
-        for (size_t j = 0; j < nc; j++) {
-            const float d = fabsf(lc[j] - lv[j]);
-            if (d > g_max_diff) g_max_diff = d;
-        }
-        const int32_t tc = argmax_of(lc, nc), tv = argmax_of(lv, nv);
+        size_t nc;
+        logits_of(sc, sv, &lc, &lv, &nc);
+        const int32_t tc = argmax_of(lc, nc), tv = argmax_of(lv, nc);
         g_total++;
         if (tc != tv) {
             const float gap = lc[tc] - lc[tv];
             printf("%s: token %d: CPU %d, Vulkan %d (CPU logits %.4f vs %.4f)\n", what, i, tc, tv, (double)lc[tc],
                    (double)lc[tv]);
-            assert_true(gap < near_tie);
+            assert_true(gap < NEAR_TIE);
             g_forks++;
             g_total += N_GEN - i - 1;
             return;
@@ -158,6 +176,29 @@ static void compare_greedy(kvfit_session *sc, kvfit_session *sv, const int32_t *
         assert_int_equal(kvfit_session_decode(sc, tc), KVFIT_OK);
         assert_int_equal(kvfit_session_decode(sv, tc), KVFIT_OK);
     }
+}
+
+/* Both sessions fed the same tokens (see the top of the file). */
+static void compare_forced(kvfit_session *sc, kvfit_session *sv, const prompt_case *c, const char *what) {
+    assert_int_equal(kvfit_session_prefill(sc, c->ids, c->n), KVFIT_OK);
+    assert_int_equal(kvfit_session_prefill(sv, c->ids, c->n), KVFIT_OK);
+    int top = 0;
+    float worst = 0.0f;
+    for (int i = 0; i < N_GEN; i++) {
+        const float *lc, *lv;
+        size_t n;
+        logits_of(sc, sv, &lc, &lv, &n);
+        const int32_t tc = argmax_of(lc, n), tv = argmax_of(lv, n);
+        const float gap = lc[tc] - lc[tv];
+        if (gap > worst) worst = gap;
+        top += tc == tv;
+        assert_int_equal(kvfit_session_decode(sc, c->cont[i]), KVFIT_OK);
+        assert_int_equal(kvfit_session_decode(sv, c->cont[i]), KVFIT_OK);
+    }
+    printf("%s: the Vulkan top token is the CPU's at %d of %d steps; the CPU ranks it at most %.3f below its top\n",
+           what, top, N_GEN, (double)worst);
+    assert_true(worst < Q4_GAP);
+    assert_true(2 * top >= N_GEN);
 }
 
 static void skip_if_needed(void) {
@@ -180,7 +221,7 @@ static void test_greedy_dense(void **state) {
     for (size_t c = 0; c < g_n_cases && c < N_DENSE_CASES; c++) {
         assert_int_equal(kvfit_session_reset(sc), KVFIT_OK);
         assert_int_equal(kvfit_session_reset(sv), KVFIT_OK);
-        compare_greedy(sc, sv, g_cases[c].ids, g_cases[c].n, NEAR_TIE, g_cases[c].name);
+        compare_greedy(sc, sv, g_cases[c].ids, g_cases[c].n, g_cases[c].name);
     }
     kvfit_session_free(sc);
     kvfit_session_free(sv);
@@ -188,7 +229,8 @@ static void test_greedy_dense(void **state) {
 }
 
 /* Sinks + a 32-token ring, batches of 16: the longest prompt fills the ring
- * during prefill and generation keeps evicting, in each codec. */
+ * during prefill and generation keeps evicting, in each codec (the 4-bit ones
+ * teacher-forced, see the top of the file). */
 static void test_budgeted_codecs(void **state) {
     (void)state;
     skip_if_needed();
@@ -218,8 +260,10 @@ static void test_budgeted_codecs(void **state) {
         assert_int_equal(bc, bv);
         char what[96];
         snprintf(what, sizeof what, "%s, window 32, %s", g_cases[longest].name, names[k]);
-        compare_greedy(sc, sv, g_cases[longest].ids, g_cases[longest].n,
-                       codecs[k] == KVFIT_KV_Q4 || codecs[k] == KVFIT_KV_Q4_HADAMARD ? NEAR_TIE_Q4 : NEAR_TIE, what);
+        if (codecs[k] == KVFIT_KV_Q4 || codecs[k] == KVFIT_KV_Q4_HADAMARD)
+            compare_forced(sc, sv, &g_cases[longest], what);
+        else
+            compare_greedy(sc, sv, g_cases[longest].ids, g_cases[longest].n, what);
         kvfit_session_free(sc);
         kvfit_session_free(sv);
     }

@@ -32,6 +32,7 @@ constexpr VkDeviceSize kArenaBytes = VkDeviceSize(64) << 20;
 constexpr uint32_t kTokenTile = 8;        // tokens per workgroup in batched matmul
 constexpr size_t kMaxDescriptorSets = 8192;
 constexpr uint32_t kSetsPerPool = 256, kMaxBindings = 8;
+constexpr uint32_t kMaxSplit = 32;        // key splits of one attention query block
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 uint32_t ceil_div(uint64_t a, uint64_t b) { return uint32_t((a + b - 1) / b); }
@@ -120,6 +121,10 @@ struct AttentionPush {
     int32_t rel_S, rel_wfirst;
     uint32_t p0mod, row_bytes, head_bytes, n_dims;
     float scale;
+    uint32_t n_q, n_split;
+};
+struct MergePush {
+    uint32_t part_off, o_off, n_split, hd;
 };
 struct ElementwisePush {
     uint32_t a_off, b_off, c_off, n, stride;
@@ -349,7 +354,7 @@ public:
             if (up_used_ >= kStagingBytes) drain();
             const size_t chunk = std::min(bytes, kStagingBytes - up_used_);
             std::memcpy(static_cast<uint8_t *>(up_.mapped) + up_used_, s, chunk);
-            const Span ds = d_.span(dptr, chunk);
+            const Span ds = d_.span(dptr, chunk, false);
             Batch &bt = begin();
             track({{ds, true}});
             stamp(bt, 0);
@@ -371,7 +376,7 @@ public:
         while (bytes) {
             if (down_used_ >= kStagingBytes) drain();
             const size_t chunk = std::min(bytes, kStagingBytes - down_used_);
-            const Span ss = d_.span(sptr, chunk);
+            const Span ss = d_.span(sptr, chunk, false);
             Batch &bt = begin();
             track({{ss, false}});
             stamp(bt, 0);
@@ -395,7 +400,7 @@ public:
     void copy(void *dst, const void *src, size_t bytes) override {
         live();
         if (!bytes) return;
-        const Span ss = d_.span(src, bytes), ds = d_.span(dst, bytes);
+        const Span ss = d_.span(src, bytes, false), ds = d_.span(dst, bytes, false);
         if (ss.buf == ds.buf && ss.begin < ds.end && ds.begin < ss.end)
             fail(KVFIT_E_INTERNAL, "Vulkan: overlapping device-to-device copy");
         Batch &bt = begin();
@@ -493,11 +498,20 @@ public:
         const uint32_t S = a.n_sink, W = a.n_window;
         if (a.rope.n_dims <= 0 || a.rope.n_dims > a.head_dim || a.rope.n_dims % 2 || W == 0 || uint32_t(a.n_q) > W + S)
             fail(KVFIT_E_INTERNAL, "Vulkan: attention arguments out of range");
-        const size_t shared = (2 * size_t(group) * hd + size_t(group) * kWG + 3 * kWG) * 4;
-        if (shared > d_.limits().maxComputeSharedMemorySize)
-            fail(KVFIT_E_UNSUPPORTED, "Vulkan: attention of %u query heads per KV head of size %u needs %zu bytes of "
-                 "shared memory; %s has %u", group, hd, shared, d_.physical().name.c_str(),
-                 d_.limits().maxComputeSharedMemorySize);
+        // Queries per workgroup: keys are decoded once for all of them, as
+        // far as shared memory and registers allow.
+        const uint32_t dpt = (hd + kWG - 1) / kWG;
+        auto shared_bytes = [&](uint32_t qb) {
+            const size_t r = size_t(qb) * group;
+            return (2 * r * hd + r * kWG + 3 * r + 3 * kWG) * 4;
+        };
+        uint32_t qb = a.n_q == 1 ? 1 : 8;
+        while (qb > 1 && (shared_bytes(qb) > d_.limits().maxComputeSharedMemorySize || qb * group * dpt > 64 ||
+                          qb * group > kWG))
+            qb /= 2;
+        if (shared_bytes(qb) > d_.limits().maxComputeSharedMemorySize || group * dpt > 64 || group > kWG)
+            fail(KVFIT_E_UNSUPPORTED, "Vulkan: attention with %u query heads per KV head of size %u does not fit "
+                 "a workgroup on %s", group, hd, d_.physical().name.c_str());
         const size_t qbytes = size_t(a.n_q) * size_t(a.n_head) * hd * 4;
         const Span qs = d_.span(q, qbytes), os = d_.span(out, qbytes);
         const Span ks = d_.span(a.k, size_t(S + W) * a.row_bytes), vs = d_.span(a.v, size_t(S + W) * a.row_bytes);
@@ -506,11 +520,14 @@ public:
         const float *signs = a.hadamard ? b_.hadamard_signs(a.head_dim) : a.rope_cs;
         const Span ss = d_.span(signs, a.hadamard ? size_t(hd) * 4 : 4);
 
-        const uint64_t p0 = a.pos0;
-        const uint64_t ws0 = a.streaming ? std::max<uint64_t>(S, p0 + 1 > W ? p0 + 1 - W : 0) : S;
+        const uint64_t p0 = a.pos0, t_last = p0 + uint64_t(a.n_q) - 1;
+        auto win_start = [&](uint64_t t) { return a.streaming ? std::max<uint64_t>(S, t + 1 > W ? t + 1 - W : 0) : uint64_t(S); };
+        // A single query block over many keys splits them across workgroups
+        // (merged below), so a decode step keeps more than n_head_kv busy.
+        const uint64_t n_keys = std::min<uint64_t>(S, t_last + 1) + (t_last + 1 - std::min(win_start(p0), t_last + 1));
+        const uint32_t n_split = uint32_t(a.n_q) <= qb ? uint32_t(std::clamp<uint64_t>(n_keys / 256, 1, kMaxSplit)) : 1;
         AttentionPush p{};
         p.q_off = uint32_t(qs.rel / 4);
-        p.o_off = uint32_t(os.rel / 4);
         p.cs_off = uint32_t(cs.rel / 4);
         p.signs_off = uint32_t(ss.rel / 4);
         p.k_off = uint32_t(ks.rel);
@@ -523,17 +540,40 @@ public:
         p.pos0c = uint32_t(std::min<uint64_t>(p0, S));
         p.rel_S = int32_t(std::clamp<int64_t>(int64_t(S) - int64_t(std::min<uint64_t>(p0, uint64_t(1) << 62)),
                                               -(int64_t(1) << 30), int64_t(1) << 30));
-        p.rel_wfirst = int32_t(int64_t(std::max<uint64_t>(ws0, S)) - int64_t(p0));
+        p.rel_wfirst = int32_t(int64_t(std::max<uint64_t>(win_start(p0), S)) - int64_t(p0));
         p.p0mod = p0 >= S ? uint32_t((p0 - S) % W) : 0;
         p.row_bytes = uint32_t(a.row_bytes);
         p.head_bytes = uint32_t(a.head_bytes);
         p.n_dims = uint32_t(a.rope.n_dims);
         p.scale = a.scale;
-        const Pipeline &pl = d_.pipeline(d_.use_subgroup() ? "attention_sg" : "attention", 8,
-                                         {kWG, hd, group, uint32_t(a.codec), a.hadamard, a.rope.mode == RopeMode::Neox});
+        p.n_q = uint32_t(a.n_q);
+        p.n_split = n_split;
+        const Pipeline &pl = d_.pipeline("attention", 8, {kWG, hd, group, uint32_t(a.codec), a.hadamard,
+                                                          a.rope.mode == RopeMode::Neox, qb});
+        const uint32_t gy = ceil_div(uint32_t(a.n_q), qb);
+        if (n_split == 1) {
+            p.o_off = uint32_t(os.rel / 4);
+            run("attention", pl,
+                {{qs, false}, {os, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}, {ss, false}},
+                &p, sizeof p, uint32_t(a.n_head_kv), gy, n_split);
+            return;
+        }
+        // Partials: per output row and split, m, l and hd sums; sized once for the largest case.
+        const size_t rows = size_t(a.n_q) * size_t(a.n_head);
+        const size_t need = rows * kMaxSplit * (hd + 2) * 4;
+        if (need > part_bytes_) {
+            if (part_) fail(KVFIT_E_INTERNAL, "Vulkan: attention partials grew");
+            part_bytes_ = std::max(need, size_t(8) * size_t(a.n_head) * kMaxSplit * (hd + 2) * 4);
+            part_ = alloc(part_bytes_);
+        }
+        const Span ps = d_.span(part_, rows * n_split * (hd + 2) * 4);
+        p.o_off = uint32_t(ps.rel / 4);
         run("attention", pl,
-            {{qs, false}, {os, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}, {ss, false}}, &p,
-            sizeof p, uint32_t(a.n_head_kv), uint32_t(a.n_q));
+            {{qs, false}, {ps, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}, {ss, false}}, &p,
+            sizeof p, uint32_t(a.n_head_kv), gy, n_split);
+        MergePush mp{uint32_t(ps.rel / 4), uint32_t(os.rel / 4), n_split, hd};
+        run("attention_merge", d_.pipeline("attention_merge", 2, {kWG}), {{ps, false}, {os, true}}, &mp, sizeof mp,
+            uint32_t(rows));
     }
 
     void swiglu(const float *gate, const float *up, size_t n, float *out) override {
@@ -546,7 +586,8 @@ public:
         if (n <= 0) return Stream::argmax(x, n, out);
         const Span xs = d_.span(x, size_t(n) * 4), os = d_.span(out, 4);
         ArgmaxPush p{uint32_t(xs.rel / 4), uint32_t(n), uint32_t(os.rel / 4)};
-        run("argmax", d_.pipeline("argmax", 2, {256}), {{xs, false}, {os, true}}, &p, sizeof p, 1);
+        // 128 invocations: the most every device must support
+        run("argmax", d_.pipeline("argmax", 2, {128}), {{xs, false}, {os, true}}, &p, sizeof p, 1);
     }
 
 private:
@@ -673,9 +714,9 @@ private:
     }
 
     void run(const char *name, const Pipeline &pl, std::initializer_list<Arg> args, const void *push, size_t push_bytes,
-             uint32_t gx, uint32_t gy = 1) {
+             uint32_t gx, uint32_t gy = 1, uint32_t gz = 1) {
         live();
-        if (!gx || !gy) return;
+        if (!gx || !gy || !gz) return;
         const VkDescriptorSet set = descriptors(pl, args);
         Batch &bt = begin();
         track(args);
@@ -686,7 +727,7 @@ private:
         f_.vkCmdBindDescriptorSets(bt.cb, VK_PIPELINE_BIND_POINT_COMPUTE, pl.layout, 0, 1, &set, 0, nullptr);
         f_.vkCmdPushConstants(bt.cb, pl.layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, uint32_t(push_bytes), push);
         stamp(bt, 0);
-        f_.vkCmdDispatch(bt.cb, gx, gy, 1);
+        f_.vkCmdDispatch(bt.cb, gx, gy, gz);
         stamp(bt, 1);
         done(name);
     }
@@ -863,6 +904,8 @@ private:
     size_t up_used_ = 0, down_used_ = 0;
     std::vector<std::pair<Buffer, void *>> allocs_;
     void *act_ = nullptr;
+    void *part_ = nullptr;  // attention partials, allocated at the first split
+    size_t part_bytes_ = 0;
     std::vector<VkDescriptorPool> dpools_;
     uint32_t dpool_used_ = 0;
     std::map<std::vector<uint64_t>, VkDescriptorSet> sets_;

@@ -250,8 +250,21 @@ Device::Device(std::shared_ptr<Instance> inst, const PhysicalDevice &pd) : inst_
                     (pd.subgroup.supportedOperations & need) == need && pd.subgroup.subgroupSize >= 4 &&
                     pd.subgroup.subgroupSize <= 64 && !env_flag("KVFIT_VULKAN_NO_SUBGROUP");
     uma_ = pd.type == KVFIT_DEVICE_INTEGRATED_GPU || pd.type == KVFIT_DEVICE_CPU;
-    max_range_ = std::min<VkDeviceSize>(pd.props.limits.maxStorageBufferRange, VkDeviceSize(1) << 31) & ~VkDeviceSize(255);
     offset_align_ = std::max<VkDeviceSize>(16, pd.props.limits.minStorageBufferOffsetAlignment);
+    max_range_ = std::min<VkDeviceSize>(pd.props.limits.maxStorageBufferRange, VkDeviceSize(1) << 31);
+    // KVFIT_VULKAN_MAX_RANGE caps it further, so tests reach the path that
+    // binds large weights in pieces on devices with a large range.
+    if (const char *cap = std::getenv("KVFIT_VULKAN_MAX_RANGE"); cap && std::atoll(cap) > 0)
+        max_range_ = std::min<VkDeviceSize>(max_range_, VkDeviceSize(std::atoll(cap)));
+    max_range_ &= ~VkDeviceSize(255);
+    const VkPhysicalDeviceLimits &l = pd.props.limits;
+    if (l.maxPerStageDescriptorStorageBuffers < 8 || l.maxComputeWorkGroupInvocations < 128 ||
+        l.maxComputeSharedMemorySize < 16384 || max_range_ < 4 * offset_align_) {
+        fn_.vkDestroyDevice(dev_, nullptr);
+        dev_ = VK_NULL_HANDLE;
+        fail(KVFIT_E_UNSUPPORTED, "Vulkan device %s lacks what kvfit's shaders need (8 storage buffers per stage, "
+             "128 invocations and 16 KiB of shared memory per workgroup)", pd.name.c_str());
+    }
 }
 
 Device::~Device() {
@@ -350,7 +363,7 @@ const Device::Entry &Device::entry_of(const void *p, uint64_t *rel) const {
     return entries_[idx];
 }
 
-Span Device::span(const void *p, size_t bytes) const {
+Span Device::span(const void *p, size_t bytes, bool bind) const {
     std::shared_lock<std::shared_mutex> lock(reg_mutex_);
     uint64_t rel;
     const Entry &e = entry_of(p, &rel);
@@ -361,7 +374,7 @@ Span Device::span(const void *p, size_t bytes) const {
     s.buf = e.buf;
     s.begin = e.offset + rel;
     s.end = s.begin + bytes;
-    if (e.size <= max_range_) {
+    if (e.size <= max_range_ || !bind) {
         // the whole allocation: one descriptor however the pointer moves inside it
         s.desc_off = e.offset;
         s.desc_range = e.size;

@@ -158,8 +158,9 @@ public:
     void *map_address(VkBuffer buf, VkDeviceSize offset, size_t size);
     void unmap_address(void *addr);
     // The span of `bytes` bytes at address p (throws KVFIT_E_INTERNAL for an
-    // address that is not the device's or a range past its allocation).
-    Span span(const void *p, size_t bytes) const;
+    // address that is not the device's or a range past its allocation). Only
+    // a span bound to a shader (bind) must fit the device's binding range.
+    Span span(const void *p, size_t bytes, bool bind = true) const;
     // Bytes from p to the end of its allocation.
     size_t bytes_after(const void *p) const;
 

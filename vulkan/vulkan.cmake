@@ -36,7 +36,7 @@ if(KVFIT_WITH_VULKAN)
     "matmul_f_sg|matmul_f.comp|-DUSE_SUBGROUP"
     "kv_encode|kv_encode.comp|"
     "attention|attention.comp|"
-    "attention_sg|attention.comp|-DUSE_SUBGROUP"
+    "attention_merge|attention_merge.comp|"
     "swiglu|swiglu.comp|"
     "add|add.comp|"
     "argmax|argmax.comp|")

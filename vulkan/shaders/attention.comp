@@ -1,22 +1,29 @@
 #version 450
 // Attention of new queries over a sinks + ring KV cache with fused
 // dequantization and pre-RoPE keys, as the CPU reference
-// (CpuStream::cache_attention) defines it. One workgroup per (query, KV
-// head), for the GROUP query heads sharing that KV head. Keys are visited in
-// tiles of WG, one per invocation: decoded, Hadamard-inverted if they were
-// rotated, RoPE-rotated to their cache position and scored; an online softmax
-// keeps the running maximum and sum, and each invocation then accumulates
-// the value sum for its share of the GROUP x HD outputs.
+// (CpuStream::cache_attention) defines it. A workgroup takes one KV head, a
+// block of QB consecutive queries and the GROUP query heads that share the KV
+// head: R = QB x GROUP rows. Keys are visited in tiles of WG, one per
+// invocation: decoded, Hadamard-inverted if they were rotated, RoPE-rotated
+// to their cache position once for all rows, and scored against every row
+// that may see them. Invocation r < R then updates row r's online softmax
+// over the tile, and each invocation adds the tile's values into its share
+// of the output dimensions for all rows.
+//
+// With n_split > 1 (decode over many keys) the workgroups along z split the
+// keys, and each writes its rows' running maximum, sum and unnormalised
+// output to o (the partials buffer) for attention_merge.comp.
 //
 // Positions relative to the batch's first query p0 (stream positions can
 // exceed 32 bits, these cannot): query i sees sinks 0 .. min(S, p0+i+1) - 1
-// and window tokens p0 + d for d in [rel_wb, i], rel_wb = max(rel_S, i+1-W)
-// (rel_S = S - p0, clamped). Tokens at d >= 0 are the batch's own staged
-// rows; older window tokens sit in ring slot S + (p0mod + d) mod W. A window
-// token is rotated to S + d - rel_wfirst and the query to S + i - rel_wfirst
-// (rel_wfirst: the first window token the batch's first query sees), so
-// query-key distances are real token distances; sinks are rotated to their
-// index and the query to its own cache position for them.
+// and window tokens p0 + d for d in [rel_wb(i), i], rel_wb(i) = max(rel_S,
+// i+1-W) (rel_S = S - p0, clamped). Tokens at d >= 0 are the batch's own
+// staged rows; older window tokens sit in ring slot S + (p0mod + d) mod W. A
+// window token is rotated to S + d - rel_wfirst and the query to
+// S + i - rel_wfirst (rel_wfirst: the first window token the batch's first
+// query sees), so every query-key distance is the real token distance and a
+// key's rotation is the same for all queries; sinks are rotated to their
+// index, and the query to its own cache position for them.
 #include "common.glsl"
 #include "kv_rows.glsl"
 
@@ -25,7 +32,9 @@ layout(constant_id = 2) const uint GROUP = 1;
 layout(constant_id = 3) const uint CODEC = 1;
 layout(constant_id = 4) const bool HADAMARD = false;
 layout(constant_id = 5) const bool NEOX = false;
-const uint ACC = (GROUP * HD + WG - 1) / WG;
+layout(constant_id = 6) const uint QB = 1;
+const uint R = QB * GROUP;
+const uint DPT = (HD + WG - 1) / WG;  // output dimensions per invocation
 
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
 layout(std430, binding = 1) writeonly buffer O { float o[]; };
@@ -43,13 +52,20 @@ layout(push_constant) uniform P {
     int rel_S, rel_wfirst;
     uint p0mod, row_bytes, head_bytes, n_dims;
     float scale;
+    uint n_q, n_split;
 } p;
 
-shared float qs[GROUP * HD];  // queries rotated for the sinks
-shared float qw[GROUP * HD];  // ... and for the window
-shared float sc[GROUP * WG];  // scores, then softmax weights, of the tile
-shared uint vrow[WG];         // byte offset of each tile key's value row
-shared bool vfresh[WG];       // ... in the staged rows (else in the cache)
+shared float qs[R * HD];  // rows' queries rotated for the sinks
+shared float qw[R * HD];  // ... and for the window
+shared float sc[R * WG];  // scores, then softmax weights, of the tile
+shared uint vrow[WG];     // byte offset of each tile key's value row
+shared bool vfresh[WG];   // ... in the staged rows (else in the cache)
+shared float row_m[R], row_l[R], row_resc[R];
+
+#define NEG_INF uintBitsToFloat(0xff800000u)
+
+uint sinks_vis(uint i) { return p.pos0c >= p.S ? p.S : min(p.S, p.pos0c + i + 1u); }
+int rel_wb(uint i) { return max(p.rel_S, int(i) + 1 - int(p.W)); }
 
 // Rotates the pair (a, b) by the angle of cache position pos, pair k.
 vec2 rope(float a, float b, uint pos, uint k) {
@@ -63,26 +79,39 @@ vec2 rope(float a, float b, uint pos, uint k) {
 uvec2 pair_dims(uint k) { return NEOX ? uvec2(k, k + p.n_dims / 2u) : uvec2(2u * k, 2u * k + 1u); }
 
 void main() {
-    const uint g = gl_WorkGroupID.x, i = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
+    const uint g = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, split = gl_WorkGroupID.z;
+    const uint i0 = gl_WorkGroupID.y * QB;
+    const uint nqb = min(QB, p.n_q - i0), i_last = i0 + nqb - 1u;
     const uint S = p.S;
-    const uint sinks_vis = p.pos0c >= S ? S : min(S, p.pos0c + i + 1u);
-    const int rel_wb = max(p.rel_S, int(i) + 1 - int(p.W));
-    const uint win_vis = uint(max(int(i) + 1 - rel_wb, 0));
-    const uint n_vis = sinks_vis + win_vis;
-    const uint qpos_sink = n_vis - 1u;
-    // (with no window token visible the window query is never used; keep it in the table)
-    const uint qpos_win = win_vis > 0u ? uint(int(S) + int(i) - p.rel_wfirst) : qpos_sink;
+    // The keys any query of the block sees: sinks, then window tokens from
+    // the first query's window start to the last query.
+    const uint sinks_u = sinks_vis(i_last);
+    const int wb0 = rel_wb(i0);
+    const uint n_union = sinks_u + uint(max(int(i_last) + 1 - wb0, 0));
+    const uint chunk = ((n_union + p.n_split - 1u) / p.n_split + WG - 1u) / WG * WG;
+    const uint k_begin = split * chunk, k_end = min(n_union, k_begin + chunk);
 
-    // Queries of the group, rotated both ways.
-    const uint qb = p.q_off + (i * p.n_head + g * GROUP) * HD;
-    for (uint e = t; e < GROUP * HD; e += WG) {
-        qs[e] = q[qb + e];
-        qw[e] = q[qb + e];
+    for (uint e = t; e < R * HD; e += WG) {
+        const uint r = e / HD, qi = r / GROUP, h = r % GROUP;
+        const float v = qi < nqb ? q[p.q_off + ((i0 + qi) * p.n_head + g * GROUP + h) * HD + e % HD] : 0.0;
+        qs[e] = v;
+        qw[e] = v;
+    }
+    if (t < R) {
+        row_m[t] = NEG_INF;
+        row_l[t] = 0.0;
     }
     barrier();
-    for (uint e = t; e < GROUP * (p.n_dims / 2u); e += WG) {
-        const uint h = e / (p.n_dims / 2u), k = e % (p.n_dims / 2u);
-        const uvec2 d = pair_dims(k) + h * HD;
+    const uint half_dims = p.n_dims / 2u;
+    for (uint e = t; e < R * half_dims; e += WG) {
+        const uint r = e / half_dims, k = e % half_dims, qi = r / GROUP;
+        if (qi >= nqb) continue;
+        const uint i = i0 + qi;
+        const uint win_vis = uint(max(int(i) + 1 - rel_wb(i), 0));
+        const uint qpos_sink = sinks_vis(i) + win_vis - 1u;
+        // (with no window token visible the window query is unused; keep it in the table)
+        const uint qpos_win = win_vis > 0u ? uint(int(S) + int(i) - p.rel_wfirst) : qpos_sink;
+        const uvec2 d = pair_dims(k) + r * HD;
         const float a = qs[d.x], b = qs[d.y];
         const vec2 rs = rope(a, b, qpos_sink, k), rw = rope(a, b, qpos_win, k);
         qs[d.x] = rs.x;
@@ -92,26 +121,22 @@ void main() {
     }
     barrier();
 
-    float m[GROUP], l[GROUP], acc[ACC];
-    for (uint h = 0; h < GROUP; h++) {
-        m[h] = uintBitsToFloat(0xff800000u);  // -inf
-        l[h] = 0.0;
-    }
-    for (uint k = 0; k < ACC; k++) acc[k] = 0.0;
+    float acc[R * DPT];
+    for (uint k = 0; k < R * DPT; k++) acc[k] = 0.0;
     const uint head = g * p.head_bytes;
 
-    for (uint base = 0; base < n_vis; base += WG) {
+    for (uint base = k_begin; base < k_end; base += WG) {
         const uint idx = base + t;
-        const bool valid = idx < n_vis;
-        if (valid) {
+        if (idx < k_end) {
             uint row, pos;
-            bool fresh, sink = idx < sinks_vis;
+            bool fresh;
+            const bool sink = idx < sinks_u;
+            const int d = sink ? 0 : wb0 + int(idx - sinks_u);
             if (sink) {
                 fresh = p.pos0c < S && idx >= p.pos0c;
                 row = fresh ? idx - p.pos0c : idx;
                 pos = idx;
             } else {
-                const int d = rel_wb + int(idx - sinks_vis);
                 fresh = d >= 0;
                 int slot = int(p.p0mod) + d;
                 if (slot < 0) slot += int(p.W);
@@ -141,55 +166,82 @@ void main() {
                     kk[e] = s;
                 }
             }
-            for (uint k = 0; k < p.n_dims / 2u; k++) {
-                const uvec2 d = pair_dims(k);
-                const vec2 r = rope(kk[d.x], kk[d.y], pos, k);
-                kk[d.x] = r.x;
-                kk[d.y] = r.y;
+            for (uint k = 0; k < half_dims; k++) {
+                const uvec2 dd = pair_dims(k);
+                const vec2 r = rope(kk[dd.x], kk[dd.y], pos, k);
+                kk[dd.x] = r.x;
+                kk[dd.y] = r.y;
             }
-            for (uint h = 0; h < GROUP; h++) {
-                float s = 0.0;
-                for (uint e = 0; e < HD; e++) s += kk[e] * (sink ? qs[h * HD + e] : qw[h * HD + e]);
-                sc[h * WG + t] = s * p.scale;
+            for (uint r = 0; r < R; r++) {
+                const uint qi = r / GROUP, i = i0 + qi;
+                const bool seen = qi < nqb && (sink ? idx < sinks_vis(i) : d >= rel_wb(i) && d <= int(i));
+                float s = NEG_INF;
+                if (seen) {
+                    s = 0.0;
+                    for (uint e = 0; e < HD; e++) s += kk[e] * (sink ? qs[r * HD + e] : qw[r * HD + e]);
+                    s *= p.scale;
+                }
+                sc[r * WG + t] = s;
             }
         }
         barrier();
 
-        // Online softmax over the tile (uniform: every invocation gets the same m, l).
-        float resc[GROUP];
-        for (uint h = 0; h < GROUP; h++) {
-            const float mt = wg_max(valid ? sc[h * WG + t] : uintBitsToFloat(0xff800000u));
-            const float mn = max(m[h], mt);
-            const float e = valid ? exp(sc[h * WG + t] - mn) : 0.0;
-            const float sum = wg_sum(e);
-            sc[h * WG + t] = e;
-            resc[h] = exp(m[h] - mn);
-            l[h] = l[h] * resc[h] + sum;
-            m[h] = mn;
+        // Online softmax, one invocation per row.
+        const uint n_tile = min(WG, k_end - base);
+        if (t < R) {
+            float mt = NEG_INF;
+            for (uint j = 0; j < n_tile; j++) mt = max(mt, sc[t * WG + j]);
+            const float mn = max(row_m[t], mt);
+            if (mn == NEG_INF) {
+                // nothing this row may see so far
+                for (uint j = 0; j < n_tile; j++) sc[t * WG + j] = 0.0;
+                row_resc[t] = 1.0;
+            } else {
+                float sum = 0.0;
+                for (uint j = 0; j < n_tile; j++) {
+                    const float e = exp(sc[t * WG + j] - mn);
+                    sc[t * WG + j] = e;
+                    sum += e;
+                }
+                const float resc = exp(row_m[t] - mn);
+                row_resc[t] = resc;
+                row_l[t] = row_l[t] * resc + sum;
+                row_m[t] = mn;
+            }
         }
         barrier();
 
-        const uint n_tile = min(WG, n_vis - base);
-        for (uint k = 0; k < ACC; k++) {
-            const uint e = t + k * WG;
-            if (e >= GROUP * HD) break;
-            const uint h = e / HD, dd = e % HD;
-            float a = acc[k] * resc[h];
+        for (uint k = 0; k < DPT; k++) {
+            const uint dd = t + k * WG;
+            if (dd >= HD) break;
+            for (uint r = 0; r < R; r++) acc[r * DPT + k] *= row_resc[r];
             for (uint j = 0; j < n_tile; j++) {
                 float v;
                 if (vfresh[j]) DECODE_KV(vn, CODEC, vrow[j], dd, v)
                 else DECODE_KV(vc, CODEC, vrow[j], dd, v)
-                a += sc[h * WG + j] * v;
+                for (uint r = 0; r < R; r++) acc[r * DPT + k] += sc[r * WG + j] * v;
             }
-            acc[k] = a;
         }
         barrier();
     }
 
-    const uint ob = p.o_off + (i * p.n_head + g * GROUP) * HD;
-    for (uint k = 0; k < ACC; k++) {
-        const uint e = t + k * WG;
-        if (e >= GROUP * HD) break;
-        o[ob + e] = acc[k] * (1.0 / l[e / HD]);
+    for (uint k = 0; k < DPT; k++) {
+        const uint dd = t + k * WG;
+        if (dd >= HD) break;
+        for (uint r = 0; r < R; r++) {
+            const uint qi = r / GROUP;
+            if (qi >= nqb) break;
+            const uint orow = (i0 + qi) * p.n_head + g * GROUP + r % GROUP;
+            if (p.n_split == 1u) {
+                o[p.o_off + orow * HD + dd] = acc[r * DPT + k] * (1.0 / row_l[r]);
+            } else {
+                const uint part = p.o_off + (orow * p.n_split + split) * (HD + 2u);
+                if (dd == 0u) {
+                    o[part] = row_m[r];
+                    o[part + 1u] = row_l[r];
+                }
+                o[part + 2u + dd] = acc[r * DPT + k];
+            }
+        }
     }
 }
