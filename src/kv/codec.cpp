@@ -615,6 +615,50 @@ KVFIT_AVX2 void decode_avx2(int codec, const uint8_t *src, float *x, int n) {
     }
 }
 
+// Per-channel key blocks: 8 channels at a time, their 16 code bytes
+// transposed so that each token's 8 codes sit in one register (byte p of the
+// 8 channels holds tokens p and p + 16).
+KVFIT_AVX2 void channel_block_decode_avx2(const uint8_t *block, int n, int first, int count, float *dst) {
+    const int last = first + count;
+    for (int c0 = 0; c0 < n; c0 += 8) {
+        const uint8_t *rec = block + size_t(c0) * Q4_GROUP_BYTES;
+        alignas(32) float d[8], m[8];
+        __m128i r[8];
+        for (int c = 0; c < 8; c++) {
+            d[c] = h2f(rec + size_t(c) * Q4_GROUP_BYTES);
+            m[c] = h2f(rec + size_t(c) * Q4_GROUP_BYTES + 2);
+            r[c] = _mm_loadu_si128(reinterpret_cast<const __m128i *>(rec + size_t(c) * Q4_GROUP_BYTES + 4));
+        }
+        const __m256 dv = _mm256_load_ps(d), mv = _mm256_load_ps(m);
+        __m128i a[8], b[8], t[8];
+        for (int i = 0; i < 4; i++) {
+            a[2 * i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+            a[2 * i + 1] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+        }
+        for (int i = 0; i < 2; i++) {  // channel pairs (0,1)+(2,3) and (4,5)+(6,7)
+            b[4 * i + 0] = _mm_unpacklo_epi16(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 1] = _mm_unpackhi_epi16(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 2] = _mm_unpacklo_epi16(a[4 * i + 1], a[4 * i + 3]);
+            b[4 * i + 3] = _mm_unpackhi_epi16(a[4 * i + 1], a[4 * i + 3]);
+        }
+        for (int i = 0; i < 4; i++) {  // t[j]: the 8 channels' bytes at positions 2j, 2j + 1
+            t[2 * i] = _mm_unpacklo_epi32(b[i], b[i + 4]);
+            t[2 * i + 1] = _mm_unpackhi_epi32(b[i], b[i + 4]);
+        }
+        const __m128i mask = _mm_set1_epi8(0x0f);
+        for (int p = 0; p < 16; p++) {
+            const __m128i bytes = (p & 1) ? _mm_srli_si128(t[p / 2], 8) : t[p / 2];
+            for (int half = 0; half < 2; half++) {
+                const int tok = p + 16 * half;
+                if (tok < first || tok >= last) continue;
+                const __m128i q = _mm_and_si128(half ? _mm_srli_epi16(bytes, 4) : bytes, mask);
+                const __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), dv, mv);
+                _mm256_storeu_ps(dst + size_t(tok - first) * size_t(n) + size_t(c0), v);
+            }
+        }
+    }
+}
+
 #endif  // __x86_64__
 
 // ---------------------------------------------------------------------------
@@ -806,6 +850,10 @@ void channel_block_encode(const float *rows, size_t stride, void *dst, int n) {
 }
 
 void channel_block_decode(const void *block, int n, int first, int count, float *dst) {
+#if defined(__x86_64__)
+    static const bool avx2 = cpu_has_avx2_fma_f16c();
+    if (avx2 && n % 8 == 0) return channel_block_decode_avx2(static_cast<const uint8_t *>(block), n, first, count, dst);
+#endif
     const size_t gb = codec_row_bytes(KVCodec::Q4, KV_CHANNEL_BLOCK);
     float col[KV_CHANNEL_BLOCK];
     for (int c = 0; c < n; c++) {
