@@ -448,11 +448,12 @@ public:
         } else {
             // Activations first become what the CPU multiplies this weight type with.
             const uint32_t mode = w.type == TYPE_Q4_1 ? 1 : q ? 0 : w.type == TYPE_F16 ? 2 : 3;
-            x_stride = q ? uint32_t(ncols / 4 + 2 * (ncols / QK)) : uint32_t((ncols + 1) / 2);
+            // rows 16-byte aligned: matmul loads them 16 bytes at a time
+            x_stride = uint32_t(round_up(q ? ncols / 4 + 2 * (ncols / QK) : (ncols + 1) / 2, 4));
             const Span in = d_.span(x, size_t(n) * ncols * 4);
             xs = d_.span(act_, size_t(n) * x_stride * 4);
             QuantizePush p{mode, uint32_t(ncols), uint32_t(in.rel / 4), uint32_t(xs.rel / 4), x_stride};
-            const uint32_t items = q ? uint32_t(ncols / QK) : uint32_t((ncols + 1) / 2);
+            const uint32_t items = q ? uint32_t(ncols / QK) : x_stride;
             run("quantize", d_.pipeline("quantize", 2, {kWG}), {{in, false}, {xs, true}}, &p, sizeof p,
                 ceil_div(items, kWG), uint32_t(n));
         }

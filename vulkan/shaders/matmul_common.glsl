@@ -12,8 +12,12 @@
 layout(constant_id = 1) const uint WTYPE = 2;  // weight type (GGUF id)
 layout(constant_id = 2) const uint NT = 1;     // tokens per workgroup
 
+// Each buffer also seen as 16-byte vectors: weight rows are 16-byte aligned,
+// and so are converted activation rows (the host pads their stride).
 layout(std430, binding = 0) readonly buffer W { uint w[]; };
+layout(std430, binding = 0) readonly buffer W4 { uvec4 w4[]; };
 layout(std430, binding = 1) readonly buffer X { uint x[]; };
+layout(std430, binding = 1) readonly buffer X4 { uvec4 x4[]; };
 layout(std430, binding = 2) writeonly buffer Y { float y[]; };
 
 layout(push_constant) uniform P {

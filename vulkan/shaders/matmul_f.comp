@@ -21,16 +21,20 @@ void accumulate_row(uint row, uint t0, uint lane, uint lanes, inout float acc[NT
         }
         return;
     }
-    for (uint c = lane; 2u * c < p.ncols; c += lanes) {
-        const uint ww = w[wrow + c];  // the pad half of an odd row is zero
-        const float w0 = wconv(ww & 0xffffu), w1 = wconv(ww >> 16);
+    // 8 values per load; the zero pad of weight rows meets the zero pad of
+    // converted activation rows
+    const uint xw4 = p.x_stride / 4u;
+    for (uint c = lane; 8u * c < p.ncols; c += lanes) {
+        const uvec4 ww = w4[(wrow >> 2) + c];
         for (uint t = 0; t < NT; t++) {
             if (t0 + t >= p.ntok) break;
-            const uint xw = x[p.x_off + (t0 + t) * p.x_stride + c];
-            precise float v0 = w0 * wconv(xw & 0xffffu);
-            precise float v1 = w1 * wconv(xw >> 16);
-            acc[t] += v0;
-            acc[t] += v1;
+            const uvec4 xw = x4[p.x_off / 4u + (t0 + t) * xw4 + c];
+            for (uint k = 0; k < 4u; k++) {
+                precise float v0 = wconv(ww[k] & 0xffffu) * wconv(xw[k] & 0xffffu);
+                precise float v1 = wconv(ww[k] >> 16) * wconv(xw[k] >> 16);
+                acc[t] += v0;
+                acc[t] += v1;
+            }
         }
     }
 }

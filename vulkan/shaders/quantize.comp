@@ -4,7 +4,8 @@
 // or bfloat16 for F16 / BF16 weights. Per token row, in words:
 //   Q8  : ncols/4 words of int8 codes, ncols/32 floats d (the fp16-rounded
 //         scale), ncols/32 floats s (fp16-rounded d * sum of codes, Q8_1 only)
-//   F16 / BF16: (ncols + 1)/2 words of two values each
+//   F16 / BF16: (ncols + 1)/2 words of two values each, then zeros
+// Rows are q_stride words apart (a multiple of 4: matmul loads 16 bytes).
 #include "common.glsl"
 
 layout(std430, binding = 0) readonly buffer X { float x[]; };
@@ -20,8 +21,9 @@ void main() {
     const uint t = gl_WorkGroupID.y;
     const uint xb = p.x_off + t * p.ncols, qb = p.q_off + t * p.q_stride;
     if (p.mode >= 2u) {
-        if (2u * i >= p.ncols) return;
-        const float a = x[xb + 2u * i];
+        // every word of the padded row, the pad zero
+        if (i >= p.q_stride) return;
+        const float a = 2u * i < p.ncols ? x[xb + 2u * i] : 0.0;
         const float b = 2u * i + 1u < p.ncols ? x[xb + 2u * i + 1u] : 0.0;
         q[qb + i] = p.mode == 2u ? float_to_half(a) | (float_to_half(b) << 16)
                                  : float_to_bf16(a) | (float_to_bf16(b) << 16);
