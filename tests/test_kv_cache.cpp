@@ -59,6 +59,17 @@ void rope(float *v, uint32_t pos) {
     }
 }
 
+// N_HEAD query heads sharing one KV head of HD, fully rotated.
+KVShape one_kv_head(int n_layer) {
+    KVShape shape;
+    shape.n_layer = n_layer;
+    shape.n_head = N_HEAD;
+    shape.n_head_kv = 1;
+    shape.head_dim = HD;
+    shape.rope_dims = HD;
+    return shape;
+}
+
 // Key j as the layout holds it when a batch starting at p0 is attended.
 std::vector<float> stored_key(kvfit_kv_codec codec, const std::vector<float> &k, int j, uint64_t p0) {
     const float *x = k.data() + size_t(j) * HD;
@@ -91,12 +102,7 @@ std::vector<float> stored_key(kvfit_kv_codec codec, const std::vector<float> &k,
 }
 
 void check_codec(kvfit_kv_codec codec) {
-    KVShape shape;
-    shape.n_layer = 1;
-    shape.n_head = N_HEAD;
-    shape.n_head_kv = 1;
-    shape.head_dim = HD;
-    shape.rope_dims = HD;
+    const KVShape shape = one_kv_head(1);
     kvfit_session_params p;
     std::memset(&p, 0, sizeof p);
     p.n_sink = SINKS;
@@ -202,12 +208,7 @@ void test_channel_block_roundtrip(void **) {
 // The planner keeps per-channel windows in whole blocks and counts the F16
 // sink keys and residual block.
 void test_channel_plan_bytes(void **) {
-    KVShape shape;
-    shape.n_layer = 2;
-    shape.n_head = 2;
-    shape.n_head_kv = 1;
-    shape.head_dim = HD;
-    shape.rope_dims = HD;
+    const KVShape shape = one_kv_head(2);
     kvfit_session_params p;
     std::memset(&p, 0, sizeof p);
     p.n_sink = SINKS;

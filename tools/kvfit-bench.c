@@ -61,6 +61,17 @@ static int32_t argmax(const float *l, size_t n) {
     return (int32_t)best;
 }
 
+/* n greedy decode steps; returns the status of the first failure. */
+static kvfit_status decode_greedy(kvfit_session *s, int n) {
+    for (int i = 0; i < n; i++) {
+        const float *l;
+        size_t nv;
+        kvfit_status st = kvfit_session_logits(s, &l, &nv);
+        if (st || (st = kvfit_session_decode(s, argmax(l, nv)))) return st;
+    }
+    return KVFIT_OK;
+}
+
 int main(int argc, char **argv) {
     const char *model_path = NULL, *text_path = NULL, *plist = "128,1024", *positions = NULL;
     int threads = 0, n_gen = 128, reps = 3, sinks = -1;
@@ -159,12 +170,7 @@ int main(int argc, char **argv) {
             double speed[64], lo = 1e300, hi = 0;
             for (int r = 0; r < reps; r++) { /* R runs of N decode steps, one after the other */
                 double t0 = now_s();
-                for (int i = 0; i < n_gen; i++) {
-                    const float *l;
-                    size_t nv;
-                    kvfit_session_logits(s, &l, &nv);
-                    if ((st = kvfit_session_decode(s, argmax(l, nv)))) return die("decode", st);
-                }
+                if ((st = decode_greedy(s, n_gen))) return die("decode", st);
                 speed[r] = n_gen / (now_s() - t0);
                 if (speed[r] < lo) lo = speed[r];
                 if (speed[r] > hi) hi = speed[r];
@@ -198,12 +204,7 @@ int main(int argc, char **argv) {
             double t0 = now_s();
             if ((st = kvfit_session_prefill(s, src, (size_t)P))) return die("prefill", st);
             double t1 = now_s();
-            for (int i = 0; i < n_gen; i++) {
-                const float *l;
-                size_t nv;
-                kvfit_session_logits(s, &l, &nv);
-                if ((st = kvfit_session_decode(s, argmax(l, nv)))) return die("decode", st);
-            }
+            if ((st = decode_greedy(s, n_gen))) return die("decode", st);
             double t2 = now_s();
             pre[r] = P / (t1 - t0);
             dec[r] = n_gen / (t2 - t1);
