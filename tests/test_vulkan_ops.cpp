@@ -161,6 +161,27 @@ void each_backend(Body body) {
     assert_int_equal(vulkan_validation_errors(), 0);
 }
 
+// Encoded KV bytes: identical where the device divides
+// exactly as the CPU does (with doubles); else a division rounded the other
+// way may move a code or scale by one step, rarely.
+void compare_codes(const char *what, KVCodec c, const std::vector<uint8_t> &ref, const std::vector<uint8_t> &got) {
+    size_t same = 0;
+    for (size_t i = 0; i < ref.size(); i++) same += ref[i] == got[i];
+    if (same == ref.size()) return;
+    std::printf("%s: %zu of %zu bytes differ\n", what, ref.size() - same, ref.size());
+    assert_true(c != KVCodec::F16);
+    // every value within one step (the group's scale, its first two bytes) of the CPU's
+    const size_t gb = codec_row_bytes(c, KV_GROUP);
+    for (size_t g = 0; g < ref.size() / gb; g++) {
+        float dr[KV_GROUP], dg[KV_GROUP];
+        codec_decode(c, ref.data() + g * gb, dr, KV_GROUP);
+        codec_decode(c, got.data() + g * gb, dg, KV_GROUP);
+        const float step = fp16_to_fp32(uint16_t(ref[g * gb] | ref[g * gb + 1] << 8));
+        for (int i = 0; i < KV_GROUP; i++) assert_true(std::fabs(dg[i] - dr[i]) <= 1.01f * step + 1e-6f);
+    }
+    assert_true(same * 100 >= ref.size() * 99);
+}
+
 // ---------------------------------------------------------------------------
 
 void test_get_rows(void **) {
@@ -235,24 +256,13 @@ void test_kv_encode(void **) {
                 Pair px = pair_of(cs, vs, x), pd = pair_of(cs, vs, nullptr, total);
                 cs.kv_encode(int(c), had, static_cast<float *>(px.c), n, heads, hd, static_cast<uint8_t *>(pd.c));
                 vs.kv_encode(int(c), had, static_cast<float *>(px.v), n, heads, hd, static_cast<uint8_t *>(pd.v));
-                const auto bc = fetch<uint8_t>(cs, pd.c, total), bv = fetch<uint8_t>(vs, pd.v, total);
                 // The rotated input is written back identically (same additions in the same order).
                 if (had && fetch<float>(cs, px.c, x.size()) != fetch<float>(vs, px.v, x.size())) {
                     std::printf("%s: Hadamard rotation of codec %s differs\n", label, codec_name(c));
                     fail();
                 }
-                size_t same = 0;
-                for (size_t i = 0; i < total; i++) same += bc[i] == bv[i];
-                // Decoded rows agree to a quantization step where a division rounded differently.
-                for (int r = 0; r < n * heads; r++) {
-                    std::vector<float> dc(static_cast<size_t>(hd)), dv(static_cast<size_t>(hd));
-                    codec_decode(c, bc.data() + size_t(r) * hb, dc.data(), hd);
-                    codec_decode(c, bv.data() + size_t(r) * hb, dv.data(), hd);
-                    expect_close("kv_encode decoded", dv, dc, c == KVCodec::F16 ? 0.0 : 0.1);
-                }
-                if (same != total) std::printf("%s: %s%s: %zu of %zu bytes differ\n", label, codec_name(c),
-                                               had ? "+H" : "", total - same, total);
-                assert_true(same * 100 >= total * 99);
+                const std::string what = std::string(label) + " kv_encode " + codec_name(c) + (had ? "+H" : "");
+                compare_codes(what.c_str(), c, fetch<uint8_t>(cs, pd.c, total), fetch<uint8_t>(vs, pd.v, total));
             }
         }
     });
@@ -354,6 +364,93 @@ void test_attention(void **) {
     });
 }
 
+// Per-channel key blocks (KVFIT_KV_Q4_CHANNEL): packing 32 F16 rows, and
+// attention reading sinks, the block being filled and packed blocks.
+void test_channel_keys(void **) {
+    const AttnCase cases[] = {
+        {true, 4, 64, 2, 5},             // the batch fills sinks
+        {true, 4, 64, 37, 1},            // decode inside the first block
+        {true, 4, 64, 150, 12},          // wrapped ring, batch across a block boundary
+        {true, 4, 64, 5000000011ull, 3}, // past 2^32
+        {false, 0, 96, 40, 7},           // dense
+        {true, 4, 640, 5000, 2},         // many keys: split and merged
+    };
+    each_backend([&](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
+        const int n_head = 6, n_head_kv = 2, hd = 64, width = n_head_kv * hd;
+        // packing
+        std::vector<float> f = random_floats(size_t(32 * width), 77);
+        std::vector<uint8_t> rows(size_t(32 * width) * 2);
+        codec_encode(KVCodec::F16, f.data(), rows.data(), 32 * width);
+        const size_t block = size_t(n_head_kv) * channel_block_bytes(hd);
+        Pair pr = pair_of(cs, vs, rows), pb = pair_of(cs, vs, nullptr, block);
+        cs.kv_encode_channels(static_cast<uint8_t *>(pr.c), n_head_kv, hd, static_cast<uint8_t *>(pb.c));
+        vs.kv_encode_channels(static_cast<uint8_t *>(pr.v), n_head_kv, hd, static_cast<uint8_t *>(pb.v));
+        compare_codes((std::string(label) + " kv_encode_channels").c_str(), KVCodec::Q4, fetch<uint8_t>(cs, pb.c, block),
+                      fetch<uint8_t>(vs, pb.v, block));
+        int seed = 100;
+        for (const AttnCase &ac : cases) {
+            CacheAttention a;
+            a.n_q = ac.n_q;
+            a.n_head = n_head;
+            a.n_head_kv = n_head_kv;
+            a.head_dim = hd;
+            a.pos0 = ac.pos0;
+            a.n_sink = ac.S;
+            a.n_window = ac.W;
+            a.streaming = ac.streaming;
+            a.codec = int(KVCodec::Q4);
+            a.head_bytes = codec_row_bytes(KVCodec::Q4, hd);
+            a.row_bytes = a.head_bytes * n_head_kv;
+            a.channel_keys = true;
+            a.k_block_bytes = block;
+            a.rope.n_dims = hd;
+            a.scale = 0.125f;
+            // every stored row encoded from random floats
+            auto f16_rows = [&](int n) {
+                std::vector<float> v = random_floats(size_t(n * width), uint32_t(seed++));
+                std::vector<uint8_t> out(v.size() * 2);
+                codec_encode(KVCodec::F16, v.data(), out.data(), int(v.size()));
+                return out;
+            };
+            auto q4_rows = [&](int n) {
+                std::vector<float> v = random_floats(size_t(n * width), uint32_t(seed++));
+                std::vector<uint8_t> out(size_t(n) * a.row_bytes);
+                for (int r = 0; r < n * n_head_kv; r++)
+                    codec_encode(KVCodec::Q4, v.data() + size_t(r) * hd, out.data() + size_t(r) * a.head_bytes, hd);
+                return out;
+            };
+            std::vector<uint8_t> blocks(size_t(ac.W / 32) * block);
+            for (size_t b = 0; b < ac.W / 32; b++) {
+                std::vector<float> v = random_floats(size_t(32 * width), uint32_t(seed++));
+                for (int g = 0; g < n_head_kv; g++)
+                    channel_block_encode(v.data() + size_t(g) * hd, size_t(width),
+                                         blocks.data() + b * block + size_t(g) * channel_block_bytes(hd), hd);
+            }
+            Pair k = pair_of(cs, vs, blocks), v = pair_of(cs, vs, q4_rows(int(ac.S + ac.W)));
+            Pair ks = pair_of(cs, vs, ac.S ? f16_rows(int(ac.S)) : f16_rows(1)), kr = pair_of(cs, vs, f16_rows(32));
+            Pair kn = pair_of(cs, vs, f16_rows(ac.n_q)), vn = pair_of(cs, vs, q4_rows(ac.n_q));
+            const int positions = ac.streaming ? int(ac.S + 2 * ac.W) : int(ac.W);
+            Pair rc = pair_of(cs, vs, rope_table(hd, positions, 10000.0f));
+            std::vector<float> q = random_floats(size_t(ac.n_q * n_head * hd), uint32_t(seed++));
+            Pair pq = pair_of(cs, vs, q), po = pair_of(cs, vs, nullptr, q.size() * 4);
+            CacheAttention ac_c = a, ac_v = a;
+            ac_c.k = static_cast<uint8_t *>(k.c), ac_v.k = static_cast<uint8_t *>(k.v);
+            ac_c.v = static_cast<uint8_t *>(v.c), ac_v.v = static_cast<uint8_t *>(v.v);
+            ac_c.k_sink = static_cast<uint8_t *>(ks.c), ac_v.k_sink = static_cast<uint8_t *>(ks.v);
+            ac_c.k_res = static_cast<uint8_t *>(kr.c), ac_v.k_res = static_cast<uint8_t *>(kr.v);
+            ac_c.k_new = static_cast<uint8_t *>(kn.c), ac_v.k_new = static_cast<uint8_t *>(kn.v);
+            ac_c.v_new = static_cast<uint8_t *>(vn.c), ac_v.v_new = static_cast<uint8_t *>(vn.v);
+            ac_c.rope_cs = static_cast<float *>(rc.c), ac_v.rope_cs = static_cast<float *>(rc.v);
+            cs.cache_attention(ac_c, static_cast<float *>(pq.c), static_cast<float *>(po.c));
+            vs.cache_attention(ac_v, static_cast<float *>(pq.v), static_cast<float *>(po.v));
+            char what[160];
+            std::snprintf(what, sizeof what, "%s channel-key attention %s S=%u W=%u pos0=%llu n_q=%d", label,
+                          ac.streaming ? "streaming" : "dense", ac.S, ac.W, (unsigned long long)ac.pos0, ac.n_q);
+            expect_close(what, fetch<float>(vs, po.v, q.size()), fetch<float>(cs, po.c, q.size()), 2e-5);
+        }
+    });
+}
+
 void test_elementwise(void **) {
     each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
         const size_t n = 1000;
@@ -419,7 +516,7 @@ void test_errors(void **) {
         float *x = static_cast<float *>(vs.alloc(64 * 4));
         uint8_t *dst = static_cast<uint8_t *>(vs.alloc(1024));
         try {
-            vs.kv_encode(42, false, x, 1, 1, 64, dst);
+            vs.kv_encode(42, false, x, 1, 1, 64, dst);  // a codec this backend does not know
             fail();
         } catch (const Error &e) {
             assert_int_equal(e.status(), KVFIT_E_UNSUPPORTED);
@@ -506,6 +603,7 @@ int main() {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_devices),  cmocka_unit_test(test_get_rows),    cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),   cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_channel_keys),
         cmocka_unit_test(test_elementwise), cmocka_unit_test(test_argmax),   cmocka_unit_test(test_transfers),
         cmocka_unit_test(test_errors),
     };

@@ -31,7 +31,7 @@ constexpr size_t kStagingBytes = 4 << 20; // per stream, each way
 constexpr VkDeviceSize kArenaBytes = VkDeviceSize(64) << 20;
 constexpr uint32_t kTokenTile = 8;        // tokens per workgroup in batched matmul
 constexpr size_t kMaxDescriptorSets = 8192;
-constexpr uint32_t kSetsPerPool = 256, kMaxBindings = 8;
+constexpr uint32_t kSetsPerPool = 256, kMaxBindings = 10;
 constexpr uint32_t kMaxSplit = 32;        // key splits of one attention query block
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
@@ -121,7 +121,11 @@ struct AttentionPush {
     int32_t rel_S, rel_wfirst;
     uint32_t p0mod, row_bytes, head_bytes, n_dims;
     float scale;
-    uint32_t n_q, n_split;
+    uint32_t n_q, n_split, k_row_bytes, k_head_bytes, ks_off, kr_off, k_block_bytes, k_block_head_bytes;
+    int32_t rel_res0;
+};
+struct ChannelsPush {
+    uint32_t rows_off, dst_off, width;
 };
 struct MergePush {
     uint32_t part_off, o_off, n_split, hd;
@@ -429,7 +433,7 @@ public:
         if (w.type != TYPE_F32) fail(KVFIT_E_INTERNAL, "Vulkan: norm weights must be F32");
         const size_t d = size_t(w.n_cols);
         const Span xs = d_.span(x, size_t(n) * d * 4), gs = d_.span(w.data, d * 4), ys = d_.span(y, size_t(n) * d * 4);
-        const Pipeline &pl = d_.pipeline(d_.use_fp64() ? "rmsnorm_f64" : "rmsnorm", 3, {kWG});
+        const Pipeline &pl = d_.pipeline(variant("rmsnorm"), 3, {kWG});
         RmsnormPush p{uint32_t(xs.rel / 4), uint32_t(gs.rel / 4), uint32_t(ys.rel / 4), uint32_t(d), eps};
         run("rmsnorm", pl, {{xs, false}, {gs, false}, {ys, true}}, &p, sizeof p, uint32_t(n));
     }
@@ -454,7 +458,7 @@ public:
             xs = d_.span(act_, size_t(n) * x_stride * 4);
             QuantizePush p{mode, uint32_t(ncols), uint32_t(in.rel / 4), uint32_t(xs.rel / 4), x_stride};
             const uint32_t items = q ? uint32_t(ncols / QK) : x_stride;
-            run("quantize", d_.pipeline("quantize", 2, {kWG}), {{in, false}, {xs, true}}, &p, sizeof p,
+            run("quantize", d_.pipeline(variant("quantize"), 2, {kWG}), {{in, false}, {xs, true}}, &p, sizeof p,
                 ceil_div(items, kWG), uint32_t(n));
         }
         const Span ys = d_.span(y, size_t(n) * nrows * 4);
@@ -484,16 +488,25 @@ public:
         const uint32_t gx = std::min<uint32_t>(rows, d_.limits().maxComputeWorkGroupCount[0]);
         KvEncodePush p{uint32_t(codec), hadamard, uint32_t(head_dim), rows, uint32_t(xs.rel / 4), uint32_t(ds.rel),
                        uint32_t(hb), uint32_t(ss.rel / 4), gx};
-        run("kv_encode", d_.pipeline("kv_encode", 3, {kWG}), {{xs, hadamard}, {ds, true}, {ss, false}}, &p, sizeof p,
+        run("kv_encode", d_.pipeline(variant("kv_encode"), 3, {kWG}), {{xs, hadamard}, {ds, true}, {ss, false}}, &p, sizeof p,
             gx, ceil_div(rows, gx));
     }
 
-    // Per-channel key blocks (KVFIT_KV_Q4_CHANNEL) are not implemented on this backend.
-    void kv_encode_channels(const uint8_t *, int, int, uint8_t *) override { no_channel_keys(); }
+    void kv_encode_channels(const uint8_t *rows, int n_heads, int head_dim, uint8_t *dst) override {
+        check_codec(int(KVCodec::Q4), false, head_dim);
+        const uint32_t width = uint32_t(n_heads) * uint32_t(head_dim);
+        const Span rs = d_.span(rows, size_t(width) * 2 * KV_CHANNEL_BLOCK);
+        const Span ds = d_.span(dst, size_t(n_heads) * channel_block_bytes(head_dim));
+        ChannelsPush p{uint32_t(rs.rel), uint32_t(ds.rel), width};
+        run("kv_channels", d_.pipeline(variant("kv_channels"), 2, {kWG}), {{rs, false}, {ds, true}}, &p, sizeof p,
+            ceil_div(width, kWG));
+    }
 
     void cache_attention(const CacheAttention &a, const float *q, float *out) override {
-        if (a.channel_keys) no_channel_keys();
         check_codec(a.codec, a.hadamard, a.head_dim);
+        if (a.channel_keys && (a.codec != int(KVCodec::Q4) || a.hadamard || a.n_window % KV_CHANNEL_BLOCK))
+            fail(KVFIT_E_UNSUPPORTED, "Vulkan: per-channel keys need Q4 values, no Hadamard rotation and a window "
+                 "of whole blocks");
         if (a.n_q <= 0) return;
         const uint32_t hd = uint32_t(a.head_dim), group = uint32_t(a.n_head / a.n_head_kv);
         const uint32_t S = a.n_sink, W = a.n_window;
@@ -515,8 +528,16 @@ public:
                  "a workgroup on %s", group, hd, d_.physical().name.c_str());
         const size_t qbytes = size_t(a.n_q) * size_t(a.n_head) * hd * 4;
         const Span qs = d_.span(q, qbytes), os = d_.span(out, qbytes);
-        const Span ks = d_.span(a.k, size_t(S + W) * a.row_bytes), vs = d_.span(a.v, size_t(S + W) * a.row_bytes);
-        const Span kn = d_.span(a.k_new, size_t(a.n_q) * a.row_bytes), vn = d_.span(a.v_new, size_t(a.n_q) * a.row_bytes);
+        // Keys: rows like the values', or with channel keys F16 rows (staged,
+        // sinks, the block being filled) and W / 32 packed blocks.
+        const size_t k_row = a.channel_keys ? size_t(a.n_head_kv) * hd * 2 : a.row_bytes;
+        const Span ks = d_.span(a.k, a.channel_keys ? size_t(W / KV_CHANNEL_BLOCK) * a.k_block_bytes
+                                                    : size_t(S + W) * a.row_bytes);
+        const Span vs = d_.span(a.v, size_t(S + W) * a.row_bytes);
+        const Span kn = d_.span(a.k_new, size_t(a.n_q) * k_row), vn = d_.span(a.v_new, size_t(a.n_q) * a.row_bytes);
+        // (without channel keys these two bind the key cache again, unread)
+        const Span sk = a.channel_keys && S ? d_.span(a.k_sink, size_t(S) * k_row) : ks;
+        const Span rk = a.channel_keys ? d_.span(a.k_res, KV_CHANNEL_BLOCK * k_row) : ks;
         const Span cs = d_.span(a.rope_cs, d_.bytes_after(a.rope_cs));
         const float *signs = a.hadamard ? b_.hadamard_signs(a.head_dim) : a.rope_cs;
         const Span ss = d_.span(signs, a.hadamard ? size_t(hd) * 4 : 4);
@@ -549,13 +570,25 @@ public:
         p.scale = a.scale;
         p.n_q = uint32_t(a.n_q);
         p.n_split = n_split;
-        const Pipeline &pl = d_.pipeline("attention", 8, {kWG, hd, group, uint32_t(a.codec), a.hadamard,
-                                                          a.rope.mode == RopeMode::Neox, qb});
+        p.k_row_bytes = uint32_t(k_row);
+        p.k_head_bytes = uint32_t(a.channel_keys ? size_t(hd) * 2 : a.head_bytes);
+        if (a.channel_keys) {
+            p.ks_off = uint32_t(sk.rel);
+            p.kr_off = uint32_t(rk.rel);
+            p.k_block_bytes = uint32_t(a.k_block_bytes);
+            p.k_block_head_bytes = uint32_t(a.k_block_bytes / size_t(a.n_head_kv));
+            // positions from res0 on are in the block being filled (as the CPU's decode_keys)
+            const uint64_t res0 = p0 > S ? S + (p0 - S) / KV_CHANNEL_BLOCK * KV_CHANNEL_BLOCK : p0;
+            p.rel_res0 = int32_t(int64_t(res0) - int64_t(p0));
+        }
+        const Pipeline &pl = d_.pipeline("attention", 10, {kWG, hd, group, uint32_t(a.codec), a.hadamard,
+                                                           a.rope.mode == RopeMode::Neox, qb, a.channel_keys});
         const uint32_t gy = ceil_div(uint32_t(a.n_q), qb);
         if (n_split == 1) {
             p.o_off = uint32_t(os.rel / 4);
             run("attention", pl,
-                {{qs, false}, {os, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}, {ss, false}},
+                {{qs, false}, {os, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}, {ss, false},
+                 {sk, false}, {rk, false}},
                 &p, sizeof p, uint32_t(a.n_head_kv), gy, n_split);
             return;
         }
@@ -570,8 +603,9 @@ public:
         const Span ps = d_.span(part_, rows * n_split * (hd + 2) * 4);
         p.o_off = uint32_t(ps.rel / 4);
         run("attention", pl,
-            {{qs, false}, {ps, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}, {ss, false}}, &p,
-            sizeof p, uint32_t(a.n_head_kv), gy, n_split);
+            {{qs, false}, {ps, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}, {ss, false},
+             {sk, false}, {rk, false}},
+            &p, sizeof p, uint32_t(a.n_head_kv), gy, n_split);
         MergePush mp{uint32_t(ps.rel / 4), uint32_t(os.rel / 4), n_split, hd};
         run("attention_merge", d_.pipeline("attention_merge", 2, {kWG}), {{ps, false}, {os, true}}, &mp, sizeof mp,
             uint32_t(rows));
@@ -614,9 +648,8 @@ private:
         VkDeviceSize begin, end;
     };
 
-    [[noreturn]] static void no_channel_keys() {
-        fail(KVFIT_E_UNSUPPORTED, "the Vulkan backend does not support per-channel KV keys (KVFIT_KV_Q4_CHANNEL)");
-    }
+    // The shader variant dividing in double where the device has doubles.
+    std::string variant(const char *shader) const { return d_.use_fp64() ? std::string(shader) + "_f64" : shader; }
 
     void check_codec(int codec, bool hadamard, int head_dim) const {
         if (codec < int(KVCodec::F16) || codec > int(KVCodec::Q4))

@@ -258,11 +258,11 @@ Device::Device(std::shared_ptr<Instance> inst, const PhysicalDevice &pd) : inst_
         max_range_ = std::min<VkDeviceSize>(max_range_, VkDeviceSize(std::atoll(cap)));
     max_range_ &= ~VkDeviceSize(255);
     const VkPhysicalDeviceLimits &l = pd.props.limits;
-    if (l.maxPerStageDescriptorStorageBuffers < 8 || l.maxComputeWorkGroupInvocations < 128 ||
+    if (l.maxPerStageDescriptorStorageBuffers < 10 || l.maxComputeWorkGroupInvocations < 128 ||
         l.maxComputeSharedMemorySize < 16384 || max_range_ < 4 * offset_align_) {
         fn_.vkDestroyDevice(dev_, nullptr);
         dev_ = VK_NULL_HANDLE;
-        fail(KVFIT_E_UNSUPPORTED, "Vulkan device %s lacks what kvfit's shaders need (8 storage buffers per stage, "
+        fail(KVFIT_E_UNSUPPORTED, "Vulkan device %s lacks what kvfit's shaders need (10 storage buffers per stage, "
              "128 invocations and 16 KiB of shared memory per workgroup)", pd.name.c_str());
     }
 }
@@ -395,9 +395,9 @@ size_t Device::bytes_after(const void *p) const {
     return rel <= e.size ? e.size - rel : 0;
 }
 
-const Pipeline &Device::pipeline(const char *shader, uint32_t n_bindings, const std::vector<uint32_t> &spec) {
+const Pipeline &Device::pipeline(const std::string &shader, uint32_t n_bindings, const std::vector<uint32_t> &spec) {
     std::lock_guard<std::mutex> lock(pipe_mutex_);
-    auto key = std::make_pair(std::string(shader), spec);
+    auto key = std::make_pair(shader, spec);
     auto it = pipelines_.find(key);
     if (it != pipelines_.end()) return *it->second;
 
@@ -427,8 +427,8 @@ const Pipeline &Device::pipeline(const char *shader, uint32_t n_bindings, const 
     VkShaderModule &mod = modules_[shader];
     if (!mod) {
         const ShaderCode *code = kShaders;
-        while (code->name && std::strcmp(code->name, shader)) code++;
-        if (!code->name) fail(KVFIT_E_INTERNAL, "Vulkan: no shader named %s", shader);
+        while (code->name && shader != code->name) code++;
+        if (!code->name) fail(KVFIT_E_INTERNAL, "Vulkan: no shader named %s", shader.c_str());
         VkShaderModuleCreateInfo mi{};
         mi.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
         mi.codeSize = code->n_words * 4;

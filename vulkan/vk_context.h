@@ -166,7 +166,7 @@ public:
 
     // The pipeline of a shader variant with these specialization constants
     // (ids 0, 1, ...; 0 is the workgroup size); created on first use.
-    const Pipeline &pipeline(const char *shader, uint32_t n_bindings, const std::vector<uint32_t> &spec);
+    const Pipeline &pipeline(const std::string &shader, uint32_t n_bindings, const std::vector<uint32_t> &spec);
 
     // Queue submission is serialised across the streams sharing the queue.
     VkResult submit(const VkSubmitInfo &info, VkFence fence);

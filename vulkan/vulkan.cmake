@@ -28,6 +28,7 @@ if(KVFIT_WITH_VULKAN)
   set(vk_variants
     "get_rows|get_rows.comp|"
     "quantize|quantize.comp|"
+    "quantize_f64|quantize.comp|-DUSE_FP64"
     "rmsnorm|rmsnorm.comp|"
     "rmsnorm_f64|rmsnorm.comp|-DUSE_FP64"
     "matmul_q|matmul_q.comp|"
@@ -35,6 +36,9 @@ if(KVFIT_WITH_VULKAN)
     "matmul_f|matmul_f.comp|"
     "matmul_f_sg|matmul_f.comp|-DUSE_SUBGROUP"
     "kv_encode|kv_encode.comp|"
+    "kv_encode_f64|kv_encode.comp|-DUSE_FP64"
+    "kv_channels|kv_channels.comp|"
+    "kv_channels_f64|kv_channels.comp|-DUSE_FP64"
     "attention|attention.comp|"
     "attention_merge|attention_merge.comp|"
     "swiglu|swiglu.comp|"

@@ -14,6 +14,11 @@
 // keys, and each writes its rows' running maximum, sum and unnormalised
 // output to o (the partials buffer) for attention_merge.comp.
 //
+// With CHANNEL (KVFIT_KV_Q4_CHANNEL) keys are F16 rows in the staged rows,
+// the sinks (ks) and the block being filled (kr, from relative position
+// rel_res0 on), and Q4 groups per channel in the window's packed blocks (kc,
+// block (ring slot / 32), token ring slot % 32); values are rows as usual.
+//
 // Positions relative to the batch's first query p0 (stream positions can
 // exceed 32 bits, these cannot): query i sees sinks 0 .. min(S, p0+i+1) - 1
 // and window tokens p0 + d for d in [rel_wb(i), i], rel_wb(i) = max(rel_S,
@@ -33,6 +38,7 @@ layout(constant_id = 3) const uint CODEC = 1;
 layout(constant_id = 4) const bool HADAMARD = false;
 layout(constant_id = 5) const bool NEOX = false;
 layout(constant_id = 6) const uint QB = 1;
+layout(constant_id = 7) const bool CHANNEL = false;
 const uint R = QB * GROUP;
 const uint DPT = (HD + WG - 1) / WG;  // output dimensions per invocation
 
@@ -44,6 +50,8 @@ layout(std430, binding = 4) readonly buffer KN { uint kn[]; };
 layout(std430, binding = 5) readonly buffer VN { uint vn[]; };
 layout(std430, binding = 6) readonly buffer CS { float cs[]; };
 layout(std430, binding = 7) readonly buffer SG { float signs[]; };
+layout(std430, binding = 8) readonly buffer KS { uint ks[]; };  // CHANNEL: sink keys
+layout(std430, binding = 9) readonly buffer KR { uint kr[]; };  // CHANNEL: the block being filled
 
 layout(push_constant) uniform P {
     uint q_off, o_off, cs_off, signs_off;  // floats
@@ -53,6 +61,9 @@ layout(push_constant) uniform P {
     uint p0mod, row_bytes, head_bytes, n_dims;
     float scale;
     uint n_q, n_split;
+    uint k_row_bytes, k_head_bytes;  // key rows as staged (F16 with CHANNEL)
+    uint ks_off, kr_off, k_block_bytes, k_block_head_bytes;  // CHANNEL: bytes
+    int rel_res0;  // CHANNEL: the first position in the block being filled, relative to p0
 } p;
 
 shared float qs[R * HD];  // rows' queries rotated for the sinks
@@ -143,13 +154,29 @@ void main() {
                 row = fresh ? uint(d) : S + uint(slot);
                 pos = uint(int(S) + d - p.rel_wfirst);
             }
-            const uint koff = (fresh ? p.kn_off : p.k_off) + row * p.row_bytes + head;
             vrow[t] = (fresh ? p.vn_off : p.v_off) + row * p.row_bytes + head;
             vfresh[t] = fresh;
             float kk[HD];
-            for (uint e = 0; e < HD; e++) {
-                if (fresh) DECODE_KV(kn, CODEC, koff, e, kk[e])
-                else DECODE_KV(kc, CODEC, koff, e, kk[e])
+            const uint khead = g * p.k_head_bytes;
+            if (fresh) {
+                const uint koff = p.kn_off + row * p.k_row_bytes + khead;
+                for (uint e = 0; e < HD; e++) DECODE_KV(kn, (CHANNEL ? KV_F16 : CODEC), koff, e, kk[e])
+            } else if (!CHANNEL) {
+                const uint koff = p.k_off + row * p.row_bytes + head;
+                for (uint e = 0; e < HD; e++) DECODE_KV(kc, CODEC, koff, e, kk[e])
+            } else if (sink) {
+                const uint koff = p.ks_off + idx * p.k_row_bytes + khead;
+                for (uint e = 0; e < HD; e++) DECODE_KV(ks, KV_F16, koff, e, kk[e])
+            } else {
+                const uint ring = row - S, o = ring % 32u;
+                if (d >= p.rel_res0) {
+                    const uint koff = p.kr_off + o * p.k_row_bytes + khead;
+                    for (uint e = 0; e < HD; e++) DECODE_KV(kr, KV_F16, koff, e, kk[e])
+                } else {
+                    // channel e of this token: element o of the block's group e
+                    const uint boff = p.k_off + (ring / 32u) * p.k_block_bytes + g * p.k_block_head_bytes;
+                    for (uint e = 0; e < HD; e++) DECODE_KV(kc, KV_Q4, boff + 20u * e, o, kk[e])
+                }
             }
             if (HADAMARD) {
                 // inverse rotation: diag(s) H x, stages in the CPU's order

@@ -50,6 +50,27 @@ uint float_to_half(float f) {
     return sign | ((a >> 13) & 0xffffu);
 }
 
+// a / b and sqrt(a) correctly rounded, as the CPU reference computes them in
+// float: a shader's float division and square root need not be (Vulkan
+// allows 2.5 and 3 ulp), and one ulp moves a quantization code or scale.
+// Taken through doubles where the device has them (rounding the double
+// result to float gives the correctly rounded float: 53 >= 2 * 24 + 2 bits);
+// else the float operations, which rarely differ.
+float div_rn(float a, float b) {
+#ifdef USE_FP64
+    return float(double(a) / double(b));
+#else
+    return a / b;
+#endif
+}
+float sqrt_rn(float a) {
+#ifdef USE_FP64
+    return float(sqrt(double(a)));
+#else
+    return sqrt(a);
+#endif
+}
+
 float bf16_to_float(uint h) { return uintBitsToFloat(h << 16); }
 
 uint float_to_bf16(float f) {

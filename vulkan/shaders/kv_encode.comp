@@ -1,14 +1,13 @@
 #version 450
 // KV codecs (src/kv/codec.h): one workgroup encodes one head row of head_dim
 // values, optionally Hadamard-rotating it first (then written back to x, as
-// the CPU does). Encoded rows are not 4-byte aligned, so bytes go out through
-// store_bytes(): whole words plainly, words shared with a neighbouring row
-// with atomics.
+// the CPU does).
 #include "common.glsl"
 
 layout(std430, binding = 0) buffer X { float x[]; };
 layout(std430, binding = 1) buffer D { uint dst[]; };
 layout(std430, binding = 2) readonly buffer S { float signs[]; };  // scaled signs of the rotation
+#include "kv_store.glsl"
 
 layout(push_constant) uniform P {
     uint codec;  // 1 F16, 2 Q8, 3 Q4
@@ -18,53 +17,6 @@ layout(push_constant) uniform P {
 } p;
 
 shared float v[512];
-
-void store_bytes(uint off, uint n, uint bytes[36]) {
-    for (uint wd = off >> 2; wd <= (off + n - 1u) >> 2; wd++) {
-        uint val = 0u, mask = 0u;
-        for (uint e = 0; e < 4u; e++) {
-            const uint bo = 4u * wd + e;
-            if (bo >= off && bo < off + n) {
-                val |= bytes[bo - off] << (8u * e);
-                mask |= 0xffu << (8u * e);
-            }
-        }
-        if (mask == 0xffffffffu) {
-            dst[wd] = val;
-        } else {
-            atomicAnd(dst[wd], ~mask);
-            atomicOr(dst[wd], val);
-        }
-    }
-}
-
-// Smallest half >= v (v >= 0), capped at 65504: scales round up.
-uint half_up(float f) {
-    if (!(f > 0.0)) return 0u;
-    if (f >= 65504.0) return 0x7bffu;
-    uint h = float_to_half(f);
-    if (half_to_float(h) < f) h++;
-    return h;
-}
-
-// Largest half <= v, clamped to +-65504: minima round down.
-uint half_down(float f) {
-    if (f >= 65504.0) return 0x7bffu;
-    if (f <= -65504.0) return 0xfbffu;
-    uint h = float_to_half(f);
-    if (half_to_float(h) > f) {
-        if ((h & 0x7fffu) == 0u) h = 0x8001u;
-        else if ((h & 0x8000u) != 0u) h++;
-        else h--;
-    }
-    return h;
-}
-
-int round_clamp(float f, float lo, float hi) {
-    if (!(f < hi)) f = hi;
-    if (f < lo) f = lo;
-    return int(roundEven(f));
-}
 
 void main() {
     const uint r = gl_WorkGroupID.y * p.gx + gl_WorkGroupID.x;
@@ -111,35 +63,17 @@ void main() {
         if (p.codec == 2u) {
             float amax = 0.0;
             for (uint i = 0; i < 32u; i++) amax = max(amax, abs(v[o + i]));
-            const uint dh = half_up(amax / 127.0);
+            const uint dh = half_up(div_rn(amax, 127.0));
             const float d = half_to_float(dh);
             bytes[0] = dh & 0xffu;
             bytes[1] = dh >> 8;
             for (uint i = 0; i < 32u; i++)
-                bytes[2u + i] = uint(d > 0.0 ? round_clamp(v[o + i] / d, -127.0, 127.0) : 0) & 0xffu;
+                bytes[2u + i] = uint(d > 0.0 ? round_clamp(div_rn(v[o + i], d), -127.0, 127.0) : 0) & 0xffu;
             store_bytes(base + 34u * g, 34u, bytes);
         } else {
-            float mn = v[o], mx = v[o];
-            for (uint i = 1; i < 32u; i++) {
-                mn = min(mn, v[o + i]);
-                mx = max(mx, v[o + i]);
-            }
-            const uint mh = half_down(mn);
-            const float m = half_to_float(mh);
-            precise float range = mx - m;
-            const uint dh = half_up(range / 15.0);
-            const float d = half_to_float(dh);
-            bytes[0] = dh & 0xffu;
-            bytes[1] = dh >> 8;
-            bytes[2] = mh & 0xffu;
-            bytes[3] = mh >> 8;
-            uint q[32];
-            for (uint i = 0; i < 32u; i++) {
-                precise float c = v[o + i] - m;
-                q[i] = d > 0.0 ? uint(round_clamp(c / d, 0.0, 15.0)) : 0u;
-            }
-            for (uint j = 0; j < 16u; j++) bytes[4u + j] = q[j] | (q[j + 16u] << 4);
-            store_bytes(base + 20u * g, 20u, bytes);
+            float grp[32];
+            for (uint i = 0; i < 32u; i++) grp[i] = v[o + i];
+            encode_q4_group(grp, base + 20u * g);
         }
     }
 }

@@ -33,8 +33,8 @@ void main() {
     if (i >= nb) return;
     float amax = 0.0;
     for (uint j = 0; j < 32u; j++) amax = max(amax, abs(x[xb + 32u * i + j]));
-    const float d = amax / 127.0;
-    const float id = amax != 0.0 ? 127.0 / amax : 0.0;
+    const float d = div_rn(amax, 127.0);
+    const float id = amax != 0.0 ? div_rn(127.0, amax) : 0.0;
     int sum = 0;
     for (uint k = 0; k < 8u; k++) {
         uint word = 0u;

@@ -36,7 +36,8 @@ void main() {
         barrier();
     }
     const float mean = float(part[0] / ACC(p.d));
-    precise float scale = 1.0 / sqrt(mean + p.eps);
+    precise float me = mean + p.eps;
+    const float scale = div_rn(1.0, sqrt_rn(me));
     for (uint i = t; i < p.d; i += WG) {
         precise float v = x[xb + i] * scale;
         precise float r = v * g[p.g_off + i];
