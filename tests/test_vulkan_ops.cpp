@@ -284,12 +284,60 @@ std::vector<float> rope_table(int n_dims, int count, float base) {
     return cs;
 }
 
+// A cache's buffers, the same bytes on both streams (k_sink, k_res: channel keys only).
+struct CacheBuffers {
+    Pair k, v, k_new, v_new, k_sink, k_res;
+};
+
+// One attention over the cache on both backends, random queries, compared.
+void attend_both(Stream &cs, Stream &vs, const CacheAttention &a, const CacheBuffers &b, uint32_t seed, const char *what) {
+    const int positions = a.streaming ? int(a.n_sink + 2 * a.n_window) : int(a.n_window);
+    Pair rc = pair_of(cs, vs, rope_table(a.rope.n_dims, positions, 10000.0f));
+    std::vector<float> q = random_floats(size_t(a.n_q * a.n_head * a.head_dim), seed);
+    Pair pq = pair_of(cs, vs, q), po = pair_of(cs, vs, nullptr, q.size() * 4);
+    for (int side = 0; side < 2; side++) {
+        auto on = [&](const Pair &p) { return static_cast<uint8_t *>(side ? p.v : p.c); };
+        CacheAttention x = a;
+        x.k = on(b.k);
+        x.v = on(b.v);
+        x.k_new = on(b.k_new);
+        x.v_new = on(b.v_new);
+        x.k_sink = on(b.k_sink);
+        x.k_res = on(b.k_res);
+        x.rope_cs = reinterpret_cast<float *>(on(rc));
+        (side ? vs : cs).cache_attention(x, reinterpret_cast<float *>(on(pq)), reinterpret_cast<float *>(on(po)));
+    }
+    expect_close(what, fetch<float>(vs, po.v, q.size()), fetch<float>(cs, po.c, q.size()), 2e-5);
+}
+
 struct AttnCase {
     bool streaming;
     uint32_t S, W;
     uint64_t pos0;
     int n_q;
 };
+
+// Six query heads over two KV heads of 64 values, RoPE on every pair.
+constexpr int kHeads = 6, kHeadsKv = 2, kHeadDim = 64;
+
+CacheAttention attention_of(const AttnCase &ac, KVCodec c, bool hadamard) {
+    CacheAttention a;
+    a.n_q = ac.n_q;
+    a.n_head = kHeads;
+    a.n_head_kv = kHeadsKv;
+    a.head_dim = kHeadDim;
+    a.pos0 = ac.pos0;
+    a.n_sink = ac.S;
+    a.n_window = ac.W;
+    a.streaming = ac.streaming;
+    a.codec = int(c);
+    a.hadamard = hadamard;
+    a.head_bytes = codec_row_bytes(c, kHeadDim);
+    a.row_bytes = a.head_bytes * kHeadsKv;
+    a.rope.n_dims = kHeadDim;
+    a.scale = 1.0f / std::sqrt(float(kHeadDim));
+    return a;
+}
 
 void test_attention(void **) {
     const AttnCase cases[] = {
@@ -306,29 +354,18 @@ void test_attention(void **) {
         {true, 4, 600, 5000, 2},         // ... with sinks, a wrapped ring and two queries
     };
     each_backend([&](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
-        const int n_head = 6, n_head_kv = 2, hd = 64;
+        const int n_head_kv = kHeadsKv, hd = kHeadDim;
         int seed = 1;
         for (const AttnCase &ac : cases) {
             for (int variant = 0; variant < 5; variant++) {
                 // F16, Q8, Q4, Q4 + Hadamard keys; then F16 with partial NeoX rotation
                 const KVCodec c = variant == 1 ? KVCodec::Q8 : variant == 2 || variant == 3 ? KVCodec::Q4 : KVCodec::F16;
                 const bool had = variant == 3;
-                CacheAttention a;
-                a.n_q = ac.n_q;
-                a.n_head = n_head;
-                a.n_head_kv = n_head_kv;
-                a.head_dim = hd;
-                a.pos0 = ac.pos0;
-                a.n_sink = ac.S;
-                a.n_window = ac.W;
-                a.streaming = ac.streaming;
-                a.codec = int(c);
-                a.hadamard = had;
-                a.head_bytes = codec_row_bytes(c, hd);
-                a.row_bytes = a.head_bytes * n_head_kv;
-                a.rope.n_dims = variant == 4 ? 32 : hd;
-                a.rope.mode = variant == 4 ? RopeMode::Neox : RopeMode::Norm;
-                a.scale = 1.0f / std::sqrt(float(hd));
+                CacheAttention a = attention_of(ac, c, had);
+                if (variant == 4) {
+                    a.rope.n_dims = 32;
+                    a.rope.mode = RopeMode::Neox;
+                }
                 const int slots = int(ac.S + ac.W);
                 // Encoded cache rows and staged rows, the same bytes on both sides.
                 auto encoded = [&](int rows, bool keys) {
@@ -340,25 +377,16 @@ void test_attention(void **) {
                     }
                     return out;
                 };
-                Pair k = pair_of(cs, vs, encoded(slots, true)), v = pair_of(cs, vs, encoded(slots, false));
-                Pair kn = pair_of(cs, vs, encoded(ac.n_q, true)), vn = pair_of(cs, vs, encoded(ac.n_q, false));
-                const int positions = ac.streaming ? int(ac.S + 2 * ac.W) : int(ac.W);
-                Pair rc = pair_of(cs, vs, rope_table(a.rope.n_dims, positions, 10000.0f));
-                std::vector<float> q = random_floats(size_t(ac.n_q * n_head * hd), uint32_t(seed++));
-                Pair pq = pair_of(cs, vs, q), po = pair_of(cs, vs, nullptr, q.size() * 4);
-                CacheAttention ac_c = a, ac_v = a;
-                ac_c.k = static_cast<uint8_t *>(k.c), ac_v.k = static_cast<uint8_t *>(k.v);
-                ac_c.v = static_cast<uint8_t *>(v.c), ac_v.v = static_cast<uint8_t *>(v.v);
-                ac_c.k_new = static_cast<uint8_t *>(kn.c), ac_v.k_new = static_cast<uint8_t *>(kn.v);
-                ac_c.v_new = static_cast<uint8_t *>(vn.c), ac_v.v_new = static_cast<uint8_t *>(vn.v);
-                ac_c.rope_cs = static_cast<float *>(rc.c), ac_v.rope_cs = static_cast<float *>(rc.v);
-                cs.cache_attention(ac_c, static_cast<float *>(pq.c), static_cast<float *>(po.c));
-                vs.cache_attention(ac_v, static_cast<float *>(pq.v), static_cast<float *>(po.v));
+                CacheBuffers b;
+                b.k = pair_of(cs, vs, encoded(slots, true));
+                b.v = pair_of(cs, vs, encoded(slots, false));
+                b.k_new = pair_of(cs, vs, encoded(ac.n_q, true));
+                b.v_new = pair_of(cs, vs, encoded(ac.n_q, false));
                 char what[160];
                 std::snprintf(what, sizeof what, "%s attention %s S=%u W=%u pos0=%llu n_q=%d %s%s%s", label,
                               ac.streaming ? "streaming" : "dense", ac.S, ac.W, (unsigned long long)ac.pos0, ac.n_q,
                               codec_name(c), had ? "+H" : "", variant == 4 ? " neox/32" : "");
-                expect_close(what, fetch<float>(vs, po.v, q.size()), fetch<float>(cs, po.c, q.size()), 2e-5);
+                attend_both(cs, vs, a, b, uint32_t(seed++), what);
             }
         }
     });
@@ -376,7 +404,7 @@ void test_channel_keys(void **) {
         {true, 4, 640, 5000, 2},         // many keys: split and merged
     };
     each_backend([&](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
-        const int n_head = 6, n_head_kv = 2, hd = 64, width = n_head_kv * hd;
+        const int n_head_kv = kHeadsKv, hd = kHeadDim, width = n_head_kv * hd;
         // packing
         std::vector<float> f = random_floats(size_t(32 * width), 77);
         std::vector<uint8_t> rows(size_t(32 * width) * 2);
@@ -389,22 +417,9 @@ void test_channel_keys(void **) {
                       fetch<uint8_t>(vs, pb.v, block));
         int seed = 100;
         for (const AttnCase &ac : cases) {
-            CacheAttention a;
-            a.n_q = ac.n_q;
-            a.n_head = n_head;
-            a.n_head_kv = n_head_kv;
-            a.head_dim = hd;
-            a.pos0 = ac.pos0;
-            a.n_sink = ac.S;
-            a.n_window = ac.W;
-            a.streaming = ac.streaming;
-            a.codec = int(KVCodec::Q4);
-            a.head_bytes = codec_row_bytes(KVCodec::Q4, hd);
-            a.row_bytes = a.head_bytes * n_head_kv;
+            CacheAttention a = attention_of(ac, KVCodec::Q4, false);
             a.channel_keys = true;
             a.k_block_bytes = block;
-            a.rope.n_dims = hd;
-            a.scale = 0.125f;
             // every stored row encoded from random floats
             auto f16_rows = [&](int n) {
                 std::vector<float> v = random_floats(size_t(n * width), uint32_t(seed++));
@@ -426,27 +441,17 @@ void test_channel_keys(void **) {
                     channel_block_encode(v.data() + size_t(g) * hd, size_t(width),
                                          blocks.data() + b * block + size_t(g) * channel_block_bytes(hd), hd);
             }
-            Pair k = pair_of(cs, vs, blocks), v = pair_of(cs, vs, q4_rows(int(ac.S + ac.W)));
-            Pair ks = pair_of(cs, vs, ac.S ? f16_rows(int(ac.S)) : f16_rows(1)), kr = pair_of(cs, vs, f16_rows(32));
-            Pair kn = pair_of(cs, vs, f16_rows(ac.n_q)), vn = pair_of(cs, vs, q4_rows(ac.n_q));
-            const int positions = ac.streaming ? int(ac.S + 2 * ac.W) : int(ac.W);
-            Pair rc = pair_of(cs, vs, rope_table(hd, positions, 10000.0f));
-            std::vector<float> q = random_floats(size_t(ac.n_q * n_head * hd), uint32_t(seed++));
-            Pair pq = pair_of(cs, vs, q), po = pair_of(cs, vs, nullptr, q.size() * 4);
-            CacheAttention ac_c = a, ac_v = a;
-            ac_c.k = static_cast<uint8_t *>(k.c), ac_v.k = static_cast<uint8_t *>(k.v);
-            ac_c.v = static_cast<uint8_t *>(v.c), ac_v.v = static_cast<uint8_t *>(v.v);
-            ac_c.k_sink = static_cast<uint8_t *>(ks.c), ac_v.k_sink = static_cast<uint8_t *>(ks.v);
-            ac_c.k_res = static_cast<uint8_t *>(kr.c), ac_v.k_res = static_cast<uint8_t *>(kr.v);
-            ac_c.k_new = static_cast<uint8_t *>(kn.c), ac_v.k_new = static_cast<uint8_t *>(kn.v);
-            ac_c.v_new = static_cast<uint8_t *>(vn.c), ac_v.v_new = static_cast<uint8_t *>(vn.v);
-            ac_c.rope_cs = static_cast<float *>(rc.c), ac_v.rope_cs = static_cast<float *>(rc.v);
-            cs.cache_attention(ac_c, static_cast<float *>(pq.c), static_cast<float *>(po.c));
-            vs.cache_attention(ac_v, static_cast<float *>(pq.v), static_cast<float *>(po.v));
+            CacheBuffers b;
+            b.k = pair_of(cs, vs, blocks);
+            b.v = pair_of(cs, vs, q4_rows(int(ac.S + ac.W)));
+            b.k_sink = pair_of(cs, vs, f16_rows(std::max<int>(1, int(ac.S))));
+            b.k_res = pair_of(cs, vs, f16_rows(32));
+            b.k_new = pair_of(cs, vs, f16_rows(ac.n_q));
+            b.v_new = pair_of(cs, vs, q4_rows(ac.n_q));
             char what[160];
             std::snprintf(what, sizeof what, "%s channel-key attention %s S=%u W=%u pos0=%llu n_q=%d", label,
                           ac.streaming ? "streaming" : "dense", ac.S, ac.W, (unsigned long long)ac.pos0, ac.n_q);
-            expect_close(what, fetch<float>(vs, po.v, q.size()), fetch<float>(cs, po.c, q.size()), 2e-5);
+            attend_both(cs, vs, a, b, uint32_t(seed++), what);
         }
     });
 }

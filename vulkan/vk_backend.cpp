@@ -66,30 +66,19 @@ void repack_row(uint32_t type, const uint8_t *src, uint8_t *dst, int64_t n, size
         case TYPE_F16:
         case TYPE_BF16: std::memcpy(dst, src, size_t(n) * 2); return;
         case TYPE_Q8_0:
-            for (int64_t b = 0; b < nb; b++) {
-                BlockQ8_0 blk;
-                std::memcpy(&blk, src + size_t(b) * sizeof blk, sizeof blk);
-                std::memcpy(dst + b * QK, blk.qs, QK);
-                std::memcpy(dst + n + 2 * b, &blk.d, 2);
-            }
-            return;
         case TYPE_Q4_0:
+        case TYPE_Q4_1: {
+            // A GGUF block is its scale(s) then its codes: the codes of all
+            // blocks go first, then the blocks' scale bytes as they are.
+            const size_t block = type_info(type)->block_bytes, codes = type == TYPE_Q8_0 ? QK : QK / 2;
+            const size_t head = block - codes;
             for (int64_t b = 0; b < nb; b++) {
-                BlockQ4_0 blk;
-                std::memcpy(&blk, src + size_t(b) * sizeof blk, sizeof blk);
-                std::memcpy(dst + b * QK / 2, blk.qs, QK / 2);
-                std::memcpy(dst + n / 2 + 2 * b, &blk.d, 2);
+                const uint8_t *blk = src + size_t(b) * block;
+                std::memcpy(dst + size_t(b) * codes, blk + head, codes);
+                std::memcpy(dst + size_t(nb) * codes + size_t(b) * head, blk, head);
             }
             return;
-        case TYPE_Q4_1:
-            for (int64_t b = 0; b < nb; b++) {
-                BlockQ4_1 blk;
-                std::memcpy(&blk, src + size_t(b) * sizeof blk, sizeof blk);
-                std::memcpy(dst + b * QK / 2, blk.qs, QK / 2);
-                std::memcpy(dst + n / 2 + 4 * b, &blk.d, 2);
-                std::memcpy(dst + n / 2 + 4 * b + 2, &blk.m, 2);
-            }
-            return;
+        }
         default: fail(KVFIT_E_INTERNAL, "repack of weight type %u", type);
     }
 }
