@@ -22,6 +22,8 @@
  * (the CPU's scalar kernels reach 1.85 by the same measure), and must be the
  * CPU's top token at half the steps or more (the scalar kernels: 10 of 16).
  *
+ * Also: session state saved from the device continues exactly when loaded.
+ *
  * Lavapipe on a small CI machine is slow, so this takes five prompts for the
  * dense sessions, one for the budgeted ones, and N_GEN tokens per case. The
  * Vulkan validation layer runs (when installed) and must report no error.
@@ -271,10 +273,45 @@ static void test_budgeted_codecs(void **state) {
     assert_int_equal(g_validation_errors, 0);
 }
 
+/* Session state saved from the device and loaded into another session
+ * continues exactly (the state is larger than the transfer staging buffers). */
+static void test_state_roundtrip(void **state) {
+    (void)state;
+    skip_if_needed();
+    kvfit_session_params sp;
+    kvfit_session_params_init(&sp);
+    sp.n_ctx = 512;
+    kvfit_session *a, *b;
+    assert_int_equal(kvfit_session_create(g_vk, &sp, &a), KVFIT_OK);
+    assert_int_equal(kvfit_session_create(g_vk, &sp, &b), KVFIT_OK);
+    assert_int_equal(kvfit_session_prefill(a, g_cases[0].ids, g_cases[0].n), KVFIT_OK);
+    size_t size = 0, written = 0;
+    assert_int_equal(kvfit_session_state_size(a, &size), KVFIT_OK);
+    assert_true(size > (8u << 20));
+    char *buf = malloc(size);
+    assert_int_equal(kvfit_session_save(a, buf, size, &written), KVFIT_OK);
+    assert_int_equal(kvfit_session_load(b, buf, written), KVFIT_OK);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(kvfit_session_decode(a, g_cases[0].cont[i]), KVFIT_OK);
+        assert_int_equal(kvfit_session_decode(b, g_cases[0].cont[i]), KVFIT_OK);
+        const float *la, *lb;
+        size_t na, nb;
+        assert_int_equal(kvfit_session_logits(a, &la, &na), KVFIT_OK);
+        assert_int_equal(kvfit_session_logits(b, &lb, &nb), KVFIT_OK);
+        assert_int_equal(na, nb);
+        assert_memory_equal(la, lb, na * sizeof *la);
+    }
+    free(buf);
+    kvfit_session_free(a);
+    kvfit_session_free(b);
+    assert_int_equal(g_validation_errors, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_dense),
         cmocka_unit_test(test_budgeted_codecs),
+        cmocka_unit_test(test_state_roundtrip),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

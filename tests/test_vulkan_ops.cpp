@@ -16,6 +16,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "backend/backend.h"
@@ -516,6 +517,38 @@ void test_transfers(void **) {
     });
 }
 
+// Sessions share a model's backend from several threads: streams used at
+// the same time give the same results as one after the other.
+void test_concurrent_streams(void **) {
+    each_backend([](Backend &, Backend &vb, Stream &, Stream &, const char *label) {
+        HostWeight hw = make_weight(TYPE_Q4_1, 300, 256, 5);
+        const Weight w = vb.upload_weight(hw.t);
+        const int n = 9, rounds = 20;
+        std::vector<float> x = random_floats(size_t(n * 256), 6);
+        auto work = [&](std::vector<float> *out) {
+            auto s = vb.create_stream(1, kMaxTokens, kMaxCols, kMaxKv);
+            float *dx = static_cast<float *>(s->alloc(x.size() * 4)), *dy = static_cast<float *>(s->alloc(size_t(n) * 300 * 4));
+            s->upload(dx, x.data(), x.size() * 4);
+            out->resize(size_t(n) * 300);
+            for (int r = 0; r < rounds; r++) {
+                s->matmul(w, dx, n, dy);
+                s->swiglu(dy, dy, size_t(n) * 300, dy);
+                s->download(out->data(), dy, out->size() * 4);
+                s->synchronize();
+            }
+        };
+        std::vector<float> alone, a, b;
+        work(&alone);
+        std::thread t1(work, &a), t2(work, &b);
+        t1.join();
+        t2.join();
+        if (a != alone || b != alone) {
+            std::printf("%s: streams running at the same time gave other results\n", label);
+            fail();
+        }
+    });
+}
+
 void test_errors(void **) {
     each_backend([](Backend &, Backend &, Stream &, Stream &vs, const char *) {
         float *x = static_cast<float *>(vs.alloc(64 * 4));
@@ -610,7 +643,7 @@ int main() {
         cmocka_unit_test(test_matmul),   cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
         cmocka_unit_test(test_channel_keys),
         cmocka_unit_test(test_elementwise), cmocka_unit_test(test_argmax),   cmocka_unit_test(test_transfers),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_concurrent_streams), cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
