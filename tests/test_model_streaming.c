@@ -145,13 +145,19 @@ static void test_planner_ladder(void **state) {
     assert_int_equal(lp.codec, KVFIT_KV_Q4_CHANNEL);
     assert_true(lp.n_window == 1024 && total <= (8ull << 20));
     kvfit_session_free(s);
-    /* very tight: per-channel keys would leave under 128 tokens of window, so
-       the per-token 4-bit layout with the longer window */
-    s = open_session(g_smol, 1ull << 20, -1, 0, KVFIT_KV_AUTO, 8192, 0);
-    assert_int_equal(kvfit_session_plan(s, &lp, 1, &n, &total), KVFIT_OK);
-    assert_int_equal(lp.codec, KVFIT_KV_Q4_HADAMARD);
-    assert_true(lp.n_window == 132 && total <= (1ull << 20));
-    kvfit_session_free(s);
+    /* very tight: per-token 4-bit keys give a window at least 1.5x as long as
+       per-channel keys (whose F16 sinks and newest block cost a fixed amount):
+       the longer window wins (132 vs 64 at 1 MiB, 200 vs 128 at 1.5 MiB) */
+    const uint64_t tight[] = {1ull << 20, 3ull << 19, 2ull << 20};
+    const uint32_t want_window[] = {132, 200, 192};
+    for (int i = 0; i < 3; i++) {
+        s = open_session(g_smol, tight[i], -1, 0, KVFIT_KV_AUTO, 8192, 0);
+        assert_int_equal(kvfit_session_plan(s, &lp, 1, &n, &total), KVFIT_OK);
+        assert_int_equal(lp.codec, i < 2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4_CHANNEL);
+        assert_int_equal(lp.n_window, want_window[i]);
+        assert_true(total <= tight[i]);
+        kvfit_session_free(s);
+    }
     /* in between: Q8 covers 2048 where F16 cannot (F16 needs about 47 MB, Q8 about 26 MB) */
     s = open_session(g_smol, 32ull << 20, -1, 0, KVFIT_KV_AUTO, 2048, 0);
     assert_int_equal(kvfit_session_plan(s, &lp, 1, &n, &total), KVFIT_OK);

@@ -25,11 +25,6 @@ uint64_t rope_table_bytes(const KVShape &shape, uint32_t positions) {
     return uint64_t(positions) * uint64_t(shape.rope_dims / 2) * 2 * sizeof(float);
 }
 
-// Below this window the planner prefers the 4-bit layout with the longest
-// window over per-channel keys, whose F16 sink keys and residual block eat
-// into small budgets (docs/BENCHMARKS.md, the budget table: at 1 MiB q4h's
-// 132 tokens beat q4c's 64; at 2 MiB q4c's 192 beat q4h's 268).
-constexpr uint32_t kChannelMinWindow = 128;
 
 // How a public codec lays out a layer (codec, sinks and window not set).
 LayerPlan layout_of(kvfit_kv_codec c) {
@@ -135,9 +130,14 @@ KVPlan plan_kv(const KVShape &shape, const kvfit_session_params &p, uint32_t n_c
                     lp = fit(c);
                     if (covers(lp)) break;
                 }
-                if (lp.channel_keys && !covers(lp) && lp.n_window < kChannelMinWindow) {
+                // Per-channel keys keep their sinks' keys and newest block in F16,
+                // which eats into small budgets; a short window gains more from
+                // length than per-channel keys save. Measured crossover (SmolLM2,
+                // docs/BENCHMARKS.md, the budget table): q4h's window 1.56x q4c's
+                // won by 0.6 %, 1.40x lost by 1.1 %; hence per-token keys from 1.5x.
+                if (lp.channel_keys && !covers(lp)) {
                     const LayerPlan per_token = fit(pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4);
-                    if (per_token.n_window >= lp.n_window) lp = per_token;  // ties: the cheaper minimum
+                    if (2 * uint64_t(per_token.n_window) >= 3 * uint64_t(lp.n_window)) lp = per_token;
                 }
             }
             // Nothing covered the target: the last codec tried, with its longest window.
