@@ -612,6 +612,7 @@ int setup(void **) {
             setenv("KVFIT_VULKAN_NO_SUBGROUP", "1", 1);
             setenv("KVFIT_VULKAN_NO_FP64", "1", 1);
             setenv("KVFIT_VULKAN_MAX_RANGE", "1048576", 1);  // the large F32 weights below are bound in pieces
+            setenv("KVFIT_VULKAN_NO_UMA", "1", 1);            // weights go through staging, as on a discrete GPU
         }
         try {
             g->vk.emplace_back(label, create_backend(KVFIT_BACKEND_VULKAN));
@@ -622,9 +623,10 @@ int setup(void **) {
         unsetenv("KVFIT_VULKAN_NO_SUBGROUP");
         unsetenv("KVFIT_VULKAN_NO_FP64");
         unsetenv("KVFIT_VULKAN_MAX_RANGE");
+        unsetenv("KVFIT_VULKAN_NO_UMA");
     };
     make("vulkan", false);
-    if (g->skip_reason.empty()) make("vulkan (no subgroups, no fp64, 1 MiB bindings)", true);
+    if (g->skip_reason.empty()) make("vulkan (no subgroups, no fp64, 1 MiB bindings, staged weights)", true);
     return 0;
 }
 

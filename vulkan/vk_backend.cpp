@@ -213,7 +213,8 @@ private:
             fill(static_cast<uint8_t *>(a.mapped) + off, 0, n_items);
         } else {
             ensure_staging();
-            const size_t per = std::max<size_t>(1, kStagingBytes * 4 / item);
+            if (item > staging_.size) fail(KVFIT_E_UNSUPPORTED, "Vulkan: a weight row of %zu bytes is too large", item);
+            const size_t per = staging_.size / item;
             for (size_t first = 0; first < n_items; first += per) {
                 const size_t cnt = std::min(per, n_items - first);
                 fill(static_cast<uint8_t *>(staging_.mapped), first, cnt);

@@ -249,7 +249,9 @@ Device::Device(std::shared_ptr<Instance> inst, const PhysicalDevice &pd) : inst_
     use_subgroup_ = (pd.subgroup.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
                     (pd.subgroup.supportedOperations & need) == need && pd.subgroup.subgroupSize >= 4 &&
                     pd.subgroup.subgroupSize <= 64 && !env_flag("KVFIT_VULKAN_NO_SUBGROUP");
-    uma_ = pd.type == KVFIT_DEVICE_INTEGRATED_GPU || pd.type == KVFIT_DEVICE_CPU;
+    // KVFIT_VULKAN_NO_UMA makes such a device load weights through staging
+    // as a discrete GPU does (so tests on lavapipe reach that path).
+    uma_ = (pd.type == KVFIT_DEVICE_INTEGRATED_GPU || pd.type == KVFIT_DEVICE_CPU) && !env_flag("KVFIT_VULKAN_NO_UMA");
     offset_align_ = std::max<VkDeviceSize>(16, pd.props.limits.minStorageBufferOffsetAlignment);
     max_range_ = std::min<VkDeviceSize>(pd.props.limits.maxStorageBufferRange, VkDeviceSize(1) << 31);
     // KVFIT_VULKAN_MAX_RANGE caps it further, so tests reach the path that
