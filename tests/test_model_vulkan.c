@@ -211,16 +211,21 @@ static void skip_if_needed(void) {
     }
 }
 
+/* A dense 512-token session on each of two models. */
+static void dense_sessions(kvfit_model *ma, kvfit_model *mb, kvfit_session **a, kvfit_session **b) {
+    kvfit_session_params sp;
+    kvfit_session_params_init(&sp);
+    sp.n_ctx = 512;
+    assert_int_equal(kvfit_session_create(ma, &sp, a), KVFIT_OK);
+    assert_int_equal(kvfit_session_create(mb, &sp, b), KVFIT_OK);
+}
+
 static void test_greedy_dense(void **state) {
     (void)state;
     skip_if_needed();
     assert_true(g_n_cases >= N_DENSE_CASES);
-    kvfit_session_params sp;
-    kvfit_session_params_init(&sp);
-    sp.n_ctx = 512;
     kvfit_session *sc, *sv;
-    assert_int_equal(kvfit_session_create(g_cpu, &sp, &sc), KVFIT_OK);
-    assert_int_equal(kvfit_session_create(g_vk, &sp, &sv), KVFIT_OK);
+    dense_sessions(g_cpu, g_vk, &sc, &sv);
     for (size_t c = 0; c < g_n_cases && c < N_DENSE_CASES; c++) {
         assert_int_equal(kvfit_session_reset(sc), KVFIT_OK);
         assert_int_equal(kvfit_session_reset(sv), KVFIT_OK);
@@ -278,12 +283,8 @@ static void test_budgeted_codecs(void **state) {
 static void test_state_roundtrip(void **state) {
     (void)state;
     skip_if_needed();
-    kvfit_session_params sp;
-    kvfit_session_params_init(&sp);
-    sp.n_ctx = 512;
     kvfit_session *a, *b;
-    assert_int_equal(kvfit_session_create(g_vk, &sp, &a), KVFIT_OK);
-    assert_int_equal(kvfit_session_create(g_vk, &sp, &b), KVFIT_OK);
+    dense_sessions(g_vk, g_vk, &a, &b);
     assert_int_equal(kvfit_session_prefill(a, g_cases[0].ids, g_cases[0].n), KVFIT_OK);
     size_t size = 0, written = 0;
     assert_int_equal(kvfit_session_state_size(a, &size), KVFIT_OK);
