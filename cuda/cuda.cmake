@@ -61,6 +61,9 @@ if(KVFIT_WITH_CUDA)
     set_target_properties(kvfit_cuda PROPERTIES CUDA_ARCHITECTURES "${kvfit_archs}")
   endif()
   get_target_property(kvfit_cuda_archs kvfit_cuda CUDA_ARCHITECTURES)
+  # The libraries were created before CUDA was enabled, so they did not pick
+  # up an architecture list; linking CUDA objects needs one.
+  set_target_properties(kvfit kvfit_static PROPERTIES CUDA_ARCHITECTURES "${kvfit_cuda_archs}")
 
   target_compile_definitions(kvfit_core PRIVATE KVFIT_WITH_CUDA=1)
   target_sources(kvfit PRIVATE $<TARGET_OBJECTS:kvfit_cuda>)
