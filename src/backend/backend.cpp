@@ -25,6 +25,20 @@ int device_from_env() {
     return int(v);
 }
 
+#if defined(KVFIT_WITH_VULKAN)
+// Whether a GPU driver could be present: hardware Vulkan drivers on Linux
+// open a device node (a DRM render node, or NVIDIA's own). Without one only
+// CPU implementations such as lavapipe can answer, which AUTO does not use,
+// and probing them would map their whole compiler (about 50 MB resident)
+// into the process for good, as Mesa's drivers are never unloaded.
+bool gpu_device_node_present() {
+    for (const char *path : {"/dev/dri/renderD128", "/dev/dri/renderD129", "/dev/nvidia0", "/dev/nvgpu",
+                             "/dev/nvhost-ctrl-gpu", "/dev/kgsl-3d0", "/dev/mali0"})
+        if (access(path, F_OK) == 0) return true;
+    return false;
+}
+#endif
+
 }  // namespace
 
 void Stream::argmax(const float *x, int n, int32_t *out) {
@@ -71,9 +85,7 @@ std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind, int device) {
         case KVFIT_BACKEND_AUTO: {
             // GPU backends in order of preference; any failure falls through to the CPU.
 #if defined(KVFIT_WITH_CUDA)
-            bool cuda_gpu = false;
-            for (const DeviceDesc &d : list_devices()) cuda_gpu |= d.backend == KVFIT_BACKEND_CUDA;
-            if (cuda_gpu) {
+            if (!cuda_devices().empty()) {
                 try {
                     return create_cuda_backend(device);
                 } catch (const Error &e) {
@@ -83,9 +95,11 @@ std::unique_ptr<Backend> create_backend(kvfit_backend_kind kind, int device) {
 #endif
 #if defined(KVFIT_WITH_VULKAN)
             bool gpu = false;
-            for (const DeviceDesc &d : list_devices())
-                gpu |= d.backend == KVFIT_BACKEND_VULKAN &&
-                       (d.type == KVFIT_DEVICE_DISCRETE_GPU || d.type == KVFIT_DEVICE_INTEGRATED_GPU);
+            if (gpu_device_node_present())
+                for (const DeviceDesc &d : vulkan_devices())
+                    gpu |= d.type == KVFIT_DEVICE_DISCRETE_GPU || d.type == KVFIT_DEVICE_INTEGRATED_GPU;
+            else
+                log(KVFIT_LOG_DEBUG, "no GPU device node: Vulkan not probed");
             if (gpu) {
                 try {
                     return create_vulkan_backend(device, false);
