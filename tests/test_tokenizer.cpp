@@ -477,6 +477,37 @@ void test_round_trip(void **) {
     print_message("round trips on %d vocabulary files and a hand-made one\n", n);
 }
 
+// llama.cpp's detokenize drops the spaces a word-level tokenizer leaves
+// before punctuation and contractions for most byte-level BPE vocabularies
+// (the GPT-2 one here), and not for others (SmolLM2's). Expected strings are
+// llama.cpp's (llama_detokenize on the same vocabulary and ids).
+void test_bpe_clean_spaces(void **) {
+    const char *p = test_data_path("vocab/ggml-vocab-gpt-2.gguf");
+    if (!p) {
+        print_message("skipped: vocab/ggml-vocab-gpt-2.gguf not found under $KVFIT_TEST_DATA or ../shared/data\n");
+        skip();
+    }
+    const std::pair<const char *, const char *> cases[] = {
+        {"a , b . c ! d ? e ' f it 's I 'm we 're you 've x 'll y 'd",
+         "a, b. c! d? e'f it's I'm we're you've x 'll y 'd"},
+        {"x ' ' y", "x'' y"},
+        {" ' s", "'s"},
+        {"Hello , world ! ! .", "Hello, world!!."},
+        {"' s 'm", "' s'm"},
+        {"a 're", "a're"},
+    };
+    std::unique_ptr<Tokenizer> gpt2 = load(p);
+    for (const auto &c : cases) {
+        const Ids ids = gpt2->tokenize(c.first, false, false);
+        assert_string_equal(gpt2->detokenize(ids.data(), ids.size(), false).c_str(), c.second);
+    }
+    if (const char *m = test_default_model()) {  // pre-tokenizer "smollm": spaces kept
+        std::unique_ptr<Tokenizer> smol = load(m);
+        const Ids ids = smol->tokenize(cases[0].first, false, false);
+        assert_string_equal(smol->detokenize(ids.data(), ids.size(), false).c_str(), cases[0].first);
+    }
+}
+
 void test_long_text_speed(void **) {
     const char *text_path = test_data_path("text/pride_and_prejudice.txt");
     if (!text_path) {
@@ -543,6 +574,7 @@ int main(void) {
         cmocka_unit_test(test_utf8_rejection),
         cmocka_unit_test(test_utf8_stream),
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_bpe_clean_spaces),
         cmocka_unit_test(test_long_text_speed),
         cmocka_unit_test(test_concurrent),
     };

@@ -158,6 +158,15 @@ public:
         }
     }
 
+    // As llama.cpp: on for byte-level BPE except the pre-tokenizers whose
+    // loader turns it off.
+    bool clean_spaces() const override {
+        for (const char *p : {"trillion", "granite-docling", "command-r", "smollm", "qwen2", "deepseek-r1-qwen", "kormo",
+                              "f2llmv2", "hunyuan", "solar-open"})
+            if (spec_.pre == p) return false;
+        return true;
+    }
+
     std::string token_to_piece(int32_t id, bool render_special) const override {
         check_id(id);
         const int32_t type = spec_.token_types[size_t(id)];

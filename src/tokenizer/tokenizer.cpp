@@ -231,6 +231,46 @@ std::vector<int32_t> VocabTokenizer::tokenize(std::string_view text, bool add_sp
     return out;
 }
 
+namespace {
+
+// The three passes of clean_spaces(), each over the previous one's output,
+// in the order llama.cpp runs them (the order matters: " ' s" is not a
+// contraction once the second pass has joined it to "'s").
+std::string clean_tokenization_spaces(const std::string &in) {
+    std::string a;  // 1: no space before . , ! ?
+    a.reserve(in.size());
+    for (size_t i = 0; i < in.size(); i++) {
+        const char c = in[i];
+        if (i > 0 && in[i - 1] == ' ' && !a.empty() && (c == '.' || c == ',' || c == '!' || c == '?')) a.pop_back();
+        a += c;
+    }
+    std::string b;  // 2: " ' " -> "'"
+    b.reserve(a.size());
+    for (size_t i = 0; i < a.size(); i++) {
+        // b.back(), not a[i - 1]: a space already joined to an apostrophe is gone.
+        if (a[i] == '\'' && !b.empty() && b.back() == ' ' && i + 1 < a.size() && a[i + 1] == ' ') {
+            b.pop_back();
+            b += '\'';
+            i++;  // and the space after it
+            continue;
+        }
+        b += a[i];
+    }
+    std::string c;  // 3: " 's" " 'm" " 're" " 've" -> no space
+    c.reserve(b.size());
+    for (size_t i = 0; i < b.size(); i++) {
+        if (b[i] == '\'' && i > 0 && b[i - 1] == ' ' && i + 1 < b.size()) {
+            const char x1 = b[i + 1];
+            const bool two = i + 2 < b.size() && b[i + 2] == 'e' && (x1 == 'r' || x1 == 'v');
+            if (x1 == 's' || x1 == 'm' || two) c.pop_back();
+        }
+        c += b[i];
+    }
+    return c;
+}
+
+}  // namespace
+
 std::string VocabTokenizer::detokenize(const int32_t *ids, size_t n, bool render_special) const {
     std::string out;
     for (size_t i = 0; i < n; i++) {
@@ -240,7 +280,7 @@ std::string VocabTokenizer::detokenize(const int32_t *ids, size_t n, bool render
         if (i == 0 && strip_first_space() && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
         out += piece;
     }
-    return out;
+    return clean_spaces() ? clean_tokenization_spaces(out) : out;
 }
 
 }  // namespace kvfit

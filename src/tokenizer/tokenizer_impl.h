@@ -55,6 +55,12 @@ protected:
     virtual void encode_fragment(std::string_view text, bool after_special, std::vector<int32_t> &out) const = 0;
     // Whether detokenize drops one leading space of the first piece.
     virtual bool strip_first_space() const { return false; }
+    // Whether detokenize removes the spaces that word-level tokenizers put
+    // before punctuation and contractions (Hugging Face's
+    // clean_up_tokenization_spaces, which llama.cpp applies to most BPE
+    // vocabularies): " ." " ," " !" " ?" lose the space, " ' " becomes "'",
+    // " 's" " 'm" " 're" " 've" lose the space.
+    virtual bool clean_spaces() const { return false; }
 
     int32_t find_token(std::string_view text) const {
         auto it = token_to_id_.find(text);
