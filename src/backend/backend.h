@@ -70,6 +70,9 @@ struct CacheAttention {
     bool channel_keys = false;
     const uint8_t *k_sink = nullptr, *k_res = nullptr;
     size_t k_block_bytes = 0;   // one block, all KV heads (head g at g * k_block_bytes / n_head_kv)
+
+    // Cache slot of stream position j (sinks keep theirs; the window is a ring).
+    uint64_t slot(uint64_t j) const { return !streaming || j < n_sink ? j : n_sink + (j - n_sink) % n_window; }
     const float *rope_cs = nullptr;  // [n_sink + n_window][rope.n_dims / 2][2] cos, sin per cache position
     RopeParams rope;
     float scale = 1.0f;

@@ -258,7 +258,7 @@ void KVCache::attend(Stream &s, int layer, const float *q, float *k, const float
     for (int i = 0; i < n; i++) {
         const uint64_t t = pos0 + uint64_t(i);
         const bool sink = plan_.streaming && t < lp.n_sink;
-        const uint64_t slot = !plan_.streaming || sink ? t : lp.n_sink + (t - lp.n_sink) % lp.n_window;
+        const uint64_t slot = a.slot(t);
         s.copy(st.v + slot * vrb, v_new_ + size_t(i) * vrb, vrb);
         if (!lp.channel_keys) {
             s.copy(st.k + slot * krb, k_new_ + size_t(i) * krb, krb);

@@ -215,12 +215,10 @@ public:
         const int half = a.rope.n_dims / 2;
         const float *cs = a.rope_cs + size_t(pos) * size_t(half) * 2;
         if (a.rope.mode == RopeMode::Norm) return rotate_norm_(v, cs, a.rope.n_dims);
-        for (int i = 0; i < half; i++) {
-            const int x = a.rope.mode == RopeMode::Norm ? 2 * i : i;
-            const int y = a.rope.mode == RopeMode::Norm ? 2 * i + 1 : i + half;
-            const float x0 = v[x], x1 = v[y];
-            v[x] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
-            v[y] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
+        for (int i = 0; i < half; i++) {  // Neox: pairs (i, i + half)
+            const float x0 = v[i], x1 = v[i + half];
+            v[i] = x0 * cs[2 * i] - x1 * cs[2 * i + 1];
+            v[i + half] = x0 * cs[2 * i + 1] + x1 * cs[2 * i];
         }
     }
     // Keys of stream positions j0 .. j0 + n - 1 of KV head g, decoded into
@@ -241,7 +239,7 @@ public:
             if (j >= a.pos0) {
                 row = a.k_new + (j - a.pos0) * krb;
             } else if (!a.channel_keys) {
-                row = a.k + (!a.streaming || j < S ? j : S + (j - S) % W) * krb;
+                row = a.k + a.slot(j) * krb;
             } else if (a.streaming && j < S) {
                 row = a.k_sink + j * krb;
             } else if (j >= res0) {
@@ -263,11 +261,9 @@ public:
 
     // Values of positions j0 .. j0 + n - 1 of KV head g into dst [n][head_dim].
     static void decode_values(const CacheAttention &a, int g, uint64_t j0, int n, float *dst) {
-        const uint64_t S = a.n_sink, W = a.n_window;
         for (int i = 0; i < n; i++) {
             const uint64_t j = j0 + uint64_t(i);
-            const uint8_t *row = j >= a.pos0 ? a.v_new + (j - a.pos0) * a.row_bytes
-                                             : a.v + (!a.streaming || j < S ? j : S + (j - S) % W) * a.row_bytes;
+            const uint8_t *row = j >= a.pos0 ? a.v_new + (j - a.pos0) * a.row_bytes : a.v + a.slot(j) * a.row_bytes;
             codec_decode(KVCodec(a.codec), row + size_t(g) * a.head_bytes, dst + size_t(i) * size_t(a.head_dim),
                          a.head_dim);
         }
