@@ -277,14 +277,14 @@ void KVCache::attend(Stream &s, int layer, const float *q, float *k, const float
 
 size_t KVCache::state_bytes() const {
     size_t n = 0;
-    for (const LayerStore &st : layers_) n += st.k_bytes + st.v_bytes + st.k_sink_bytes + st.k_res_bytes;
+    for (const LayerStore &st : layers_)
+        for (auto [p, bytes] : st.parts()) n += bytes;
     return n;
 }
 
 void KVCache::save(Stream &s, uint8_t *dst) const {
     for (const LayerStore &st : layers_) {
-        for (auto [p, bytes] : {std::pair{st.k, st.k_bytes}, {st.v, st.v_bytes}, {st.k_sink, st.k_sink_bytes},
-                                {st.k_res, st.k_res_bytes}}) {
+        for (auto [p, bytes] : st.parts()) {
             if (bytes) s.download(dst, p, bytes);
             dst += bytes;
         }
@@ -294,8 +294,7 @@ void KVCache::save(Stream &s, uint8_t *dst) const {
 
 void KVCache::load(Stream &s, const uint8_t *src) {
     for (const LayerStore &st : layers_) {
-        for (auto [p, bytes] : {std::pair{st.k, st.k_bytes}, {st.v, st.v_bytes}, {st.k_sink, st.k_sink_bytes},
-                                {st.k_res, st.k_res_bytes}}) {
+        for (auto [p, bytes] : st.parts()) {
             if (bytes) s.upload(p, src, bytes);
             src += bytes;
         }

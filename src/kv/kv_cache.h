@@ -11,9 +11,11 @@
 // cache is the special case S = 0, W = capacity, no eviction.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -91,6 +93,10 @@ private:
         size_t k_row_bytes = 0;     // one token's K row as staged (F16 for channel keys)
         size_t v_row_bytes = 0;
         size_t k_bytes = 0, v_bytes = 0, k_sink_bytes = 0, k_res_bytes = 0;
+        // Every buffer with its size, in the order session state stores them.
+        std::array<std::pair<uint8_t *, size_t>, 4> parts() const {
+            return {{{k, k_bytes}, {v, v_bytes}, {k_sink, k_sink_bytes}, {k_res, k_res_bytes}}};
+        }
     };
     std::vector<LayerStore> layers_;
     float *rope_cs_ = nullptr;      // [S + W][rope_dims / 2][2] cos, sin of each cache position
