@@ -117,12 +117,14 @@ struct StateHeader {
     uint32_t streaming, n_sink, n_window, codec, hadamard;
     uint64_t n_past;
     uint32_t has_logits;
-    uint32_t reserved;
+    uint32_t keys_rotated;  // dense F16 keys stored after RoPE (the CPU backend's layout)
     uint64_t kv_bytes;
 };
-constexpr uint32_t kStateVersion = 2;  // 2: codec holds the public kvfit_kv_codec
+// 2: codec holds the public kvfit_kv_codec; 3: keys_rotated
+constexpr uint32_t kStateVersion = 3;
 
-StateHeader header_of(const Model &m, const KVPlan &plan, uint64_t n_past, bool has_logits, uint64_t kv_bytes) {
+StateHeader header_of(const Model &m, const KVPlan &plan, bool keys_rotated, uint64_t n_past, bool has_logits,
+                      uint64_t kv_bytes) {
     StateHeader h;
     std::memset(&h, 0, sizeof h);
     std::memcpy(h.magic, "KVFITSS", 8);
@@ -138,6 +140,7 @@ StateHeader header_of(const Model &m, const KVPlan &plan, uint64_t n_past, bool 
     h.hadamard = plan.layers[0].hadamard;
     h.n_past = n_past;
     h.has_logits = has_logits;
+    h.keys_rotated = keys_rotated;
     h.kv_bytes = kv_bytes;
     return h;
 }
@@ -150,7 +153,7 @@ size_t Session::state_size() const {
 
 void Session::save(uint8_t *dst, size_t size) const {
     if (size < state_size()) fail(KVFIT_E_BUFFER_TOO_SMALL, "session state needs %zu bytes, the buffer has %zu", state_size(), size);
-    const StateHeader h = header_of(model_, plan(), n_past_, has_logits_, cache_->state_bytes());
+    const StateHeader h = header_of(model_, plan(), cache_->keys_rotated(), n_past_, has_logits_, cache_->state_bytes());
     std::memcpy(dst, &h, sizeof h);
     std::memcpy(dst + sizeof h, logits_.data(), logits_.size() * sizeof(float));
     cache_->save(*stream_, dst + sizeof h + logits_.size() * sizeof(float));
@@ -162,7 +165,11 @@ void Session::load(const uint8_t *src, size_t size) {
     std::memcpy(&h, src, sizeof h);
     if (std::memcmp(h.magic, "KVFITSS", 8) != 0) fail(KVFIT_E_FORMAT, "not kvfit session state (bad magic)");
     if (h.version != kStateVersion) fail(KVFIT_E_FORMAT, "session state version %u, this kvfit reads %u", h.version, kStateVersion);
-    const StateHeader mine = header_of(model_, plan(), h.n_past, h.has_logits != 0, cache_->state_bytes());
+    const StateHeader mine = header_of(model_, plan(), cache_->keys_rotated(), h.n_past, h.has_logits != 0, cache_->state_bytes());
+    if (h.keys_rotated != mine.keys_rotated)
+        fail(KVFIT_E_ARG, "the saved state keeps dense keys %s RoPE and this session's backend keeps them %s it; load it "
+             "into a session on the same kind of backend (CPU, or a GPU backend)", h.keys_rotated ? "after" : "before",
+             mine.keys_rotated ? "after" : "before");
     if (std::memcmp(&h, &mine, sizeof h) != 0)
         fail(KVFIT_E_ARG, "the saved state belongs to another model or plan (layers %u, window %u, codec %u; this session: "
              "layers %u, window %u, codec %u)", h.n_layer, h.n_window, h.codec, mine.n_layer, mine.n_window, mine.codec);

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "backend/cpu/ggml_order.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/kernels_impl.h"
 #include "backend/cpu/threadpool.h"
@@ -259,7 +260,9 @@ void test_vec_dot_all(void **) {
             assert_true(std::fabs(ref - exact) <= werr + tol);
             for (const cpu::KernelImpl *impl : impls()) {
                 const float got = impl->table.vec_dot(wt, n, w.data(), xq.data());
-                if (std::fabs(got - ref) > tol) {
+                // Block types: every x86 path does llama.cpp's arithmetic, as the scalar one.
+                const bool exact = cpu::is_q_type(wt) && std::strcmp(impl->table.name, "neon") != 0;
+                if ((exact && got != ref) || std::fabs(got - ref) > tol) {
                     print_error("%s vec_dot %s n=%lld: %.9g vs scalar %.9g (tol %g)\n", impl->table.name,
                                 type_info(wt)->name, (long long)n, double(got), double(ref), tol);
                     fail();
@@ -327,7 +330,8 @@ void test_matmul(void **) {
                         for (int64_t r = 0; r < s.rows; r++) {
                             const size_t i = size_t(t * s.rows + r);
                             const float got = Y[size_t(t * ldy + r)];
-                            const bool exact = impl == &cpu::impl_scalar();
+                            const bool exact = impl == &cpu::impl_scalar() ||
+                                               (cpu::is_q_type(wt) && std::strcmp(impl->table.name, "neon") != 0);
                             if ((exact && got != ref[i]) || std::fabs(got - ref[i]) > tol[i] ||
                                 std::fabs(got - fref[i]) > 2 * tol[i]) {
                                 print_error("%s matmul %s %lldx%lld tokens=%lld threads=%d [t=%lld r=%lld]: %.9g, "
@@ -426,6 +430,81 @@ void test_threadpool_lifecycle(void **) {
     assert_int_equal(sum.load(), 12);
 }
 
+// ggml_vec_dot_f16's AVX-512 order written out lane by lane: whatever
+// instructions dot_f16_ggml picks, it must give these bits.
+float dot_f16_lanes(const uint16_t *x, const uint16_t *y, int n) {
+    const int np = n & ~63;
+    float acc[64] = {};
+    for (int i = 0; i < np; i++) acc[i % 64] += fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]);  // products are exact
+    float v[16];
+    for (int l = 0; l < 16; l++) v[l] = (acc[l] + acc[32 + l]) + (acc[16 + l] + acc[48 + l]);
+    float t[8];
+    for (int i = 0; i < 8; i++) t[i] = v[8 + i] + v[i];
+    const float u0 = t[4] + t[0], u1 = t[5] + t[1], u2 = t[6] + t[2], u3 = t[7] + t[3];
+    double sum = double((u0 + u2) + (u1 + u3));
+    for (int i = np; i < n; i++) sum += double(fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]));
+    return float(sum);
+}
+
+void test_ggml_order_ops(void **) {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd(0.0f, 2.0f);
+    for (int n : {64, 128, 80, 200, 8}) {
+        const size_t un = static_cast<size_t>(n);
+        std::vector<uint16_t> x(un), y(un), a(un), b(un);
+        for (int i = 0; i < n; i++) {
+            x[size_t(i)] = fp32_to_fp16(nd(rng));
+            y[size_t(i)] = fp32_to_fp16(nd(rng));
+            a[size_t(i)] = b[size_t(i)] = fp32_to_fp16(nd(rng));
+        }
+        assert_true(cpu::dot_f16_ggml(x.data(), y.data(), n) == dot_f16_lanes(x.data(), y.data(), n));
+        // element-wise F16 updates: one rounding to F16 per element
+        cpu::mad_f16_ggml(a.data(), x.data(), n, 0.37f);
+        cpu::scale_f16_ggml(a.data(), n, 0.81f);
+        for (int i = 0; i < n; i++) {
+            const float m = fp16_to_fp32(fp32_to_fp16(std::fma(fp16_to_fp32(x[size_t(i)]), 0.37f, fp16_to_fp32(b[size_t(i)]))));
+            assert_true(a[size_t(i)] == fp32_to_fp16(m * 0.81f));
+        }
+    }
+    // swiglu: ggml's vector exp is within 2 ulp of expf; the tail uses expf.
+    std::vector<float> g(100), u(100), out(100);
+    for (int i = 0; i < 100; i++) {
+        g[size_t(i)] = float(i - 50) * 0.37f;
+        u[size_t(i)] = nd(rng);
+    }
+    g[3] = -200.0f;  // exp(200) overflows: silu is -0
+    g[4] = 100.0f;
+    cpu::swiglu_ggml(g.data(), u.data(), g.size(), out.data());
+    for (size_t i = 0; i < g.size(); i++) {
+        const double ref = double(g[i]) / (1.0 + std::exp(-double(g[i]))) * double(u[i]);
+        assert_true(std::fabs(double(out[i]) - ref) <= 4e-7 * std::fabs(ref) + 1e-30);
+    }
+    // attention: the F16 accumulator stays within F16 precision of the exact softmax.
+    const int hd = 64, nk = 300;
+    std::vector<uint16_t> q(hd), k(size_t(hd) * nk), v(size_t(hd) * nk), acc(hd);
+    for (auto &e : q) e = fp32_to_fp16(nd(rng) * 0.3f);
+    for (auto &e : k) e = fp32_to_fp16(nd(rng));
+    for (auto &e : v) e = fp32_to_fp16(nd(rng));
+    std::vector<float> o(hd);
+    cpu::attention_ggml(
+        q.data(), hd, nk, 0.125f, [&](int j) { return k.data() + size_t(j) * hd; },
+        [&](int j) { return v.data() + size_t(j) * hd; }, acc.data(), o.data());
+    std::vector<double> s(nk);
+    double mx = -1e30, den = 0;
+    for (int j = 0; j < nk; j++) {
+        double d = 0;
+        for (int i = 0; i < hd; i++) d += double(fp16_to_fp32(q[size_t(i)])) * fp16_to_fp32(k[size_t(j) * hd + i]);
+        s[size_t(j)] = d * 0.125;
+        mx = std::max(mx, s[size_t(j)]);
+    }
+    for (int j = 0; j < nk; j++) den += std::exp(s[size_t(j)] - mx);
+    for (int i = 0; i < hd; i++) {
+        double r = 0;
+        for (int j = 0; j < nk; j++) r += std::exp(s[size_t(j)] - mx) / den * fp16_to_fp32(v[size_t(j) * hd + i]);
+        assert_true(std::fabs(double(o[size_t(i)]) - r) < 0.02);
+    }
+}
+
 }  // namespace
 
 int main(void) {
@@ -438,6 +517,7 @@ int main(void) {
         cmocka_unit_test(test_vec_dot_float_odd_lengths),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_best_matches_scalar),
+        cmocka_unit_test(test_ggml_order_ops),
         cmocka_unit_test(test_split_range),
         cmocka_unit_test(test_threadpool),
         cmocka_unit_test(test_threadpool_lifecycle),

@@ -18,14 +18,20 @@
 
 /* How far kvfit's logits may sit from llama.cpp's.
  * stories260K (F32 weights) agrees to about 0.002.
- * SmolLM2 (Q4_1) agrees to about 0.3: its activations are quantized to 8 bits
- * before every product, so tiny rounding differences (llama.cpp keeps its
- * flash-attention V sum in F16, uses SIMD exp approximations; kvfit sums in
- * F32) flip some rounding steps. llama.cpp itself moves its SmolLM2 logits by
- * 0.6-1.5 just by turning flash attention off, so a bound tighter than its own
- * configuration noise is what is checked. */
+ * SmolLM2 (Q4_1): on x86 (and on the scalar path) kvfit's CPU backend does the
+ * arithmetic of llama.cpp's x86 build (AVX-512) operation for operation, so the
+ * logits are the same floats (the recording prints 6 decimals) and every greedy
+ * token must match. Elsewhere (NEON) the matrix products sum in another order;
+ * with 8-bit activations that moves logits by up to about 0.3, so there the
+ * check is a bound and the continuations may fork at a near tie. */
 #define LOGIT_TOL_F32_MODEL 0.01f
+#if defined(__x86_64__)
+#define SMOLLM2_STRICT true
+#define LOGIT_TOL_QUANT_MODEL 1e-5f
+#else
+#define SMOLLM2_STRICT false
 #define LOGIT_TOL_QUANT_MODEL 0.5f
+#endif
 
 static int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -185,7 +191,7 @@ static void test_smollm2(void **state) {
         printf("skipped: the default model is missing; run `make models`\n");
         skip();
     }
-    run_peer(p, "peer-smollm2.txt", false, LOGIT_TOL_QUANT_MODEL);
+    run_peer(p, "peer-smollm2.txt", SMOLLM2_STRICT, LOGIT_TOL_QUANT_MODEL);
 }
 
 int main(void) {

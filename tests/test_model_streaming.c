@@ -182,8 +182,12 @@ static void logits_of(kvfit_session *s, float *out, size_t n) {
     memcpy(out, l, n * sizeof(float));
 }
 
-/* Keys are stored before RoPE and rotated at attention time: while nothing has
- * been evicted, a streaming session computes what the dense cache computes. */
+/* Streaming keys are stored before RoPE and rotated at attention time: while
+ * nothing has been evicted, a streaming session computes what the dense cache
+ * computes. Not to the last bit: dense F16 sessions on the CPU follow
+ * llama.cpp's arithmetic (F16 query and F16 value accumulator), which alone
+ * moves these logits by up to 0.007 (measured: 0.0062), where a key rotated to
+ * a wrong position moves them by whole units. */
 static void test_prerope_matches_dense(void **state) {
     (void)state;
     NEED(g_stories && g_text, "stories260K and the long text");
@@ -197,7 +201,7 @@ static void test_prerope_matches_dense(void **state) {
     float d = 0;
     for (int i = 0; i < 512; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
     printf("dense vs streaming before eviction: max logit difference %g\n", d);
-    assert_true(d < 1e-4f);
+    assert_true(d < 0.02f);
     kvfit_session_free(dense);
     kvfit_session_free(stream);
 }

@@ -76,6 +76,10 @@ struct CacheAttention {
     const float *rope_cs = nullptr;  // [n_sink + n_window][rope.n_dims / 2][2] cos, sin per cache position
     RopeParams rope;
     float scale = 1.0f;
+    // Dense F16 layer on a stream that stores_rotated_keys(): K rows (cached
+    // and new) hold keys already rotated to their position; only queries are
+    // rotated here.
+    bool keys_rotated = false;
 };
 
 class Stream {
@@ -103,6 +107,12 @@ public:
     // out[i] = softmax(scale * q_i . K^T) V over what query i may see; q is
     // [n_q][n_head * head_dim] before RoPE (left unchanged).
     virtual void cache_attention(const CacheAttention &a, const float *q, float *out) = 0;
+    // Whether dense F16 caches on this stream keep keys after RoPE, as
+    // llama.cpp does (the CPU: so that its attention can follow llama.cpp's
+    // arithmetic exactly). If so the cache passes each layer's new keys through
+    // rope_keys before encoding them; rows are at positions pos0, pos0 + 1, ...
+    virtual bool stores_rotated_keys() const { return false; }
+    virtual void rope_keys(float *k, int n, int n_heads, int head_dim, uint64_t pos0, const CacheAttention &a);
     // Device-to-device copy.
     virtual void copy(void *dst, const void *src, size_t bytes) = 0;
     // out = silu(gate) * up, n floats.

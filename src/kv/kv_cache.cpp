@@ -214,10 +214,23 @@ KVCache::KVCache(Stream &s, const KVShape &shape, const KVPlan &plan, const Rope
     rope_cs_ = static_cast<float *>(s.alloc(cs.size() * sizeof(float)));
     s.upload(rope_cs_, cs.data(), cs.size() * sizeof(float));
     rope_ = rope;
+    keys_rotated_ = !plan.streaming && s.stores_rotated_keys();
     // Staging for the new tokens' encoded rows of one layer at a time (scratch,
     // like the activation buffers; not state kept per token).
     k_new_ = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
     v_new_ = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
+}
+
+namespace {
+bool layer_keys_rotated(bool cache_rotates, const LayerPlan &lp) {
+    return cache_rotates && lp.codec == KVCodec::F16 && !lp.hadamard && !lp.channel_keys;
+}
+}  // namespace
+
+bool KVCache::keys_rotated() const {
+    for (const LayerPlan &lp : plan_.layers)
+        if (layer_keys_rotated(keys_rotated_, lp)) return true;
+    return false;
 }
 
 void KVCache::attend(Stream &s, int layer, const float *q, float *k, const float *v, int n, uint64_t pos0, float *out) {
@@ -225,10 +238,8 @@ void KVCache::attend(Stream &s, int layer, const float *q, float *k, const float
     const LayerStore &st = layers_[size_t(layer)];
     if (!plan_.streaming && pos0 + uint64_t(n) > lp.n_window) fail(KVFIT_E_INTERNAL, "dense cache overflow");
     if (plan_.streaming && uint32_t(n) > lp.n_window) fail(KVFIT_E_INTERNAL, "batch larger than the window");
-    // Encode the new rows (keys before RoPE), attend, then move them into their slots.
-    const KVCodec k_codec = lp.channel_keys ? KVCodec::F16 : lp.codec;
-    s.kv_encode(int(k_codec), lp.hadamard, k, n, shape_.n_head_kv, shape_.head_dim, k_new_);
-    s.kv_encode(int(lp.codec), false, const_cast<float *>(v), n, shape_.n_head_kv, shape_.head_dim, v_new_);
+    // Encode the new rows (keys before RoPE, unless the layer keeps them
+    // rotated), attend, then move them into their slots.
     CacheAttention a;
     a.n_q = n;
     a.n_head = shape_.n_head;
@@ -253,6 +264,11 @@ void KVCache::attend(Stream &s, int layer, const float *q, float *k, const float
     a.rope_cs = rope_cs_;
     a.rope = rope_;
     a.scale = 1.0f / std::sqrt(float(shape_.head_dim));
+    a.keys_rotated = layer_keys_rotated(keys_rotated_, lp);
+    if (a.keys_rotated) s.rope_keys(k, n, shape_.n_head_kv, shape_.head_dim, pos0, a);
+    const KVCodec k_codec = lp.channel_keys ? KVCodec::F16 : lp.codec;
+    s.kv_encode(int(k_codec), lp.hadamard, k, n, shape_.n_head_kv, shape_.head_dim, k_new_);
+    s.kv_encode(int(lp.codec), false, const_cast<float *>(v), n, shape_.n_head_kv, shape_.head_dim, v_new_);
     s.cache_attention(a, q, out);
     const size_t krb = st.k_row_bytes, vrb = st.v_row_bytes;
     for (int i = 0; i < n; i++) {

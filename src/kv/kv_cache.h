@@ -66,6 +66,8 @@ public:
     // Tokens a dense cache can hold; a streaming cache holds any number.
     uint32_t capacity() const { return plan_.capacity(); }
     bool streaming() const { return plan_.streaming; }
+    // Whether any layer stores its keys after RoPE (part of the state's layout).
+    bool keys_rotated() const;
 
     // For n new tokens at stream positions [pos0, pos0 + n) of one layer:
     // q ([n][n_head * head_dim]), k and v ([n][n_head_kv * head_dim]), all
@@ -101,6 +103,7 @@ private:
     std::vector<LayerStore> layers_;
     float *rope_cs_ = nullptr;      // [S + W][rope_dims / 2][2] cos, sin of each cache position
     RopeParams rope_;
+    bool keys_rotated_ = false;     // dense F16 layers keep keys after RoPE (Stream::stores_rotated_keys)
     uint8_t *k_new_ = nullptr, *v_new_ = nullptr;  // staging: the current batch's encoded rows
 };
 

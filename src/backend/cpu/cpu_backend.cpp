@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/ggml_order.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/threadpool.h"
 #include "common.h"
@@ -22,6 +23,11 @@
 #include "kv/codec.h"
 
 namespace kvfit {
+
+using cpu::attention_ggml;
+using cpu::f32_to_f16_row;
+using cpu::rope_ggml;
+using cpu::swiglu_ggml;
 
 namespace {
 
@@ -296,8 +302,8 @@ public:
         auto row = [&](int64_t t) {
             const float *xr = x + t * d;
             float *yr = y + t * d;
-            double ss = 0;  // double accumulation, as ggml does
-            for (int64_t i = 0; i < d; i++) ss += double(xr[i]) * double(xr[i]);
+            double ss = 0;  // as ggml: squares rounded to float, summed in double
+            for (int64_t i = 0; i < d; i++) ss += double(xr[i] * xr[i]);
             const float scale = 1.0f / std::sqrt(float(ss / double(d)) + eps);
             for (int64_t i = 0; i < d; i++) yr[i] = xr[i] * scale * g[i];
         };
@@ -449,7 +455,53 @@ public:
         }
     }
 
+    bool stores_rotated_keys() const override { return true; }
+
+    void rope_keys(float *k, int n, int n_heads, int head_dim, uint64_t pos0, const CacheAttention &a) override {
+        const size_t half = size_t(a.rope.n_dims / 2);
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < n_heads; h++)
+                rope_ggml(k + (size_t(i) * n_heads + h) * head_dim, a.rope_cs + (pos0 + uint64_t(i)) * half * 2,
+                          a.rope.n_dims, a.rope.mode == RopeMode::Neox);
+    }
+
+    static constexpr int kGgmlTiledQueries = 64;  // GGML_FA_TILE_Q
+
+    // Dense F16 layers with rotated keys: llama.cpp's flash attention, one
+    // query head at a time over every earlier position (see ggml_order.h).
+    void attention_ggml_order(const CacheAttention &a, const float *q, float *out) {
+        const int hd = a.head_dim, group = a.n_head / a.n_head_kv;
+        const size_t half = size_t(a.rope.n_dims / 2);
+        const int64_t tasks = int64_t(a.n_q) * a.n_head;
+        if (ggml_scratch_.size() < size_t(pool_.size()) * size_t(hd) * 4) ggml_scratch_.resize(size_t(pool_.size()) * size_t(hd) * 4);
+        pool_.run([&](int ith, int nth) {
+            float *qf = ggml_scratch_.data() + size_t(ith) * size_t(hd) * 4;
+            uint16_t *q16 = reinterpret_cast<uint16_t *>(qf + hd), *acc16 = q16 + hd;
+            int64_t tb, te;
+            split_range(tasks, ith, nth, tb, te);
+            for (int64_t task = tb; task < te; task++) {
+                const int i = int(task / a.n_head), h = int(task % a.n_head);
+                const size_t g_off = size_t(h / group) * a.head_bytes;
+                const uint64_t pos = a.pos0 + uint64_t(i);
+                std::memcpy(qf, q + size_t(task) * hd, size_t(hd) * 4);
+                rope_ggml(qf, a.rope_cs + pos * half * 2, a.rope.n_dims, a.rope.mode == RopeMode::Neox);
+                f32_to_f16_row(qf, q16, hd);
+                auto row = [&](const uint8_t *cached, const uint8_t *fresh, int j) {
+                    const uint64_t p = uint64_t(j);
+                    return reinterpret_cast<const uint16_t *>(
+                        (p < a.pos0 ? cached + a.slot(p) * a.row_bytes : fresh + (p - a.pos0) * a.row_bytes) + g_off);
+                };
+                attention_ggml(
+                    q16, hd, int(pos + 1), a.scale, [&](int j) { return row(a.k, a.k_new, j); },
+                    [&](int j) { return row(a.v, a.v_new, j); }, acc16, out + size_t(task) * hd);
+            }
+        });
+    }
+
     void cache_attention(const CacheAttention &a, const float *q, float *out) override {
+        // llama.cpp computes batches of 64 or more queries with a tiled kernel
+        // whose order is not reproduced here: those take the fast path below.
+        if (a.keys_rotated && a.n_q < kGgmlTiledQueries) return attention_ggml_order(a, q, out);
         if (a.n_q == 1) return decode_attention(a, q, out);
         const uint32_t S = a.n_sink, W = a.n_window;
         const int hd = a.head_dim;
@@ -494,11 +546,13 @@ public:
                 const uint64_t n_win = t1 + 1 > ws0 ? t1 + 1 - std::max<uint64_t>(ws0, S) : 0;
                 decode_keys(a, g, 0, int(n_sinks), kr);
                 decode_values(a, g, 0, int(n_sinks), vr);
-                for (uint32_t j = 0; j < n_sinks; j++) rotate(kr + size_t(j) * hd, j, a);
+                if (!a.keys_rotated)
+                    for (uint32_t j = 0; j < n_sinks; j++) rotate(kr + size_t(j) * hd, j, a);
                 const uint64_t wfirst = std::max<uint64_t>(ws0, S);
                 decode_keys(a, g, wfirst, int(n_win), kr + size_t(S) * hd);
                 decode_values(a, g, wfirst, int(n_win), vr + size_t(S) * hd);
-                for (uint64_t w = 0; w < n_win; w++) rotate(kr + (size_t(S) + w) * hd, uint32_t(S + w), a);
+                if (!a.keys_rotated)  // (dense: cache positions are stream positions)
+                    for (uint64_t w = 0; w < n_win; w++) rotate(kr + (size_t(S) + w) * hd, uint32_t(S + w), a);
                 for (int64_t i = qb; i < qe; i++) {
                     const uint64_t t = a.pos0 + uint64_t(i);
                     const uint32_t sinks_vis = uint32_t(std::min<uint64_t>(S, t + 1));
@@ -553,12 +607,7 @@ public:
         });
     }
 
-    void swiglu(const float *gate, const float *up, size_t n, float *out) override {
-        for (size_t i = 0; i < n; i++) {
-            const float g = gate[i];
-            out[i] = g / (1.0f + std::exp(-g)) * up[i];
-        }
-    }
+    void swiglu(const float *gate, const float *up, size_t n, float *out) override { swiglu_ggml(gate, up, n, out); }
 
     void add(float *y, const float *x, size_t n) override {
         for (size_t i = 0; i < n; i++) y[i] += x[i];
@@ -574,6 +623,7 @@ private:
     std::vector<uint8_t> matmul_scratch_;
     std::vector<float> attn_scratch_;
     std::vector<float> channel_scratch_;
+    std::vector<float> ggml_scratch_;  // per thread: query, F16 query, F16 accumulator
     int max_tokens_ = 0;
     std::vector<void *> allocs_;
 };

@@ -89,56 +89,53 @@ void quantize_row_scalar(uint32_t type, const float *x, void *vy, int64_t n) {
     }
 }
 
-// Sum over one block given its weights (as signed ints) and activations.
-inline int block_sum_q4_0(const uint8_t *qs, const int8_t *xlo, const int8_t *xhi) {
-    int s = 0;
-    for (int j = 0; j < QK / 2; j++) s += ((qs[j] & 0x0f) - 8) * xlo[j] + ((qs[j] >> 4) - 8) * xhi[j];
-    return s;
+// One block's weights as 32 ints in natural order.
+inline void unpack_q4(const uint8_t *qs, int offset, int8_t *q) {
+    for (int j = 0; j < QK / 2; j++) {
+        q[j] = int8_t((qs[j] & 0x0f) + offset);
+        q[j + QK / 2] = int8_t((qs[j] >> 4) + offset);
+    }
 }
-inline int block_sum_q4_1(const uint8_t *qs, const int8_t *xlo, const int8_t *xhi) {
-    int s = 0;
-    for (int j = 0; j < QK / 2; j++) s += (qs[j] & 0x0f) * xlo[j] + (qs[j] >> 4) * xhi[j];
-    return s;
-}
-inline int block_sum_q8_0(const int8_t *qs, const int8_t *xlo, const int8_t *xhi) {
-    int s = 0;
-    for (int j = 0; j < QK / 2; j++) s += qs[j] * xlo[j] + qs[j + QK / 2] * xhi[j];
-    return s;
+
+// Dot of a block-quantized weight row with activations given per block as
+// (quants, scale, Q4_1 s): the arithmetic of GgmlDotAcc.
+template <typename XQ, typename XD, typename XS>
+float block_dot_scalar(uint32_t wt, int64_t nb, const void *vw, XQ xq, XD xd, XS xs) {
+    GgmlDotAcc acc;
+    int8_t q[QK];
+    for (int64_t b = 0; b < nb; b++) {
+        if (wt == TYPE_Q4_0) {
+            const BlockQ4_0 &w = static_cast<const BlockQ4_0 *>(vw)[b];
+            unpack_q4(w.qs, -8, q);
+            acc.block(q, xq(b), fp16_to_fp32(w.d) * xd(b));
+        } else if (wt == TYPE_Q4_1) {
+            const BlockQ4_1 &w = static_cast<const BlockQ4_1 *>(vw)[b];
+            unpack_q4(w.qs, 0, q);
+            acc.block(q, xq(b), fp16_to_fp32(w.d) * xd(b));
+            acc.min_term(fp16_to_fp32(w.m), xs(b));
+        } else {
+            const BlockQ8_0 &w = static_cast<const BlockQ8_0 *>(vw)[b];
+            acc.block(w.qs, xq(b), fp16_to_fp32(w.d) * xd(b));
+        }
+    }
+    return acc.sum();
 }
 
 float vec_dot_scalar(uint32_t wt, int64_t n, const void *vw, const void *vx) {
     const int64_t nb = n / QK;
     switch (wt) {
-        case TYPE_Q4_0: {
-            const BlockQ4_0 *w = static_cast<const BlockQ4_0 *>(vw);
+        case TYPE_Q4_0:
+        case TYPE_Q8_0: {
             const BlockQ8_0 *x = static_cast<const BlockQ8_0 *>(vx);
-            float sum = 0.0f;
-            for (int64_t b = 0; b < nb; b++) {
-                const int si = block_sum_q4_0(w[b].qs, x[b].qs, x[b].qs + QK / 2);
-                sum += (fp16_to_fp32(w[b].d) * fp16_to_fp32(x[b].d)) * float(si);
-            }
-            return sum;
+            return block_dot_scalar(
+                wt, nb, vw, [&](int64_t b) { return x[b].qs; }, [&](int64_t b) { return fp16_to_fp32(x[b].d); },
+                [](int64_t) { return 0.0f; });
         }
         case TYPE_Q4_1: {
-            const BlockQ4_1 *w = static_cast<const BlockQ4_1 *>(vw);
             const BlockQ8_1 *x = static_cast<const BlockQ8_1 *>(vx);
-            float sum = 0.0f;
-            for (int64_t b = 0; b < nb; b++) {
-                const int si = block_sum_q4_1(w[b].qs, x[b].qs, x[b].qs + QK / 2);
-                sum += (fp16_to_fp32(w[b].d) * fp16_to_fp32(x[b].d)) * float(si) +
-                       fp16_to_fp32(w[b].m) * fp16_to_fp32(x[b].s);
-            }
-            return sum;
-        }
-        case TYPE_Q8_0: {
-            const BlockQ8_0 *w = static_cast<const BlockQ8_0 *>(vw);
-            const BlockQ8_0 *x = static_cast<const BlockQ8_0 *>(vx);
-            float sum = 0.0f;
-            for (int64_t b = 0; b < nb; b++) {
-                const int si = block_sum_q8_0(w[b].qs, x[b].qs, x[b].qs + QK / 2);
-                sum += (fp16_to_fp32(w[b].d) * fp16_to_fp32(x[b].d)) * float(si);
-            }
-            return sum;
+            return block_dot_scalar(
+                wt, nb, vw, [&](int64_t b) { return x[b].qs; }, [&](int64_t b) { return fp16_to_fp32(x[b].d); },
+                [&](int64_t b) { return fp16_to_fp32(x[b].s); });
         }
         case TYPE_F16: {
             const uint16_t *w = static_cast<const uint16_t *>(vw);
@@ -169,72 +166,27 @@ void pack_row_scalar(uint32_t wt, const float *x, uint8_t *xp, int64_t n) {
         quantize_row_scalar(wt, x, xp, n);
         return;
     }
-    const PackedLayout L = packed_layout(wt, n);
-    int8_t *qs = reinterpret_cast<int8_t *>(xp);
-    float *sc = reinterpret_cast<float *>(xp + L.sc_off);
-    float *auxf = reinterpret_cast<float *>(xp + L.aux_off);
-    int32_t *auxi = reinterpret_cast<int32_t *>(xp + L.aux_off);
-    std::memset(xp + L.aux_off, 0, size_t(L.npairs) * 32);
+    const NaturalLayout L = natural_layout(n);
+    float *d = reinterpret_cast<float *>(xp + L.d_off);
+    float *s = reinterpret_cast<float *>(xp + L.s_off);
     for (int64_t b = 0; b < L.nb; b++) {
-        const int64_t p = b / 2;
-        const int h = int(b % 2);
-        const bool lone = (b == L.nb - 1) && (L.nb % 2 == 1);
-        int8_t q[QK];
         float d_raw;
         int sum;
-        const float d = fp16_to_fp32(quantize_block_q8(x + b * QK, q, &d_raw, &sum));
-        int8_t *lo = qs + p * 64 + (lone ? 0 : h * 16);
-        int8_t *hi = lone ? lo + 16 : lo + 32;
-        std::memcpy(lo, q, 16);
-        std::memcpy(hi, q + 16, 16);
-        for (int k = 0; k < 4; k++) sc[p * 8 + h * 4 + k] = d;
-        if (lone)
-            for (int k = 4; k < 8; k++) sc[p * 8 + k] = d;
-        if (wt == TYPE_Q4_1) {
-            auxf[p * 8 + 1 + 2 * h] = fp16_to_fp32(fp32_to_fp16(d_raw * float(sum)));
-        } else {
-            const int mul = wt == TYPE_Q4_0 ? -8 : -128;
-            for (int k = 0; k < (lone ? 8 : 4); k++) {
-                // lane k sums 4 bytes of the low half and 4 of the high half
-                // (pairs), or 4 consecutive bytes (a lone block)
-                const int8_t *a = q + 4 * k;
-                int ls = a[0] + a[1] + a[2] + a[3];
-                if (!lone) ls += a[16] + a[17] + a[18] + a[19];
-                auxi[p * 8 + h * 4 + k] = mul * ls;
-            }
-        }
+        d[b] = fp16_to_fp32(quantize_block_q8(x + b * QK, reinterpret_cast<int8_t *>(xp) + b * QK, &d_raw, &sum));
+        s[b] = fp16_to_fp32(fp32_to_fp16(d_raw * float(sum)));
     }
 }
 
-// Dot of one weight row with one packed activation row; the same per-block
-// arithmetic as vec_dot_scalar, so matmul(scalar) == vec_dot(scalar) bit for bit.
+// Dot of one weight row with one packed activation row; the same arithmetic
+// as vec_dot_scalar, so matmul(scalar) == vec_dot(scalar) bit for bit.
 float packed_dot_scalar(uint32_t wt, int64_t n, const uint8_t *w, const uint8_t *xp) {
     if (!is_q_type(wt)) return vec_dot_scalar(wt, n, w, xp);
-    const PackedLayout L = packed_layout(wt, n);
-    const int8_t *qs = reinterpret_cast<const int8_t *>(xp);
-    const float *sc = reinterpret_cast<const float *>(xp + L.sc_off);
-    const float *auxf = reinterpret_cast<const float *>(xp + L.aux_off);
-    float sum = 0.0f;
-    for (int64_t b = 0; b < L.nb; b++) {
-        const int64_t p = b / 2;
-        const int h = int(b % 2);
-        const bool lone = (b == L.nb - 1) && (L.nb % 2 == 1);
-        const int8_t *lo = qs + p * 64 + (lone ? 0 : h * 16);
-        const int8_t *hi = lone ? lo + 16 : lo + 32;
-        const float dx = sc[p * 8 + h * 4];
-        if (wt == TYPE_Q4_0) {
-            const BlockQ4_0 &blk = reinterpret_cast<const BlockQ4_0 *>(w)[b];
-            sum += (fp16_to_fp32(blk.d) * dx) * float(block_sum_q4_0(blk.qs, lo, hi));
-        } else if (wt == TYPE_Q4_1) {
-            const BlockQ4_1 &blk = reinterpret_cast<const BlockQ4_1 *>(w)[b];
-            sum += (fp16_to_fp32(blk.d) * dx) * float(block_sum_q4_1(blk.qs, lo, hi)) +
-                   fp16_to_fp32(blk.m) * auxf[p * 8 + 1 + 2 * h];
-        } else {
-            const BlockQ8_0 &blk = reinterpret_cast<const BlockQ8_0 *>(w)[b];
-            sum += (fp16_to_fp32(blk.d) * dx) * float(block_sum_q8_0(blk.qs, lo, hi));
-        }
-    }
-    return sum;
+    const NaturalLayout L = natural_layout(n);
+    const float *d = reinterpret_cast<const float *>(xp + L.d_off);
+    const float *s = reinterpret_cast<const float *>(xp + L.s_off);
+    return block_dot_scalar(
+        wt, L.nb, w, [&](int64_t b) { return reinterpret_cast<const int8_t *>(xp) + b * QK; },
+        [&](int64_t b) { return d[b]; }, [&](int64_t b) { return s[b]; });
 }
 
 void gemm_scalar(const GemmArgs &a, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {

@@ -1,0 +1,160 @@
+#include "backend/cpu/ggml_order.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "gguf/ggml_types.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace kvfit {
+namespace cpu {
+
+namespace {
+
+#if defined(__x86_64__)
+bool has_f16c_fma() {
+    static const bool ok = (__builtin_cpu_init(), true) && __builtin_cpu_supports("avx2") &&
+                           __builtin_cpu_supports("fma") && [] {
+                               unsigned a, b, c, d;
+                               __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+                               return (c & (1u << 29)) != 0;
+                           }();
+    return ok;
+}
+
+// Element-wise ops: any vector width gives the same bits, one rounding per op.
+__attribute__((target("avx2,fma,f16c"))) void scale_f16_avx2(uint16_t *a, int n, float s) {
+    const __m256 v = _mm256_set1_ps(s);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i *p = reinterpret_cast<__m128i *>(a + i);
+        _mm_storeu_si128(p, _mm256_cvtps_ph(_mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(p)), v), _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; i < n; i++) a[i] = fp32_to_fp16(fp16_to_fp32(a[i]) * s);
+}
+__attribute__((target("avx2,fma,f16c"))) void mad_f16_avx2(uint16_t *a, const uint16_t *x, int n, float s) {
+    const __m256 v = _mm256_set1_ps(s);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i *p = reinterpret_cast<__m128i *>(a + i);
+        const __m256 xv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(x + i)));
+        _mm_storeu_si128(p, _mm256_cvtps_ph(_mm256_fmadd_ps(xv, v, _mm256_cvtph_ps(_mm_loadu_si128(p))),
+                                            _MM_FROUND_TO_NEAREST_INT));
+    }
+    for (; i < n; i++) a[i] = fp32_to_fp16(std::fma(fp16_to_fp32(x[i]), s, fp16_to_fp32(a[i])));
+}
+__attribute__((target("avx2,fma,f16c"))) inline __m256 ld(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p)));
+}
+// Lane l of the 16-lane accumulators lives in lo (l < 8) or hi (l >= 8).
+__attribute__((target("avx2,fma,f16c"))) float dot_f16_avx2(const uint16_t *x, const uint16_t *y, int n) {
+    const int np = n & ~63;
+    __m256 lo[4], hi[4];
+    for (int j = 0; j < 4; j++) lo[j] = hi[j] = _mm256_setzero_ps();
+    for (int i = 0; i < np; i += 64)
+        for (int j = 0; j < 4; j++) {
+            lo[j] = _mm256_fmadd_ps(ld(x + i + 16 * j), ld(y + i + 16 * j), lo[j]);
+            hi[j] = _mm256_fmadd_ps(ld(x + i + 16 * j + 8), ld(y + i + 16 * j + 8), hi[j]);
+        }
+    // x0 = s0 + s2, x1 = s1 + s3, x0 += x1; then _mm512_reduce_add_ps.
+    const __m256 l = _mm256_add_ps(_mm256_add_ps(lo[0], lo[2]), _mm256_add_ps(lo[1], lo[3]));
+    const __m256 h = _mm256_add_ps(_mm256_add_ps(hi[0], hi[2]), _mm256_add_ps(hi[1], hi[3]));
+    const __m256 t3 = _mm256_add_ps(h, l);
+    const __m128 t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+    const __m128 t8 = _mm_add_ps(t6, _mm_shuffle_ps(t6, t6, _MM_SHUFFLE(1, 0, 3, 2)));
+    double sum = double(_mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8))));
+    for (int i = np; i < n; i++) sum += double(fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]));
+    return float(sum);
+}
+#endif
+
+float dot_f16_scalar(const uint16_t *x, const uint16_t *y, int n) {
+    const int np = n & ~63;
+    float acc[4][16] = {};
+    for (int i = 0; i < np; i += 64)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 16; l++)
+                acc[j][l] = std::fma(fp16_to_fp32(x[i + 16 * j + l]), fp16_to_fp32(y[i + 16 * j + l]), acc[j][l]);
+    float v[16];
+    for (int l = 0; l < 16; l++) v[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    float t3[8], t6[4];
+    for (int i = 0; i < 8; i++) t3[i] = v[8 + i] + v[i];
+    for (int i = 0; i < 4; i++) t6[i] = t3[4 + i] + t3[i];
+    double sum = double((t6[0] + t6[2]) + (t6[1] + t6[3]));
+    for (int i = np; i < n; i++) sum += double(fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]));
+    return float(sum);
+}
+
+// ggml_v_expf (AVX-512 variant) for one lane; scalef is an exact scaling by 2^n.
+float expf_ggml(float x) {
+    const float r = 0x1.8p23f;
+    const float z = std::fma(x, 0x1.715476p+0f, r);
+    const float n = z - r;
+    const float b = std::fma(-n, 0x1.7f7d1cp-20f, std::fma(-n, 0x1.62e4p-1f, x));
+    const float u = b * b;
+    const float j = std::fma(std::fma(std::fma(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, std::fma(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                             u, std::fma(0x1.ffffecp-1f, b, 1.0f));
+    if (std::fabs(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    return std::ldexp(j, int(n));
+}
+
+}  // namespace
+
+void rope_ggml(float *v, const float *cs, int n_dims, bool neox) {
+    const int half = n_dims / 2;
+    for (int i = 0; i < half; i++) {
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        float *p0 = neox ? v + i : v + 2 * i;
+        float *p1 = neox ? v + i + half : v + 2 * i + 1;
+        const float x0 = *p0, x1 = *p1;
+        // x0*c - x1*s and x0*s + x1*c, contracted as the compiler does in ggml
+        *p0 = std::fma(x0, c, -(x1 * s));
+        *p1 = std::fma(x0, s, x1 * c);
+    }
+}
+
+float dot_f16_ggml(const uint16_t *x, const uint16_t *y, int n) {
+#if defined(__x86_64__)
+    if (has_f16c_fma()) return dot_f16_avx2(x, y, n);
+#endif
+    return dot_f16_scalar(x, y, n);
+}
+
+void scale_f16_ggml(uint16_t *a, int n, float s) {
+#if defined(__x86_64__)
+    if (has_f16c_fma()) return scale_f16_avx2(a, n, s);
+#endif
+    for (int i = 0; i < n; i++) a[i] = fp32_to_fp16(fp16_to_fp32(a[i]) * s);
+}
+
+void mad_f16_ggml(uint16_t *a, const uint16_t *x, int n, float s) {
+#if defined(__x86_64__)
+    if (has_f16c_fma()) return mad_f16_avx2(a, x, n, s);
+#endif
+    for (int i = 0; i < n; i++) a[i] = fp32_to_fp16(std::fma(fp16_to_fp32(x[i]), s, fp16_to_fp32(a[i])));
+}
+
+void f32_to_f16_row(const float *x, uint16_t *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = fp32_to_fp16(x[i]);
+}
+void f16_to_f32_row(const uint16_t *x, float *y, int n) {
+    for (int i = 0; i < n; i++) y[i] = fp16_to_fp32(x[i]);
+}
+
+void swiglu_ggml(const float *gate, const float *up, size_t n, float *out) {
+    const size_t nv = n & ~size_t(15);
+    for (size_t i = 0; i < nv; i++) {
+        const float x = gate[i];
+        out[i] = (x / (1.0f + expf_ggml(0.0f - x))) * up[i];
+    }
+    for (size_t i = nv; i < n; i++) {
+        const float x = gate[i];
+        out[i] = (x / (1.0f + std::exp(-x))) * up[i];
+    }
+}
+
+}  // namespace cpu
+}  // namespace kvfit
