@@ -25,7 +25,6 @@
 namespace kvfit {
 
 using cpu::attention_ggml;
-using cpu::f32_to_f16_row;
 using cpu::rope_ggml;
 using cpu::swiglu_ggml;
 
@@ -485,7 +484,7 @@ public:
                 const uint64_t pos = a.pos0 + uint64_t(i);
                 std::memcpy(qf, q + size_t(task) * hd, size_t(hd) * 4);
                 rope_ggml(qf, a.rope_cs + pos * half * 2, a.rope.n_dims, a.rope.mode == RopeMode::Neox);
-                f32_to_f16_row(qf, q16, hd);
+                codec_encode(KVCodec::F16, qf, q16, hd);
                 auto row = [&](const uint8_t *cached, const uint8_t *fresh, int j) {
                     const uint64_t p = uint64_t(j);
                     return reinterpret_cast<const uint16_t *>(

@@ -137,13 +137,6 @@ void mad_f16_ggml(uint16_t *a, const uint16_t *x, int n, float s) {
     for (int i = 0; i < n; i++) a[i] = fp32_to_fp16(std::fma(fp16_to_fp32(x[i]), s, fp16_to_fp32(a[i])));
 }
 
-void f32_to_f16_row(const float *x, uint16_t *y, int n) {
-    for (int i = 0; i < n; i++) y[i] = fp32_to_fp16(x[i]);
-}
-void f16_to_f32_row(const uint16_t *x, float *y, int n) {
-    for (int i = 0; i < n; i++) y[i] = fp16_to_fp32(x[i]);
-}
-
 void swiglu_ggml(const float *gate, const float *up, size_t n, float *out) {
     const size_t nv = n & ~size_t(15);
     for (size_t i = 0; i < nv; i++) {

@@ -20,6 +20,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kv/codec.h"
+
 namespace kvfit {
 namespace cpu {
 
@@ -34,21 +36,15 @@ float dot_f16_ggml(const uint16_t *x, const uint16_t *y, int n);
 // acc16 = f16(acc16 * s) and acc16 = f16(acc16 + v * s) (fused), element-wise.
 void scale_f16_ggml(uint16_t *acc16, int n, float s);
 void mad_f16_ggml(uint16_t *acc16, const uint16_t *v, int n, float s);
-void f32_to_f16_row(const float *x, uint16_t *y, int n);
-void f16_to_f32_row(const uint16_t *x, float *y, int n);
-
-// One query head's attention over n keys and values (F16 rows of hd), as
-// ggml_compute_forward_flash_attn_ext_f16_one_chunk computes it with an F16
-// cache: q16 is the query already converted to F16; key(j) and value(j)
-// return row j; acc16 is scratch of hd halves. out receives hd floats.
-template <typename KeyFn, typename ValueFn>
-void attention_ggml(const uint16_t *q16, int hd, int n, float scale, KeyFn key, ValueFn value, uint16_t *acc16,
-                    float *out);
 
 // out = silu(gate) * up with ggml's AVX-512 vector exp (ggml_v_expf) for every
 // whole group of 16 and x / (1 + expf(-x)) for the rest.
 void swiglu_ggml(const float *gate, const float *up, size_t n, float *out);
 
+// One query head's attention over n keys and values (F16 rows of hd), as
+// ggml_compute_forward_flash_attn_ext_f16_one_chunk computes it with an F16
+// cache: q16 is the query already converted to F16; key(j) and value(j)
+// return row j; acc16 is scratch of hd halves. out receives hd floats.
 template <typename KeyFn, typename ValueFn>
 void attention_ggml(const uint16_t *q16, int hd, int n, float scale, KeyFn key, ValueFn value, uint16_t *acc16,
                     float *out) {
@@ -68,7 +64,7 @@ void attention_ggml(const uint16_t *q16, int hd, int n, float scale, KeyFn key, 
         mad_f16_ggml(acc16, value(j), hd, vs);
         S = std::fma(S, ms, vs);
     }
-    f16_to_f32_row(acc16, out, hd);
+    codec_decode(KVCodec::F16, acc16, out, hd);
     const float inv = S == 0.0f ? 0.0f : 1.0f / S;
     for (int d = 0; d < hd; d++) out[d] *= inv;
 }
