@@ -138,10 +138,24 @@ double rel_error(const std::vector<float> &a, const std::vector<float> &b) {
     return den > 0 ? num / den : num;
 }
 
+// Bit for bit where the device reproduces the CPU's arithmetic (exact), else within tol.
+void expect_same(bool exact, const char *what, const std::vector<float> &got, const std::vector<float> &ref, double tol);
+
 void expect_close(const char *what, const std::vector<float> &got, const std::vector<float> &ref, double tol) {
     const double e = rel_error(got, ref);
     if (!(e <= tol)) {
         std::printf("%s: relative error %.3g exceeds %.3g\n", what, e, tol);
+        fail();
+    }
+}
+
+void expect_same(bool exact, const char *what, const std::vector<float> &got, const std::vector<float> &ref, double tol) {
+    if (!exact) return expect_close(what, got, ref, tol);
+    size_t differ = 0;
+    for (size_t i = 0; i < ref.size(); i++) differ += std::memcmp(&got[i], &ref[i], sizeof(float)) != 0;
+    if (differ) {
+        std::printf("%s: %zu of %zu values differ from the CPU's bits (relative error %.3g)\n", what, differ, ref.size(),
+                    rel_error(got, ref));
         fail();
     }
 }
@@ -219,7 +233,8 @@ void test_rmsnorm(void **) {
         Pair px = pair_of(cs, vs, x), py = pair_of(cs, vs, nullptr, x.size() * 4);
         cs.rmsnorm(static_cast<float *>(px.c), gc, 1e-5f, n, static_cast<float *>(py.c));
         vs.rmsnorm(static_cast<float *>(px.v), gv, 1e-5f, n, static_cast<float *>(py.v));
-        expect_close(label, fetch<float>(vs, py.v, x.size()), fetch<float>(cs, py.c, x.size()), 1e-6);
+        expect_same(vb.reproduces_cpu(), (std::string(label) + " rmsnorm").c_str(), fetch<float>(vs, py.v, x.size()),
+                    fetch<float>(cs, py.c, x.size()), 1e-6);
     });
 }
 
@@ -237,9 +252,9 @@ void test_matmul(void **) {
                 cs.matmul(wc, static_cast<float *>(px.c), n, static_cast<float *>(py.c));
                 vs.matmul(wv, static_cast<float *>(px.v), n, static_cast<float *>(py.v));
                 const std::string what = std::string(label) + " matmul " + type_name(type) + " n=" + std::to_string(n);
-                // the same products summed in another order
-                expect_close(what.c_str(), fetch<float>(vs, py.v, size_t(n * rows)), fetch<float>(cs, py.c, size_t(n * rows)),
-                             2e-6);
+                // quantized: the CPU's order of operations; float types: the same products summed in another order
+                expect_same(vb.reproduces_cpu() && !is_float_type(type), what.c_str(), fetch<float>(vs, py.v, size_t(n * rows)),
+                            fetch<float>(cs, py.c, size_t(n * rows)), 2e-6);
             }
         }
     });
@@ -291,7 +306,8 @@ struct CacheBuffers {
 };
 
 // One attention over the cache on both backends, random queries, compared.
-void attend_both(Stream &cs, Stream &vs, const CacheAttention &a, const CacheBuffers &b, uint32_t seed, const char *what) {
+void attend_both(Stream &cs, Stream &vs, const CacheAttention &a, const CacheBuffers &b, uint32_t seed, const char *what,
+                 bool exact = false) {
     const int positions = a.streaming ? int(a.n_sink + 2 * a.n_window) : int(a.n_window);
     Pair rc = pair_of(cs, vs, rope_table(a.rope.n_dims, positions, 10000.0f));
     std::vector<float> q = random_floats(size_t(a.n_q * a.n_head * a.head_dim), seed);
@@ -308,7 +324,7 @@ void attend_both(Stream &cs, Stream &vs, const CacheAttention &a, const CacheBuf
         x.rope_cs = reinterpret_cast<float *>(on(rc));
         (side ? vs : cs).cache_attention(x, reinterpret_cast<float *>(on(pq)), reinterpret_cast<float *>(on(po)));
     }
-    expect_close(what, fetch<float>(vs, po.v, q.size()), fetch<float>(cs, po.c, q.size()), 2e-5);
+    expect_same(exact, what, fetch<float>(vs, po.v, q.size()), fetch<float>(cs, po.c, q.size()), 2e-5);
 }
 
 struct AttnCase {
@@ -393,6 +409,67 @@ void test_attention(void **) {
     });
 }
 
+// Dense F16 caches whose keys are stored after RoPE (Stream::rope_keys): the
+// rotation itself, and attention, which below 64 queries follows the CPU's
+// (llama.cpp's) order of operations and must give its bits.
+void test_rotated_keys(void **) {
+    each_backend([&](Backend &, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        const bool exact = vb.reproduces_cpu();
+        for (int variant = 0; variant < 2; variant++) {
+            AttnCase rc{false, 0, 48, 37, 5};
+            CacheAttention a = attention_of(rc, KVCodec::F16, false);
+            if (variant) {
+                a.rope.n_dims = 32;
+                a.rope.mode = RopeMode::Neox;
+            }
+            Pair tab = pair_of(cs, vs, rope_table(a.rope.n_dims, 48, 10000.0f));
+            std::vector<float> k = random_floats(size_t(5 * kHeadsKv * kHeadDim), 31u + uint32_t(variant));
+            Pair pk = pair_of(cs, vs, k);
+            for (int side = 0; side < 2; side++) {
+                CacheAttention x = a;
+                x.rope_cs = static_cast<float *>(side ? tab.v : tab.c);
+                (side ? vs : cs).rope_keys(static_cast<float *>(side ? pk.v : pk.c), 5, kHeadsKv, kHeadDim, 37, x);
+            }
+            const std::string what = std::string(label) + " rope_keys" + (variant ? " neox/32" : "");
+            // fmas only: bit for bit wherever fma is exact
+            expect_same(exact, what.c_str(), fetch<float>(vs, pk.v, k.size()), fetch<float>(cs, pk.c, k.size()), 1e-6);
+        }
+        const AttnCase cases[] = {
+            {false, 0, 48, 0, 7},        // prefill
+            {false, 0, 48, 20, 1},       // decode
+            {false, 0, 48, 30, 9},       // a batch after earlier tokens
+            {false, 0, 1200, 1000, 1},   // many keys
+            {false, 0, 1200, 900, 63},   // the largest batch in the CPU's order
+            {false, 0, 1200, 900, 64},   // from here the batched path (within tolerance)
+        };
+        int seed = 500;
+        for (const AttnCase &ac : cases)
+            for (int variant = 0; variant < 2; variant++) {
+                CacheAttention a = attention_of(ac, KVCodec::F16, false);
+                a.keys_rotated = true;
+                if (variant) {
+                    a.rope.n_dims = 32;
+                    a.rope.mode = RopeMode::Neox;
+                }
+                auto rows = [&](int n) {
+                    std::vector<float> f = random_floats(size_t(n * kHeadsKv * kHeadDim), uint32_t(seed++));
+                    std::vector<uint8_t> out(f.size() * 2);
+                    codec_encode(KVCodec::F16, f.data(), out.data(), int(f.size()));
+                    return out;
+                };
+                CacheBuffers b;
+                b.k = pair_of(cs, vs, rows(int(ac.W)));
+                b.v = pair_of(cs, vs, rows(int(ac.W)));
+                b.k_new = pair_of(cs, vs, rows(ac.n_q));
+                b.v_new = pair_of(cs, vs, rows(ac.n_q));
+                char what[160];
+                std::snprintf(what, sizeof what, "%s rotated-key attention pos0=%llu n_q=%d%s", label,
+                              (unsigned long long)ac.pos0, ac.n_q, variant ? " neox/32" : "");
+                attend_both(cs, vs, a, b, uint32_t(seed++), what, exact && ac.n_q < 64);
+            }
+    });
+}
+
 // Per-channel key blocks (KVFIT_KV_Q4_CHANNEL): packing 32 F16 rows, and
 // attention reading sinks, the block being filled and packed blocks.
 void test_channel_keys(void **) {
@@ -458,17 +535,22 @@ void test_channel_keys(void **) {
 }
 
 void test_elementwise(void **) {
-    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
+    each_backend([](Backend &, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        // 1000 values: the last 8 (past the whole groups of 16) take the C library's exp on the CPU
         const size_t n = 1000;
-        std::vector<float> a = random_floats(n, 1), b = random_floats(n, 2);
+        std::vector<float> a = random_floats(n, 1, 4.0f), b = random_floats(n, 2);
+        const float extremes[] = {0.0f, -0.0f, 88.0f, -88.0f, 104.0f, -104.0f, 200.0f, -200.0f, 1e-30f, -1e-30f};
+        for (size_t i = 0; i < 10; i++) a[100 + i] = a[990 + i] = extremes[i];
         Pair pa = pair_of(cs, vs, a), pb = pair_of(cs, vs, b), pc = pair_of(cs, vs, nullptr, n * 4);
         cs.swiglu(static_cast<float *>(pa.c), static_cast<float *>(pb.c), n, static_cast<float *>(pc.c));
         vs.swiglu(static_cast<float *>(pa.v), static_cast<float *>(pb.v), n, static_cast<float *>(pc.v));
-        expect_close("swiglu", fetch<float>(vs, pc.v, n), fetch<float>(cs, pc.c, n), 1e-6);
+        const bool exact = vb.reproduces_cpu();
+        expect_same(exact, (std::string(label) + " swiglu").c_str(), fetch<float>(vs, pc.v, n), fetch<float>(cs, pc.c, n), 1e-6);
         // in place, as the forward pass calls it
         cs.swiglu(static_cast<float *>(pa.c), static_cast<float *>(pb.c), n, static_cast<float *>(pa.c));
         vs.swiglu(static_cast<float *>(pa.v), static_cast<float *>(pb.v), n, static_cast<float *>(pa.v));
-        expect_close("swiglu in place", fetch<float>(vs, pa.v, n), fetch<float>(cs, pa.c, n), 1e-6);
+        expect_same(exact, (std::string(label) + " swiglu in place").c_str(), fetch<float>(vs, pa.v, n),
+                    fetch<float>(cs, pa.c, n), 1e-6);
         // add is exact: inputs that are the same on both sides
         Pair pd = pair_of(cs, vs, a);
         cs.add(static_cast<float *>(pb.c), static_cast<float *>(pd.c), n);
@@ -643,7 +725,7 @@ int main() {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_devices),  cmocka_unit_test(test_get_rows),    cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),   cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_channel_keys),
+        cmocka_unit_test(test_rotated_keys),     cmocka_unit_test(test_channel_keys),
         cmocka_unit_test(test_elementwise), cmocka_unit_test(test_argmax),   cmocka_unit_test(test_transfers),
         cmocka_unit_test(test_concurrent_streams), cmocka_unit_test(test_errors),
     };

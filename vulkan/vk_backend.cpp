@@ -113,6 +113,13 @@ struct AttentionPush {
     uint32_t n_q, n_split, k_row_bytes, k_head_bytes, ks_off, kr_off, k_block_bytes, k_block_head_bytes;
     int32_t rel_res0;
 };
+struct RopePush {
+    uint32_t k_off, cs_off, n_rows, n_heads, head_dim, n_dims, neox, pos0;
+};
+struct AttentionGgmlPush {
+    uint32_t q_off, o_off, cs_off, k_off, v_off, kn_off, vn_off, n_head, pos0, row_bytes, head_bytes, n_dims, neox;
+    float scale;
+};
 struct ChannelsPush {
     uint32_t rows_off, dst_off, width;
 };
@@ -145,6 +152,7 @@ public:
 
     const char *name() const override { return name_.c_str(); }
     kvfit_backend_kind kind() const override { return KVFIT_BACKEND_VULKAN; }
+    bool reproduces_cpu() const override { return dev_.use_fp64(); }
 
     Weight upload_weight(const GGUFTensor &t) override {
         Weight w;
@@ -453,10 +461,22 @@ public:
         }
         const Span ys = d_.span(y, size_t(n) * nrows * 4);
         const uint32_t nt = n == 1 ? 1 : kTokenTile;
+        if (q) {
+            // 8 invocations per row (one per lane of the CPU's block order)
+            const Pipeline &pl = d_.pipeline(variant("matmul_q"), 3, {kWG, w.type, nt});
+            for_row_chunks(w, [&](int64_t r0, int64_t rows, const Span &ws) {
+                const uint32_t gx = std::min<uint32_t>(ceil_div(uint64_t(rows), kWG / 8),
+                                                       d_.limits().maxComputeWorkGroupCount[0]);
+                MatmulPush p{uint32_t(ncols), uint32_t(rows), uint32_t(n), uint32_t(ws.rel), uint32_t(w.row_bytes),
+                             uint32_t(xs.rel / 4), x_stride, uint32_t(ys.rel / 4 + size_t(r0)), uint32_t(nrows), gx};
+                run("matmul", pl, {{ws, false}, {xs, false}, {ys, true}}, &p, sizeof p, gx, ceil_div(uint64_t(n), nt));
+            });
+            return;
+        }
         const bool sg = d_.use_subgroup();
         const uint32_t wg = sg ? std::max<uint32_t>(kWG, d_.subgroup_size()) : kWG;
         const uint32_t slots = sg ? wg / d_.subgroup_size() : 1;
-        std::string shader = q ? "matmul_q" : "matmul_f";
+        std::string shader = "matmul_f";
         if (sg) shader += "_sg";
         const Pipeline &pl = d_.pipeline(shader.c_str(), 3, {wg, w.type, nt});
         for_row_chunks(w, [&](int64_t r0, int64_t rows, const Span &ws) {
@@ -492,8 +512,50 @@ public:
             ceil_div(width, kWG));
     }
 
+    // Dense F16 caches keep keys after RoPE, as on the CPU, so that attention
+    // can follow the CPU's (llama.cpp's) arithmetic; see attention_ggml.comp.
+    bool stores_rotated_keys() const override { return true; }
+
+    void rope_keys(float *k, int n, int n_heads, int head_dim, uint64_t pos0, const CacheAttention &a) override {
+        if (n <= 0) return;
+        const uint32_t half = uint32_t(a.rope.n_dims / 2);
+        if (pos0 + uint64_t(n) > 0xffffffffu || a.rope.n_dims > head_dim)
+            fail(KVFIT_E_INTERNAL, "Vulkan: rope_keys arguments out of range");
+        const uint32_t rows = uint32_t(n) * uint32_t(n_heads);
+        const Span ks = d_.span(k, size_t(rows) * size_t(head_dim) * 4);
+        const Span cs = d_.span(a.rope_cs, (size_t(pos0) + size_t(n)) * half * 2 * 4);
+        RopePush p{uint32_t(ks.rel / 4), uint32_t(cs.rel / 4), rows, uint32_t(n_heads), uint32_t(head_dim),
+                   uint32_t(a.rope.n_dims), a.rope.mode == RopeMode::Neox, uint32_t(pos0)};
+        run("rope", d_.pipeline(variant("rope"), 2, {kWG}), {{ks, true}, {cs, false}}, &p, sizeof p, ceil_div(half, kWG), rows);
+    }
+
+    // The CPU's order for fewer than 64 queries over rotated F16 keys (it
+    // takes its batched path from 64 on, and so does this backend).
+    static constexpr int kGgmlTiledQueries = 64;
+
+    void attention_ggml_order(const CacheAttention &a, const float *q, float *out) {
+        const uint32_t hd = uint32_t(a.head_dim), group = uint32_t(a.n_head / a.n_head_kv);
+        if (a.codec != int(KVCodec::F16) || a.streaming || a.channel_keys || a.hadamard ||
+            a.pos0 + uint64_t(a.n_q) > 0xffffffffu)
+            fail(KVFIT_E_INTERNAL, "Vulkan: rotated keys outside a dense F16 cache");
+        const size_t qbytes = size_t(a.n_q) * size_t(a.n_head) * hd * 4;
+        const Span qs = d_.span(q, qbytes), os = d_.span(out, qbytes);
+        const Span ks = d_.span(a.k, std::max<size_t>(size_t(a.pos0) * a.row_bytes, 4));
+        const Span vs = d_.span(a.v, std::max<size_t>(size_t(a.pos0) * a.row_bytes, 4));
+        const Span kn = d_.span(a.k_new, size_t(a.n_q) * a.row_bytes), vn = d_.span(a.v_new, size_t(a.n_q) * a.row_bytes);
+        const Span cs = d_.span(a.rope_cs, d_.bytes_after(a.rope_cs));
+        AttentionGgmlPush p{uint32_t(qs.rel / 4), uint32_t(os.rel / 4), uint32_t(cs.rel / 4), uint32_t(ks.rel),
+                            uint32_t(vs.rel), uint32_t(kn.rel), uint32_t(vn.rel), uint32_t(a.n_head),
+                            uint32_t(a.pos0), uint32_t(a.row_bytes), uint32_t(a.head_bytes), uint32_t(a.rope.n_dims),
+                            a.rope.mode == RopeMode::Neox, a.scale};
+        run("attention_ggml", d_.pipeline(variant("attention_ggml"), 7, {kWG, hd, group}),
+            {{qs, false}, {os, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}}, &p, sizeof p,
+            uint32_t(a.n_head), uint32_t(a.n_q));
+    }
+
     void cache_attention(const CacheAttention &a, const float *q, float *out) override {
         check_codec(a.codec, a.hadamard, a.head_dim);
+        if (a.keys_rotated && a.n_q > 0 && a.n_q < kGgmlTiledQueries) return attention_ggml_order(a, q, out);
         if (a.channel_keys && (a.codec != int(KVCodec::Q4) || a.hadamard || a.n_window % KV_CHANNEL_BLOCK))
             fail(KVFIT_E_UNSUPPORTED, "Vulkan: per-channel keys need Q4 values, no Hadamard rotation and a window "
                  "of whole blocks");
@@ -572,7 +634,8 @@ public:
             p.rel_res0 = int32_t(int64_t(res0) - int64_t(p0));
         }
         const Pipeline &pl = d_.pipeline("attention", 10, {kWG, hd, group, uint32_t(a.codec), a.hadamard,
-                                                           a.rope.mode == RopeMode::Neox, qb, a.channel_keys});
+                                                           a.rope.mode == RopeMode::Neox, qb, a.channel_keys,
+                                                           a.keys_rotated});
         const uint32_t gy = ceil_div(uint32_t(a.n_q), qb);
         if (n_split == 1) {
             p.o_off = uint32_t(os.rel / 4);
@@ -602,7 +665,7 @@ public:
     }
 
     void swiglu(const float *gate, const float *up, size_t n, float *out) override {
-        elementwise("swiglu", gate, up, out, n);
+        elementwise(d_.use_fp64() ? "swiglu_f64" : "swiglu", gate, up, out, n);
     }
 
     void add(float *y, const float *x, size_t n) override { elementwise("add", y, x, nullptr, n); }

@@ -397,6 +397,36 @@ size_t Device::bytes_after(const void *p) const {
     return rel <= e.size ? e.size - rel : 0;
 }
 
+// A copy of a SPIR-V module in which every GLSL.std.450 Fma result carries
+// NoContraction. glslang decorates the arithmetic of `precise` expressions
+// but not the fma() calls in them, and a driver may then split an fma into a
+// multiply and an add (Mesa does where the CPU lacks a fast fma, and lavapipe
+// does regardless), which changes its rounding: the shaders that reproduce
+// the CPU's arithmetic rely on fma being fused.
+static std::vector<uint32_t> fma_not_contractible(const uint32_t *w, size_t n) {
+    constexpr uint32_t kExtInstImport = 11, kExtInst = 12, kDecorate = 71, kNoContraction = 42, kFma = 50;
+    std::vector<uint32_t> out(w, w + n);
+    if (n < 5) return out;
+    uint32_t glsl = 0;
+    size_t first_decoration = 0, first_function = 0;
+    std::vector<uint32_t> ids;
+    for (size_t i = 5; i < n;) {
+        const uint32_t op = w[i] & 0xffffu, len = w[i] >> 16;
+        if (len == 0 || i + len > n) return out;  // malformed: leave it to the driver's validation
+        if (op == kExtInstImport && len >= 3 && std::strncmp(reinterpret_cast<const char *>(w + i + 2), "GLSL.std.450", (len - 2) * 4) == 0)
+            glsl = w[i + 1];
+        if (op == kDecorate && !first_decoration) first_decoration = i;
+        if (op == 54 && !first_function) first_function = i;  // OpFunction
+        if (op == kExtInst && len >= 5 && w[i + 3] == glsl && w[i + 4] == kFma) ids.push_back(w[i + 2]);
+        i += len;
+    }
+    if (ids.empty() || !first_decoration || first_decoration > first_function) return out;
+    std::vector<uint32_t> add;
+    for (uint32_t id : ids) add.insert(add.end(), {(3u << 16) | kDecorate, id, kNoContraction});
+    out.insert(out.begin() + std::ptrdiff_t(first_decoration), add.begin(), add.end());
+    return out;
+}
+
 const Pipeline &Device::pipeline(const std::string &shader, uint32_t n_bindings, const std::vector<uint32_t> &spec) {
     std::lock_guard<std::mutex> lock(pipe_mutex_);
     auto key = std::make_pair(shader, spec);
@@ -431,10 +461,11 @@ const Pipeline &Device::pipeline(const std::string &shader, uint32_t n_bindings,
         const ShaderCode *code = kShaders;
         while (code->name && shader != code->name) code++;
         if (!code->name) fail(KVFIT_E_INTERNAL, "Vulkan: no shader named %s", shader.c_str());
+        const std::vector<uint32_t> words = fma_not_contractible(code->words, code->n_words);
         VkShaderModuleCreateInfo mi{};
         mi.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
-        mi.codeSize = code->n_words * 4;
-        mi.pCode = code->words;
+        mi.codeSize = words.size() * 4;
+        mi.pCode = words.data();
         check(fn_.vkCreateShaderModule(dev_, &mi, nullptr, &mod), "vkCreateShaderModule");
     }
     std::vector<VkSpecializationMapEntry> entries(spec.size());

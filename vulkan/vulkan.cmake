@@ -32,7 +32,7 @@ if(KVFIT_WITH_VULKAN)
     "rmsnorm|rmsnorm.comp|"
     "rmsnorm_f64|rmsnorm.comp|-DUSE_FP64"
     "matmul_q|matmul_q.comp|"
-    "matmul_q_sg|matmul_q.comp|-DUSE_SUBGROUP"
+    "matmul_q_f64|matmul_q.comp|-DUSE_FP64"
     "matmul_f|matmul_f.comp|"
     "matmul_f_sg|matmul_f.comp|-DUSE_SUBGROUP"
     "kv_encode|kv_encode.comp|"
@@ -42,6 +42,11 @@ if(KVFIT_WITH_VULKAN)
     "attention|attention.comp|"
     "attention_merge|attention_merge.comp|"
     "swiglu|swiglu.comp|"
+    "swiglu_f64|swiglu.comp|-DUSE_FP64"
+    "rope|rope.comp|"
+    "rope_f64|rope.comp|-DUSE_FP64"
+    "attention_ggml|attention_ggml.comp|"
+    "attention_ggml_f64|attention_ggml.comp|-DUSE_FP64"
     "add|add.comp|"
     "argmax|argmax.comp|")
   set(vk_spv)

@@ -138,6 +138,12 @@ public:
     // most max_tokens rows of at most max_cols elements and attention over at
     // most max_kv cache rows: scratch is sized once, here.
     virtual std::unique_ptr<Stream> create_stream(int n_threads, int max_tokens, int64_t max_cols, int max_kv) = 0;
+    // Whether this backend's ops give the CPU backend's bits wherever the CPU
+    // follows llama.cpp's order of operations (quantized matrix products,
+    // RMSNorm, SwiGLU, RoPE of stored keys, attention over dense F16 caches
+    // for fewer than 64 queries), so that greedy tokens match. A GPU needs a
+    // fused fma and doubles for that.
+    virtual bool reproduces_cpu() const { return false; }
 };
 
 // The backend for a requested kind (AUTO consults $KVFIT_BACKEND, then picks

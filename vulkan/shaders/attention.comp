@@ -39,6 +39,7 @@ layout(constant_id = 4) const bool HADAMARD = false;
 layout(constant_id = 5) const bool NEOX = false;
 layout(constant_id = 6) const uint QB = 1;
 layout(constant_id = 7) const bool CHANNEL = false;
+layout(constant_id = 8) const bool ROTATED = false;  // keys stored after RoPE (dense F16)
 const uint R = QB * GROUP;
 const uint DPT = (HD + WG - 1) / WG;  // output dimensions per invocation
 
@@ -193,7 +194,7 @@ void main() {
                     kk[e] = s;
                 }
             }
-            for (uint k = 0; k < half_dims; k++) {
+            for (uint k = 0; k < (ROTATED ? 0u : half_dims); k++) {
                 const uvec2 dd = pair_dims(k);
                 const vec2 r = rope(kk[dd.x], kk[dd.y], pos, k);
                 kk[dd.x] = r.x;

@@ -71,6 +71,31 @@ float sqrt_rn(float a) {
 #endif
 }
 
+// fma(a, b, c) rounded once, as the CPU's std::fma and FMA instructions do.
+// A shader's fma() need not be fused (lavapipe multiplies and adds), so with
+// doubles it is computed from the exact product a*b (48 bits fit a double):
+// s = a*b + c rounded to double, e its exact error (Knuth's two-sum); s
+// rounded to float is the correctly rounded result unless s lies exactly
+// halfway between two floats, when e tells which side the exact sum is on.
+// (Results in the float subnormal range are rounded as if normal.)
+#ifdef USE_FP64
+float fma_rn(float a, float b, float c) {
+    precise double p = double(a) * double(b);
+    precise double s = p + double(c);
+    precise double bb = s - p;
+    precise double e = (p - (s - bb)) + (double(c) - bb);
+    const uvec2 u = unpackDouble2x32(s);
+    if ((u.x & 0x1fffffffu) == 0x10000000u && e != 0.0lf) {
+        const uvec2 lo = uvec2(u.x & 0xe0000000u, u.y);
+        const uvec2 hi = uvec2(lo.x + 0x20000000u, lo.y + (lo.x == 0xe0000000u ? 1u : 0u));
+        return float(packDouble2x32((e > 0.0lf) == (s > 0.0lf) ? hi : lo));
+    }
+    return float(s);
+}
+#else
+float fma_rn(float a, float b, float c) { return fma(a, b, c); }
+#endif
+
 float bf16_to_float(uint h) { return uintBitsToFloat(h << 16); }
 
 uint float_to_bf16(float f) {

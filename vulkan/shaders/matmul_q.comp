@@ -1,67 +1,106 @@
 #version 450
 // Quantized weights (Q8_0, Q4_0, Q4_1) times activations already quantized to
-// Q8 blocks (quantize.comp): per block an exact integer dot product, then the
-// CPU reference's float terms (d_w * d_x) * isum [+ m_w * s_x]. Each lane
-// takes whole blocks and loads their codes 16 bytes at a time: on lavapipe
-// that is about twice as fast as lanes splitting a block, and again as fast
-// as word loads.
+// Q8 blocks (quantize.comp), in the CPU reference's order of float operations
+// (src/backend/cpu/kernels_impl.h), so every output has the CPU's bits: per
+// block, 8 integer lane sums (lane k: elements 4k .. 4k+3), each added into
+// its own float accumulator as acc[k] = fma_rn(d_w * d_x, lane k, acc[k]), block
+// after block; then ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)), plus, for
+// Q4_1, the chain fma_rn(m_w, s_x, .) over the blocks.
+//
+// The lane accumulators are independent, the blocks are not: invocation
+// (row, k) owns lane k of one row for NT tokens and walks the blocks in
+// order, loading one word of weights and one of activations per block and
+// token (consecutive invocations read consecutive words). A workgroup holds
+// WG / 8 rows; the lanes meet in shared memory.
 #include "common.glsl"
 #include "weights.glsl"
-#include "matmul_common.glsl"
 
-void accumulate_row(uint row, uint t0, uint lane, uint lanes, inout float acc[NT]) {
+layout(constant_id = 1) const uint WTYPE = 2;  // weight type (GGUF id)
+layout(constant_id = 2) const uint NT = 1;     // tokens per workgroup
+const uint ROWS = WG / 8u;
+
+layout(std430, binding = 0) readonly buffer W { uint w[]; };
+layout(std430, binding = 1) readonly buffer X { uint x[]; };
+layout(std430, binding = 2) writeonly buffer Y { float y[]; };
+
+layout(push_constant) uniform P {
+    uint ncols, nrows, ntok;
+    uint w_off, w_stride;  // bytes
+    uint x_off, x_stride;  // words
+    uint y_off, ldy;       // floats
+    uint n_wg;             // workgroups along x in this dispatch
+} p;
+
+shared float lanes_[WG * NT];  // [row][token][lane]
+shared float mins_[WG * NT];   // Q4_1: [row][token] min chains, one per (row, token)
+
+void main() {
+    const uint k = gl_LocalInvocationID.x % 8u, rl = gl_LocalInvocationID.x / 8u;
+    const uint t0 = gl_WorkGroupID.y * NT;
     const uint nb = p.ncols / 32u;
-    const uint wrow = p.w_off + row * p.w_stride;
     const uint qbytes = WTYPE == TYPE_Q8_0 ? p.ncols : p.ncols / 2u;
-    for (uint b = lane; b < nb; b += lanes) {
-        uint wq[8];
-        float dw, mw = 0.0;
-        if (WTYPE == TYPE_Q8_0) {
-            const uvec4 w0 = w4[(wrow >> 4) + 2u * b], w1 = w4[(wrow >> 4) + 2u * b + 1u];
-            wq[0] = w0.x; wq[1] = w0.y; wq[2] = w0.z; wq[3] = w0.w;
-            wq[4] = w1.x; wq[5] = w1.y; wq[6] = w1.z; wq[7] = w1.w;
-            dw = half_to_float(LOAD_U16(w, wrow + qbytes + 2u * b));
-        } else {
-            const uvec4 wv = w4[(wrow >> 4) + b];
-            wq[0] = wv.x; wq[1] = wv.y; wq[2] = wv.z; wq[3] = wv.w;
-            if (WTYPE == TYPE_Q4_0) {
-                dw = half_to_float(LOAD_U16(w, wrow + qbytes + 2u * b));
-            } else {
-                const uint dm = w[(wrow + qbytes + 4u * b) >> 2];
-                dw = half_to_float(dm & 0xffffu);
-                mw = half_to_float(dm >> 16);
-            }
-        }
+    for (uint r0 = gl_WorkGroupID.x * ROWS; r0 < p.nrows; r0 += p.n_wg * ROWS) {
+        const uint row = r0 + rl;
+        float acc[NT], ms[NT];
         for (uint t = 0; t < NT; t++) {
-            if (t0 + t >= p.ntok) break;
-            const uint xb = p.x_off + (t0 + t) * p.x_stride;
-            // the block's 32 activation codes: two 16-byte loads
-            const uvec4 xlo = x4[(xb >> 2) + 2u * b], xhi = x4[(xb >> 2) + 2u * b + 1u];
-            int isum = 0;
-            if (WTYPE == TYPE_Q8_0) {
-                for (uint k = 0; k < 8u; k++) {
-                    const int a = int(wq[k]), c = int(k < 4u ? xlo[k] : xhi[k - 4u]);
-                    for (int e = 0; e < 32; e += 8) isum += bitfieldExtract(a, e, 8) * bitfieldExtract(c, e, 8);
+            acc[t] = 0.0;
+            ms[t] = 0.0;
+        }
+        if (row < p.nrows) {
+            const uint wrow = p.w_off + row * p.w_stride;
+            for (uint b = 0; b < nb; b++) {
+                uint wq;
+                float dw, mw = 0.0;
+                if (WTYPE == TYPE_Q8_0) {
+                    wq = w[((wrow + 32u * b) >> 2) + k];
+                    dw = half_to_float(LOAD_U16(w, wrow + qbytes + 2u * b));
+                } else {
+                    wq = w[((wrow + 16u * b) >> 2) + (k & 3u)];
+                    wq = k < 4u ? wq & 0x0f0f0f0fu : (wq >> 4) & 0x0f0f0f0fu;
+                    if (WTYPE == TYPE_Q4_0) {
+                        dw = half_to_float(LOAD_U16(w, wrow + qbytes + 2u * b));
+                    } else {
+                        const uint dm = w[(wrow + qbytes + 4u * b) >> 2];
+                        dw = half_to_float(dm & 0xffffu);
+                        mw = half_to_float(dm >> 16);
+                    }
                 }
-            } else {
-                const int off = WTYPE == TYPE_Q4_0 ? 8 : 0;
-                for (uint k = 0; k < 4u; k++) {
-                    const int lo = int(xlo[k]), hi = int(xhi[k]);
+                for (uint t = 0; t < NT; t++) {
+                    if (t0 + t >= p.ntok) break;
+                    const uint xb = p.x_off + (t0 + t) * p.x_stride;
+                    const int xq = int(x[xb + 8u * b + k]);
+                    int lane = 0;
                     for (int e = 0; e < 32; e += 8) {
-                        isum += (int(bitfieldExtract(wq[k], e, 4)) - off) * bitfieldExtract(lo, e, 8);
-                        isum += (int(bitfieldExtract(wq[k], e + 4, 4)) - off) * bitfieldExtract(hi, e, 8);
+                        const int wv = WTYPE == TYPE_Q8_0 ? bitfieldExtract(int(wq), e, 8)
+                                                          : int(bitfieldExtract(wq, e, 8)) - (WTYPE == TYPE_Q4_0 ? 8 : 0);
+                        lane += wv * bitfieldExtract(xq, e, 8);
+                    }
+                    const float dx = uintBitsToFloat(x[xb + p.ncols / 4u + b]);
+                    precise float dd = dw * dx;
+                    precise float a = fma_rn(dd, float(lane), acc[t]);
+                    acc[t] = a;
+                    if (WTYPE == TYPE_Q4_1 && t % 8u == k) {
+                        precise float m = fma_rn(mw, uintBitsToFloat(x[xb + p.ncols / 4u + nb + b]), ms[t]);
+                        ms[t] = m;
                     }
                 }
             }
-            const float dx = uintBitsToFloat(x[xb + p.ncols / 4u + b]);
-            precise float v = (dw * dx) * float(isum);
-            if (WTYPE == TYPE_Q4_1) {
-                precise float m = mw * uintBitsToFloat(x[xb + p.ncols / 4u + nb + b]);
-                precise float vm = v + m;
-                acc[t] += vm;
-            } else {
-                acc[t] += v;
-            }
         }
+        for (uint t = 0; t < NT; t++) {
+            lanes_[(rl * NT + t) * 8u + k] = acc[t];
+            if (t % 8u == k) mins_[rl * NT + t] = ms[t];
+        }
+        barrier();
+        for (uint t = k; t < NT; t += 8u) {
+            if (row >= p.nrows || t0 + t >= p.ntok) break;
+            const uint o = (rl * NT + t) * 8u;
+            precise float s0 = lanes_[o + 4u] + lanes_[o];
+            precise float s1 = lanes_[o + 5u] + lanes_[o + 1u];
+            precise float s2 = lanes_[o + 6u] + lanes_[o + 2u];
+            precise float s3 = lanes_[o + 7u] + lanes_[o + 3u];
+            precise float s = ((s0 + s2) + (s1 + s3)) + mins_[rl * NT + t];
+            y[p.y_off + (t0 + t) * p.ldy + row] = s;
+        }
+        barrier();
     }
 }
