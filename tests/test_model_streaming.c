@@ -227,6 +227,39 @@ static void test_ring_independent_of_batching(void **state) {
     }
 }
 
+/* kvfit's own attention (attention_order.h) has one order of operations: the
+ * thread count, which splits a decode step's keys into tasks differently,
+ * must not change a bit of the logits, in any codec, over a cache of more
+ * than one chunk (256 keys) and a batched prefill that crosses the window. */
+static void test_threads_do_not_change_bits(void **state) {
+    (void)state;
+    NEED(g_smol && g_text, "the default model and the long text");
+    const kvfit_kv_codec codecs[] = {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD, KVFIT_KV_Q4_CHANNEL};
+    const size_t n_vocab = 49152;
+    float *ref = malloc(n_vocab * sizeof(float)), *got = malloc(n_vocab * sizeof(float));
+    for (int c = 0; c < 5; c++) {
+        for (int threads = 1; threads <= 3; threads += 2) {
+            kvfit_session_params sp;
+            kvfit_session_params_init(&sp);
+            sp.kv_budget_bytes = 16u << 20;
+            sp.n_sink = 4;
+            sp.n_window = 288;
+            sp.kv_codec = codecs[c];
+            sp.n_batch = 64;
+            sp.n_threads = threads;
+            kvfit_session *s = NULL;
+            assert_int_equal(kvfit_session_create(g_smol, &sp, &s), KVFIT_OK);
+            assert_int_equal(kvfit_session_prefill(s, g_text, 300), KVFIT_OK);
+            for (int i = 0; i < 3; i++) assert_int_equal(kvfit_session_decode(s, g_text[300 + i]), KVFIT_OK);
+            logits_of(s, threads == 1 ? ref : got, n_vocab);
+            if (threads > 1) assert_memory_equal(ref, got, n_vocab * sizeof(float));
+            kvfit_session_free(s);
+        }
+    }
+    free(ref);
+    free(got);
+}
+
 static double ppl(kvfit_session *s, const int32_t *toks, size_t n, size_t skip_first) {
     float *nll = malloc(sizeof(float) * n);
     assert_int_equal(kvfit_session_prefill_nll(s, toks, n, nll), KVFIT_OK);
@@ -403,6 +436,7 @@ int main(void) {
         cmocka_unit_test(test_planner_ladder),
         cmocka_unit_test(test_prerope_matches_dense),
         cmocka_unit_test(test_ring_independent_of_batching),
+        cmocka_unit_test(test_threads_do_not_change_bits),
         cmocka_unit_test(test_beyond_training_length),
         cmocka_unit_test(test_endless_generation),
         cmocka_unit_test(test_codecs_close_to_f16),

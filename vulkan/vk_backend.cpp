@@ -32,7 +32,7 @@ constexpr VkDeviceSize kArenaBytes = VkDeviceSize(64) << 20;
 constexpr uint32_t kTokenTile = 8;        // tokens per workgroup in batched matmul
 constexpr size_t kMaxDescriptorSets = 8192;
 constexpr uint32_t kSetsPerPool = 256, kMaxBindings = 10;
-constexpr uint32_t kMaxSplit = 32;        // key splits of one attention query block
+constexpr uint32_t kAttnChunk = 256;      // keys per chunk of kvfit's attention order (cpu::kAttnChunk)
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 uint32_t ceil_div(uint64_t a, uint64_t b) { return uint32_t((a + b - 1) / b); }
@@ -290,8 +290,8 @@ private:
 
 class VulkanStream final : public Stream {
 public:
-    VulkanStream(VulkanBackend &b, int max_tokens, int64_t max_cols)
-        : b_(b), d_(b.device()), f_(b.device().fn()), max_tokens_(max_tokens), max_cols_(max_cols) {
+    VulkanStream(VulkanBackend &b, int max_tokens, int64_t max_cols, int max_kv)
+        : b_(b), d_(b.device()), f_(b.device().fn()), max_tokens_(max_tokens), max_cols_(max_cols), max_kv_(max_kv) {
         profile_ = env_flag("KVFIT_VULKAN_PROFILE") && d_.physical().timestamp_bits > 0;
         try {
             VkCommandPoolCreateInfo pi{};
@@ -569,13 +569,14 @@ public:
         const uint32_t dpt = (hd + kWG - 1) / kWG;
         auto shared_bytes = [&](uint32_t qb) {
             const size_t r = size_t(qb) * group;
-            return (2 * r * hd + r * kWG + 3 * r + 3 * kWG) * 4;
+            return (2 * r * hd + 2 * r * kWG + 8 * r + 3 * kWG) * 4;
         };
+        // (two accumulators of qb * group * dpt floats per invocation)
         uint32_t qb = a.n_q == 1 ? 1 : 8;
-        while (qb > 1 && (shared_bytes(qb) > d_.limits().maxComputeSharedMemorySize || qb * group * dpt > 64 ||
+        while (qb > 1 && (shared_bytes(qb) > d_.limits().maxComputeSharedMemorySize || qb * group * dpt > 32 ||
                           qb * group > kWG))
             qb /= 2;
-        if (shared_bytes(qb) > d_.limits().maxComputeSharedMemorySize || group * dpt > 64 || group > kWG)
+        if (shared_bytes(qb) > d_.limits().maxComputeSharedMemorySize || group * dpt > 32 || group > kWG)
             fail(KVFIT_E_UNSUPPORTED, "Vulkan: attention with %u query heads per KV head of size %u does not fit "
                  "a workgroup on %s", group, hd, d_.physical().name.c_str());
         const size_t qbytes = size_t(a.n_q) * size_t(a.n_head) * hd * 4;
@@ -596,10 +597,14 @@ public:
 
         const uint64_t p0 = a.pos0, t_last = p0 + uint64_t(a.n_q) - 1;
         auto win_start = [&](uint64_t t) { return a.streaming ? std::max<uint64_t>(S, t + 1 > W ? t + 1 - W : 0) : uint64_t(S); };
-        // A single query block over many keys splits them across workgroups
-        // (merged below), so a decode step keeps more than n_head_kv busy.
+        // A decode step over more than one chunk of keys (kAttnChunk) takes a
+        // workgroup per chunk, merged below, so it keeps more than n_head_kv
+        // busy; the chunks are those of the CPU's order, so the bits are too.
         const uint64_t n_keys = std::min<uint64_t>(S, t_last + 1) + (t_last + 1 - std::min(win_start(p0), t_last + 1));
-        const uint32_t n_split = uint32_t(a.n_q) <= qb ? uint32_t(std::clamp<uint64_t>(n_keys / 256, 1, kMaxSplit)) : 1;
+        const uint32_t n_split = a.n_q == 1 ? uint32_t((n_keys + kAttnChunk - 1) / kAttnChunk) : 1;
+        if (n_split > d_.limits().maxComputeWorkGroupCount[2])
+            fail(KVFIT_E_UNSUPPORTED, "Vulkan: attention over %llu keys exceeds %s's workgroup count",
+                 (unsigned long long)n_keys, d_.physical().name.c_str());
         AttentionPush p{};
         p.q_off = uint32_t(qs.rel / 4);
         p.cs_off = uint32_t(cs.rel / 4);
@@ -633,7 +638,7 @@ public:
             const uint64_t res0 = p0 > S ? S + (p0 - S) / KV_CHANNEL_BLOCK * KV_CHANNEL_BLOCK : p0;
             p.rel_res0 = int32_t(int64_t(res0) - int64_t(p0));
         }
-        const Pipeline &pl = d_.pipeline("attention", 10, {kWG, hd, group, uint32_t(a.codec), a.hadamard,
+        const Pipeline &pl = d_.pipeline(variant("attention"), 10, {kWG, hd, group, uint32_t(a.codec), a.hadamard,
                                                            a.rope.mode == RopeMode::Neox, qb, a.channel_keys,
                                                            a.keys_rotated});
         const uint32_t gy = ceil_div(uint32_t(a.n_q), qb);
@@ -645,12 +650,14 @@ public:
                 &p, sizeof p, uint32_t(a.n_head_kv), gy, n_split);
             return;
         }
-        // Partials: per output row and split, m, l and hd sums; sized once for the largest case.
-        const size_t rows = size_t(a.n_q) * size_t(a.n_head);
-        const size_t need = rows * kMaxSplit * (hd + 2) * 4;
+        // Partials: per output row and chunk, m, l and hd sums; sized once, for
+        // the most keys this stream's sessions attend over.
+        const size_t rows = size_t(a.n_head);
+        const size_t need = rows * n_split * (hd + 2) * 4;
         if (need > part_bytes_) {
             if (part_) fail(KVFIT_E_INTERNAL, "Vulkan: attention partials grew");
-            part_bytes_ = std::max(need, size_t(8) * size_t(a.n_head) * kMaxSplit * (hd + 2) * 4);
+            const size_t max_chunks = (size_t(std::max(max_kv_, 1)) + kAttnChunk - 1) / kAttnChunk + 1;
+            part_bytes_ = std::max(need, rows * max_chunks * (hd + 2) * 4);
             part_ = alloc(part_bytes_);
         }
         const Span ps = d_.span(part_, rows * n_split * (hd + 2) * 4);
@@ -660,7 +667,7 @@ public:
              {sk, false}, {rk, false}},
             &p, sizeof p, uint32_t(a.n_head_kv), gy, n_split);
         MergePush mp{uint32_t(ps.rel / 4), uint32_t(os.rel / 4), n_split, hd};
-        run("attention_merge", d_.pipeline("attention_merge", 2, {kWG}), {{ps, false}, {os, true}}, &mp, sizeof mp,
+        run("attention_merge", d_.pipeline(variant("attention_merge"), 2, {kWG}), {{ps, false}, {os, true}}, &mp, sizeof mp,
             uint32_t(rows));
     }
 
@@ -981,6 +988,7 @@ private:
     const DeviceFns &f_;
     int max_tokens_;
     int64_t max_cols_;
+    int max_kv_;
     bool profile_ = false;
     VkCommandPool pool_ = VK_NULL_HANDLE;
     Batch batch_[2];
@@ -1000,8 +1008,8 @@ private:
     std::string broken_;
 };
 
-std::unique_ptr<Stream> VulkanBackend::create_stream(int, int max_tokens, int64_t max_cols, int) {
-    return std::make_unique<VulkanStream>(*this, max_tokens, max_cols);
+std::unique_ptr<Stream> VulkanBackend::create_stream(int, int max_tokens, int64_t max_cols, int max_kv) {
+    return std::make_unique<VulkanStream>(*this, max_tokens, max_cols, max_kv);
 }
 
 bool is_gpu(kvfit_device_type t) { return t == KVFIT_DEVICE_DISCRETE_GPU || t == KVFIT_DEVICE_INTEGRATED_GPU; }

@@ -7,11 +7,11 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/cpu_features.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
 
 #if defined(__x86_64__)
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -584,13 +584,6 @@ KVFIT_AVX2 void axpy_avx2(const void *row, float w, float *y, int n) {
     }
 }
 
-bool cpu_has_avx2_fma_f16c() {
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
-    // Not every compiler's __builtin_cpu_supports knows "f16c": CPUID leaf 1, ECX bit 29.
-    unsigned a, b, c, d;
-    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
-}
 
 // Whole-row decoding, used where attention must rotate keys before the dot.
 KVFIT_AVX2 void decode_avx2(int codec, const uint8_t *src, float *x, int n) {
@@ -709,7 +702,7 @@ const Kernels kAvx2 = {
 
 const Kernels &kernels() {
 #if defined(__x86_64__)
-    static const Kernels &k = cpu_has_avx2_fma_f16c() ? kAvx2 : kScalar;
+    static const Kernels &k = cpu::has_avx2_fma_f16c() ? kAvx2 : kScalar;
     return k;
 #else
     return kScalar;
@@ -786,7 +779,7 @@ void codec_encode(KVCodec c, const float *x, void *dst, int n) {
 void codec_decode(KVCodec c, const void *src, float *x, int n) {
     const uint8_t *s = static_cast<const uint8_t *>(src);
 #if defined(__x86_64__)
-    static const bool avx2 = cpu_has_avx2_fma_f16c();
+    static const bool avx2 = cpu::has_avx2_fma_f16c();
     if (avx2) return decode_avx2(row_codec_index(c, n), s, x, n);
 #endif
     switch (row_codec_index(c, n)) {
@@ -851,7 +844,7 @@ void channel_block_encode(const float *rows, size_t stride, void *dst, int n) {
 
 void channel_block_decode(const void *block, int n, int first, int count, float *dst) {
 #if defined(__x86_64__)
-    static const bool avx2 = cpu_has_avx2_fma_f16c();
+    static const bool avx2 = cpu::has_avx2_fma_f16c();
     if (avx2 && n % 8 == 0) return channel_block_decode_avx2(static_cast<const uint8_t *>(block), n, first, count, dst);
 #endif
     const size_t gb = codec_row_bytes(KVCodec::Q4, KV_CHANNEL_BLOCK);

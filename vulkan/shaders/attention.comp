@@ -1,18 +1,20 @@
 #version 450
 // Attention of new queries over a sinks + ring KV cache with fused
-// dequantization and pre-RoPE keys, as the CPU reference
-// (CpuStream::cache_attention) defines it. A workgroup takes one KV head, a
-// block of QB consecutive queries and the GROUP query heads that share the KV
+// dequantization and pre-RoPE keys, in kvfit's attention order
+// (src/backend/cpu/attention_order.h), so that the results are the CPU's
+// bit for bit where fma_rn is exact. A workgroup takes one KV head, a block
+// of QB consecutive queries and the GROUP query heads that share the KV
 // head: R = QB x GROUP rows. Keys are visited in tiles of WG, one per
 // invocation: decoded, Hadamard-inverted if they were rotated, RoPE-rotated
 // to their cache position once for all rows, and scored against every row
-// that may see them. Invocation r < R then updates row r's online softmax
-// over the tile, and each invocation adds the tile's values into its share
-// of the output dimensions for all rows.
+// that may see them. Invocation r < R then walks the tile's keys in order
+// for row r (the online softmax of the row's current chunk of 256 visible
+// keys, and the merge of a chunk that ends), and each invocation applies
+// the same steps to its share of the output dimensions of every row.
 //
-// With n_split > 1 (decode over many keys) the workgroups along z split the
-// keys, and each writes its rows' running maximum, sum and unnormalised
-// output to o (the partials buffer) for attention_merge.comp.
+// With n_split > 1 (one query: decode over more than one chunk) workgroup z
+// takes chunk z alone and writes its maximum, sum and accumulator to o (the
+// partials buffer); attention_merge.comp merges the chunks in order.
 //
 // With CHANNEL (KVFIT_KV_Q4_CHANNEL) keys are F16 rows in the staged rows,
 // the sinks (ks) and the block being filled (kr, from relative position
@@ -30,6 +32,7 @@
 // key's rotation is the same for all queries; sinks are rotated to their
 // index, and the query to its own cache position for them.
 #include "common.glsl"
+#include "exact_math.glsl"
 #include "kv_rows.glsl"
 
 layout(constant_id = 1) const uint HD = 64;
@@ -67,12 +70,19 @@ layout(push_constant) uniform P {
     int rel_res0;  // CHANNEL: the first position in the block being filled, relative to p0
 } p;
 
+const uint CHUNK = 256u;  // kAttnChunk; a multiple of WG, so a tile ends at most one chunk of a row
+
 shared float qs[R * HD];  // rows' queries rotated for the sinks
 shared float qw[R * HD];  // ... and for the window
-shared float sc[R * WG];  // scores, then softmax weights, of the tile
+shared float sc[R * WG];  // the tile's scores (-inf: not visible to the row), then value weights
+shared float rs[R * WG];  // accumulator rescale per key (-1: not visible)
+shared uint kidx[WG];     // each tile key's index in the block's list of keys
 shared uint vrow[WG];     // byte offset of each tile key's value row
 shared bool vfresh[WG];   // ... in the staged rows (else in the cache)
-shared float row_m[R], row_l[R], row_resc[R];
+shared float row_m[R], row_l[R];  // the current chunk's maximum and sum
+shared float tot_m[R], tot_l[R];  // the chunks merged so far
+shared uint row_end[R];           // the tile key that ends the row's chunk (WG: none)
+shared float row_a[R], row_b[R];  // the merge's factors for the merged and the chunk's sums
 
 #define NEG_INF uintBitsToFloat(0xff800000u)
 
@@ -90,6 +100,21 @@ vec2 rope(float a, float b, uint pos, uint k) {
 
 uvec2 pair_dims(uint k) { return NEOX ? uvec2(k, k + p.n_dims / 2u) : uvec2(2u * k, 2u * k + 1u); }
 
+// The merge of row r's current chunk into its merged result (invocation r).
+void merge_row(uint r) {
+    const float m = max(tot_m[r], row_m[r]);
+    precise float da = tot_m[r] - m;
+    precise float db = row_m[r] - m;
+    const float a = exp_ggml(da), b = exp_ggml(db);
+    precise float lb = row_l[r] * b;
+    tot_l[r] = fma_rn(tot_l[r], a, lb);
+    tot_m[r] = m;
+    row_a[r] = a;
+    row_b[r] = b;
+    row_m[r] = NEG_INF;
+    row_l[r] = 0.0;
+}
+
 void main() {
     const uint g = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, split = gl_WorkGroupID.z;
     const uint i0 = gl_WorkGroupID.y * QB;
@@ -100,7 +125,7 @@ void main() {
     const uint sinks_u = sinks_vis(i_last);
     const int wb0 = rel_wb(i0);
     const uint n_union = sinks_u + uint(max(int(i_last) + 1 - wb0, 0));
-    const uint chunk = ((n_union + p.n_split - 1u) / p.n_split + WG - 1u) / WG * WG;
+    const uint chunk = p.n_split == 1u ? n_union : CHUNK;
     const uint k_begin = split * chunk, k_end = min(n_union, k_begin + chunk);
 
     for (uint e = t; e < R * HD; e += WG) {
@@ -112,6 +137,8 @@ void main() {
     if (t < R) {
         row_m[t] = NEG_INF;
         row_l[t] = 0.0;
+        tot_m[t] = NEG_INF;
+        tot_l[t] = 0.0;
     }
     barrier();
     const uint half_dims = p.n_dims / 2u;
@@ -125,16 +152,19 @@ void main() {
         const uint qpos_win = win_vis > 0u ? uint(int(S) + int(i) - p.rel_wfirst) : qpos_sink;
         const uvec2 d = pair_dims(k) + r * HD;
         const float a = qs[d.x], b = qs[d.y];
-        const vec2 rs = rope(a, b, qpos_sink, k), rw = rope(a, b, qpos_win, k);
-        qs[d.x] = rs.x;
-        qs[d.y] = rs.y;
+        const vec2 rsk = rope(a, b, qpos_sink, k), rw = rope(a, b, qpos_win, k);
+        qs[d.x] = rsk.x;
+        qs[d.y] = rsk.y;
         qw[d.x] = rw.x;
         qw[d.y] = rw.y;
     }
     barrier();
 
-    float acc[R * DPT];
-    for (uint k = 0; k < R * DPT; k++) acc[k] = 0.0;
+    float acc[R * DPT], macc[R * DPT];  // the current chunk's and the merged accumulators
+    for (uint k = 0; k < R * DPT; k++) {
+        acc[k] = 0.0;
+        macc[k] = 0.0;
+    }
     const uint head = g * p.head_bytes;
 
     for (uint base = k_begin; base < k_end; base += WG) {
@@ -155,6 +185,7 @@ void main() {
                 row = fresh ? uint(d) : S + uint(slot);
                 pos = uint(int(S) + d - p.rel_wfirst);
             }
+            kidx[t] = idx;
             vrow[t] = (fresh ? p.vn_off : p.v_off) + row * p.row_bytes + head;
             vfresh[t] = fresh;
             float kk[HD];
@@ -205,36 +236,64 @@ void main() {
                 const bool seen = qi < nqb && (sink ? idx < sinks_vis(i) : d >= rel_wb(i) && d <= int(i));
                 float s = NEG_INF;
                 if (seen) {
-                    s = 0.0;
-                    for (uint e = 0; e < HD; e++) s += kk[e] * (sink ? qs[r * HD + e] : qw[r * HD + e]);
-                    s *= p.scale;
+                    // 16 lanes of fma chains, reduced in a fixed tree (attn_dot)
+                    float x[16];
+                    for (uint l = 0; l < 16u; l++) x[l] = 0.0;
+                    for (uint e = 0; e < HD; e++) {
+                        precise float f = fma_rn(kk[e], sink ? qs[r * HD + e] : qw[r * HD + e], x[e % 16u]);
+                        x[e % 16u] = f;
+                    }
+                    for (uint w = 8u; w > 0u; w /= 2u)
+                        for (uint l = 0; l < w; l++) {
+                            precise float f = x[l] + x[l + w];
+                            x[l] = f;
+                        }
+                    precise float sv = x[0] * p.scale;
+                    s = sv;
                 }
                 sc[r * WG + t] = s;
             }
         }
         barrier();
 
-        // Online softmax, one invocation per row.
+        // Row r's online softmax over the tile, key by key (attn_chunk_add);
+        // a chunk that ends here is merged (attn_chunk_merge).
         const uint n_tile = min(WG, k_end - base);
         if (t < R) {
-            float mt = NEG_INF;
-            for (uint j = 0; j < n_tile; j++) mt = max(mt, sc[t * WG + j]);
-            const float mn = max(row_m[t], mt);
-            if (mn == NEG_INF) {
-                // nothing this row may see so far
-                for (uint j = 0; j < n_tile; j++) sc[t * WG + j] = 0.0;
-                row_resc[t] = 1.0;
-            } else {
-                float sum = 0.0;
-                for (uint j = 0; j < n_tile; j++) {
-                    const float e = exp(sc[t * WG + j] - mn);
-                    sc[t * WG + j] = e;
-                    sum += e;
+            const uint qi = t / GROUP, i = i0 + qi;
+            const uint svis = qi < nqb ? sinks_vis(i) : 0u;
+            const int wbi = rel_wb(i);
+            row_end[t] = WG;
+            for (uint j = 0; j < n_tile; j++) {
+                const float s = sc[t * WG + j];
+                if (s == NEG_INF) {
+                    rs[t * WG + j] = -1.0;
+                    continue;
                 }
-                const float resc = exp(row_m[t] - mn);
-                row_resc[t] = resc;
-                row_l[t] = row_l[t] * resc + sum;
-                row_m[t] = mn;
+                const float m = row_m[t];
+                float e, w;
+                if (s > m) {
+                    precise float arg = m - s;
+                    e = exp_ggml(arg);
+                    rs[t * WG + j] = e;
+                    w = 1.0;
+                    row_m[t] = s;
+                    row_l[t] = fma_rn(row_l[t], e, 1.0);
+                } else {
+                    precise float arg = s - m;
+                    e = exp_ggml(arg);
+                    rs[t * WG + j] = 1.0;
+                    w = e;
+                    row_l[t] = fma_rn(row_l[t], 1.0, e);
+                }
+                sc[t * WG + j] = w;
+                // the key's index among the keys this row sees
+                const uint idx = kidx[j];
+                const uint v = idx < sinks_u ? idx : svis + uint(wb0 + int(idx - sinks_u) - wbi);
+                if (p.n_split == 1u && (v + 1u) % CHUNK == 0u) {
+                    merge_row(t);
+                    row_end[t] = j;
+                }
             }
         }
         barrier();
@@ -242,17 +301,40 @@ void main() {
         for (uint k = 0; k < DPT; k++) {
             const uint dd = t + k * WG;
             if (dd >= HD) break;
-            for (uint r = 0; r < R; r++) acc[r * DPT + k] *= row_resc[r];
             for (uint j = 0; j < n_tile; j++) {
                 float v;
                 if (vfresh[j]) DECODE_KV(vn, CODEC, vrow[j], dd, v)
                 else DECODE_KV(vc, CODEC, vrow[j], dd, v)
-                for (uint r = 0; r < R; r++) acc[r * DPT + k] += sc[r * WG + j] * v;
+                for (uint r = 0; r < R; r++) {
+                    const float rr = rs[r * WG + j];
+                    if (rr < 0.0) continue;
+                    float a = acc[r * DPT + k];
+                    if (rr != 1.0) {
+                        precise float sa = a * rr;
+                        a = sa;
+                    }
+                    acc[r * DPT + k] = fma_rn(v, sc[r * WG + j], a);
+                    if (row_end[r] == j) {
+                        precise float cb = acc[r * DPT + k] * row_b[r];
+                        macc[r * DPT + k] = fma_rn(macc[r * DPT + k], row_a[r], cb);
+                        acc[r * DPT + k] = 0.0;
+                    }
+                }
             }
         }
         barrier();
     }
 
+    // The last chunk: merged here, or (split) written as it is.
+    if (p.n_split == 1u) {
+        if (t < R && row_m[t] != NEG_INF) {
+            merge_row(t);
+            row_end[t] = 0u;
+        } else if (t < R) {
+            row_end[t] = WG;
+        }
+        barrier();
+    }
     for (uint k = 0; k < DPT; k++) {
         const uint dd = t + k * WG;
         if (dd >= HD) break;
@@ -261,7 +343,14 @@ void main() {
             if (qi >= nqb) break;
             const uint orow = (i0 + qi) * p.n_head + g * GROUP + r % GROUP;
             if (p.n_split == 1u) {
-                o[p.o_off + orow * HD + dd] = acc[r * DPT + k] * (1.0 / row_l[r]);
+                float m = macc[r * DPT + k];
+                if (row_end[r] == 0u) {
+                    precise float cb = acc[r * DPT + k] * row_b[r];
+                    m = fma_rn(m, row_a[r], cb);
+                }
+                const float inv = tot_l[r] == 0.0 ? 0.0 : div_rn(1.0, tot_l[r]);
+                precise float res = m * inv;
+                o[p.o_off + orow * HD + dd] = res;
             } else {
                 const uint part = p.o_off + (orow * p.n_split + split) * (HD + 2u);
                 if (dd == 0u) {

@@ -1,8 +1,11 @@
 #version 450
-// Joins the key splits of attention.comp: per output row, the splits'
-// running maxima m, sums l and unnormalised outputs give
-// out = sum_s acc_s exp(m_s - M) / sum_s l_s exp(m_s - M), M = max_s m_s.
+// Merges the chunks of attention.comp's split decode in order, as
+// attn_chunk_merge (src/backend/cpu/attention_order.h): per output row,
+// M' = max(M, m), a = exp(M - M'), b = exp(m - M'), L = fma(L, a, l b),
+// ACC = fma(ACC, a, acc b); out = ACC (1 / L). One workgroup per row; every
+// invocation works out the factors itself (the same bits) for its dimensions.
 #include "common.glsl"
+#include "exact_math.glsl"
 
 layout(std430, binding = 0) readonly buffer PT { float part[]; };
 layout(std430, binding = 1) writeonly buffer O { float o[]; };
@@ -12,20 +15,22 @@ layout(push_constant) uniform P { uint part_off, o_off, n_split, hd; } p;
 void main() {
     const uint row = gl_WorkGroupID.x, t = gl_LocalInvocationID.x;
     const uint base = p.part_off + row * p.n_split * (p.hd + 2u);
-    float M = uintBitsToFloat(0xff800000u);
-    for (uint s = 0; s < p.n_split; s++) M = max(M, part[base + s * (p.hd + 2u)]);
-    float L = 0.0;
-    for (uint s = 0; s < p.n_split; s++) {
-        const float m = part[base + s * (p.hd + 2u)];
-        if (m != uintBitsToFloat(0xff800000u)) L += part[base + s * (p.hd + 2u) + 1u] * exp(m - M);
-    }
-    const float inv = 1.0 / L;
     for (uint d = t; d < p.hd; d += WG) {
-        float acc = 0.0;
+        float M = uintBitsToFloat(0xff800000u), L = 0.0, acc = 0.0;
         for (uint s = 0; s < p.n_split; s++) {
-            const float m = part[base + s * (p.hd + 2u)];
-            if (m != uintBitsToFloat(0xff800000u)) acc += part[base + s * (p.hd + 2u) + 2u + d] * exp(m - M);
+            const uint c = base + s * (p.hd + 2u);
+            const float m = max(M, part[c]);
+            precise float da = M - m;
+            precise float db = part[c] - m;
+            const float a = exp_ggml(da), b = exp_ggml(db);
+            precise float lb = part[c + 1u] * b;
+            precise float cb = part[c + 2u + d] * b;
+            L = fma_rn(L, a, lb);
+            acc = fma_rn(acc, a, cb);
+            M = m;
         }
-        o[p.o_off + row * p.hd + d] = acc * inv;
+        const float inv = L == 0.0 ? 0.0 : div_rn(1.0, L);
+        precise float res = acc * inv;
+        o[p.o_off + row * p.hd + d] = res;
     }
 }

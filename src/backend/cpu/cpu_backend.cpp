@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/attention_order.h"
+#include "backend/cpu/cpu_features.h"
 #include "backend/cpu/ggml_order.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/threadpool.h"
@@ -54,143 +56,23 @@ __attribute__((target("avx2,fma"))) void rotate_norm_avx2(float *v, const float 
     if (i < n_dims) rotate_norm_scalar(v + i, cs + i, n_dims - i);
 }
 
-__attribute__((target("avx2,fma"))) inline float hsum_avx2(__m256 v) {
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
-}
-
-// out[j] = scale * dot(row j, q) for n rows of hd floats (hd a multiple of 8).
-__attribute__((target("avx2,fma"))) void dots_avx2(const float *rows, int n, int hd, const float *q, float scale,
-                                                   float *out) {
-    for (int j = 0; j < n; j++) {
-        const float *k = rows + size_t(j) * size_t(hd);
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        int i = 0;
-        for (; i + 16 <= hd; i += 16) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(k + i), _mm256_loadu_ps(q + i), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(k + i + 8), _mm256_loadu_ps(q + i + 8), a1);
-        }
-        if (i < hd) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(k + i), _mm256_loadu_ps(q + i), a0);
-        out[j] = hsum_avx2(_mm256_add_ps(a0, a1)) * scale;
-    }
-}
-
-// Attention's inner loops over a block of nb decoded keys and values of one
-// KV head (head_dim and rotated dims multiples of 8, RoPE in pair mode), in
-// registers instead of per-key calls:
-//   block_scores: rotates key j to the cache position whose cos/sin row is
-//   cs + j * n_dims, then sc[h * ldsc + j] = scale * dot(key j, query h);
-//   block_values: acc_h = acc_h * rescale[h] + sum_j e[h * lde + j] * value j,
-//   acc_h at acc + h * acc_stride.
-__attribute__((target("avx2,fma"))) void block_scores_avx2(float *keys, int nb, int hd, int n_dims, const float *cs,
-                                                           const float *qr, int group, float scale, float *sc, int ldsc) {
+// Rotates block keys j = 0 .. nb-1 to the cache positions whose cos/sin rows
+// are cs + j * n_dims (pair mode, n_dims a multiple of 8).
+__attribute__((target("avx2,fma"))) void rotate_block_avx2(float *keys, int nb, int hd, int n_dims, const float *cs) {
     for (int j = 0; j < nb; j++) {
         float *k = keys + size_t(j) * size_t(hd);
         const float *c = cs + size_t(j) * size_t(n_dims);
         for (int i = 0; i < n_dims; i += 8) _mm256_storeu_ps(k + i, rotate8_avx2(_mm256_loadu_ps(k + i), c + i));
     }
-    for (int h = 0; h < group; h++) dots_avx2(keys, nb, hd, qr + size_t(h) * size_t(hd), scale, sc + size_t(h) * ldsc);
 }
 
-__attribute__((target("avx2,fma"))) void block_values_avx2(const float *vals, int nb, int hd, const float *e, int lde,
-                                                           int group, const float *rescale, float *acc,
-                                                           size_t acc_stride) {
-    for (int h = 0; h < group; h++) {
-        float *a = acc + size_t(h) * acc_stride;
-        const float *eh = e + size_t(h) * size_t(lde);
-        const __m256 r = _mm256_set1_ps(rescale[h]);
-        for (int i = 0; i < hd; i += 8) {
-            __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(a + i), r), s1 = _mm256_setzero_ps();
-            int j = 0;
-            for (; j + 2 <= nb; j += 2) {
-                s0 = _mm256_fmadd_ps(_mm256_set1_ps(eh[j]), _mm256_loadu_ps(vals + size_t(j) * size_t(hd) + i), s0);
-                s1 = _mm256_fmadd_ps(_mm256_set1_ps(eh[j + 1]), _mm256_loadu_ps(vals + size_t(j + 1) * size_t(hd) + i),
-                                     s1);
-            }
-            if (j < nb) s0 = _mm256_fmadd_ps(_mm256_set1_ps(eh[j]), _mm256_loadu_ps(vals + size_t(j) * size_t(hd) + i), s0);
-            _mm256_storeu_ps(a + i, _mm256_add_ps(s0, s1));
-        }
-    }
-}
-
-bool cpu_has_avx2_fma() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
 #endif
-
-// x[i] = exp(x[i] - m) for the n scores of a softmax (every x[i] <= m);
-// returns their sum. Scalar exp per score costs more than the rest of
-// attention over a short head, hence the vector version.
-float exp_shift_scalar(float *x, int n, float m) {
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) sum += (x[i] = std::exp(x[i] - m));
-    return sum;
-}
-
-#if defined(__x86_64__)
-// exp(x) for x <= 0 within 2 ulp: x = k ln2 + r with |r| <= ln2/2, e^r by its
-// degree-6 Taylor polynomial, 2^k added to the exponent bits; exp(x) < 2^-126
-// (x < -87.3) flushes to 0, as the softmax needs no subnormals.
-__attribute__((target("avx2,fma"))) inline __m256 exp_nonpositive_avx2(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.3f);
-    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(x, lo);
-    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23);
-    const __m256 y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
-    return _mm256_andnot_ps(under, y);
-}
-
-__attribute__((target("avx2,fma"))) float exp_shift_avx2(float *x, int n, float m) {
-    const __m256 mv = _mm256_set1_ps(m);
-    __m256 acc = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 y = exp_nonpositive_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
-        _mm256_storeu_ps(x + i, y);
-        acc = _mm256_add_ps(acc, y);
-    }
-    if (i < n) {
-        alignas(32) float t[8] = {0};
-        for (int j = i; j < n; j++) t[j - i] = x[j] - m;
-        for (int j = n - i; j < 8; j++) t[j] = -INFINITY;
-        const __m256 y = exp_nonpositive_avx2(_mm256_load_ps(t));
-        _mm256_store_ps(t, y);
-        for (int j = i; j < n; j++) x[j] = t[j - i];
-        acc = _mm256_add_ps(acc, y);
-    }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, acc);
-    return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-}
-#endif
-
-using ExpShiftFn = float (*)(float *, int, float);
-
-ExpShiftFn pick_exp_shift() {
-#if defined(__x86_64__)
-    if (cpu_has_avx2_fma()) return exp_shift_avx2;
-#endif
-    return exp_shift_scalar;
-}
 
 using RotateFn = void (*)(float *, const float *, int);
 
 RotateFn pick_rotate() {
 #if defined(__x86_64__)
-    if (cpu_has_avx2_fma()) return rotate_norm_avx2;
+    if (cpu::has_avx2_fma()) return rotate_norm_avx2;
 #endif
     return rotate_norm_scalar;
 }
@@ -198,9 +80,9 @@ RotateFn pick_rotate() {
 class CpuStream final : public Stream {
 public:
     CpuStream(int n_threads, int max_tokens, int64_t max_cols, int max_kv)
-        : pool_(n_threads), k_(kernels_best()), rotate_norm_(pick_rotate()), exp_shift_(pick_exp_shift()),
+        : pool_(n_threads), k_(kernels_best()), rotate_norm_(pick_rotate()),
 #if defined(__x86_64__)
-          fast_attention_(cpu_has_avx2_fma()),
+          fast_attention_(cpu::has_avx2_fma()),
 #endif
           max_kv_(max_kv) {
         size_t scratch = 0;
@@ -208,11 +90,6 @@ public:
             scratch = std::max(scratch, matmul_scratch_bytes(t, max_cols, max_tokens));
         matmul_scratch_.resize(scratch);
         max_tokens_ = max_tokens;
-    }
-
-    // y += w * x over n floats (the compiler vectorises it).
-    static void axpy_f32(int n, float w, const float *__restrict x, float *__restrict y) {
-        for (int c = 0; c < n; c++) y[c] += w * x[c];
     }
 
     // Rotates one head vector to cache position pos (RoPE from the cache's cos/sin table).
@@ -344,10 +221,11 @@ public:
 
     void copy(void *dst, const void *src, size_t bytes) override { std::memmove(dst, src, bytes); }
 
-    // One new token (decode): the visible keys are split over the threads and
-    // the partial softmax sums merged, as flash-decoding does, because a
-    // handful of KV heads alone would leave threads idle. The visible list
-    // (sinks, then the window in order) is indexed by cache position.
+    // One new token (decode), in kvfit's attention order (attention_order.h):
+    // the visible keys (sinks, then the window in order, indexed by cache
+    // position) form chunks of kAttnChunk, and the threads take (KV head,
+    // chunk) tasks, so a long cache keeps every thread busy and the result
+    // does not depend on how many there are. The chunks are merged in order.
     void decode_attention(const CacheAttention &a, const float *q, float *out) {
         const uint32_t S = a.n_sink, W = a.n_window;
         const int hd = a.head_dim, group = a.n_head / a.n_head_kv;
@@ -355,29 +233,27 @@ public:
         const uint32_t sinks_vis = uint32_t(std::min<uint64_t>(S, t + 1));
         const uint64_t wb = a.streaming ? std::max<uint64_t>(S, t + 1 > W ? t + 1 - W : 0) : uint64_t(S);
         const uint32_t n_vis = sinks_vis + (t + 1 > wb ? uint32_t(t + 1 - wb) : 0);
-        const int kc = std::max(1, std::min<int>(pool_.size(), int(n_vis / 64)));  // key chunks per KV head
-        const size_t part = size_t(group) * (2 + size_t(hd));                     // m, l, acc per head
-        constexpr int B = 64;                                                     // keys per block
-        const size_t per_thread = size_t(group) * size_t(hd) + 2 * size_t(B) * size_t(hd) + size_t(group) * (B + 1);
-        const bool fast_block = fast_attention_ && hd % 8 == 0 && a.rope.n_dims % 8 == 0 &&
-                                a.rope.mode == RopeMode::Norm;
-        const size_t need = part * size_t(a.n_head_kv) * size_t(kc) + per_thread * size_t(pool_.size());
+        const int nc = int((n_vis + cpu::kAttnChunk - 1) / cpu::kAttnChunk);
+        const size_t part = size_t(group) * (2 + size_t(hd));  // per task and head: m, l, acc
+        constexpr int B = 64;                                   // keys decoded at a time
+        const size_t per_thread = size_t(group) * size_t(hd) + 2 * size_t(B) * size_t(hd) + size_t(group) * B + 3 * B;
+        const bool fast_rotate = fast_attention_ && a.rope.n_dims % 8 == 0 && a.rope.mode == RopeMode::Norm;
+        const size_t need = part * size_t(a.n_head_kv) * size_t(nc) + per_thread * size_t(pool_.size());
         if (attn_scratch_.size() < need) attn_scratch_.resize(need);
         float *parts = attn_scratch_.data();
-        const int64_t tasks = int64_t(a.n_head_kv) * kc;
+        const int64_t tasks = int64_t(a.n_head_kv) * nc;
         pool_.run([&](int ith, int nth) {
-            float *scratch = parts + part * size_t(a.n_head_kv) * size_t(kc) + per_thread * size_t(ith);
-            float *qr = scratch;                              // [group][hd] rotated queries
-            float *keys = qr + size_t(group) * hd;            // [B][hd] a block of keys, rotated
-            float *vals = keys + size_t(B) * hd;              // [B][hd] their values
-            float *sc = vals + size_t(B) * hd;                // [group][B] scores
-            float *rescale = sc + size_t(group) * B;          // [group] per block
+            float *scratch = parts + part * size_t(a.n_head_kv) * size_t(nc) + per_thread * size_t(ith);
+            float *qr = scratch;                    // [group][hd] rotated queries
+            float *keys = qr + size_t(group) * hd;  // [B][hd] a block of keys, rotated
+            float *vals = keys + size_t(B) * hd;    // [B][hd] their values
+            float *sc = vals + size_t(B) * hd;      // [group][B] scores
+            float *tmp = sc + size_t(group) * B;    // [3 B] for attn_chunk_add
             int64_t tb, te;
             split_range(tasks, ith, nth, tb, te);
             for (int64_t task = tb; task < te; task++) {
-                const int g = int(task / kc), c = int(task % kc);
-                int64_t kb, ke;
-                split_range(n_vis, c, kc, kb, ke);
+                const int g = int(task / nc), c = int(task % nc);
+                const int64_t kb = int64_t(c) * cpu::kAttnChunk, ke = std::min<int64_t>(n_vis, kb + cpu::kAttnChunk);
                 float *p = parts + part * size_t(task);
                 for (int h = 0; h < group; h++) {
                     std::memcpy(qr + size_t(h) * hd, q + (size_t(g) * group + h) * hd, size_t(hd) * 4);
@@ -400,56 +276,33 @@ public:
                         decode_values(a, g, j0, nb - n_s, vals + size_t(n_s) * hd);
                     }
 #if defined(__x86_64__)
-                    if (fast_block)
-                        block_scores_avx2(keys, nb, hd, a.rope.n_dims, a.rope_cs + size_t(b0) * size_t(a.rope.n_dims),
-                                          qr, group, a.scale, sc, B);
+                    if (fast_rotate)
+                        rotate_block_avx2(keys, nb, hd, a.rope.n_dims, a.rope_cs + size_t(b0) * size_t(a.rope.n_dims));
                     else
 #endif
-                        for (int j = 0; j < nb; j++) {
-                            float *key = keys + size_t(j) * hd;
-                            rotate(key, uint32_t(b0 + j), a);
-                            for (int h = 0; h < group; h++)
-                                sc[h * B + j] = k_.vec_dot(TYPE_F32, hd, key, qr + size_t(h) * hd) * a.scale;
-                        }
-                    // Online softmax over the block.
+                        for (int j = 0; j < nb; j++) rotate(keys + size_t(j) * hd, uint32_t(b0 + j), a);
                     for (int h = 0; h < group; h++) {
-                        float *m = p + h * (2 + hd), *l = m + 1;
-                        float bm = *m;
-                        for (int j = 0; j < nb; j++) bm = std::max(bm, sc[h * B + j]);
-                        rescale[h] = std::exp(*m - bm);
-                        *l = *l * rescale[h] + exp_shift_(sc + h * B, nb, bm);
-                        *m = bm;
-                    }
-#if defined(__x86_64__)
-                    if (fast_block) {
-                        block_values_avx2(vals, nb, hd, sc, B, group, rescale, p + 2, 2 + size_t(hd));
-                        continue;
-                    }
-#endif
-                    for (int h = 0; h < group; h++) {
-                        float *acc = p + h * (2 + hd) + 2;
-                        for (int d = 0; d < hd; d++) acc[d] *= rescale[h];
-                        for (int j = 0; j < nb; j++) axpy_f32(hd, sc[h * B + j], vals + size_t(j) * hd, acc);
+                        for (int j = 0; j < nb; j++)
+                            sc[h * B + j] = cpu::attn_dot(keys + size_t(j) * hd, qr + size_t(h) * hd, hd) * a.scale;
+                        float *m = p + h * (2 + hd);
+                        cpu::SoftmaxState st{m[0], m[1]};
+                        cpu::attn_chunk_add(st, m + 2, sc + h * B, nb, vals, hd, tmp);
+                        m[0] = st.m;
+                        m[1] = st.l;
                     }
                 }
             }
         });
         for (int g = 0; g < a.n_head_kv; g++) {
             for (int h = 0; h < group; h++) {
-                float M = -INFINITY;
-                for (int c = 0; c < kc; c++) M = std::max(M, parts[part * size_t(g * kc + c) + h * (2 + hd)]);
                 float *o = out + (size_t(g) * group + h) * hd;
                 std::fill(o, o + hd, 0.0f);
-                double L = 0;
-                for (int c = 0; c < kc; c++) {
-                    const float *pm = parts + part * size_t(g * kc + c) + h * (2 + hd);
-                    if (pm[0] == -INFINITY) continue;
-                    const float w = std::exp(pm[0] - M);
-                    L += double(pm[1]) * w;
-                    axpy_f32(hd, w, pm + 2, o);
+                cpu::SoftmaxState total;
+                for (int c = 0; c < nc; c++) {
+                    const float *pm = parts + part * size_t(g * nc + c) + h * (2 + hd);
+                    cpu::attn_chunk_merge(total, o, cpu::SoftmaxState{pm[0], pm[1]}, pm + 2, hd);
                 }
-                const float inv = float(1.0 / L);
-                for (int d = 0; d < hd; d++) o[d] *= inv;
+                cpu::attn_finish(total, o, hd, o);
             }
         }
     }
@@ -512,16 +365,19 @@ public:
         const size_t rows = size_t(S) + size_t(W) + size_t(a.n_q);
         if (rows > size_t(max_kv_) + size_t(max_tokens_))
             fail(KVFIT_E_INTERNAL, "attention over more rows than reserved");
-        const size_t per_thread = 2 * rows * size_t(hd) + size_t(group) * (rows + size_t(hd) * 2);
+        // per thread: keys, values, one row's scores, two queries per head, a chunk's accumulator, chunk scratch
+        const size_t per_thread = 2 * rows * size_t(hd) + rows + size_t(group) * size_t(hd) * 2 + size_t(hd) +
+                                  3 * size_t(cpu::kAttnChunk);
         if (attn_scratch_.size() < per_thread * size_t(pool_.size()))
             attn_scratch_.resize(per_thread * size_t(pool_.size()));  // once: sizes do not grow later
-        const bool fast_dots = fast_attention_ && hd % 8 == 0;
         pool_.run([&](int ith, int nth) {
             float *kr = attn_scratch_.data() + per_thread * size_t(ith);  // [rows][hd] rotated keys
             float *vr = kr + rows * size_t(hd);                              // [rows][hd] values
-            float *scores = vr + rows * size_t(hd);                          // [group][rows]
-            float *qw = scores + size_t(group) * rows;                       // [group][hd] query for the window
+            float *sc = vr + rows * size_t(hd);                              // [rows] one row's scores
+            float *qw = sc + rows;                                           // [group][hd] query for the window
             float *qs = qw + size_t(group) * hd;                             // [group][hd] query for the sinks
+            float *cacc = qs + size_t(group) * hd;                           // [hd] a chunk's accumulator
+            float *tmp = cacc + hd;                                          // [3 kAttnChunk]
             int64_t tb, te;
             split_range(tasks, ith, nth, tb, te);
             for (int64_t task = tb; task < te; task++) {
@@ -529,7 +385,7 @@ public:
                 int64_t qb, qe;
                 split_range(a.n_q, chunk, q_chunks, qb, qe);
                 if (qb >= qe) continue;
-                const uint64_t t0 = a.pos0 + uint64_t(qb), t1 = a.pos0 + uint64_t(qe) - 1;
+                const uint64_t t1 = a.pos0 + uint64_t(qe) - 1;
                 // Window start of a query at stream position t (dense: everything after the sinks).
                 auto win_start = [&](uint64_t t) {
                     return a.streaming ? std::max<uint64_t>(S, t + 1 > W ? t + 1 - W : 0) : uint64_t(S);
@@ -540,7 +396,9 @@ public:
                 // own cache position for them), window tokens at S + (j - ws0)
                 // (the query at S + (t - ws0)), so distances to window tokens are
                 // t - j whatever was evicted in between.
-                const uint64_t ws0 = win_start(t0);
+                // (the frame is the whole batch's, whichever queries this task has:
+                // rotations, and so the bits, must not depend on the thread count)
+                const uint64_t ws0 = win_start(a.pos0);
                 const uint32_t n_sinks = uint32_t(std::min<uint64_t>(S, t1 + 1));
                 const uint64_t n_win = t1 + 1 > ws0 ? t1 + 1 - std::max<uint64_t>(ws0, S) : 0;
                 decode_keys(a, g, 0, int(n_sinks), kr);
@@ -571,35 +429,29 @@ public:
                             std::memcpy(a_s, qsrc, size_t(hd) * 4);
                             rotate(a_s, qpos_sink, a);
                         }
-                        float *sc = scores + size_t(h) * rows;
                         float *o = out + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
-                        std::fill(o, o + hd, 0.0f);
-#if defined(__x86_64__)
-                        if (fast_dots) {
-                            dots_avx2(kr, int(sinks_vis), hd, a_s, a.scale, sc);
-                            dots_avx2(kw, int(win_vis), hd, a_w, a.scale, sc + sinks_vis);
-                            const float mx = *std::max_element(sc, sc + n_vis);
-                            const float inv = 1.0f / exp_shift_(sc, n_vis, mx), one = 1.0f;
-                            block_values_avx2(vr, int(sinks_vis), hd, sc, 0, 1, &one, o, 0);
-                            block_values_avx2(vw, int(win_vis), hd, sc + sinks_vis, 0, 1, &one, o, 0);
-                            for (int d = 0; d < hd; d++) o[d] *= inv;
-                            continue;
-                        }
-#endif
-                        float mx = -INFINITY;
-                        for (uint32_t j = 0; j < sinks_vis; j++) {
-                            sc[j] = k_.vec_dot(TYPE_F32, hd, kr + size_t(j) * hd, a_s) * a.scale;
-                            mx = std::max(mx, sc[j]);
-                        }
-                        for (uint32_t w = 0; w < win_vis; w++) {
-                            const float v = k_.vec_dot(TYPE_F32, hd, kw + size_t(w) * hd, a_w) * a.scale;
-                            sc[sinks_vis + w] = v;
-                            mx = std::max(mx, v);
-                        }
-                        const float inv = 1.0f / exp_shift_(sc, n_vis, mx);
-                        for (uint32_t j = 0; j < sinks_vis; j++) axpy_f32(hd, sc[j] * inv, vr + size_t(j) * hd, o);
+                        for (uint32_t j = 0; j < sinks_vis; j++)
+                            sc[j] = cpu::attn_dot(kr + size_t(j) * hd, a_s, hd) * a.scale;
                         for (uint32_t w = 0; w < win_vis; w++)
-                            axpy_f32(hd, sc[sinks_vis + w] * inv, vw + size_t(w) * hd, o);
+                            sc[sinks_vis + w] = cpu::attn_dot(kw + size_t(w) * hd, a_w, hd) * a.scale;
+                        // Chunks of the visible list, merged in order (attention_order.h).
+                        std::fill(o, o + hd, 0.0f);
+                        cpu::SoftmaxState total;
+                        for (int v0 = 0; v0 < n_vis; v0 += cpu::kAttnChunk) {
+                            const int v1 = std::min(n_vis, v0 + cpu::kAttnChunk);
+                            cpu::SoftmaxState st;
+                            std::fill(cacc, cacc + hd, 0.0f);
+                            // the part among the sinks, then the part in the window
+                            const int s1 = std::min<int>(v1, int(sinks_vis));
+                            if (v0 < s1)
+                                cpu::attn_chunk_add(st, cacc, sc + v0, s1 - v0, vr + size_t(v0) * hd, hd, tmp);
+                            const int w0 = std::max<int>(v0, int(sinks_vis));
+                            if (w0 < v1)
+                                cpu::attn_chunk_add(st, cacc, sc + w0, v1 - w0, vw + size_t(w0 - int(sinks_vis)) * hd, hd,
+                                                    tmp);
+                            cpu::attn_chunk_merge(total, o, st, cacc, hd);
+                        }
+                        cpu::attn_finish(total, o, hd, o);
                     }
                 }
             }
@@ -616,8 +468,7 @@ private:
     ThreadPool pool_;
     const KernelTable &k_;
     RotateFn rotate_norm_;
-    ExpShiftFn exp_shift_;
-    bool fast_attention_ = false;  // AVX2 + FMA block loops in decode attention
+    bool fast_attention_ = false;  // AVX2 + FMA key rotation in decode attention
     int max_kv_;
     std::vector<uint8_t> matmul_scratch_;
     std::vector<float> attn_scratch_;

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/cpu_features.h"
 #include "gguf/ggml_types.h"
 
 #if defined(__x86_64__)
@@ -15,16 +16,6 @@ namespace cpu {
 namespace {
 
 #if defined(__x86_64__)
-bool has_f16c_fma() {
-    static const bool ok = (__builtin_cpu_init(), true) && __builtin_cpu_supports("avx2") &&
-                           __builtin_cpu_supports("fma") && [] {
-                               unsigned a, b, c, d;
-                               __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
-                               return (c & (1u << 29)) != 0;
-                           }();
-    return ok;
-}
-
 // Element-wise ops: any vector width gives the same bits, one rounding per op.
 __attribute__((target("avx2,fma,f16c"))) void scale_f16_avx2(uint16_t *a, int n, float s) {
     const __m256 v = _mm256_set1_ps(s);
@@ -88,8 +79,10 @@ float dot_f16_scalar(const uint16_t *x, const uint16_t *y, int n) {
     return float(sum);
 }
 
-// ggml_v_expf (AVX-512 variant) for one lane; scalef is an exact scaling by 2^n.
-float expf_ggml(float x) {
+
+}  // namespace
+
+float exp_ggml(float x) {
     const float r = 0x1.8p23f;
     const float z = std::fma(x, 0x1.715476p+0f, r);
     const float n = z - r;
@@ -100,8 +93,6 @@ float expf_ggml(float x) {
     if (std::fabs(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
     return std::ldexp(j, int(n));
 }
-
-}  // namespace
 
 void rope_ggml(float *v, const float *cs, int n_dims, bool neox) {
     const int half = n_dims / 2;
@@ -118,21 +109,21 @@ void rope_ggml(float *v, const float *cs, int n_dims, bool neox) {
 
 float dot_f16_ggml(const uint16_t *x, const uint16_t *y, int n) {
 #if defined(__x86_64__)
-    if (has_f16c_fma()) return dot_f16_avx2(x, y, n);
+    if (has_avx2_fma_f16c()) return dot_f16_avx2(x, y, n);
 #endif
     return dot_f16_scalar(x, y, n);
 }
 
 void scale_f16_ggml(uint16_t *a, int n, float s) {
 #if defined(__x86_64__)
-    if (has_f16c_fma()) return scale_f16_avx2(a, n, s);
+    if (has_avx2_fma_f16c()) return scale_f16_avx2(a, n, s);
 #endif
     for (int i = 0; i < n; i++) a[i] = fp32_to_fp16(fp16_to_fp32(a[i]) * s);
 }
 
 void mad_f16_ggml(uint16_t *a, const uint16_t *x, int n, float s) {
 #if defined(__x86_64__)
-    if (has_f16c_fma()) return mad_f16_avx2(a, x, n, s);
+    if (has_avx2_fma_f16c()) return mad_f16_avx2(a, x, n, s);
 #endif
     for (int i = 0; i < n; i++) a[i] = fp32_to_fp16(std::fma(fp16_to_fp32(x[i]), s, fp16_to_fp32(a[i])));
 }
@@ -141,7 +132,7 @@ void swiglu_ggml(const float *gate, const float *up, size_t n, float *out) {
     const size_t nv = n & ~size_t(15);
     for (size_t i = 0; i < nv; i++) {
         const float x = gate[i];
-        out[i] = (x / (1.0f + expf_ggml(0.0f - x))) * up[i];
+        out[i] = (x / (1.0f + exp_ggml(0.0f - x))) * up[i];
     }
     for (size_t i = nv; i < n; i++) {
         const float x = gate[i];

@@ -37,6 +37,11 @@ float dot_f16_ggml(const uint16_t *x, const uint16_t *y, int n);
 void scale_f16_ggml(uint16_t *acc16, int n, float s);
 void mad_f16_ggml(uint16_t *acc16, const uint16_t *v, int n, float s);
 
+// ggml's AVX-512 vector exp (ggml_v_expf) for one lane: fmas and an exact
+// scaling by a power of two only, so any device with a fused fma gives the
+// same bits (kvfit's own attention uses it for that reason too).
+float exp_ggml(float x);
+
 // out = silu(gate) * up with ggml's AVX-512 vector exp (ggml_v_expf) for every
 // whole group of 16 and x / (1 + expf(-x)) for the rest.
 void swiglu_ggml(const float *gate, const float *up, size_t n, float *out);

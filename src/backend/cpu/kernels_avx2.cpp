@@ -11,8 +11,7 @@ namespace kvfit {
 namespace cpu {
 
 const KernelImpl *impl_avx2() {
-    static const bool ok = (__builtin_cpu_init(), true) && __builtin_cpu_supports("avx2") &&
-                           __builtin_cpu_supports("fma") && cpu_has_f16c();
+    static const bool ok = has_avx2_fma_f16c();
     return ok ? &kImpl : nullptr;
 }
 

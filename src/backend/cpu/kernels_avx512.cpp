@@ -28,8 +28,7 @@ namespace cpu {
 const KernelImpl *impl_avx512() {
     static const bool ok = (__builtin_cpu_init(), true) && __builtin_cpu_supports("avx512f") &&
                            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx2") &&
-                           __builtin_cpu_supports("fma") && cpu_has_f16c();
+                           __builtin_cpu_supports("avx512vnni") && has_avx2_fma_f16c();
     return ok ? &kImpl : nullptr;
 }
 

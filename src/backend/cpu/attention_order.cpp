@@ -1,0 +1,159 @@
+#include "backend/cpu/attention_order.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cpu/cpu_features.h"
+#include "backend/cpu/ggml_order.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace kvfit {
+namespace cpu {
+
+namespace {
+
+float dot_scalar(const float *k, const float *q, int n) {
+    float x[16] = {};
+    for (int e = 0; e < n; e++) x[e % 16] = std::fma(k[e], q[e], x[e % 16]);
+    for (int l = 0; l < 8; l++) x[l] = x[l] + x[l + 8];
+    for (int l = 0; l < 4; l++) x[l] = x[l] + x[l + 4];
+    for (int l = 0; l < 2; l++) x[l] = x[l] + x[l + 2];
+    return x[0] + x[1];
+}
+
+// Per key of a chunk, in order: the argument of its exp and whether it is a
+// new maximum (the prefix maximum decides).
+float prefix_args(float m, const float *s, int n, float *arg, float *is_max) {
+    for (int j = 0; j < n; j++) {
+        if (s[j] > m) {
+            arg[j] = m - s[j];
+            is_max[j] = 1.0f;
+            m = s[j];
+        } else {
+            arg[j] = s[j] - m;
+            is_max[j] = 0.0f;
+        }
+    }
+    return m;
+}
+
+// The per-element updates: any vector width gives the same bits.
+void values_scalar(float *acc, const float *vals, int n, int hd, const float *e, const float *is_max) {
+    for (int j = 0; j < n; j++) {
+        const float *v = vals + size_t(j) * size_t(hd);
+        const float w = is_max[j] != 0.0f ? 1.0f : e[j];
+        if (is_max[j] != 0.0f)
+            for (int d = 0; d < hd; d++) acc[d] *= e[j];
+        for (int d = 0; d < hd; d++) acc[d] = std::fma(v[d], w, acc[d]);
+    }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) float dot_avx2(const float *k, const float *q, int n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int e = 0;
+    for (; e + 16 <= n; e += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(k + e), _mm256_loadu_ps(q + e), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(k + e + 8), _mm256_loadu_ps(q + e + 8), a1);
+    }
+    if (e < n) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(k + e), _mm256_loadu_ps(q + e), a0);  // n % 16 == 8
+    const __m256 s8 = _mm256_add_ps(a0, a1);
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+
+// exp_ggml on 8 lanes; the scaling by 2^n as two exact factors (one rounding).
+__attribute__((target("avx2,fma"))) __m256 exp_ggml_avx2(__m256 x) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 n = _mm256_sub_ps(z, r);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+    const __m256 big = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), n), _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    const __m256 inf_or_0 = _mm256_and_ps(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                          _mm256_set1_ps(INFINITY));
+    // n is integral; where |n| <= 192, 2^(n/2) and 2^(n - n/2) are normal floats
+    const __m256i ni = _mm256_cvttps_epi32(_mm256_blendv_ps(n, _mm256_setzero_ps(), big));
+    const __m256i h = _mm256_srai_epi32(_mm256_add_epi32(ni, _mm256_srli_epi32(ni, 31)), 1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23));
+    const __m256 f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23));
+    return _mm256_blendv_ps(_mm256_mul_ps(_mm256_mul_ps(j, f1), f2), inf_or_0, big);
+}
+
+__attribute__((target("avx2,fma"))) void exps_avx2(const float *x, int n, float *out) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, exp_ggml_avx2(_mm256_loadu_ps(x + i)));
+    for (; i < n; i++) out[i] = exp_ggml(x[i]);
+}
+
+// Each 8-wide slice of the accumulator stays in a register across the keys.
+__attribute__((target("avx2,fma"))) void values_avx2(float *acc, const float *vals, int n, int hd, const float *e,
+                                                     const float *is_max) {
+    for (int d = 0; d < hd; d += 8) {
+        __m256 a = _mm256_loadu_ps(acc + d);
+        for (int j = 0; j < n; j++) {
+            const float *v = vals + size_t(j) * size_t(hd) + d;
+            if (is_max[j] != 0.0f) {
+                a = _mm256_mul_ps(a, _mm256_set1_ps(e[j]));
+                a = _mm256_add_ps(_mm256_loadu_ps(v), a);  // fma(v, 1, a)
+            } else {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(v), _mm256_set1_ps(e[j]), a);
+            }
+        }
+        _mm256_storeu_ps(acc + d, a);
+    }
+}
+#endif
+
+}  // namespace
+
+float attn_dot(const float *k, const float *q, int n) {
+#if defined(__x86_64__)
+    if (n % 8 == 0 && has_avx2_fma()) return dot_avx2(k, q, n);
+#endif
+    return dot_scalar(k, q, n);
+}
+
+void attn_chunk_add(SoftmaxState &st, float *acc, const float *s, int n, const float *vals, int hd, float *scratch) {
+    float *arg = scratch, *is_max = scratch + n, *e = scratch + 2 * size_t(n);
+    st.m = prefix_args(st.m, s, n, arg, is_max);
+#if defined(__x86_64__)
+    const bool vec = has_avx2_fma();
+    if (vec)
+        exps_avx2(arg, n, e);
+    else
+#endif
+        for (int j = 0; j < n; j++) e[j] = exp_ggml(arg[j]);
+    for (int j = 0; j < n; j++)
+        st.l = is_max[j] != 0.0f ? std::fma(st.l, e[j], 1.0f) : std::fma(st.l, 1.0f, e[j]);
+#if defined(__x86_64__)
+    if (vec && hd % 8 == 0) return values_avx2(acc, vals, n, hd, e, is_max);
+#endif
+    values_scalar(acc, vals, n, hd, e, is_max);
+}
+
+void attn_chunk_merge(SoftmaxState &t, float *tacc, const SoftmaxState &c, const float *cacc, int hd) {
+    const float m = std::max(t.m, c.m);
+    const float a = exp_ggml(t.m - m), b = exp_ggml(c.m - m);
+    t.l = std::fma(t.l, a, c.l * b);
+    for (int d = 0; d < hd; d++) tacc[d] = std::fma(tacc[d], a, cacc[d] * b);
+    t.m = m;
+}
+
+void attn_finish(const SoftmaxState &t, const float *tacc, int hd, float *out) {
+    const float inv = t.l == 0.0f ? 0.0f : 1.0f / t.l;
+    for (int d = 0; d < hd; d++) out[d] = tacc[d] * inv;
+}
+
+}  // namespace cpu
+}  // namespace kvfit
