@@ -93,25 +93,53 @@ __attribute__((target("avx2,fma"))) __m256 exp_ggml_avx2(__m256 x) {
 __attribute__((target("avx2,fma"))) void exps_avx2(const float *x, int n, float *out) {
     int i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, exp_ggml_avx2(_mm256_loadu_ps(x + i)));
-    for (; i < n; i++) out[i] = exp_ggml(x[i]);
+    if (i < n) {  // the rest in one padded vector (lanes are independent)
+        alignas(32) float t[8] = {};
+        for (int j = i; j < n; j++) t[j - i] = x[j];
+        _mm256_store_ps(t, exp_ggml_avx2(_mm256_load_ps(t)));
+        for (int j = i; j < n; j++) out[j] = t[j - i];
+    }
 }
 
-// Each 8-wide slice of the accumulator stays in a register across the keys.
+// The sum's chain, with fma as an instruction rather than a library call.
+__attribute__((target("avx2,fma"))) float sum_chain_avx2(float l, const float *e, const float *is_max, int n) {
+    for (int j = 0; j < n; j++) l = is_max[j] != 0.0f ? __builtin_fmaf(l, e[j], 1.0f) : __builtin_fmaf(l, 1.0f, e[j]);
+    return l;
+}
+
+__attribute__((target("avx2,fma"))) void merge_avx2(float *tacc, const float *cacc, int hd, float a, float b) {
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    int d = 0;
+    for (; d + 8 <= hd; d += 8)
+        _mm256_storeu_ps(tacc + d, _mm256_fmadd_ps(_mm256_loadu_ps(tacc + d), va,
+                                                   _mm256_mul_ps(_mm256_loadu_ps(cacc + d), vb)));
+    for (; d < hd; d++) tacc[d] = __builtin_fmaf(tacc[d], a, cacc[d] * b);
+}
+
+// Up to 64 accumulator values stay in registers across the keys, as 8
+// independent fma chains (one chain at a time would wait on fma latency).
+template <int NS>
+__attribute__((target("avx2,fma"))) inline void values_slices_avx2(float *acc, const float *vals, int n, int hd,
+                                                                    const float *e, const float *is_max) {
+    __m256 a[NS];
+    for (int k = 0; k < NS; k++) a[k] = _mm256_loadu_ps(acc + 8 * k);
+    for (int j = 0; j < n; j++) {
+        const float *v = vals + size_t(j) * size_t(hd);
+        const __m256 w = _mm256_set1_ps(e[j]);
+        if (is_max[j] != 0.0f) {
+            for (int k = 0; k < NS; k++) a[k] = _mm256_add_ps(_mm256_loadu_ps(v + 8 * k), _mm256_mul_ps(a[k], w));
+        } else {
+            for (int k = 0; k < NS; k++) a[k] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * k), w, a[k]);
+        }
+    }
+    for (int k = 0; k < NS; k++) _mm256_storeu_ps(acc + 8 * k, a[k]);
+}
+
 __attribute__((target("avx2,fma"))) void values_avx2(float *acc, const float *vals, int n, int hd, const float *e,
                                                      const float *is_max) {
-    for (int d = 0; d < hd; d += 8) {
-        __m256 a = _mm256_loadu_ps(acc + d);
-        for (int j = 0; j < n; j++) {
-            const float *v = vals + size_t(j) * size_t(hd) + d;
-            if (is_max[j] != 0.0f) {
-                a = _mm256_mul_ps(a, _mm256_set1_ps(e[j]));
-                a = _mm256_add_ps(_mm256_loadu_ps(v), a);  // fma(v, 1, a)
-            } else {
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(v), _mm256_set1_ps(e[j]), a);
-            }
-        }
-        _mm256_storeu_ps(acc + d, a);
-    }
+    int d = 0;
+    for (; d + 64 <= hd; d += 64) values_slices_avx2<8>(acc + d, vals + d, n, hd, e, is_max);
+    for (; d + 8 <= hd; d += 8) values_slices_avx2<1>(acc + d, vals + d, n, hd, e, is_max);
 }
 #endif
 
@@ -134,11 +162,15 @@ void attn_chunk_add(SoftmaxState &st, float *acc, const float *s, int n, const f
     else
 #endif
         for (int j = 0; j < n; j++) e[j] = exp_ggml(arg[j]);
+#if defined(__x86_64__)
+    if (vec) {
+        st.l = sum_chain_avx2(st.l, e, is_max, n);
+        if (hd % 8 == 0) return values_avx2(acc, vals, n, hd, e, is_max);
+        return values_scalar(acc, vals, n, hd, e, is_max);
+    }
+#endif
     for (int j = 0; j < n; j++)
         st.l = is_max[j] != 0.0f ? std::fma(st.l, e[j], 1.0f) : std::fma(st.l, 1.0f, e[j]);
-#if defined(__x86_64__)
-    if (vec && hd % 8 == 0) return values_avx2(acc, vals, n, hd, e, is_max);
-#endif
     values_scalar(acc, vals, n, hd, e, is_max);
 }
 
@@ -146,8 +178,11 @@ void attn_chunk_merge(SoftmaxState &t, float *tacc, const SoftmaxState &c, const
     const float m = std::max(t.m, c.m);
     const float a = exp_ggml(t.m - m), b = exp_ggml(c.m - m);
     t.l = std::fma(t.l, a, c.l * b);
-    for (int d = 0; d < hd; d++) tacc[d] = std::fma(tacc[d], a, cacc[d] * b);
     t.m = m;
+#if defined(__x86_64__)
+    if (has_avx2_fma()) return merge_avx2(tacc, cacc, hd, a, b);
+#endif
+    for (int d = 0; d < hd; d++) tacc[d] = std::fma(tacc[d], a, cacc[d] * b);
 }
 
 void attn_finish(const SoftmaxState &t, const float *tacc, int hd, float *out) {
