@@ -512,6 +512,38 @@ public:
             ceil_div(width, kWG));
     }
 
+    // Whether the shaders' fma() rounds once on this device: fma_probe.comp on
+    // cases where a fused and an unfused fma differ (the rounding error of a
+    // product), against std::fma.
+    bool fma_is_fused() {
+        std::vector<float> in;
+        const float u = std::ldexp(1.0f, -23);
+        in.insert(in.end(), {1.0f + u, 1.0f + u, -(1.0f + 2 * u)});  // fused: 2^-46; unfused: 0
+        uint32_t x = 12345;
+        auto next = [&] {  // a float in [-2, 2) from a small LCG
+            x = x * 1664525u + 1013904223u;
+            return float(int32_t(x >> 8) - (1 << 23)) * std::ldexp(1.0f, -22);
+        };
+        for (int i = 0; i < 255; i++) {
+            const float a = next(), b = next();
+            in.insert(in.end(), {a, b, -(a * b)});
+        }
+        const uint32_t n = uint32_t(in.size() / 3);
+        void *buf = alloc(size_t(n) * 16);
+        upload(buf, in.data(), in.size() * 4);
+        const Span vs = d_.span(buf, size_t(n) * 16);
+        const uint32_t push = n;
+        run("fma_probe", d_.pipeline("fma_probe", 1, {kWG}), {{vs, true}}, &push, sizeof push, ceil_div(n, kWG));
+        std::vector<float> out(n);
+        download(out.data(), static_cast<uint8_t *>(buf) + size_t(n) * 12, size_t(n) * 4);
+        synchronize();
+        for (uint32_t i = 0; i < n; i++) {
+            const float want = std::fma(in[3 * i], in[3 * i + 1], in[3 * i + 2]);
+            if (std::memcmp(&want, &out[i], 4) != 0) return false;
+        }
+        return true;
+    }
+
     // Dense F16 caches keep keys after RoPE, as on the CPU, so that attention
     // can follow the CPU's (llama.cpp's) arithmetic; see attention_ggml.comp.
     bool stores_rotated_keys() const override { return true; }
@@ -1060,8 +1092,14 @@ std::unique_ptr<Backend> create_vulkan_backend(int device, bool allow_cpu) {
         if (!pick) fail(KVFIT_E_BACKEND_UNAVAILABLE, "no Vulkan GPU (only CPU implementations)");
     }
     auto b = std::make_unique<vk::VulkanBackend>(inst, *pick);
-    log(KVFIT_LOG_INFO, "Vulkan backend on device %d: %s (subgroup operations %s, fp64 %s)", pick->index,
-        pick->name.c_str(), b->device().use_subgroup() ? "on" : "off", b->device().use_fp64() ? "on" : "off");
+    // Exact fma: the device's own where it is fused, else emulated through doubles.
+    if (b->device().use_fp64() && !vk::env_flag("KVFIT_VULKAN_EMULATE_FMA")) {
+        auto probe = b->create_stream(1, 1, 64, 1);
+        b->device().set_fma_fused(static_cast<vk::VulkanStream &>(*probe).fma_is_fused());
+    }
+    log(KVFIT_LOG_INFO, "Vulkan backend on device %d: %s (subgroup operations %s, fp64 %s, fma %s)", pick->index,
+        pick->name.c_str(), b->device().use_subgroup() ? "on" : "off", b->device().use_fp64() ? "on" : "off",
+        b->device().fma_fused() ? "fused" : b->device().use_fp64() ? "emulated" : "as the device does it");
     return b;
 }
 

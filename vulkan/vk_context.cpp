@@ -429,7 +429,9 @@ static std::vector<uint32_t> fma_not_contractible(const uint32_t *w, size_t n) {
 
 const Pipeline &Device::pipeline(const std::string &shader, uint32_t n_bindings, const std::vector<uint32_t> &spec) {
     std::lock_guard<std::mutex> lock(pipe_mutex_);
-    auto key = std::make_pair(shader, spec);
+    std::vector<uint32_t> keyspec = spec;
+    keyspec.push_back(fma_fused_);
+    auto key = std::make_pair(shader, keyspec);
     auto it = pipelines_.find(key);
     if (it != pipelines_.end()) return *it->second;
 
@@ -468,13 +470,17 @@ const Pipeline &Device::pipeline(const std::string &shader, uint32_t n_bindings,
         mi.pCode = words.data();
         check(fn_.vkCreateShaderModule(dev_, &mi, nullptr, &mod), "vkCreateShaderModule");
     }
-    std::vector<VkSpecializationMapEntry> entries(spec.size());
+    // the shader's constants 0, 1, ..., then FMA_FUSED (id 30, common.glsl)
+    std::vector<uint32_t> values = spec;
+    values.push_back(fma_fused_ ? VK_TRUE : VK_FALSE);
+    std::vector<VkSpecializationMapEntry> entries(values.size());
     for (size_t i = 0; i < spec.size(); i++) entries[i] = {uint32_t(i), uint32_t(i * 4), 4};
+    entries.back() = {30, uint32_t(spec.size() * 4), 4};
     VkSpecializationInfo si{};
     si.mapEntryCount = uint32_t(entries.size());
     si.pMapEntries = entries.data();
-    si.dataSize = spec.size() * 4;
-    si.pData = spec.data();
+    si.dataSize = values.size() * 4;
+    si.pData = values.data();
     VkComputePipelineCreateInfo ci{};
     ci.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO;
     ci.stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO;

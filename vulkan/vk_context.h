@@ -145,6 +145,10 @@ public:
     const VkPhysicalDeviceLimits &limits() const { return pd_.props.limits; }
     bool use_subgroup() const { return use_subgroup_; }
     bool use_fp64() const { return use_fp64_; }
+    // Whether the shaders' fma() rounds once on this device (set once, before
+    // the pipelines that use it; they see it as specialization constant 30).
+    bool fma_fused() const { return fma_fused_; }
+    void set_fma_fused(bool fused) { fma_fused_ = fused; }
     bool unified_memory() const { return uma_; }
     uint32_t subgroup_size() const { return pd_.subgroup.subgroupSize; }
     VkDeviceSize max_range() const { return max_range_; }
@@ -187,7 +191,7 @@ private:
     VkDevice dev_ = VK_NULL_HANDLE;
     VkQueue queue_ = VK_NULL_HANDLE;
     std::mutex queue_mutex_;
-    bool use_subgroup_ = false, use_fp64_ = false, uma_ = false;
+    bool use_subgroup_ = false, use_fp64_ = false, uma_ = false, fma_fused_ = false;
     VkDeviceSize max_range_ = 0, offset_align_ = 16;
 
     mutable std::shared_mutex reg_mutex_;

@@ -72,14 +72,21 @@ float sqrt_rn(float a) {
 }
 
 // fma(a, b, c) rounded once, as the CPU's std::fma and FMA instructions do.
-// A shader's fma() need not be fused (lavapipe multiplies and adds), so with
-// doubles it is computed from the exact product a*b (48 bits fit a double):
+// A shader's fma() need not be fused (lavapipe multiplies and adds). Where
+// the host found it fused (fma_probe.comp) it is used as it is; else, with
+// doubles, fma is computed from the exact product a*b (48 bits fit a double):
 // s = a*b + c rounded to double, e its exact error (Knuth's two-sum); s
 // rounded to float is the correctly rounded result unless s lies exactly
 // halfway between two floats, when e tells which side the exact sum is on.
 // (Results in the float subnormal range are rounded as if normal.)
+layout(constant_id = 30) const bool FMA_FUSED = false;
+
 #ifdef USE_FP64
 float fma_rn(float a, float b, float c) {
+    if (FMA_FUSED) {
+        precise float f = fma(a, b, c);
+        return f;
+    }
     precise double p = double(a) * double(b);
     precise double s = p + double(c);
     precise double bb = s - p;
