@@ -117,7 +117,7 @@ struct StateHeader {
     uint32_t streaming, n_sink, n_window, codec, hadamard;
     uint64_t n_past;
     uint32_t has_logits;
-    uint32_t keys_rotated;  // dense F16 keys stored after RoPE (the CPU backend's layout)
+    uint32_t keys_rotated;  // dense F16 keys stored after RoPE (the CPU and Vulkan backends' layout)
     uint64_t kv_bytes;
 };
 // 2: codec holds the public kvfit_kv_codec; 3: keys_rotated
@@ -168,7 +168,7 @@ void Session::load(const uint8_t *src, size_t size) {
     const StateHeader mine = header_of(model_, plan(), cache_->keys_rotated(), h.n_past, h.has_logits != 0, cache_->state_bytes());
     if (h.keys_rotated != mine.keys_rotated)
         fail(KVFIT_E_ARG, "the saved state keeps dense keys %s RoPE and this session's backend keeps them %s it; load it "
-             "into a session on the same kind of backend (CPU, or a GPU backend)", h.keys_rotated ? "after" : "before",
+             "into a session on a backend that keeps them the same way (CPU and Vulkan: after; CUDA: before)", h.keys_rotated ? "after" : "before",
              mine.keys_rotated ? "after" : "before");
     if (std::memcmp(&h, &mine, sizeof h) != 0)
         fail(KVFIT_E_ARG, "the saved state belongs to another model or plan (layers %u, window %u, codec %u; this session: "

@@ -22,7 +22,8 @@
  * step the Vulkan backend's top token must be one the CPU ranks within
  * Q4_GAP of its own top, and the CPU's top token at half the steps or more.
  *
- * Also: session state saved from the device continues exactly when loaded.
+ * Also: session state saved from the device continues exactly when loaded,
+ * and state saved on the CPU continues on the device.
  *
  * Lavapipe on a small CI machine is slow, so this takes five prompts for the
  * dense sessions, one for the budgeted ones, and N_GEN tokens per case. The
@@ -313,11 +314,40 @@ static void test_state_roundtrip(void **state) {
     assert_int_equal(g_validation_errors, 0);
 }
 
+/* Both backends keep a dense cache's keys after RoPE, so a session moves
+ * between them: state saved on the CPU and loaded on the device continues
+ * with the CPU's logits (bit for bit where the device reproduces the CPU). */
+static void test_state_cpu_to_device(void **state) {
+    (void)state;
+    skip_if_needed();
+    kvfit_session *sc, *sv;
+    dense_sessions(g_cpu, g_vk, &sc, &sv);
+    assert_int_equal(kvfit_session_prefill(sc, g_cases[0].ids, g_cases[0].n), KVFIT_OK);
+    size_t size = 0, written = 0;
+    assert_int_equal(kvfit_session_state_size(sc, &size), KVFIT_OK);
+    char *buf = malloc(size);
+    assert_int_equal(kvfit_session_save(sc, buf, size, &written), KVFIT_OK);
+    assert_int_equal(kvfit_session_load(sv, buf, written), KVFIT_OK);
+    free(buf);
+    for (int i = 0; i < 3; i++) {
+        const float *lc, *lv;
+        size_t n;
+        logits_of(sc, sv, &lc, &lv, &n);
+        assert_int_equal(argmax_of(lc, n), argmax_of(lv, n));
+        assert_int_equal(kvfit_session_decode(sc, g_cases[0].cont[i]), KVFIT_OK);
+        assert_int_equal(kvfit_session_decode(sv, g_cases[0].cont[i]), KVFIT_OK);
+    }
+    kvfit_session_free(sc);
+    kvfit_session_free(sv);
+    assert_int_equal(g_validation_errors, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_dense),
         cmocka_unit_test(test_budgeted_codecs),
         cmocka_unit_test(test_state_roundtrip),
+        cmocka_unit_test(test_state_cpu_to_device),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
