@@ -66,41 +66,6 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const float *k, const float *
     return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
 }
 
-// exp_ggml on 8 lanes; the scaling by 2^n as two exact factors (one rounding).
-__attribute__((target("avx2,fma"))) __m256 exp_ggml_avx2(__m256 x) {
-    const __m256 r = _mm256_set1_ps(0x1.8p23f);
-    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
-    const __m256 n = _mm256_sub_ps(z, r);
-    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
-                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
-    const __m256 u = _mm256_mul_ps(b, b);
-    const __m256 j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
-                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
-        u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
-    const __m256 big = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), n), _mm256_set1_ps(192.0f), _CMP_GT_OQ);
-    const __m256 inf_or_0 = _mm256_and_ps(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_GT_OQ),
-                                          _mm256_set1_ps(INFINITY));
-    // n is integral; where |n| <= 192, 2^(n/2) and 2^(n - n/2) are normal floats
-    const __m256i ni = _mm256_cvttps_epi32(_mm256_blendv_ps(n, _mm256_setzero_ps(), big));
-    const __m256i h = _mm256_srai_epi32(_mm256_add_epi32(ni, _mm256_srli_epi32(ni, 31)), 1);
-    const __m256i bias = _mm256_set1_epi32(127);
-    const __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23));
-    const __m256 f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23));
-    return _mm256_blendv_ps(_mm256_mul_ps(_mm256_mul_ps(j, f1), f2), inf_or_0, big);
-}
-
-__attribute__((target("avx2,fma"))) void exps_avx2(const float *x, int n, float *out) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, exp_ggml_avx2(_mm256_loadu_ps(x + i)));
-    if (i < n) {  // the rest in one padded vector (lanes are independent)
-        alignas(32) float t[8] = {};
-        for (int j = i; j < n; j++) t[j - i] = x[j];
-        _mm256_store_ps(t, exp_ggml_avx2(_mm256_load_ps(t)));
-        for (int j = i; j < n; j++) out[j] = t[j - i];
-    }
-}
-
 // The sum's chain, with fma as an instruction rather than a library call.
 __attribute__((target("avx2,fma"))) float sum_chain_avx2(float l, const float *e, const float *is_max, int n) {
     for (int j = 0; j < n; j++) l = is_max[j] != 0.0f ? __builtin_fmaf(l, e[j], 1.0f) : __builtin_fmaf(l, 1.0f, e[j]);
@@ -157,11 +122,8 @@ void attn_chunk_add(SoftmaxState &st, float *acc, const float *s, int n, const f
     st.m = prefix_args(st.m, s, n, arg, is_max);
 #if defined(__x86_64__)
     const bool vec = has_avx2_fma();
-    if (vec)
-        exps_avx2(arg, n, e);
-    else
 #endif
-        for (int j = 0; j < n; j++) e[j] = exp_ggml(arg[j]);
+    exp_ggml_n(arg, n, e);
 #if defined(__x86_64__)
     if (vec) {
         st.l = sum_chain_avx2(st.l, e, is_max, n);

@@ -1,5 +1,6 @@
 #include "backend/cpu/ggml_order.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -59,6 +60,40 @@ __attribute__((target("avx2,fma,f16c"))) float dot_f16_avx2(const uint16_t *x, c
     double sum = double(_mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8))));
     for (int i = np; i < n; i++) sum += double(fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]));
     return float(sum);
+}
+// exp_ggml on 8 lanes; the scaling by 2^n as two exact factors (one rounding).
+__attribute__((target("avx2,fma"))) __m256 exp_ggml_avx2(__m256 x) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 n = _mm256_sub_ps(z, r);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_fmadd_ps(_mm256_set1_ps(0x1.ffffecp-1f), b, _mm256_set1_ps(1.0f)));
+    const __m256 big = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), n), _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    const __m256 inf_or_0 = _mm256_and_ps(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                          _mm256_set1_ps(INFINITY));
+    // n is integral; where |n| <= 192, 2^(n/2) and 2^(n - n/2) are normal floats
+    const __m256i ni = _mm256_cvttps_epi32(_mm256_blendv_ps(n, _mm256_setzero_ps(), big));
+    const __m256i h = _mm256_srai_epi32(_mm256_add_epi32(ni, _mm256_srli_epi32(ni, 31)), 1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23));
+    const __m256 f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23));
+    return _mm256_blendv_ps(_mm256_mul_ps(_mm256_mul_ps(j, f1), f2), inf_or_0, big);
+}
+
+__attribute__((target("avx2,fma"))) void exps_avx2(const float *x, int n, float *out) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, exp_ggml_avx2(_mm256_loadu_ps(x + i)));
+    if (i < n) {  // the rest in one padded vector (lanes are independent)
+        alignas(32) float t[8] = {};
+        for (int j = i; j < n; j++) t[j - i] = x[j];
+        _mm256_store_ps(t, exp_ggml_avx2(_mm256_load_ps(t)));
+        for (int j = i; j < n; j++) out[j] = t[j - i];
+    }
 }
 #endif
 
@@ -128,11 +163,22 @@ void mad_f16_ggml(uint16_t *a, const uint16_t *x, int n, float s) {
     for (int i = 0; i < n; i++) a[i] = fp32_to_fp16(std::fma(fp16_to_fp32(x[i]), s, fp16_to_fp32(a[i])));
 }
 
+void exp_ggml_n(const float *x, int n, float *out) {
+#if defined(__x86_64__)
+    if (has_avx2_fma()) return exps_avx2(x, n, out);
+#endif
+    for (int i = 0; i < n; i++) out[i] = exp_ggml(x[i]);
+}
+
 void swiglu_ggml(const float *gate, const float *up, size_t n, float *out) {
     const size_t nv = n & ~size_t(15);
-    for (size_t i = 0; i < nv; i++) {
-        const float x = gate[i];
-        out[i] = (x / (1.0f + exp_ggml(0.0f - x))) * up[i];
+    constexpr size_t kPiece = 256;
+    float e[kPiece];
+    for (size_t i0 = 0; i0 < nv; i0 += kPiece) {
+        const size_t k = std::min(kPiece, nv - i0);
+        for (size_t i = 0; i < k; i++) e[i] = 0.0f - gate[i0 + i];
+        exp_ggml_n(e, int(k), e);
+        for (size_t i = 0; i < k; i++) out[i0 + i] = (gate[i0 + i] / (1.0f + e[i])) * up[i0 + i];
     }
     for (size_t i = nv; i < n; i++) {
         const float x = gate[i];

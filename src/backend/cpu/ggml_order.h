@@ -41,6 +41,8 @@ void mad_f16_ggml(uint16_t *acc16, const uint16_t *v, int n, float s);
 // scaling by a power of two only, so any device with a fused fma gives the
 // same bits (kvfit's own attention uses it for that reason too).
 float exp_ggml(float x);
+// out[i] = exp_ggml(x[i]) for n values (vectorised; out may be x).
+void exp_ggml_n(const float *x, int n, float *out);
 
 // out = silu(gate) * up with ggml's AVX-512 vector exp (ggml_v_expf) for every
 // whole group of 16 and x / (1 + expf(-x)) for the rest.
