@@ -489,6 +489,12 @@ void test_ggml_order_ops(void **) {
     cpu::attention_ggml(
         q.data(), hd, nk, 0.125f, [&](int j) { return k.data() + size_t(j) * hd; },
         [&](int j) { return v.data() + size_t(j) * hd; }, acc.data(), o.data());
+    // the blocked version over cached + fresh rows: the same bits
+    std::vector<float> o2(hd), scratch(2 * size_t(hd));
+    const cpu::F16Rows kr{k.data(), k.data() + size_t(250) * hd, size_t(hd), 250};
+    const cpu::F16Rows vr{v.data(), v.data() + size_t(250) * hd, size_t(hd), 250};
+    cpu::attention_ggml_rows(q.data(), hd, nk, 0.125f, kr, vr, scratch.data(), o2.data());
+    assert_memory_equal(o.data(), o2.data(), size_t(hd) * sizeof(float));
     std::vector<double> s(nk);
     double mx = -1e30, den = 0;
     for (int j = 0; j < nk; j++) {

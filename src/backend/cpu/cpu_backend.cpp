@@ -328,7 +328,7 @@ public:
         if (ggml_scratch_.size() < size_t(pool_.size()) * size_t(hd) * 4) ggml_scratch_.resize(size_t(pool_.size()) * size_t(hd) * 4);
         pool_.run([&](int ith, int nth) {
             float *qf = ggml_scratch_.data() + size_t(ith) * size_t(hd) * 4;
-            uint16_t *q16 = reinterpret_cast<uint16_t *>(qf + hd), *acc16 = q16 + hd;
+            uint16_t *q16 = reinterpret_cast<uint16_t *>(qf + hd);  // then 2 hd floats for attention_ggml_rows
             int64_t tb, te;
             split_range(tasks, ith, nth, tb, te);
             for (int64_t task = tb; task < te; task++) {
@@ -338,14 +338,14 @@ public:
                 std::memcpy(qf, q + size_t(task) * hd, size_t(hd) * 4);
                 rope_ggml(qf, a.rope_cs + pos * half * 2, a.rope.n_dims, a.rope.mode == RopeMode::Neox);
                 codec_encode(KVCodec::F16, qf, q16, hd);
-                auto row = [&](const uint8_t *cached, const uint8_t *fresh, int j) {
-                    const uint64_t p = uint64_t(j);
-                    return reinterpret_cast<const uint16_t *>(
-                        (p < a.pos0 ? cached + a.slot(p) * a.row_bytes : fresh + (p - a.pos0) * a.row_bytes) + g_off);
+                // (dense: position j's slot is j)
+                auto rows = [&](const uint8_t *cached, const uint8_t *fresh) {
+                    return cpu::F16Rows{reinterpret_cast<const uint16_t *>(cached + g_off),
+                                        reinterpret_cast<const uint16_t *>(fresh + g_off), a.row_bytes / 2,
+                                        int(a.pos0)};
                 };
-                attention_ggml(
-                    q16, hd, int(pos + 1), a.scale, [&](int j) { return row(a.k, a.k_new, j); },
-                    [&](int j) { return row(a.v, a.v_new, j); }, acc16, out + size_t(task) * hd);
+                cpu::attention_ggml_rows(q16, hd, int(pos + 1), a.scale, rows(a.k, a.k_new), rows(a.v, a.v_new),
+                                         qf + 2 * size_t(hd), out + size_t(task) * hd);
             }
         });
     }
@@ -473,7 +473,7 @@ private:
     std::vector<uint8_t> matmul_scratch_;
     std::vector<float> attn_scratch_;
     std::vector<float> channel_scratch_;
-    std::vector<float> ggml_scratch_;  // per thread: query, F16 query, F16 accumulator
+    std::vector<float> ggml_scratch_;  // per thread: query, F16 query, attention_ggml_rows scratch
     int max_tokens_ = 0;
     std::vector<void *> allocs_;
 };

@@ -95,6 +95,69 @@ __attribute__((target("avx2,fma"))) void exps_avx2(const float *x, int n, float 
         for (int j = i; j < n; j++) out[j] = t[j - i];
     }
 }
+
+// dot_f16_avx2 with the query already converted to floats (the same values).
+__attribute__((target("avx2,fma,f16c"))) float dot_f16_q_avx2(const uint16_t *x, const float *y, int n) {
+    const int np = n & ~63;
+    __m256 lo[4], hi[4];
+    for (int j = 0; j < 4; j++) lo[j] = hi[j] = _mm256_setzero_ps();
+    for (int i = 0; i < np; i += 64)
+        for (int j = 0; j < 4; j++) {
+            lo[j] = _mm256_fmadd_ps(ld(x + i + 16 * j), _mm256_loadu_ps(y + i + 16 * j), lo[j]);
+            hi[j] = _mm256_fmadd_ps(ld(x + i + 16 * j + 8), _mm256_loadu_ps(y + i + 16 * j + 8), hi[j]);
+        }
+    const __m256 l = _mm256_add_ps(_mm256_add_ps(lo[0], lo[2]), _mm256_add_ps(lo[1], lo[3]));
+    const __m256 h = _mm256_add_ps(_mm256_add_ps(hi[0], hi[2]), _mm256_add_ps(hi[1], hi[3]));
+    const __m256 t3 = _mm256_add_ps(h, l);
+    const __m128 t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+    const __m128 t8 = _mm_add_ps(t6, _mm_shuffle_ps(t6, t6, _MM_SHUFFLE(1, 0, 3, 2)));
+    double sum = double(_mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8))));
+    for (int i = np; i < n; i++) sum += double(fp16_to_fp32(x[i]) * y[i]);
+    return float(sum);
+}
+
+__attribute__((target("avx2,fma,f16c"))) inline __m256 round_f16(__m256 x) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+}
+
+__attribute__((target("avx2,fma,f16c"))) void attention_ggml_avx2(const uint16_t *q16, int hd, int n, float scale,
+                                                                const F16Rows &K, const F16Rows &V, float *qf,
+                                                                float *acc, float *out) {
+    for (int d = 0; d < hd; d++) {
+        qf[d] = fp16_to_fp32(q16[d]);
+        acc[d] = 0.0f;
+    }
+    constexpr int B = 32;
+    float sc[B], ms[B], vs[B];
+    float S = 0.0f, M = -INFINITY;
+    for (int j0 = 0; j0 < n; j0 += B) {
+        const int nb = std::min(B, n - j0);
+        for (int j = 0; j < nb; j++) sc[j] = dot_f16_q_avx2(K.row(j0 + j), qf, hd) * scale;
+        for (int j = 0; j < nb; j++) {
+            ms[j] = vs[j] = 1.0f;
+            if (sc[j] > M) {
+                const float m_old = M;
+                M = sc[j];
+                ms[j] = std::exp(m_old - M);
+            } else {
+                vs[j] = std::exp(sc[j] - M);
+            }
+        }
+        for (int j = 0; j < nb; j++) {
+            const uint16_t *v = V.row(j0 + j);
+            const __m256 w = _mm256_set1_ps(vs[j]);
+            if (ms[j] != 1.0f) {  // a new maximum (acc * 1 is acc, rounded or not)
+                const __m256 r = _mm256_set1_ps(ms[j]);
+                for (int d = 0; d < hd; d += 8) _mm256_storeu_ps(acc + d, round_f16(_mm256_mul_ps(_mm256_loadu_ps(acc + d), r)));
+            }
+            for (int d = 0; d < hd; d += 8)
+                _mm256_storeu_ps(acc + d, round_f16(_mm256_fmadd_ps(ld(v + d), w, _mm256_loadu_ps(acc + d))));
+            S = __builtin_fmaf(S, ms[j], vs[j]);
+        }
+    }
+    const float inv = S == 0.0f ? 0.0f : 1.0f / S;
+    for (int d = 0; d < hd; d++) out[d] = acc[d] * inv;
+}
 #endif
 
 float dot_f16_scalar(const uint16_t *x, const uint16_t *y, int n) {
@@ -161,6 +224,16 @@ void mad_f16_ggml(uint16_t *a, const uint16_t *x, int n, float s) {
     if (has_avx2_fma_f16c()) return mad_f16_avx2(a, x, n, s);
 #endif
     for (int i = 0; i < n; i++) a[i] = fp32_to_fp16(std::fma(fp16_to_fp32(x[i]), s, fp16_to_fp32(a[i])));
+}
+
+void attention_ggml_rows(const uint16_t *q16, int hd, int n, float scale, const F16Rows &k, const F16Rows &v,
+                         float *scratch, float *out) {
+#if defined(__x86_64__)
+    if (hd % 8 == 0 && has_avx2_fma_f16c()) return attention_ggml_avx2(q16, hd, n, scale, k, v, scratch, scratch + hd, out);
+#endif
+    attention_ggml(
+        q16, hd, n, scale, [&](int j) { return k.row(j); }, [&](int j) { return v.row(j); },
+        reinterpret_cast<uint16_t *>(scratch), out);
 }
 
 void exp_ggml_n(const float *x, int n, float *out) {

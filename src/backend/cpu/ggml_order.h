@@ -76,5 +76,23 @@ void attention_ggml(const uint16_t *q16, int hd, int n, float scale, KeyFn key, 
     for (int d = 0; d < hd; d++) out[d] *= inv;
 }
 
+// The rows of a dense cache: position j < n_cached at cached + j * stride,
+// later ones (this batch's) at fresh + (j - n_cached) * stride (in halves).
+struct F16Rows {
+    const uint16_t *cached, *fresh;
+    size_t stride;
+    int n_cached;
+    const uint16_t *row(int j) const {
+        return j < n_cached ? cached + size_t(j) * stride : fresh + size_t(j - n_cached) * stride;
+    }
+};
+
+// attention_ggml over such rows, with the same operations: on AVX2 + F16C
+// (head size a multiple of 8) keys are scored a block at a time and the
+// accumulator is kept as floats, rounded to F16 after every update as the
+// reference's F16 storage rounds it. scratch: 2 * hd floats.
+void attention_ggml_rows(const uint16_t *q16, int hd, int n, float scale, const F16Rows &k, const F16Rows &v,
+                         float *scratch, float *out);
+
 }  // namespace cpu
 }  // namespace kvfit
