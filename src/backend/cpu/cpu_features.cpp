@@ -41,5 +41,17 @@ bool has_avx2_fma_f16c() {
 #endif
 }
 
+bool has_avx512f() {
+#if defined(__x86_64__)
+    static const bool ok = has_avx2_fma_f16c() && __builtin_cpu_supports("avx512f") && [] {
+        const char *force = std::getenv("KVFIT_CPU_KERNELS");
+        return !(force && std::strcmp(force, "avx2") == 0);
+    }();
+    return ok;
+#else
+    return false;
+#endif
+}
+
 }  // namespace cpu
 }  // namespace kvfit

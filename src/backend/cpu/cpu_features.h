@@ -9,6 +9,7 @@ namespace cpu {
 
 bool has_avx2_fma();       // AVX2 and FMA
 bool has_avx2_fma_f16c();  // AVX2, FMA and F16C
+bool has_avx512f();        // and AVX-512F (off with KVFIT_CPU_KERNELS=avx2 too)
 
 }  // namespace cpu
 }  // namespace kvfit

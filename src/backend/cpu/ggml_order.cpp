@@ -158,6 +158,78 @@ __attribute__((target("avx2,fma,f16c"))) void attention_ggml_avx2(const uint16_t
     const float inv = S == 0.0f ? 0.0f : 1.0f / S;
     for (int d = 0; d < hd; d++) out[d] = acc[d] * inv;
 }
+
+// GCC 12 warns inside its own AVX-512 intrinsics (their "undefined" operands)
+// once they are inlined into target("avx512f") functions; nothing here is.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// The same with 16-lane registers: ggml's AVX-512 accumulators themselves.
+__attribute__((target("avx512f,avx2,fma,f16c"))) float dot_f16_q_avx512(const uint16_t *x, const float *y, int n) {
+    const int np = n & ~63;
+    __m512 acc[4];
+    for (int j = 0; j < 4; j++) acc[j] = _mm512_setzero_ps();
+    for (int i = 0; i < np; i += 64)
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(x + i + 16 * j))),
+                                     _mm512_loadu_ps(y + i + 16 * j), acc[j]);
+    const __m512 x0 = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+    const __m256 t3 = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x0), 1)),
+                                    _mm512_castps512_ps256(x0));
+    const __m128 t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+    const __m128 t8 = _mm_add_ps(t6, _mm_shuffle_ps(t6, t6, _MM_SHUFFLE(1, 0, 3, 2)));
+    double sum = double(_mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8))));
+    for (int i = np; i < n; i++) sum += double(fp16_to_fp32(x[i]) * y[i]);
+    return float(sum);
+}
+
+__attribute__((target("avx512f,avx2,fma,f16c"))) inline __m512 round_f16_512(__m512 x) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+}
+
+// attention_ggml_avx2 with 16-lane registers (head size a multiple of 16).
+__attribute__((target("avx512f,avx2,fma,f16c"))) void attention_ggml_avx512(const uint16_t *q16, int hd, int n,
+                                                                          float scale, const F16Rows &K,
+                                                                          const F16Rows &V, float *qf, float *acc,
+                                                                          float *out) {
+    for (int d = 0; d < hd; d++) {
+        qf[d] = fp16_to_fp32(q16[d]);
+        acc[d] = 0.0f;
+    }
+    constexpr int B = 32;
+    float sc[B], ms[B], vs[B];
+    float S = 0.0f, M = -INFINITY;
+    for (int j0 = 0; j0 < n; j0 += B) {
+        const int nb = std::min(B, n - j0);
+        for (int j = 0; j < nb; j++) sc[j] = dot_f16_q_avx512(K.row(j0 + j), qf, hd) * scale;
+        for (int j = 0; j < nb; j++) {
+            ms[j] = vs[j] = 1.0f;
+            if (sc[j] > M) {
+                const float m_old = M;
+                M = sc[j];
+                ms[j] = std::exp(m_old - M);
+            } else {
+                vs[j] = std::exp(sc[j] - M);
+            }
+        }
+        for (int j = 0; j < nb; j++) {
+            const uint16_t *v = V.row(j0 + j);
+            const __m512 w = _mm512_set1_ps(vs[j]);
+            if (ms[j] != 1.0f) {
+                const __m512 r = _mm512_set1_ps(ms[j]);
+                for (int d = 0; d < hd; d += 16)
+                    _mm512_storeu_ps(acc + d, round_f16_512(_mm512_mul_ps(_mm512_loadu_ps(acc + d), r)));
+            }
+            for (int d = 0; d < hd; d += 16) {
+                const __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(v + d)));
+                _mm512_storeu_ps(acc + d, round_f16_512(_mm512_fmadd_ps(vv, w, _mm512_loadu_ps(acc + d))));
+            }
+            S = __builtin_fmaf(S, ms[j], vs[j]);
+        }
+    }
+    const float inv = S == 0.0f ? 0.0f : 1.0f / S;
+    for (int d = 0; d < hd; d++) out[d] = acc[d] * inv;
+}
 #endif
 
 float dot_f16_scalar(const uint16_t *x, const uint16_t *y, int n) {
@@ -229,6 +301,7 @@ void mad_f16_ggml(uint16_t *a, const uint16_t *x, int n, float s) {
 void attention_ggml_rows(const uint16_t *q16, int hd, int n, float scale, const F16Rows &k, const F16Rows &v,
                          float *scratch, float *out) {
 #if defined(__x86_64__)
+    if (hd % 16 == 0 && has_avx512f()) return attention_ggml_avx512(q16, hd, n, scale, k, v, scratch, scratch + hd, out);
     if (hd % 8 == 0 && has_avx2_fma_f16c()) return attention_ggml_avx2(q16, hd, n, scale, k, v, scratch, scratch + hd, out);
 #endif
     attention_ggml(
