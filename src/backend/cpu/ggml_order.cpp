@@ -120,9 +120,38 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 round_f16(__m256 x) {
     return _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
 }
 
-__attribute__((target("avx2,fma,f16c"))) void attention_ggml_avx2(const uint16_t *q16, int hd, int n, float scale,
-                                                                const F16Rows &K, const F16Rows &V, float *qf,
-                                                                float *acc, float *out) {
+// Per block of keys j0 .. j0 + nb - 1: their scores, and the accumulator's
+// updates (acc = f16(acc * ms[j]) where ms[j] != 1, a new maximum, since
+// acc * 1 is acc; then acc = f16(fma(value j, vs[j], acc))), in the width of
+// one instruction set; attention_ggml_blocked does the rest.
+using ScoreBlockFn = void (*)(const F16Rows &K, int j0, int nb, const float *qf, int hd, float scale, float *sc);
+using UpdateBlockFn = void (*)(float *acc, const F16Rows &V, int j0, int nb, const float *ms, const float *vs, int hd);
+
+__attribute__((target("avx2,fma,f16c"))) void score_block_avx2(const F16Rows &K, int j0, int nb, const float *qf,
+                                                               int hd, float scale, float *sc) {
+    for (int j = 0; j < nb; j++) sc[j] = dot_f16_q_avx2(K.row(j0 + j), qf, hd) * scale;
+}
+
+__attribute__((target("avx2,fma,f16c"))) void update_block_avx2(float *acc, const F16Rows &V, int j0, int nb,
+                                                                const float *ms, const float *vs, int hd) {
+    for (int j = 0; j < nb; j++) {
+        const uint16_t *v = V.row(j0 + j);
+        const __m256 w = _mm256_set1_ps(vs[j]);
+        if (ms[j] != 1.0f) {
+            const __m256 r = _mm256_set1_ps(ms[j]);
+            for (int d = 0; d < hd; d += 8) _mm256_storeu_ps(acc + d, round_f16(_mm256_mul_ps(_mm256_loadu_ps(acc + d), r)));
+        }
+        for (int d = 0; d < hd; d += 8)
+            _mm256_storeu_ps(acc + d, round_f16(_mm256_fmadd_ps(ld(v + d), w, _mm256_loadu_ps(acc + d))));
+    }
+}
+
+// attention_ggml's operations with keys scored a block at a time and the
+// accumulator kept as floats (F16 values) in acc.
+__attribute__((target("avx2,fma,f16c"))) void attention_ggml_blocked(const uint16_t *q16, int hd, int n, float scale,
+                                                                   const F16Rows &K, const F16Rows &V, float *qf,
+                                                                   float *acc, float *out, ScoreBlockFn score,
+                                                                   UpdateBlockFn update) {
     for (int d = 0; d < hd; d++) {
         qf[d] = fp16_to_fp32(q16[d]);
         acc[d] = 0.0f;
@@ -132,7 +161,7 @@ __attribute__((target("avx2,fma,f16c"))) void attention_ggml_avx2(const uint16_t
     float S = 0.0f, M = -INFINITY;
     for (int j0 = 0; j0 < n; j0 += B) {
         const int nb = std::min(B, n - j0);
-        for (int j = 0; j < nb; j++) sc[j] = dot_f16_q_avx2(K.row(j0 + j), qf, hd) * scale;
+        score(K, j0, nb, qf, hd, scale, sc);
         for (int j = 0; j < nb; j++) {
             ms[j] = vs[j] = 1.0f;
             if (sc[j] > M) {
@@ -142,18 +171,9 @@ __attribute__((target("avx2,fma,f16c"))) void attention_ggml_avx2(const uint16_t
             } else {
                 vs[j] = std::exp(sc[j] - M);
             }
-        }
-        for (int j = 0; j < nb; j++) {
-            const uint16_t *v = V.row(j0 + j);
-            const __m256 w = _mm256_set1_ps(vs[j]);
-            if (ms[j] != 1.0f) {  // a new maximum (acc * 1 is acc, rounded or not)
-                const __m256 r = _mm256_set1_ps(ms[j]);
-                for (int d = 0; d < hd; d += 8) _mm256_storeu_ps(acc + d, round_f16(_mm256_mul_ps(_mm256_loadu_ps(acc + d), r)));
-            }
-            for (int d = 0; d < hd; d += 8)
-                _mm256_storeu_ps(acc + d, round_f16(_mm256_fmadd_ps(ld(v + d), w, _mm256_loadu_ps(acc + d))));
             S = __builtin_fmaf(S, ms[j], vs[j]);
         }
+        update(acc, V, j0, nb, ms, vs, hd);
     }
     const float inv = S == 0.0f ? 0.0f : 1.0f / S;
     for (int d = 0; d < hd; d++) out[d] = acc[d] * inv;
@@ -187,49 +207,31 @@ __attribute__((target("avx512f,avx2,fma,f16c"))) inline __m512 round_f16_512(__m
     return _mm512_cvtph_ps(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
 }
 
-// attention_ggml_avx2 with 16-lane registers (head size a multiple of 16).
-__attribute__((target("avx512f,avx2,fma,f16c"))) void attention_ggml_avx512(const uint16_t *q16, int hd, int n,
-                                                                          float scale, const F16Rows &K,
-                                                                          const F16Rows &V, float *qf, float *acc,
-                                                                          float *out) {
-    for (int d = 0; d < hd; d++) {
-        qf[d] = fp16_to_fp32(q16[d]);
-        acc[d] = 0.0f;
-    }
-    constexpr int B = 32;
-    float sc[B], ms[B], vs[B];
-    float S = 0.0f, M = -INFINITY;
-    for (int j0 = 0; j0 < n; j0 += B) {
-        const int nb = std::min(B, n - j0);
-        for (int j = 0; j < nb; j++) sc[j] = dot_f16_q_avx512(K.row(j0 + j), qf, hd) * scale;
-        for (int j = 0; j < nb; j++) {
-            ms[j] = vs[j] = 1.0f;
-            if (sc[j] > M) {
-                const float m_old = M;
-                M = sc[j];
-                ms[j] = std::exp(m_old - M);
-            } else {
-                vs[j] = std::exp(sc[j] - M);
-            }
-        }
-        for (int j = 0; j < nb; j++) {
-            const uint16_t *v = V.row(j0 + j);
-            const __m512 w = _mm512_set1_ps(vs[j]);
-            if (ms[j] != 1.0f) {
-                const __m512 r = _mm512_set1_ps(ms[j]);
-                for (int d = 0; d < hd; d += 16)
-                    _mm512_storeu_ps(acc + d, round_f16_512(_mm512_mul_ps(_mm512_loadu_ps(acc + d), r)));
-            }
-            for (int d = 0; d < hd; d += 16) {
-                const __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(v + d)));
-                _mm512_storeu_ps(acc + d, round_f16_512(_mm512_fmadd_ps(vv, w, _mm512_loadu_ps(acc + d))));
-            }
-            S = __builtin_fmaf(S, ms[j], vs[j]);
-        }
-    }
-    const float inv = S == 0.0f ? 0.0f : 1.0f / S;
-    for (int d = 0; d < hd; d++) out[d] = acc[d] * inv;
+__attribute__((target("avx512f,avx2,fma,f16c"))) void score_block_avx512(const F16Rows &K, int j0, int nb,
+                                                                         const float *qf, int hd, float scale,
+                                                                         float *sc) {
+    for (int j = 0; j < nb; j++) sc[j] = dot_f16_q_avx512(K.row(j0 + j), qf, hd) * scale;
 }
+
+// update_block_avx2 with 16-lane registers (head size a multiple of 16).
+__attribute__((target("avx512f,avx2,fma,f16c"))) void update_block_avx512(float *acc, const F16Rows &V, int j0,
+                                                                          int nb, const float *ms, const float *vs,
+                                                                          int hd) {
+    for (int j = 0; j < nb; j++) {
+        const uint16_t *v = V.row(j0 + j);
+        const __m512 w = _mm512_set1_ps(vs[j]);
+        if (ms[j] != 1.0f) {
+            const __m512 r = _mm512_set1_ps(ms[j]);
+            for (int d = 0; d < hd; d += 16)
+                _mm512_storeu_ps(acc + d, round_f16_512(_mm512_mul_ps(_mm512_loadu_ps(acc + d), r)));
+        }
+        for (int d = 0; d < hd; d += 16) {
+            const __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(v + d)));
+            _mm512_storeu_ps(acc + d, round_f16_512(_mm512_fmadd_ps(vv, w, _mm512_loadu_ps(acc + d))));
+        }
+    }
+}
+#pragma GCC diagnostic pop
 #endif
 
 float dot_f16_scalar(const uint16_t *x, const uint16_t *y, int n) {
@@ -301,8 +303,12 @@ void mad_f16_ggml(uint16_t *a, const uint16_t *x, int n, float s) {
 void attention_ggml_rows(const uint16_t *q16, int hd, int n, float scale, const F16Rows &k, const F16Rows &v,
                          float *scratch, float *out) {
 #if defined(__x86_64__)
-    if (hd % 16 == 0 && has_avx512f()) return attention_ggml_avx512(q16, hd, n, scale, k, v, scratch, scratch + hd, out);
-    if (hd % 8 == 0 && has_avx2_fma_f16c()) return attention_ggml_avx2(q16, hd, n, scale, k, v, scratch, scratch + hd, out);
+    if (hd % 16 == 0 && has_avx512f())
+        return attention_ggml_blocked(q16, hd, n, scale, k, v, scratch, scratch + hd, out, score_block_avx512,
+                                      update_block_avx512);
+    if (hd % 8 == 0 && has_avx2_fma_f16c())
+        return attention_ggml_blocked(q16, hd, n, scale, k, v, scratch, scratch + hd, out, score_block_avx2,
+                                      update_block_avx2);
 #endif
     attention_ggml(
         q16, hd, n, scale, [&](int j) { return k.row(j); }, [&](int j) { return v.row(j); },
