@@ -461,26 +461,25 @@ public:
         }
         const Span ys = d_.span(y, size_t(n) * nrows * 4);
         const uint32_t nt = n == 1 ? 1 : kTokenTile;
+        // Rows per workgroup: quantized weights take 8 invocations a row (one
+        // per lane of the CPU's block order); float weights a subgroup a row
+        // where there are subgroups, else a workgroup.
+        std::string shader;
+        uint32_t wg = kWG, rows_per_wg = 1;
         if (q) {
-            // 8 invocations per row (one per lane of the CPU's block order)
-            const Pipeline &pl = d_.pipeline(variant("matmul_q"), 3, {kWG, w.type, nt});
-            for_row_chunks(w, [&](int64_t r0, int64_t rows, const Span &ws) {
-                const uint32_t gx = std::min<uint32_t>(ceil_div(uint64_t(rows), kWG / 8),
-                                                       d_.limits().maxComputeWorkGroupCount[0]);
-                MatmulPush p{uint32_t(ncols), uint32_t(rows), uint32_t(n), uint32_t(ws.rel), uint32_t(w.row_bytes),
-                             uint32_t(xs.rel / 4), x_stride, uint32_t(ys.rel / 4 + size_t(r0)), uint32_t(nrows), gx};
-                run("matmul", pl, {{ws, false}, {xs, false}, {ys, true}}, &p, sizeof p, gx, ceil_div(uint64_t(n), nt));
-            });
-            return;
+            shader = variant("matmul_q");
+            rows_per_wg = kWG / 8;
+        } else if (d_.use_subgroup()) {
+            shader = "matmul_f_sg";
+            wg = std::max<uint32_t>(kWG, d_.subgroup_size());
+            rows_per_wg = wg / d_.subgroup_size();
+        } else {
+            shader = "matmul_f";
         }
-        const bool sg = d_.use_subgroup();
-        const uint32_t wg = sg ? std::max<uint32_t>(kWG, d_.subgroup_size()) : kWG;
-        const uint32_t slots = sg ? wg / d_.subgroup_size() : 1;
-        std::string shader = "matmul_f";
-        if (sg) shader += "_sg";
-        const Pipeline &pl = d_.pipeline(shader.c_str(), 3, {wg, w.type, nt});
+        const Pipeline &pl = d_.pipeline(shader, 3, {wg, w.type, nt});
         for_row_chunks(w, [&](int64_t r0, int64_t rows, const Span &ws) {
-            const uint32_t gx = std::min<uint32_t>(ceil_div(uint64_t(rows), slots), d_.limits().maxComputeWorkGroupCount[0]);
+            const uint32_t gx = std::min<uint32_t>(ceil_div(uint64_t(rows), rows_per_wg),
+                                                   d_.limits().maxComputeWorkGroupCount[0]);
             MatmulPush p{uint32_t(ncols), uint32_t(rows), uint32_t(n), uint32_t(ws.rel), uint32_t(w.row_bytes),
                          uint32_t(xs.rel / 4), x_stride, uint32_t(ys.rel / 4 + size_t(r0)), uint32_t(nrows), gx};
             run("matmul", pl, {{ws, false}, {xs, false}, {ys, true}}, &p, sizeof p, gx, ceil_div(uint64_t(n), nt));

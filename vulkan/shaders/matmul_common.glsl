@@ -1,4 +1,4 @@
-// Matrix product skeleton shared by matmul_q.comp and matmul_f.comp:
+// Matrix product skeleton of matmul_f.comp (float weights):
 // y[t][row] = dot(weight row, activation row t). With subgroups, each
 // subgroup computes one row (its lanes split the row, subgroupAdd joins
 // them) and a workgroup holds several; without, the whole workgroup computes
