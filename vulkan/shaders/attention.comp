@@ -83,6 +83,7 @@ shared float row_m[R], row_l[R];  // the current chunk's maximum and sum
 shared float tot_m[R], tot_l[R];  // the chunks merged so far
 shared uint row_end[R];           // the tile key that ends the row's chunk (WG: none)
 shared float row_a[R], row_b[R];  // the merge's factors for the merged and the chunk's sums
+shared bool row_tail[R];          // at the end: the row's last chunk is merged there
 
 #define NEG_INF uintBitsToFloat(0xff800000u)
 
@@ -327,11 +328,9 @@ void main() {
 
     // The last chunk: merged here, or (split) written as it is.
     if (p.n_split == 1u) {
-        if (t < R && row_m[t] != NEG_INF) {
-            merge_row(t);
-            row_end[t] = 0u;
-        } else if (t < R) {
-            row_end[t] = WG;
+        if (t < R) {
+            row_tail[t] = row_m[t] != NEG_INF;  // keys since the last merge
+            if (row_tail[t]) merge_row(t);
         }
         barrier();
     }
@@ -344,7 +343,7 @@ void main() {
             const uint orow = (i0 + qi) * p.n_head + g * GROUP + r % GROUP;
             if (p.n_split == 1u) {
                 float m = macc[r * DPT + k];
-                if (row_end[r] == 0u) {
+                if (row_tail[r]) {
                     precise float cb = acc[r * DPT + k] * row_b[r];
                     m = fma_rn(m, row_a[r], cb);
                 }
