@@ -284,6 +284,19 @@ static void test_budgeted_codecs(void **state) {
     assert_int_equal(g_validation_errors, 0);
 }
 
+/* Prefills `from` with the first recorded prompt and loads its saved state
+ * into `to`; returns the state's size. */
+static size_t prefill_and_move(kvfit_session *from, kvfit_session *to) {
+    assert_int_equal(kvfit_session_prefill(from, g_cases[0].ids, g_cases[0].n), KVFIT_OK);
+    size_t size = 0, written = 0;
+    assert_int_equal(kvfit_session_state_size(from, &size), KVFIT_OK);
+    char *buf = malloc(size);
+    assert_int_equal(kvfit_session_save(from, buf, size, &written), KVFIT_OK);
+    assert_int_equal(kvfit_session_load(to, buf, written), KVFIT_OK);
+    free(buf);
+    return size;
+}
+
 /* Session state saved from the device and loaded into another session
  * continues exactly (the state is larger than the transfer staging buffers). */
 static void test_state_roundtrip(void **state) {
@@ -291,13 +304,7 @@ static void test_state_roundtrip(void **state) {
     skip_if_needed();
     kvfit_session *a, *b;
     dense_sessions(g_vk, g_vk, &a, &b);
-    assert_int_equal(kvfit_session_prefill(a, g_cases[0].ids, g_cases[0].n), KVFIT_OK);
-    size_t size = 0, written = 0;
-    assert_int_equal(kvfit_session_state_size(a, &size), KVFIT_OK);
-    assert_true(size > (8u << 20));
-    char *buf = malloc(size);
-    assert_int_equal(kvfit_session_save(a, buf, size, &written), KVFIT_OK);
-    assert_int_equal(kvfit_session_load(b, buf, written), KVFIT_OK);
+    assert_true(prefill_and_move(a, b) > (8u << 20));
     for (int i = 0; i < 2; i++) {
         assert_int_equal(kvfit_session_decode(a, g_cases[0].cont[i]), KVFIT_OK);
         assert_int_equal(kvfit_session_decode(b, g_cases[0].cont[i]), KVFIT_OK);
@@ -308,7 +315,6 @@ static void test_state_roundtrip(void **state) {
         assert_int_equal(na, nb);
         assert_memory_equal(la, lb, na * sizeof *la);
     }
-    free(buf);
     kvfit_session_free(a);
     kvfit_session_free(b);
     assert_int_equal(g_validation_errors, 0);
@@ -322,13 +328,7 @@ static void test_state_cpu_to_device(void **state) {
     skip_if_needed();
     kvfit_session *sc, *sv;
     dense_sessions(g_cpu, g_vk, &sc, &sv);
-    assert_int_equal(kvfit_session_prefill(sc, g_cases[0].ids, g_cases[0].n), KVFIT_OK);
-    size_t size = 0, written = 0;
-    assert_int_equal(kvfit_session_state_size(sc, &size), KVFIT_OK);
-    char *buf = malloc(size);
-    assert_int_equal(kvfit_session_save(sc, buf, size, &written), KVFIT_OK);
-    assert_int_equal(kvfit_session_load(sv, buf, written), KVFIT_OK);
-    free(buf);
+    prefill_and_move(sc, sv);
     for (int i = 0; i < 3; i++) {
         const float *lc, *lv;
         size_t n;
