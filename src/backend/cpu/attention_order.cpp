@@ -120,12 +120,9 @@ float attn_dot(const float *k, const float *q, int n) {
 void attn_chunk_add(SoftmaxState &st, float *acc, const float *s, int n, const float *vals, int hd, float *scratch) {
     float *arg = scratch, *is_max = scratch + n, *e = scratch + 2 * size_t(n);
     st.m = prefix_args(st.m, s, n, arg, is_max);
-#if defined(__x86_64__)
-    const bool vec = has_avx2_fma();
-#endif
     exp_ggml_n(arg, n, e);
 #if defined(__x86_64__)
-    if (vec) {
+    if (has_avx2_fma()) {
         st.l = sum_chain_avx2(st.l, e, is_max, n);
         if (hd % 8 == 0) return values_avx2(acc, vals, n, hd, e, is_max);
         return values_scalar(acc, vals, n, hd, e, is_max);

@@ -46,7 +46,7 @@ float attn_dot(const float *k, const float *q, int n);
 
 // Adds n keys with scores s (all in one chunk, in order) and value rows
 // vals[j * hd .. j * hd + hd) to a chunk's state and its accumulator acc[hd].
-// scratch holds 2 * n floats.
+// scratch holds 3 * n floats.
 void attn_chunk_add(SoftmaxState &st, float *acc, const float *s, int n, const float *vals, int hd, float *scratch);
 
 // Merges a finished chunk (c, cacc) into the running result (t, tacc).
