@@ -362,6 +362,8 @@ KVFIT_API uint64_t kvfit_session_kv_bytes(const kvfit_session *session);
 typedef enum kvfit_layer_kind {
     KVFIT_LAYER_DENSE = 0,     /* attention over every token of the context */
     KVFIT_LAYER_STREAMING = 1, /* attention over sinks + a sliding window */
+    KVFIT_LAYER_WINDOW = 2,    /* the model's own sliding window (e.g. Gemma 3's local layers): exactly its
+                                * n_window most recent tokens, no sinks, whatever the budget */
     KVFIT_LAYER_KIND_MAX_ENUM = 0x7FFFFFFF
 } kvfit_layer_kind;
 
@@ -387,9 +389,14 @@ KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_la
  * (the same plan); they are not portable across kvfit major versions.
  * kvfit_session_state_size gives the size kvfit_session_save writes
  * (KVFIT_E_BUFFER_TOO_SMALL if buf_size is less; *written, which may be NULL,
- * gets that size either way). kvfit_session_load checks the header and the plan (KVFIT_E_FORMAT for
- * foreign or damaged bytes, KVFIT_E_ARG for another plan) and leaves the
- * session unchanged on failure. */
+ * gets that size either way). The bytes carry a format version, a record of
+ * each layer's memory (kind, codec, sinks, window), a fingerprint of the model
+ * and a checksum. kvfit_session_load checks them all and leaves the session
+ * unchanged on failure: KVFIT_E_FORMAT for bytes that are not a state, are
+ * truncated or damaged, come from another model or from another state format
+ * version (older versions are not converted); KVFIT_E_ARG for a state of the
+ * same model saved with another plan (the message names the first layer that
+ * differs). */
 KVFIT_API kvfit_status kvfit_session_state_size(const kvfit_session *session, size_t *size);
 KVFIT_API kvfit_status kvfit_session_save(const kvfit_session *session, void *buf, size_t buf_size, size_t *written);
 KVFIT_API kvfit_status kvfit_session_load(kvfit_session *session, const void *buf, size_t size);

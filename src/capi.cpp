@@ -344,7 +344,7 @@ KVFIT_API uint64_t kvfit_session_kv_bytes(const kvfit_session *session) {
 KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_layer_plan *layers, size_t capacity,
                                           size_t *n_layers, uint64_t *total_bytes) {
     return guard([&] {
-        const kvfit::KVPlan &plan = session_of(session).plan();
+        const kvfit::MemoryPlan &plan = session_of(session).plan();
         REQUIRE(layers || capacity == 0, "layers is NULL");
         if (n_layers) *n_layers = plan.layers.size();
         if (total_bytes) *total_bytes = plan.total_bytes;

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "common.h"
+#include "gguf/gguf.h"
 #include "sampler.h"
 #include "tokenizer/tokenizer.h"
 
@@ -24,18 +25,20 @@ Session::Session(const Model &model, const kvfit_session_params &p) : model_(mod
     if (model.vocab_only()) fail(KVFIT_E_ARG, "the model was loaded with vocab_only; sessions need weights");
     if (p.n_threads < 0) fail(KVFIT_E_ARG, "n_threads must be >= 0 (0 = all cores), got %d", p.n_threads);
     const HParams &hp = model.hparams();
-    const KVShape shape = model.kv_shape();
-    const KVPlan plan = plan_kv(shape, p, uint32_t(hp.n_ctx_train));
+    const Architecture &arch = model.arch();
+    const std::vector<LayerSpec> specs = arch.memory_layers();
+    const MemoryPlan plan = plan_memory(specs, p, uint32_t(hp.n_ctx_train));
     // A streaming batch may not exceed the window (its tokens must not evict
     // each other before they are attended); a dense one, the capacity.
     n_batch_ = int(p.n_batch ? std::min<uint32_t>(p.n_batch, 4096) : 512);
-    n_batch_ = std::min<int>(n_batch_, int(plan.layers[0].n_window));
+    n_batch_ = int(std::min<uint64_t>({uint64_t(n_batch_), plan.max_batch(), plan.capacity()}));
     const int n_threads = p.n_threads > 0 ? std::min(p.n_threads, 256) : default_threads();
 
-    const int64_t max_cols = std::max<int64_t>({hp.n_embd, hp.n_ff, int64_t(hp.n_head) * hp.head_dim});
-    stream_ = model.backend().create_stream(n_threads, std::max(n_batch_, kLogitRows), max_cols, int(plan.capacity()));
-    cache_ = std::make_unique<KVCache>(*stream_, shape, plan, hp.rope, n_batch_);
-    bufs_ = alloc_forward_buffers(model, *stream_, n_batch_);
+    uint32_t max_slots = 0;
+    for (const LayerPlan &lp : plan.layers) max_slots = std::max(max_slots, lp.n_sink + lp.n_window);
+    stream_ = model.backend().create_stream(n_threads, std::max(n_batch_, kLogitRows), arch.max_cols(), int(max_slots));
+    memory_ = std::make_unique<SessionMemory>(*stream_, specs, plan, n_batch_);
+    bufs_ = arch.alloc_buffers(*stream_, n_batch_);
     logits_.resize(size_t(hp.n_vocab));
 }
 
@@ -72,8 +75,8 @@ void Session::run(const int32_t *tokens, size_t n, float *nll) {
         if (tokens[i] < 0 || tokens[i] >= n_vocab)
             fail(KVFIT_E_TOKEN, "token %d at index %zu is outside the vocabulary [0, %d)", tokens[i], i, n_vocab);
     if (!has_room(n))
-        fail(KVFIT_E_CONTEXT_FULL, "%zu tokens do not fit: the session holds %llu of %u tokens", n,
-             (unsigned long long)n_past_, cache_->capacity());
+        fail(KVFIT_E_CONTEXT_FULL, "%zu tokens do not fit: the session holds %llu of %llu tokens", n,
+             (unsigned long long)n_past_, (unsigned long long)memory_->capacity());
     if (nll) {
         nll[0] = has_logits_ ? nll_of(logits_.data(), n_vocab, tokens[0]) : NAN;
         if (!nll_logits_) {  // first use: a few rows of logits, kept for the session's life
@@ -82,15 +85,16 @@ void Session::run(const int32_t *tokens, size_t n, float *nll) {
         }
     }
     const size_t d = size_t(model_.hparams().n_embd);
+    const Architecture &arch = model_.arch();
     for (size_t done = 0; done < n;) {
         const int c = int(std::min<size_t>(size_t(n_batch_), n - done));
-        forward(model_, *stream_, *cache_, bufs_, tokens + done, c, n_past_, nll != nullptr);
+        arch.forward(*stream_, *memory_, *bufs_, tokens + done, c, n_past_, nll != nullptr);
         n_past_ += uint64_t(c);
         if (nll) {
             // Row r predicts token done + r + 1; the batch's last row predicts the next batch's first.
             for (int r0 = 0; r0 < c; r0 += kLogitRows) {
                 const int rows = std::min(kLogitRows, c - r0);
-                output_logits(model_, *stream_, bufs_.xn + size_t(r0) * d, rows, nll_logits_);
+                arch.output_logits(*stream_, bufs_->xn + size_t(r0) * d, rows, nll_logits_);
                 stream_->download(nll_host_.data(), nll_logits_, size_t(rows) * size_t(n_vocab) * 4);
                 stream_->synchronize();
                 for (int r = 0; r < rows; r++) {
@@ -101,82 +105,167 @@ void Session::run(const int32_t *tokens, size_t n, float *nll) {
         }
         done += size_t(c);
     }
-    stream_->download(logits_.data(), bufs_.logits, logits_.size() * sizeof(float));
+    stream_->download(logits_.data(), bufs_->logits, logits_.size() * sizeof(float));
     stream_->synchronize();
     has_logits_ = true;
 }
 
 namespace {
 
-// Header of saved session state. Fields that must match for the bytes to be
-// meaningful in another session: the model's shape and vocabulary, and the plan.
+// Saved session state, format 4:
+//   StateHeader
+//   LayerRecord x n_layer   what each layer keeps and how (kind, codec, window)
+//   float logits[n_vocab]
+//   each layer's buffers, layer after layer (LayerMemory::parts order)
+// The header carries a fingerprint of the model (architecture, shapes and the
+// tensor table) and a checksum of everything after the header, so a state of
+// another model, a truncated buffer or a flipped byte is refused.
 struct StateHeader {
     char magic[8];  // "KVFITSS\0"
     uint32_t version;
-    uint32_t n_layer, n_head_kv, head_dim, n_vocab;
-    uint32_t streaming, n_sink, n_window, codec, hadamard;
-    uint64_t n_past;
+    uint32_t n_layer;
+    uint32_t n_vocab;
     uint32_t has_logits;
-    uint32_t keys_rotated;  // dense F16 keys stored after RoPE (the CPU and Vulkan backends' layout)
-    uint64_t kv_bytes;
+    uint64_t n_past;
+    uint64_t model_fingerprint;
+    uint64_t payload_bytes;  // records + logits + layer buffers
+    uint64_t payload_checksum;
 };
-// 2: codec holds the public kvfit_kv_codec; 3: keys_rotated
-constexpr uint32_t kStateVersion = 3;
+struct LayerRecord {
+    uint32_t kind;      // kvfit_layer_kind
+    uint32_t codec;     // kvfit_kv_codec
+    uint32_t n_sink;
+    uint32_t n_window;
+    uint32_t keys_rotated;  // dense F16 keys stored after RoPE (the CPU and Vulkan backends' layout)
+    uint32_t reserved;
+    uint64_t bytes;     // this layer's buffers
+};
+// 2: codec holds the public kvfit_kv_codec; 3: keys_rotated; 4: a record per
+// layer, model fingerprint and payload checksum.
+constexpr uint32_t kStateVersion = 4;
 
-StateHeader header_of(const Model &m, const KVPlan &plan, bool keys_rotated, uint64_t n_past, bool has_logits,
-                      uint64_t kv_bytes) {
-    StateHeader h;
-    std::memset(&h, 0, sizeof h);
-    std::memcpy(h.magic, "KVFITSS", 8);
-    h.version = kStateVersion;
-    h.n_layer = uint32_t(m.hparams().n_layer);
-    h.n_head_kv = uint32_t(m.hparams().n_head_kv);
-    h.head_dim = uint32_t(m.hparams().head_dim);
-    h.n_vocab = uint32_t(m.hparams().n_vocab);
-    h.streaming = plan.streaming;
-    h.n_sink = plan.layers[0].n_sink;
-    h.n_window = plan.layers[0].n_window;
-    h.codec = uint32_t(layer_codec(plan.layers[0]));
-    h.hadamard = plan.layers[0].hadamard;
-    h.n_past = n_past;
-    h.has_logits = has_logits;
-    h.keys_rotated = keys_rotated;
-    h.kv_bytes = kv_bytes;
+// FNV-1a, 64 bits: a checksum against damage, not an authenticator.
+uint64_t fnv1a(const void *data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
+    const uint8_t *p = static_cast<const uint8_t *>(data);
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
     return h;
+}
+
+uint64_t model_fingerprint(const Model &m) {
+    const HParams &hp = m.hparams();
+    uint64_t h = fnv1a(hp.arch.data(), hp.arch.size());
+    const int32_t dims[] = {hp.n_vocab, hp.n_embd, hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_ff};
+    h = fnv1a(dims, sizeof dims, h);
+    for (const GGUFTensor &t : m.file().tensors()) {
+        h = fnv1a(t.name.data(), t.name.size(), h);
+        h = fnv1a(&t.type, sizeof t.type, h);
+        h = fnv1a(t.ne, sizeof t.ne, h);
+    }
+    return h;
+}
+
+LayerRecord record_of(const LayerMemory &mem) {
+    LayerRecord r;
+    std::memset(&r, 0, sizeof r);
+    const LayerPlan &lp = mem.plan();
+    r.kind = uint32_t(lp.kind);
+    r.codec = uint32_t(layer_codec(lp));
+    r.n_sink = lp.n_sink;
+    r.n_window = lp.n_window;
+    auto *att = dynamic_cast<const AttentionMemory *>(&mem);
+    r.keys_rotated = att && att->keys_rotated();
+    r.bytes = mem.state_bytes();
+    return r;
+}
+
+const char *kind_name(uint32_t k) {
+    switch (k) {
+        case KVFIT_LAYER_DENSE: return "dense";
+        case KVFIT_LAYER_STREAMING: return "streaming";
+        default: return "unknown";
+    }
+}
+
+const char *codec_name(uint32_t c) {
+    switch (c) {
+        case KVFIT_KV_F16: return "F16";
+        case KVFIT_KV_Q8: return "Q8";
+        case KVFIT_KV_Q4: return "Q4";
+        case KVFIT_KV_Q4_HADAMARD: return "Q4_HADAMARD";
+        case KVFIT_KV_Q4_CHANNEL: return "Q4_CHANNEL";
+        default: return "unknown";
+    }
 }
 
 }  // namespace
 
 size_t Session::state_size() const {
-    return sizeof(StateHeader) + logits_.size() * sizeof(float) + cache_->state_bytes();
+    return sizeof(StateHeader) + size_t(memory_->n_layer()) * sizeof(LayerRecord) + logits_.size() * sizeof(float) +
+           memory_->state_bytes();
 }
 
 void Session::save(uint8_t *dst, size_t size) const {
     if (size < state_size()) fail(KVFIT_E_BUFFER_TOO_SMALL, "session state needs %zu bytes, the buffer has %zu", state_size(), size);
-    const StateHeader h = header_of(model_, plan(), cache_->keys_rotated(), n_past_, has_logits_, cache_->state_bytes());
+    StateHeader h;
+    std::memset(&h, 0, sizeof h);
+    std::memcpy(h.magic, "KVFITSS", 8);
+    h.version = kStateVersion;
+    h.n_layer = uint32_t(memory_->n_layer());
+    h.n_vocab = uint32_t(logits_.size());
+    h.has_logits = has_logits_;
+    h.n_past = n_past_;
+    h.model_fingerprint = model_fingerprint(model_);
+    h.payload_bytes = state_size() - sizeof h;
+    uint8_t *p = dst + sizeof h;
+    for (int l = 0; l < memory_->n_layer(); l++) {
+        const LayerRecord r = record_of(memory_->layer(l));
+        std::memcpy(p, &r, sizeof r);
+        p += sizeof r;
+    }
+    std::memcpy(p, logits_.data(), logits_.size() * sizeof(float));
+    p += logits_.size() * sizeof(float);
+    memory_->save(*stream_, p);
+    h.payload_checksum = fnv1a(dst + sizeof h, h.payload_bytes);
     std::memcpy(dst, &h, sizeof h);
-    std::memcpy(dst + sizeof h, logits_.data(), logits_.size() * sizeof(float));
-    cache_->save(*stream_, dst + sizeof h + logits_.size() * sizeof(float));
 }
 
 void Session::load(const uint8_t *src, size_t size) {
-    if (size < sizeof(StateHeader)) fail(KVFIT_E_FORMAT, "session state of %zu bytes is too short", size);
+    if (size < sizeof(StateHeader)) fail(KVFIT_E_FORMAT, "session state of %zu bytes is too short for its header", size);
     StateHeader h;
     std::memcpy(&h, src, sizeof h);
     if (std::memcmp(h.magic, "KVFITSS", 8) != 0) fail(KVFIT_E_FORMAT, "not kvfit session state (bad magic)");
-    if (h.version != kStateVersion) fail(KVFIT_E_FORMAT, "session state version %u, this kvfit reads %u", h.version, kStateVersion);
-    const StateHeader mine = header_of(model_, plan(), cache_->keys_rotated(), h.n_past, h.has_logits != 0, cache_->state_bytes());
-    if (h.keys_rotated != mine.keys_rotated)
-        fail(KVFIT_E_ARG, "the saved state keeps dense keys %s RoPE and this session's backend keeps them %s it; load it "
-             "into a session on a backend that keeps them the same way (CPU and Vulkan: after; CUDA: before)", h.keys_rotated ? "after" : "before",
-             mine.keys_rotated ? "after" : "before");
-    if (std::memcmp(&h, &mine, sizeof h) != 0)
-        fail(KVFIT_E_ARG, "the saved state belongs to another model or plan (layers %u, window %u, codec %u; this session: "
-             "layers %u, window %u, codec %u)", h.n_layer, h.n_window, h.codec, mine.n_layer, mine.n_window, mine.codec);
+    if (h.version != kStateVersion)
+        fail(KVFIT_E_FORMAT, "session state format %u is not readable by this kvfit, which reads format %u%s", h.version,
+             kStateVersion, h.version < kStateVersion ? " (the state was saved by an older kvfit)" : "");
+    if (h.model_fingerprint != model_fingerprint(model_) || h.n_layer != uint32_t(memory_->n_layer()) ||
+        h.n_vocab != logits_.size())
+        fail(KVFIT_E_FORMAT, "the session state belongs to another model");
+    if (h.payload_bytes != size - sizeof h)
+        fail(KVFIT_E_FORMAT, "session state is %zu bytes, its header says %llu%s", size,
+             (unsigned long long)(h.payload_bytes + sizeof h), size < h.payload_bytes + sizeof h ? " (truncated)" : "");
+    if (fnv1a(src + sizeof h, size - sizeof h) != h.payload_checksum)
+        fail(KVFIT_E_FORMAT, "session state is damaged (checksum mismatch)");
+    const uint8_t *p = src + sizeof h;
+    for (int l = 0; l < memory_->n_layer(); l++, p += sizeof(LayerRecord)) {
+        LayerRecord r;
+        std::memcpy(&r, p, sizeof r);
+        const LayerRecord mine = record_of(memory_->layer(l));
+        if (r.keys_rotated != mine.keys_rotated)
+            fail(KVFIT_E_ARG, "layer %d of the saved state keeps dense keys %s RoPE and this session's backend keeps them %s "
+                 "it; load it into a session on a backend that keeps them the same way (CPU and Vulkan: after; CUDA: before)",
+                 l, r.keys_rotated ? "after" : "before", mine.keys_rotated ? "after" : "before");
+        if (std::memcmp(&r, &mine, sizeof r) != 0)
+            fail(KVFIT_E_ARG, "layer %d of the saved state is %s %s with %u sinks and a window of %u; this session's is "
+                 "%s %s with %u sinks and a window of %u: create the session with the same parameters", l,
+                 kind_name(r.kind), codec_name(r.codec), r.n_sink, r.n_window, kind_name(mine.kind), codec_name(mine.codec),
+                 mine.n_sink, mine.n_window);
+    }
     if (size != state_size()) fail(KVFIT_E_FORMAT, "session state is %zu bytes, expected %zu", size, state_size());
-    if (!plan().streaming && h.n_past > cache_->capacity()) fail(KVFIT_E_FORMAT, "session state holds more tokens than the cache");
-    std::memcpy(logits_.data(), src + sizeof h, logits_.size() * sizeof(float));
-    cache_->load(*stream_, src + sizeof h + logits_.size() * sizeof(float));
+    if (!memory_->unbounded() && h.n_past > memory_->capacity())
+        fail(KVFIT_E_FORMAT, "session state holds more tokens than the cache");
+    std::memcpy(logits_.data(), p, logits_.size() * sizeof(float));
+    p += logits_.size() * sizeof(float);
+    memory_->load(*stream_, p);
     n_past_ = h.n_past;
     has_logits_ = h.has_logits != 0;
 }

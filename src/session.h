@@ -1,4 +1,4 @@
-// A session: one conversation's cache, activation buffers and position
+// A session: one conversation's layer memory, activation buffers and position
 // bookkeeping on one model. Used by one thread at a time.
 #pragma once
 
@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "backend/backend.h"
-#include "kv/kv_cache.h"
+#include "kv/memory.h"
 #include "kvfit.h"
 #include "model/model.h"
 
@@ -28,10 +28,10 @@ public:
     const std::vector<float> &logits() const;  // throws KVFIT_E_STATE before any token
     bool has_logits() const { return has_logits_; }
     uint64_t n_past() const { return n_past_; }
-    // Whether one more token fits: always for a streaming cache.
-    bool has_room(uint64_t n) const { return cache_->streaming() || n_past_ + n <= cache_->capacity(); }
-    uint64_t kv_bytes() const { return cache_->bytes(); }
-    const KVPlan &plan() const { return cache_->plan(); }
+    // Whether n more tokens fit: always when every layer streams.
+    bool has_room(uint64_t n) const { return memory_->unbounded() || n_past_ + n <= memory_->capacity(); }
+    uint64_t kv_bytes() const { return memory_->bytes(); }
+    const MemoryPlan &plan() const { return memory_->plan(); }
     const Model &model() const { return model_; }
 
     // Persisted state (see kvfit_session_save).
@@ -48,8 +48,8 @@ private:
     const Model &model_;
     int n_batch_;
     std::unique_ptr<Stream> stream_;
-    std::unique_ptr<KVCache> cache_;
-    ForwardBuffers bufs_;
+    std::unique_ptr<SessionMemory> memory_;
+    std::unique_ptr<ForwardBuffers> bufs_;
     uint64_t n_past_ = 0;
     bool has_logits_ = false;
     std::vector<float> logits_;

@@ -2,7 +2,7 @@
 // inputs: matmul for every weight type in decode and batch shapes, get_rows,
 // RMSNorm, SwiGLU, add, argmax, KV encoding in every codec (with and without
 // the Hadamard rotation, and per-channel key blocks), and attention over the
-// sink + window cache in every layout, driven through KVCache so that window
+// sink + window cache in every layout, driven through SessionMemory so that window
 // wrap-around, the residual key block and long windows (split over blocks)
 // are all reached. Skips when the CUDA backend is not built or has no device.
 #include <cmath>
@@ -19,7 +19,7 @@
 #include "gguf/ggml_types.h"
 #include "gguf/gguf.h"
 #include "kv/codec.h"
-#include "kv/kv_cache.h"
+#include "kv/memory.h"
 #include "sampler.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail.
@@ -311,16 +311,15 @@ void test_kv_encode_channels(void **) {
     }
 }
 
-// Attention through KVCache on both backends with the same q/k/v: a prefill,
+// Attention through SessionMemory on both backends with the same q/k/v: a prefill,
 // decode steps and batches that wrap the window several times.
 void run_cache(kvfit_kv_codec codec, bool streaming, uint32_t window, RopeMode mode, const std::vector<int> &batches) {
     std::mt19937 rng(7);
-    KVShape shape;
-    shape.n_layer = 1;
-    shape.n_head = 6;
-    shape.n_head_kv = 2;
-    shape.head_dim = 64;
-    shape.rope_dims = 64;
+    RopeParams rope;
+    rope.n_dims = 64;
+    rope.mode = mode;
+    const std::vector<LayerSpec> specs = uniform_attention_layers(1, 6, 2, 64, rope);
+    const LayerSpec &shape = specs[0];
     kvfit_session_params sp;
     kvfit_session_params_init(&sp);
     sp.kv_codec = codec;
@@ -330,15 +329,12 @@ void run_cache(kvfit_kv_codec codec, bool streaming, uint32_t window, RopeMode m
     } else {
         sp.n_ctx = window;
     }
-    const KVPlan plan = plan_kv(shape, sp, window);
-    RopeParams rope;
-    rope.n_dims = 64;
-    rope.mode = mode;
+    const MemoryPlan plan = plan_memory(specs, sp, window);
     int max_batch = 0, total = 0;
     for (int b : batches) max_batch = std::max(max_batch, b), total += b;
     const int qd = shape.n_head * shape.head_dim, kvd = shape.n_head_kv * shape.head_dim;
-    Pair p(max_batch, qd, int(plan.capacity()));
-    KVCache cc(*p.cpu, shape, plan, rope, max_batch), cg(*p.gpu, shape, plan, rope, max_batch);
+    Pair p(max_batch, qd, int(plan.layers[0].n_sink + plan.layers[0].n_window));
+    SessionMemory cc(*p.cpu, specs, plan, max_batch), cg(*p.gpu, specs, plan, max_batch);
     float *buf_c = static_cast<float *>(p.cpu->alloc(size_t(max_batch) * (2 * qd + 2 * kvd) * 4));
     float *buf_g = static_cast<float *>(p.gpu->alloc(size_t(max_batch) * (2 * qd + 2 * kvd) * 4));
     uint64_t pos = 0;
@@ -347,7 +343,7 @@ void run_cache(kvfit_kv_codec codec, bool streaming, uint32_t window, RopeMode m
                                  v = randn(size_t(n * kvd), rng);
         float *bufs[2] = {buf_c, buf_g};
         Stream *ss[2] = {p.cpu.get(), p.gpu.get()};
-        KVCache *caches[2] = {&cc, &cg};
+        SessionMemory *caches[2] = {&cc, &cg};
         for (int b = 0; b < 2; b++) {
             float *qq = bufs[b], *kk = qq + size_t(max_batch) * qd, *vv = kk + size_t(max_batch) * kvd,
                   *out = vv + size_t(max_batch) * kvd;

@@ -1,4 +1,4 @@
-// The budgeted cache (src/kv/kv_cache.*) on the CPU backend against a plain
+// The budgeted attention memory (src/kv/memory.*) on the CPU backend against a plain
 // reference written from the layout's definition: for every KV codec, random
 // queries, keys and values are streamed through sinks + a ring in batches of
 // mixed sizes (ring wrap, batches that straddle blocks), and every attention
@@ -10,13 +10,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "backend/backend.h"
 #include "common.h"
 #include "kv/codec.h"
-#include "kv/kv_cache.h"
+#include "kv/memory.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail.
 #include <setjmp.h>
@@ -60,14 +61,10 @@ void rope(float *v, uint32_t pos) {
 }
 
 // N_HEAD query heads sharing one KV head of HD, fully rotated.
-KVShape one_kv_head(int n_layer) {
-    KVShape shape;
-    shape.n_layer = n_layer;
-    shape.n_head = N_HEAD;
-    shape.n_head_kv = 1;
-    shape.head_dim = HD;
-    shape.rope_dims = HD;
-    return shape;
+std::vector<LayerSpec> one_kv_head(int n_layer) {
+    RopeParams rp;
+    rp.n_dims = HD;
+    return uniform_attention_layers(n_layer, N_HEAD, 1, HD, rp);
 }
 
 // Key j as the layout holds it when a batch starting at p0 is attended.
@@ -102,20 +99,18 @@ std::vector<float> stored_key(kvfit_kv_codec codec, const std::vector<float> &k,
 }
 
 void check_codec(kvfit_kv_codec codec) {
-    const KVShape shape = one_kv_head(1);
+    const std::vector<LayerSpec> shape = one_kv_head(1);
     kvfit_session_params p;
     std::memset(&p, 0, sizeof p);
     p.n_sink = SINKS;
     p.n_window = WINDOW;
     p.kv_codec = codec;
-    const KVPlan plan = plan_kv(shape, p, 512);
-    assert_true(plan.streaming);
+    const MemoryPlan plan = plan_memory(shape, p, 512);
+    assert_true(plan.unbounded());
     assert_int_equal(layer_codec(plan.layers[0]), codec);
-    RopeParams rp;
-    rp.n_dims = HD;
     auto backend = create_cpu_backend();
     auto stream = backend->create_stream(1, WINDOW, N_HEAD * HD, SINKS + WINDOW);
-    KVCache cache(*stream, shape, plan, rp, WINDOW);
+    SessionMemory cache(*stream, shape, plan, WINDOW);
 
     Rng rng(uint64_t(codec) + 7);
     std::vector<float> q(size_t(TOKENS) * N_HEAD * HD), k(size_t(TOKENS) * HD), v(size_t(TOKENS) * HD);
@@ -208,13 +203,13 @@ void test_channel_block_roundtrip(void **) {
 // The planner keeps per-channel windows in whole blocks and counts the F16
 // sink keys and residual block.
 void test_channel_plan_bytes(void **) {
-    const KVShape shape = one_kv_head(2);
+    const std::vector<LayerSpec> shape = one_kv_head(2);
     kvfit_session_params p;
     std::memset(&p, 0, sizeof p);
     p.n_sink = SINKS;
     p.kv_codec = KVFIT_KV_Q4_CHANNEL;
     p.kv_budget_bytes = 200000;
-    const KVPlan plan = plan_kv(shape, p, 100000);
+    const MemoryPlan plan = plan_memory(shape, p, 100000);
     const LayerPlan &lp = plan.layers[0];
     assert_int_equal(lp.n_window % KV_CHANNEL_BLOCK, 0);
     const uint64_t v_row = codec_row_bytes(KVCodec::Q4, HD), f16_row = HD * 2;
@@ -225,14 +220,100 @@ void test_channel_plan_bytes(void **) {
     kvfit_session_params bigger = p;
     bigger.kv_budget_bytes = 0;
     bigger.n_window = lp.n_window + KV_CHANNEL_BLOCK;
-    assert_true(plan_kv(shape, bigger, 100000).total_bytes > p.kv_budget_bytes);
+    assert_true(plan_memory(shape, bigger, 100000).total_bytes > p.kv_budget_bytes);
     // A pinned window must be whole blocks.
     bigger.n_window = 100;
     bool refused = false;
     try {
-        plan_kv(shape, bigger, 100000);
+        plan_memory(shape, bigger, 100000);
     } catch (const Error &e) {
         refused = e.status() == KVFIT_E_ARG;
+    }
+    assert_true(refused);
+}
+
+// A model with its own sliding window on 5 of every 6 layers (Gemma 3's
+// shape): those layers keep exactly their window whatever the session, their
+// bytes come off the budget first, and each rotation gets one table.
+void test_native_window_plan(void **) {
+    RopeParams local, global;
+    local.n_dims = global.n_dims = HD;
+    local.freq_base = 10000.0f;
+    global.freq_base = 1000000.0f;
+    std::vector<LayerSpec> specs;
+    for (int l = 0; l < 12; l++) {
+        LayerSpec s = uniform_attention_layers(1, N_HEAD, 1, HD, l % 6 < 5 ? local : global)[0];
+        s.native_window = l % 6 < 5 ? 128 : 0;
+        specs.push_back(s);
+    }
+    kvfit_session_params p;
+    std::memset(&p, 0, sizeof p);
+    p.n_sink = -1;
+    // Dense: global layers hold the context, local ones their window (or the
+    // context, if shorter), both at stream positions.
+    p.n_ctx = 1000;
+    MemoryPlan plan = plan_memory(specs, p, 4096);
+    assert_int_equal(plan.capacity(), 1000);
+    for (int l = 0; l < 12; l++) {
+        const LayerPlan &lp = plan.layers[size_t(l)];
+        assert_int_equal(lp.kind, l % 6 < 5 ? KVFIT_LAYER_WINDOW : KVFIT_LAYER_DENSE);
+        assert_int_equal(lp.n_window, l % 6 < 5 ? 128 : 1000);
+        assert_int_equal(lp.n_sink, 0);
+        assert_true(lp.absolute_positions);
+        assert_int_equal(lp.bytes, layer_state_bytes(specs[size_t(l)], lp));
+    }
+    assert_int_equal(plan.rope_tables.size(), 2);
+    uint64_t sum = 0;
+    for (const LayerPlan &lp : plan.layers) sum += lp.bytes;
+    for (const RopeTablePlan &t : plan.rope_tables) sum += t.bytes;
+    assert_int_equal(plan.total_bytes, sum);
+    p.n_ctx = 100;
+    assert_int_equal(plan_memory(specs, p, 4096).layers[0].n_window, 100);
+
+    // Budgeted: the local windows stay whole and F16; the global layers stream
+    // in what is left.
+    p.n_ctx = 100000;
+    p.kv_budget_bytes = 600000;
+    plan = plan_memory(specs, p, 4096);
+    assert_true(plan.total_bytes <= p.kv_budget_bytes);
+    for (int l = 0; l < 12; l++) {
+        const LayerPlan &lp = plan.layers[size_t(l)];
+        if (l % 6 < 5) {
+            assert_int_equal(lp.kind, KVFIT_LAYER_WINDOW);
+            assert_int_equal(lp.n_window, 128);
+            assert_int_equal(layer_codec(lp), KVFIT_KV_F16);
+            assert_false(lp.absolute_positions);
+        } else {
+            assert_int_equal(lp.kind, KVFIT_LAYER_STREAMING);
+            assert_int_equal(lp.n_sink, 4);
+            assert_true(lp.n_window > 128);
+        }
+    }
+    assert_true(plan.unbounded());
+    assert_int_equal(plan.max_batch(), 128);
+
+    // Too small for the windows plus a minimal streaming window: the message
+    // names a budget, and that budget works.
+    p.kv_budget_bytes = 100000;
+    uint64_t named = 0;
+    try {
+        plan_memory(specs, p, 4096);
+    } catch (const Error &e) {
+        assert_int_equal(e.status(), KVFIT_E_BUDGET);
+        const char *at = std::strstr(e.what(), "smallest budget that works is ");
+        assert_non_null(at);
+        named = std::strtoull(at + std::strlen("smallest budget that works is "), nullptr, 10);
+    }
+    assert_true(named > 100000);
+    p.kv_budget_bytes = named;
+    plan = plan_memory(specs, p, 4096);
+    assert_true(plan.total_bytes <= named);
+    p.kv_budget_bytes = named - 1;
+    bool refused = false;
+    try {
+        plan_memory(specs, p, 4096);
+    } catch (const Error &e) {
+        refused = e.status() == KVFIT_E_BUDGET;
     }
     assert_true(refused);
 }
@@ -244,7 +325,7 @@ int main(void) {
         cmocka_unit_test(test_f16),          cmocka_unit_test(test_q8),
         cmocka_unit_test(test_q4),           cmocka_unit_test(test_q4_hadamard),
         cmocka_unit_test(test_q4_channel),   cmocka_unit_test(test_channel_block_roundtrip),
-        cmocka_unit_test(test_channel_plan_bytes),
+        cmocka_unit_test(test_channel_plan_bytes), cmocka_unit_test(test_native_window_plan),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
 }

@@ -385,10 +385,30 @@ static void test_save_restore(void **state) {
     /* another plan, damaged bytes, short bytes: refused, session untouched */
     kvfit_session *c = open_session(g_stories, 0, 4, 61, KVFIT_KV_F16, 0, 32);
     assert_int_equal(kvfit_session_load(c, buf, size), KVFIT_E_ARG);
+    assert_non_null(strstr(kvfit_last_error(), "layer 0 of the saved state is streaming F16 with 4 sinks and a window of 60"));
     assert_int_equal(kvfit_session_n_past(c), 0);
     buf[0] ^= 0xff;
     assert_int_equal(kvfit_session_load(b, buf, size), KVFIT_E_FORMAT);
     buf[0] ^= 0xff;
+    /* the format version follows the 8-byte magic: an older one is named as such */
+    uint32_t version;
+    memcpy(&version, buf + 8, 4);
+    const uint32_t older = version - 1;
+    memcpy(buf + 8, &older, 4);
+    assert_int_equal(kvfit_session_load(b, buf, size), KVFIT_E_FORMAT);
+    assert_non_null(strstr(kvfit_last_error(), "saved by an older kvfit"));
+    memcpy(buf + 8, &version, 4);
+    /* a flipped byte in the middle of the cached keys */
+    buf[size / 2] ^= 0x10;
+    assert_int_equal(kvfit_session_load(b, buf, size), KVFIT_E_FORMAT);
+    assert_non_null(strstr(kvfit_last_error(), "damaged"));
+    buf[size / 2] ^= 0x10;
+    if (g_smol) { /* another model's session refuses it */
+        kvfit_session *d = open_session(g_smol, 0, 4, 60, KVFIT_KV_F16, 0, 32);
+        assert_int_equal(kvfit_session_load(d, buf, size), KVFIT_E_FORMAT);
+        assert_non_null(strstr(kvfit_last_error(), "another model"));
+        kvfit_session_free(d);
+    }
     assert_int_equal(kvfit_session_load(b, buf, size - 3), KVFIT_E_FORMAT);
     assert_int_equal(kvfit_session_load(b, buf, 10), KVFIT_E_FORMAT);
     assert_int_equal(kvfit_session_n_past(b), 230);

@@ -21,7 +21,7 @@
 #include "backend/cpu/kernels_impl.h"
 #include "backend/cpu/threadpool.h"
 #include "gguf/ggml_types.h"
-#include "kv/kv_cache.h"
+#include "kv/memory.h"
 
 using namespace kvfit;
 
@@ -181,24 +181,19 @@ int main(int argc, char **argv) {
         // heads of 64) over 4 sinks + a full window of 1024, per codec.
         std::printf("\ndecode attention, one layer, 4 sinks + 1024 window, 9/3 heads of 64: best us per token\n");
         for (kvfit_kv_codec codec : {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD, KVFIT_KV_Q4_CHANNEL}) {
-            KVShape shape;
-            shape.n_layer = 1;
-            shape.n_head = 9;
-            shape.n_head_kv = 3;
-            shape.head_dim = 64;
-            shape.rope_dims = 64;
+            RopeParams rope;
+            rope.n_dims = 64;
+            rope.freq_base = 100000.0f;
+            const std::vector<LayerSpec> specs = uniform_attention_layers(1, 9, 3, 64, rope);
             kvfit_session_params sp = {};
             sp.n_sink = 4;
             sp.n_window = 1024;
             sp.kv_codec = codec;
-            const KVPlan plan = plan_kv(shape, sp, 8192);
-            RopeParams rope;
-            rope.n_dims = 64;
-            rope.freq_base = 100000.0f;
+            const MemoryPlan plan = plan_memory(specs, sp, 8192);
             auto backend = create_cpu_backend();
             for (int nth = 1; nth <= max_threads; nth++) {
                 auto stream = backend->create_stream(nth, 256, 576, 1028);
-                KVCache cache(*stream, shape, plan, rope, 256);
+                SessionMemory cache(*stream, specs, plan, 256);
                 std::mt19937 rng(3);
                 std::normal_distribution<float> g(0.0f, 1.0f);
                 std::vector<float> q(256 * 576), k(256 * 192), v(256 * 192), out(256 * 576);

@@ -45,7 +45,7 @@ struct RopeParams {
 };
 
 // Attention of n_q new queries over a KV cache of encoded, pre-RoPE rows laid
-// out as sinks + ring (see src/kv/kv_cache.h). The new tokens' K/V rows are
+// out as sinks + ring (see src/kv/memory.h). The new tokens' K/V rows are
 // read from the staging rows, the older ones from their cache slots; every key
 // is rotated to its cache position, each query to its own.
 struct CacheAttention {

@@ -1,0 +1,214 @@
+#include "kv/memory.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common.h"
+
+namespace kvfit {
+
+namespace {
+
+uint8_t *alloc_bytes(Stream &s, size_t bytes) { return bytes ? static_cast<uint8_t *>(s.alloc(bytes)) : nullptr; }
+
+// cos/sin of every position of a table, advanced by repeated multiplication
+// in float as ggml does so short contexts round exactly like llama.cpp.
+float *make_rope_table(Stream &s, const RopeTablePlan &t) {
+    const RopeParams &rope = t.rope;
+    const int half = rope.n_dims / 2;
+    std::vector<float> cs(size_t(t.positions) * size_t(half) * 2);
+    const float theta_scale = std::pow(rope.freq_base, -2.0f / float(rope.n_dims));
+    std::vector<float> factors(size_t(half), 1.0f);
+    if (rope.freq_factors) {  // a device address: read back through the stream
+        s.download(factors.data(), rope.freq_factors, factors.size() * 4);
+        s.synchronize();
+    }
+    for (uint32_t pos = 0; pos < t.positions; pos++) {
+        float theta = float(pos) * rope.freq_scale;
+        for (int i = 0; i < half; i++) {
+            const float th = theta / factors[size_t(i)];
+            cs[(size_t(pos) * half + i) * 2] = std::cos(th);
+            cs[(size_t(pos) * half + i) * 2 + 1] = std::sin(th);
+            theta *= theta_scale;
+        }
+    }
+    float *d = static_cast<float *>(s.alloc(cs.size() * sizeof(float)));
+    s.upload(d, cs.data(), cs.size() * sizeof(float));
+    return d;
+}
+
+}  // namespace
+
+uint64_t LayerMemory::bytes() const {
+    uint64_t n = 0;
+    for (auto [p, size] : parts()) n += size;
+    return n;
+}
+
+void LayerMemory::save(Stream &s, uint8_t *dst) const {
+    for (auto [p, size] : parts()) {
+        if (size) s.download(dst, p, size);
+        dst += size;
+    }
+}
+
+void LayerMemory::load(Stream &s, const uint8_t *src) {
+    for (auto [p, size] : parts()) {
+        if (size) s.upload(p, src, size);
+        src += size;
+    }
+}
+
+size_t AttentionMemory::staged_row_bytes(const LayerSpec &spec, const LayerPlan &plan) {
+    const size_t v_row = size_t(spec.n_head_kv) * codec_row_bytes(plan.codec, spec.head_dim);
+    const size_t k_row = plan.channel_keys ? size_t(spec.n_head_kv) * size_t(spec.head_dim) * 2 : v_row;
+    return std::max(k_row, v_row);
+}
+
+AttentionMemory::AttentionMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan, const float *rope_cs,
+                                 bool stores_rotated_keys, const AttentionStaging &staging)
+    : LayerMemory(plan), spec_(spec), rope_cs_(rope_cs), staging_(staging) {
+    const size_t slots = size_t(plan.n_sink) + plan.n_window;
+    const size_t row_elems = size_t(spec.n_head_kv) * size_t(spec.head_dim);
+    v_row_bytes_ = size_t(spec.n_head_kv) * codec_row_bytes(plan.codec, spec.head_dim);
+    v_bytes_ = v_row_bytes_ * slots;
+    if (plan.channel_keys) {
+        k_row_bytes_ = row_elems * 2;  // F16
+        k_bytes_ = size_t(plan.n_window / KV_CHANNEL_BLOCK) * size_t(spec.n_head_kv) * channel_block_bytes(spec.head_dim);
+        k_sink_bytes_ = k_row_bytes_ * plan.n_sink;
+        k_res_bytes_ = k_row_bytes_ * KV_CHANNEL_BLOCK;
+    } else {
+        k_row_bytes_ = v_row_bytes_;
+        k_bytes_ = v_bytes_;
+    }
+    k_ = alloc_bytes(s, k_bytes_);
+    v_ = alloc_bytes(s, v_bytes_);
+    k_sink_ = alloc_bytes(s, k_sink_bytes_);
+    k_res_ = alloc_bytes(s, k_res_bytes_);
+    // Only dense F16 layers keep rotated keys: the others rotate at attention
+    // time to cache positions, or encode keys whose rotation must come later.
+    keys_rotated_ = stores_rotated_keys && plan.absolute_positions && plan.codec == KVCodec::F16 && !plan.hadamard &&
+                    !plan.channel_keys;
+}
+
+std::vector<std::pair<uint8_t *, size_t>> AttentionMemory::parts() const {
+    return {{k_, k_bytes_}, {v_, v_bytes_}, {k_sink_, k_sink_bytes_}, {k_res_, k_res_bytes_}};
+}
+
+void AttentionMemory::attend(Stream &s, const float *q, float *k, const float *v, int n, uint64_t pos0, float *out) {
+    const LayerPlan &lp = plan_;
+    const bool streaming = lp.ring();
+    if (!streaming && pos0 + uint64_t(n) > lp.n_window) fail(KVFIT_E_INTERNAL, "dense cache overflow");
+    if (streaming && uint32_t(n) > lp.n_window) fail(KVFIT_E_INTERNAL, "batch larger than the window");
+    // Encode the new rows (keys before RoPE, unless the layer keeps them
+    // rotated), attend, then move them into their slots.
+    CacheAttention a;
+    a.n_q = n;
+    a.n_head = spec_.n_head;
+    a.n_head_kv = spec_.n_head_kv;
+    a.head_dim = spec_.head_dim;
+    a.pos0 = pos0;
+    a.n_sink = lp.n_sink;
+    a.n_window = lp.n_window;
+    a.streaming = streaming;
+    a.codec = int(lp.codec);
+    a.hadamard = lp.hadamard;
+    a.row_bytes = v_row_bytes_;
+    a.head_bytes = codec_row_bytes(lp.codec, spec_.head_dim);
+    a.k = k_;
+    a.v = v_;
+    a.k_new = staging_.k_new;
+    a.v_new = staging_.v_new;
+    a.channel_keys = lp.channel_keys;
+    a.k_sink = k_sink_;
+    a.k_res = k_res_;
+    a.k_block_bytes = size_t(spec_.n_head_kv) * channel_block_bytes(spec_.head_dim);
+    a.rope_cs = rope_cs_;
+    a.rope = spec_.rope;
+    a.scale = spec_.attn_scale();
+    a.keys_rotated = keys_rotated_;
+    if (a.keys_rotated) s.rope_keys(k, n, spec_.n_head_kv, spec_.head_dim, pos0, a);
+    const KVCodec k_codec = lp.channel_keys ? KVCodec::F16 : lp.codec;
+    s.kv_encode(int(k_codec), lp.hadamard, k, n, spec_.n_head_kv, spec_.head_dim, staging_.k_new);
+    s.kv_encode(int(lp.codec), false, const_cast<float *>(v), n, spec_.n_head_kv, spec_.head_dim, staging_.v_new);
+    s.cache_attention(a, q, out);
+    const size_t krb = k_row_bytes_, vrb = v_row_bytes_;
+    for (int i = 0; i < n; i++) {
+        const uint64_t t = pos0 + uint64_t(i);
+        const bool sink = streaming && t < lp.n_sink;
+        const uint64_t slot = a.slot(t);
+        s.copy(v_ + slot * vrb, staging_.v_new + size_t(i) * vrb, vrb);
+        if (!lp.channel_keys) {
+            s.copy(k_ + slot * krb, staging_.k_new + size_t(i) * krb, krb);
+        } else if (sink) {
+            s.copy(k_sink_ + t * krb, staging_.k_new + size_t(i) * krb, krb);
+        } else {
+            // Fill the residual block; once it is full, pack it over the window's oldest block.
+            const uint64_t w = t - lp.n_sink, o = w % KV_CHANNEL_BLOCK;
+            s.copy(k_res_ + o * krb, staging_.k_new + size_t(i) * krb, krb);
+            if (o == KV_CHANNEL_BLOCK - 1)
+                s.kv_encode_channels(k_res_, spec_.n_head_kv, spec_.head_dim,
+                                     k_ + (w % lp.n_window) / KV_CHANNEL_BLOCK * a.k_block_bytes);
+        }
+    }
+}
+
+SessionMemory::SessionMemory(Stream &s, const std::vector<LayerSpec> &specs, const MemoryPlan &plan, int max_batch)
+    : plan_(plan) {
+    if (specs.size() != plan.layers.size() || plan.layer_table.size() != specs.size())
+        fail(KVFIT_E_INTERNAL, "memory plan for %zu layers, model has %zu", plan.layers.size(), specs.size());
+    std::vector<const float *> tables;
+    for (const RopeTablePlan &t : plan.rope_tables) {
+        tables.push_back(make_rope_table(s, t));
+        table_bytes_ += t.bytes;
+    }
+    // Staging for the new tokens' encoded rows of one layer at a time (scratch,
+    // like the activation buffers; not state kept per token).
+    size_t max_row = 0;
+    for (size_t l = 0; l < specs.size(); l++)
+        max_row = std::max(max_row, AttentionMemory::staged_row_bytes(specs[l], plan.layers[l]));
+    AttentionStaging staging;
+    staging.k_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
+    staging.v_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
+    for (size_t l = 0; l < specs.size(); l++) {
+        const float *cs = tables[size_t(plan.layer_table[l])];
+        layers_.push_back(std::make_unique<AttentionMemory>(s, specs[l], plan.layers[l], cs, s.stores_rotated_keys(), staging));
+    }
+}
+
+AttentionMemory &SessionMemory::attention(int l) {
+    auto *a = dynamic_cast<AttentionMemory *>(layers_.at(size_t(l)).get());
+    if (!a) fail(KVFIT_E_INTERNAL, "layer %d has no attention cache", l);
+    return *a;
+}
+
+uint64_t SessionMemory::bytes() const {
+    uint64_t n = table_bytes_;
+    for (const auto &m : layers_) n += m->bytes();
+    return n;
+}
+
+size_t SessionMemory::state_bytes() const {
+    size_t n = 0;
+    for (const auto &m : layers_) n += m->state_bytes();
+    return n;
+}
+
+void SessionMemory::save(Stream &s, uint8_t *dst) const {
+    for (const auto &m : layers_) {
+        m->save(s, dst);
+        dst += m->state_bytes();
+    }
+    s.synchronize();
+}
+
+void SessionMemory::load(Stream &s, const uint8_t *src) {
+    for (const auto &m : layers_) {
+        m->load(s, src);
+        src += m->state_bytes();
+    }
+    s.synchronize();
+}
+
+}  // namespace kvfit

@@ -1,0 +1,193 @@
+// A session's memory, layer by layer, and the planner that sizes it from a
+// byte budget.
+//
+// An architecture describes what each of its layers keeps per session (a
+// LayerSpec: attention with its heads, RoPE and scale; later recurrent
+// state). The planner turns the specs and the session's parameters into a
+// LayerPlan per layer (kind, codec, sinks, window, bytes). SessionMemory then
+// allocates one memory object per layer (LayerMemory), each knowing its bytes
+// and how to save and load itself, so nothing here assumes that all layers are
+// alike.
+//
+// Layout of an attention layer (see the design notes): n_sink slots hold the
+// first tokens of the stream for ever; a ring of n_window slots holds the most
+// recent ones. Token t goes to slot t if t < n_sink, else to
+// n_sink + (t - n_sink) mod n_window. Keys are stored before RoPE and rotated
+// at attention time to their *cache* position (sinks 0..S-1, then the window
+// in chronological order), the query to the position after the newest one, so
+// relative distances never exceed S + W however long the stream runs. A dense
+// layer is the special case S = 0, W = capacity, no eviction.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "backend/backend.h"
+#include "kv/codec.h"
+#include "kvfit.h"
+
+namespace kvfit {
+
+// What one layer of a model keeps per session, as its architecture defines it.
+struct LayerSpec {
+    enum class Kind { Attention };
+    Kind kind = Kind::Attention;
+    int n_head = 0;
+    int n_head_kv = 0;  // GQA: query head h reads KV head h / (n_head / n_head_kv)
+    int head_dim = 0;
+    RopeParams rope;    // this layer's rotation (base, scaling, rotated dimensions)
+    float scale = 0.0f; // attention logit scale; 0 = 1 / sqrt(head_dim)
+    // > 0: the model's own sliding window; a query sees exactly the
+    // native_window most recent tokens, itself included.
+    uint32_t native_window = 0;
+    float attn_scale() const;
+};
+
+// The same attention layer n_layer times (every llama-style model).
+std::vector<LayerSpec> uniform_attention_layers(int n_layer, int n_head, int n_head_kv, int head_dim,
+                                                const RopeParams &rope);
+
+struct LayerPlan {
+    kvfit_layer_kind kind = KVFIT_LAYER_DENSE;
+    KVCodec codec = KVCodec::F16;
+    bool hadamard = false;      // keys rotated by a fixed Hadamard transform before encoding
+    bool channel_keys = false;  // keys in per-channel Q4 blocks of 32 tokens (codec is Q4, for the values)
+    uint32_t n_sink = 0;
+    uint32_t n_window = 0;      // ring slots; a dense layer's capacity
+    // Keys may be kept rotated at their stream positions (dense layers, and
+    // native windows in a session of bounded capacity, whose RoPE table then
+    // covers every position); see Stream::stores_rotated_keys.
+    bool absolute_positions = false;
+    uint64_t bytes = 0;         // what the layer's memory object allocates
+    // A ring that evicts (sinks + window, or a native window).
+    bool ring() const { return kind != KVFIT_LAYER_DENSE; }
+};
+
+// A cos/sin table of cache positions, shared by the layers with the same
+// rotation and number of positions.
+struct RopeTablePlan {
+    RopeParams rope;
+    uint32_t positions = 0;
+    uint64_t bytes = 0;
+};
+
+struct MemoryPlan {
+    std::vector<LayerPlan> layers;
+    std::vector<RopeTablePlan> rope_tables;
+    std::vector<int> layer_table;  // rope_tables index of each layer
+    uint64_t total_bytes = 0;      // everything allocated per session for layer memory
+    // Tokens the session can hold: the smallest dense layer's capacity (no
+    // limit if every layer streams).
+    uint64_t capacity() const;
+    bool unbounded() const;
+    // The largest batch every layer can take at once (a streaming layer's
+    // batch must not evict its own tokens before they are attended).
+    uint32_t max_batch() const;
+};
+
+// Bytes of one attention layer's K and V state for its sinks + window
+// (everything counted: codes, scales, minima, full-precision sink keys and
+// residual rows).
+uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp);
+
+// Chooses the plan for a session (throws KVFIT_E_BUDGET with the smallest
+// workable budget in the message, or KVFIT_E_ARG for contradictory pins).
+MemoryPlan plan_memory(const std::vector<LayerSpec> &layers, const kvfit_session_params &params,
+                       uint32_t n_ctx_train);
+
+// The public name of a layer's codec.
+kvfit_kv_codec layer_codec(const LayerPlan &lp);
+
+// One layer's per-session memory. Every buffer it keeps is allocated at
+// construction and listed by parts(), which is what bytes(), save and load
+// iterate over.
+class LayerMemory {
+public:
+    virtual ~LayerMemory() = default;
+    const LayerPlan &plan() const { return plan_; }
+    // Buffers as the session state stores them, in order.
+    virtual std::vector<std::pair<uint8_t *, size_t>> parts() const = 0;
+    uint64_t bytes() const;
+    size_t state_bytes() const { return size_t(bytes()); }
+    void save(Stream &s, uint8_t *dst) const;
+    void load(Stream &s, const uint8_t *src);
+
+protected:
+    explicit LayerMemory(const LayerPlan &plan) : plan_(plan) {}
+    LayerPlan plan_;
+};
+
+// Scratch the attention layers of one session share: the current batch's
+// encoded K/V rows (one layer at a time).
+struct AttentionStaging {
+    uint8_t *k_new = nullptr, *v_new = nullptr;
+};
+
+// An attention layer's cache: dense, or sinks + ring (see the top of this file).
+class AttentionMemory : public LayerMemory {
+public:
+    AttentionMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan, const float *rope_cs,
+                    bool stores_rotated_keys, const AttentionStaging &staging);
+    std::vector<std::pair<uint8_t *, size_t>> parts() const override;
+    // Whether this layer stores its keys after RoPE (part of the state's layout).
+    bool keys_rotated() const { return keys_rotated_; }
+    // One token's K and V rows as staged (for sizing the shared staging).
+    static size_t staged_row_bytes(const LayerSpec &spec, const LayerPlan &plan);
+
+    // For n new tokens at stream positions [pos0, pos0 + n): q
+    // ([n][n_head * head_dim]), k and v ([n][n_head_kv * head_dim]), all
+    // before RoPE. Stores K/V (encoded) and writes the attention output of
+    // each query over what it may see to out ([n][n_head * head_dim]).
+    // k is used as scratch. n must not exceed the window of a streaming
+    // layer or the free room of a dense one.
+    void attend(Stream &s, const float *q, float *k, const float *v, int n, uint64_t pos0, float *out);
+
+private:
+    LayerSpec spec_;
+    const float *rope_cs_;      // [positions][rope.n_dims / 2][2] cos, sin of each cache position
+    bool keys_rotated_;         // a dense F16 layer keeping keys after RoPE (Stream::stores_rotated_keys)
+    AttentionStaging staging_;
+    uint8_t *k_ = nullptr;      // (S + W) encoded rows, or W / 32 channel blocks
+    uint8_t *v_ = nullptr;      // (S + W) encoded rows
+    uint8_t *k_sink_ = nullptr; // channel keys: S F16 rows
+    uint8_t *k_res_ = nullptr;  // channel keys: 32 F16 rows, the block being filled
+    size_t k_row_bytes_ = 0, v_row_bytes_ = 0;  // one token's rows as staged (K: F16 for channel keys)
+    size_t k_bytes_ = 0, v_bytes_ = 0, k_sink_bytes_ = 0, k_res_bytes_ = 0;
+};
+
+// All layers' memory of one session, and what they share (RoPE tables, the
+// staging rows).
+class SessionMemory {
+public:
+    SessionMemory(Stream &s, const std::vector<LayerSpec> &specs, const MemoryPlan &plan, int max_batch);
+    const MemoryPlan &plan() const { return plan_; }
+    int n_layer() const { return int(layers_.size()); }
+    LayerMemory &layer(int l) { return *layers_[size_t(l)]; }
+    const LayerMemory &layer(int l) const { return *layers_[size_t(l)]; }
+    // Layer l's attention cache (KVFIT_E_INTERNAL if it is of another kind).
+    AttentionMemory &attention(int l);
+    // Shorthand for attention(layer).attend(...).
+    void attend(Stream &s, int layer, const float *q, float *k, const float *v, int n, uint64_t pos0, float *out) {
+        attention(layer).attend(s, q, k, v, n, pos0, out);
+    }
+    uint64_t capacity() const { return plan_.capacity(); }
+    bool unbounded() const { return plan_.unbounded(); }
+    // Bytes the memory objects and their shared tables allocated.
+    uint64_t bytes() const;
+
+    // Every layer's buffers, one layer after the other (session save/restore).
+    size_t state_bytes() const;
+    void save(Stream &s, uint8_t *dst) const;
+    void load(Stream &s, const uint8_t *src);
+
+private:
+    MemoryPlan plan_;
+    std::vector<std::unique_ptr<LayerMemory>> layers_;
+    uint64_t table_bytes_ = 0;
+};
+
+}  // namespace kvfit

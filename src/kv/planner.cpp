@@ -1,0 +1,296 @@
+// The memory planner: from the layers' specs and the session's parameters to
+// a plan per layer that fits the budget.
+#include <algorithm>
+#include <cmath>
+
+#include "common.h"
+#include "kv/memory.h"
+
+namespace kvfit {
+
+namespace {
+
+constexpr uint32_t kDefaultSinks = 4;
+constexpr uint32_t kMinWindow = 16;  // below this a streaming layer sees too little to be useful
+
+// Positions a layer's cos/sin table holds: a ring's batch of up to W new
+// tokens rotates its window keys to positions up to S + 2W (see the CPU
+// attention), a dense cache to its capacity; a native window whose keys may
+// stay rotated at stream positions, to the session's capacity.
+uint32_t rope_positions(const LayerPlan &lp, uint32_t capacity) {
+    if (!lp.ring()) return lp.n_window;
+    const uint32_t ring = lp.n_sink + 2 * lp.n_window;
+    return lp.absolute_positions ? std::max(ring, capacity) : ring;
+}
+
+bool same_rotation(const RopeParams &a, const RopeParams &b) {
+    return a.n_dims == b.n_dims && a.freq_base == b.freq_base && a.freq_scale == b.freq_scale &&
+           a.freq_factors == b.freq_factors;
+}
+
+// The tables a set of layer plans needs (one per distinct rotation and
+// number of positions), and which one each layer uses.
+void plan_tables(const std::vector<LayerSpec> &specs, MemoryPlan &plan, uint32_t capacity) {
+    plan.rope_tables.clear();
+    plan.layer_table.assign(specs.size(), -1);
+    for (size_t l = 0; l < specs.size(); l++) {
+        const uint32_t positions = rope_positions(plan.layers[l], capacity);
+        int found = -1;
+        for (size_t t = 0; t < plan.rope_tables.size() && found < 0; t++)
+            if (plan.rope_tables[t].positions == positions && same_rotation(plan.rope_tables[t].rope, specs[l].rope))
+                found = int(t);
+        if (found < 0) {
+            RopeTablePlan t;
+            t.rope = specs[l].rope;
+            t.positions = positions;
+            t.bytes = uint64_t(positions) * uint64_t(specs[l].rope.n_dims / 2) * 2 * sizeof(float);
+            plan.rope_tables.push_back(t);
+            found = int(plan.rope_tables.size() - 1);
+        }
+        plan.layer_table[l] = found;
+    }
+}
+
+// How a public codec lays out a layer (codec, sinks and window not set).
+LayerPlan layout_of(kvfit_kv_codec c) {
+    LayerPlan lp;
+    switch (c) {
+        case KVFIT_KV_Q8: lp.codec = KVCodec::Q8; break;
+        case KVFIT_KV_Q4: lp.codec = KVCodec::Q4; break;
+        case KVFIT_KV_Q4_HADAMARD: lp.codec = KVCodec::Q4; lp.hadamard = true; break;
+        case KVFIT_KV_Q4_CHANNEL: lp.codec = KVCodec::Q4; lp.channel_keys = true; break;
+        default: lp.codec = KVCodec::F16; break;
+    }
+    return lp;
+}
+
+// Windows of per-channel key blocks come in whole blocks.
+uint32_t window_step(const LayerPlan &lp) { return lp.channel_keys ? uint32_t(KV_CHANNEL_BLOCK) : 1u; }
+
+// The layers' plans with their bytes filled in, and the shared tables.
+MemoryPlan finish_plan(const std::vector<LayerSpec> &specs, std::vector<LayerPlan> layers, uint32_t capacity) {
+    MemoryPlan plan;
+    plan.layers = std::move(layers);
+    for (size_t l = 0; l < specs.size(); l++) {
+        plan.layers[l].bytes = layer_state_bytes(specs[l], plan.layers[l]);
+        plan.total_bytes += plan.layers[l].bytes;
+    }
+    plan_tables(specs, plan, capacity);
+    for (const RopeTablePlan &t : plan.rope_tables) plan.total_bytes += t.bytes;
+    return plan;
+}
+
+// Every layer with this layout.
+MemoryPlan uniform_plan(const std::vector<LayerSpec> &specs, const LayerPlan &lp) {
+    return finish_plan(specs, std::vector<LayerPlan>(specs.size(), lp), 0);
+}
+
+// Bytes of a streaming plan with this layout in every layer.
+uint64_t plan_bytes(const std::vector<LayerSpec> &specs, LayerPlan lp, uint32_t sinks, uint32_t window) {
+    lp.kind = KVFIT_LAYER_STREAMING;
+    lp.n_sink = sinks;
+    lp.n_window = window;
+    return uniform_plan(specs, lp).total_bytes;
+}
+
+// Largest window (a whole number of steps) that fits the budget with this
+// layout (0 if none). Bytes grow linearly with the window.
+uint32_t max_window(const std::vector<LayerSpec> &specs, const LayerPlan &lp, uint32_t sinks, uint64_t budget) {
+    const uint32_t step = window_step(lp);
+    const uint64_t fixed = plan_bytes(specs, lp, sinks, 0);
+    const uint64_t per_step = plan_bytes(specs, lp, sinks, step) - fixed;
+    if (budget <= fixed) return 0;
+    return uint32_t(std::min<uint64_t>((budget - fixed) / per_step, (1u << 30) / step) * step);
+}
+
+uint32_t round_up(uint32_t x, uint32_t step) { return (x + step - 1) / step * step; }
+
+}  // namespace
+
+float LayerSpec::attn_scale() const { return scale > 0.0f ? scale : 1.0f / std::sqrt(float(head_dim)); }
+
+std::vector<LayerSpec> uniform_attention_layers(int n_layer, int n_head, int n_head_kv, int head_dim,
+                                                const RopeParams &rope) {
+    LayerSpec s;
+    s.n_head = n_head;
+    s.n_head_kv = n_head_kv;
+    s.head_dim = head_dim;
+    s.rope = rope;
+    return std::vector<LayerSpec>(size_t(n_layer), s);
+}
+
+uint64_t MemoryPlan::capacity() const {
+    uint64_t c = UINT64_MAX;
+    for (const LayerPlan &lp : layers)
+        if (!lp.ring()) c = std::min<uint64_t>(c, lp.n_window);
+    return c;
+}
+
+bool MemoryPlan::unbounded() const { return capacity() == UINT64_MAX; }
+
+uint32_t MemoryPlan::max_batch() const {
+    uint32_t b = UINT32_MAX;
+    for (const LayerPlan &lp : layers)
+        if (lp.ring()) b = std::min(b, lp.n_window);
+    return b;
+}
+
+uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp) {
+    const uint64_t hk = uint64_t(spec.n_head_kv), hd = uint64_t(spec.head_dim);
+    const uint64_t row = hk * codec_row_bytes(lp.codec, spec.head_dim);  // one token's V (or K)
+    const uint64_t slots = uint64_t(lp.n_sink) + lp.n_window;
+    if (!lp.channel_keys) return 2 * slots * row;
+    const uint64_t f16_row = hk * hd * 2;
+    return slots * row + (uint64_t(lp.n_sink) + KV_CHANNEL_BLOCK) * f16_row +
+           uint64_t(lp.n_window / KV_CHANNEL_BLOCK) * hk * channel_block_bytes(spec.head_dim);
+}
+
+MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_params &p, uint32_t n_ctx_train) {
+    if (specs.empty()) fail(KVFIT_E_INTERNAL, "a model without layers");
+    if (p.n_sink < -1 || p.n_sink > 1 << 20) fail(KVFIT_E_ARG, "n_sink must be -1 (default) or 0..2^20, got %d", p.n_sink);
+    if (uint32_t(p.kv_codec) > KVFIT_KV_Q4_CHANNEL) fail(KVFIT_E_ARG, "unknown kv_codec %d", int(p.kv_codec));
+    if (p.n_window > (1u << 24)) fail(KVFIT_E_ARG, "n_window %u is too large", p.n_window);
+    const uint32_t target = p.n_ctx ? p.n_ctx : n_ctx_train;
+    if (target > (1u << 24)) fail(KVFIT_E_ARG, "n_ctx %u is too large", target);
+    // Quantized codecs group 32 values of a head; other head sizes stay F16.
+    bool groups_ok = true, pow2 = true;
+    int odd_head = 0;
+    for (const LayerSpec &s : specs) {
+        if (s.head_dim % 32) groups_ok = false, odd_head = s.head_dim;
+        if (s.head_dim & (s.head_dim - 1)) pow2 = false, odd_head = odd_head ? odd_head : s.head_dim;
+    }
+    if (!groups_ok && p.kv_codec != KVFIT_KV_AUTO && p.kv_codec != KVFIT_KV_F16)
+        fail(KVFIT_E_ARG, "KV codec %d needs a head dimension that is a multiple of 32; this model has %d",
+             int(p.kv_codec), odd_head);
+    if (p.kv_codec == KVFIT_KV_Q4_HADAMARD && !pow2)
+        fail(KVFIT_E_ARG, "the Hadamard codec needs a power-of-two head dimension, this model has %d", odd_head);
+    if (p.kv_codec == KVFIT_KV_Q4_CHANNEL && p.n_window % KV_CHANNEL_BLOCK)
+        fail(KVFIT_E_ARG, "the per-channel Q4 codec needs a window that is a multiple of %d, got %u",
+             KV_CHANNEL_BLOCK, p.n_window);
+
+    const bool streaming = p.kv_budget_bytes > 0 || p.n_window > 0;
+    if (!streaming && p.n_sink > 0) fail(KVFIT_E_ARG, "n_sink needs a streaming session (set n_window or kv_budget_bytes)");
+    const uint32_t dense_capacity = round_up(target, p.kv_codec == KVFIT_KV_Q4_CHANNEL ? KV_CHANNEL_BLOCK : 1);
+
+    // Layers with a native window keep exactly it (no sinks), at the pinned
+    // codec or F16; per-channel key blocks need whole blocks, so such a
+    // window takes per-token 4-bit keys instead. Their bytes come off the
+    // budget first; the other layers share the rest.
+    std::vector<LayerSpec> budgeted;
+    std::vector<LayerPlan> layers(specs.size());
+    std::vector<LayerSpec> native_specs;
+    std::vector<LayerPlan> native_plans;
+    for (const LayerSpec &spec : specs)
+        if (!spec.native_window) budgeted.push_back(spec);
+    for (size_t l = 0; l < specs.size(); l++) {
+        if (!specs[l].native_window) continue;
+        kvfit_kv_codec c = p.kv_codec;
+        const uint32_t window = streaming ? specs[l].native_window : std::min(specs[l].native_window, dense_capacity);
+        if (c == KVFIT_KV_Q4_CHANNEL && window % KV_CHANNEL_BLOCK) c = pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4;
+        LayerPlan w = layout_of(c);
+        w.kind = KVFIT_LAYER_WINDOW;
+        w.n_window = window;
+        // Rotated at stream positions only where the session's capacity bounds them.
+        w.absolute_positions = !streaming && !budgeted.empty();
+        layers[l] = w;
+        native_specs.push_back(specs[l]);
+        native_plans.push_back(w);
+    }
+    const uint64_t fixed = native_specs.empty() ? 0 : finish_plan(native_specs, native_plans, dense_capacity).total_bytes;
+    if (p.kv_budget_bytes && fixed >= p.kv_budget_bytes) {
+        // The least the other layers can do with: the default sinks and the
+        // shortest window at the smallest codec.
+        const uint32_t sinks = p.n_sink < 0 ? kDefaultSinks : uint32_t(p.n_sink);
+        const LayerPlan least = layout_of(groups_ok ? (pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4) : KVFIT_KV_F16);
+        const uint64_t rest = budgeted.empty() ? 0 : plan_bytes(budgeted, least, sinks, std::max(p.n_window, kMinWindow));
+        fail(KVFIT_E_BUDGET,
+             "a KV budget of %llu bytes cannot hold the model's own sliding windows (%zu layers, %llu bytes) and the "
+             "other layers' sinks and window; the smallest budget that works is %llu bytes",
+             (unsigned long long)p.kv_budget_bytes, native_specs.size(), (unsigned long long)fixed,
+             (unsigned long long)(fixed + rest));
+    }
+    const uint64_t budget = p.kv_budget_bytes ? p.kv_budget_bytes - fixed : 0;
+
+    LayerPlan lp = layout_of(p.kv_codec);
+    if (budgeted.empty()) {
+        // Every layer has a native window: nothing to share.
+    } else if (!streaming) {
+        // Dense: the whole context at the requested codec (F16 by default).
+        lp.kind = KVFIT_LAYER_DENSE;
+        lp.n_window = dense_capacity;
+        lp.absolute_positions = true;
+    } else {
+        const uint32_t sinks = p.n_sink < 0 ? kDefaultSinks : uint32_t(p.n_sink);
+        const uint32_t want = target > sinks ? target - sinks : kMinWindow;  // window that covers the target
+        if (budget == 0) {
+            lp.n_window = p.n_window;
+        } else {
+            // The precision ladder: the best codec whose window covers the target
+            // context (F16, then Q8, which measures lossless). If none does, 4 bits
+            // with keys per channel (+0.2 % perplexity, measured) and the longest
+            // window, since a longer window beats finer codes while it is shorter
+            // than the target; and if even that window is short, whichever 4-bit
+            // layout gives the longest window. Pinned fields are kept.
+            auto fit = [&](kvfit_kv_codec c) {
+                LayerPlan l = layout_of(c);
+                l.n_window = p.n_window ? p.n_window
+                                        : std::min(round_up(want, window_step(l)),
+                                                   max_window(budgeted, l, sinks, budget));
+                return l;
+            };
+            auto covers = [&](const LayerPlan &l) {
+                return p.n_window ? plan_bytes(budgeted, l, sinks, l.n_window) <= budget : l.n_window >= want;
+            };
+            if (p.kv_codec != KVFIT_KV_AUTO) {
+                lp = fit(p.kv_codec);
+            } else {
+                const kvfit_kv_codec ladder[] = {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4_CHANNEL};
+                for (kvfit_kv_codec c : ladder) {
+                    if (c != KVFIT_KV_F16 && !groups_ok) break;
+                    lp = fit(c);
+                    if (covers(lp)) break;
+                }
+                // Per-channel keys keep their sinks' keys and newest block in F16,
+                // which eats into small budgets; a short window gains more from
+                // length than per-channel keys save. Measured on SmolLM2 over two
+                // texts (docs/BENCHMARKS.md, the budget table): per-token keys
+                // with a 1.125x longer window lose on both, 1.40x wins on one
+                // (by 6.4 %) and loses on the other (by 1.1 %), 1.56x and more
+                // win on both; hence per-token keys from 1.25x.
+                if (lp.channel_keys && !covers(lp)) {
+                    const LayerPlan per_token = fit(pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4);
+                    if (4 * uint64_t(per_token.n_window) >= 5 * uint64_t(lp.n_window)) lp = per_token;
+                }
+            }
+            // Nothing covered the target: the last codec tried, with its longest window.
+            const uint32_t min_window = std::max(p.n_window, round_up(kMinWindow, window_step(lp)));
+            if (lp.n_window < min_window || plan_bytes(budgeted, lp, sinks, lp.n_window) > budget)
+                fail(KVFIT_E_BUDGET,
+                     "a KV budget of %llu bytes cannot hold %u sinks and a window of %u tokens in %zu layers%s; the "
+                     "smallest budget that works is %llu bytes",
+                     (unsigned long long)p.kv_budget_bytes, sinks, min_window, budgeted.size(),
+                     fixed ? " besides the model's own sliding windows" : "",
+                     (unsigned long long)(fixed + plan_bytes(budgeted, lp, sinks, min_window)));
+        }
+        lp.kind = KVFIT_LAYER_STREAMING;
+        lp.n_sink = sinks;
+        if (lp.n_window == 0) fail(KVFIT_E_ARG, "a streaming session needs n_window > 0");
+    }
+    for (size_t l = 0; l < specs.size(); l++)
+        if (!specs[l].native_window) layers[l] = lp;
+    MemoryPlan plan = finish_plan(specs, layers, dense_capacity);
+    if (p.kv_budget_bytes && plan.total_bytes > p.kv_budget_bytes)
+        fail(KVFIT_E_BUDGET, "the plan needs %llu bytes, more than the budget of %llu bytes",
+             (unsigned long long)plan.total_bytes, (unsigned long long)p.kv_budget_bytes);
+    return plan;
+}
+
+kvfit_kv_codec layer_codec(const LayerPlan &lp) {
+    switch (lp.codec) {
+        case KVCodec::Q8: return KVFIT_KV_Q8;
+        case KVCodec::Q4: return lp.channel_keys ? KVFIT_KV_Q4_CHANNEL : lp.hadamard ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4;
+        default: return KVFIT_KV_F16;
+    }
+}
+
+}  // namespace kvfit
