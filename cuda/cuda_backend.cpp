@@ -77,14 +77,17 @@ public:
     void *alloc(size_t bytes) override {
         use_device(device_);
         void *p = nullptr;
-        const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 256));
+        const size_t size = std::max<size_t>(bytes, 256);
+        const cudaError_t e = cudaMalloc(&p, size);
         if (e != cudaSuccess) {
             cudaGetLastError();
             fail(KVFIT_E_NOMEM, "cannot allocate %zu bytes of CUDA device memory: %s", bytes, cudaGetErrorString(e));
         }
         allocs_.push_back(p);
+        allocated_ += size;
         return p;
     }
+    uint64_t allocated_bytes() const override { return allocated_; }
     // Pageable sources are staged by the runtime before cudaMemcpyAsync
     // returns, so the caller may reuse src at once, as the interface promises.
     void upload(void *dst, const void *src, size_t bytes) override {
@@ -232,6 +235,7 @@ private:
     int64_t max_cols_;
     cudaStream_t s_ = nullptr;
     std::vector<void *> allocs_;
+    uint64_t allocated_ = 0;  // what alloc() obtained
     cuda::MatmulScratch mm_;
     float *partials_ = nullptr;
     size_t partials_floats_ = 0;

@@ -354,9 +354,23 @@ KVFIT_API kvfit_status kvfit_session_logits(const kvfit_session *session, const 
  * streaming session keeps only its sinks and window of them); 0 for NULL. */
 KVFIT_API uint64_t kvfit_session_n_past(const kvfit_session *session);
 
-/* Bytes this session allocated for per-token and per-sequence state; constant
- * for the session's life; 0 for NULL. */
+/* What a session allocates, as its backend counted the allocations (on the
+ * session's device: host memory for the CPU backend, device memory for CUDA
+ * and Vulkan); both are constant for the session's life and 0 for NULL.
+ *
+ * kvfit_session_kv_bytes: everything the session keeps per token or per
+ * sequence (KV codes, scales, minima, F16 sink keys and residual rows, RoPE
+ * tables, later recurrent states), which is what kv_budget_bytes bounds:
+ * it never exceeds the budget.
+ *
+ * kvfit_session_scratch_bytes: the rest, which the budget does not cover:
+ * the activations of one batch (about n_batch * (4 n_embd + 2 n_ff + 4 n_head
+ * head_dim) floats), the batch's encoded K/V staging rows, and the logits
+ * (n_vocab floats, 32 rows of them once perplexity is computed). The CPU
+ * backend also keeps per-thread working buffers of the same order as one
+ * batch's activations outside this count. */
 KVFIT_API uint64_t kvfit_session_kv_bytes(const kvfit_session *session);
+KVFIT_API uint64_t kvfit_session_scratch_bytes(const kvfit_session *session);
 
 /* What the planner chose for one layer. */
 typedef enum kvfit_layer_kind {

@@ -341,6 +341,10 @@ KVFIT_API uint64_t kvfit_session_kv_bytes(const kvfit_session *session) {
     return session && session->s ? session->s->kv_bytes() : 0;
 }
 
+KVFIT_API uint64_t kvfit_session_scratch_bytes(const kvfit_session *session) {
+    return session && session->s ? session->s->scratch_bytes() : 0;
+}
+
 KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_layer_plan *layers, size_t capacity,
                                           size_t *n_layers, uint64_t *total_bytes) {
     return guard([&] {

@@ -30,7 +30,10 @@ public:
     uint64_t n_past() const { return n_past_; }
     // Whether n more tokens fit: always when every layer streams.
     bool has_room(uint64_t n) const { return memory_->unbounded() || n_past_ + n <= memory_->capacity(); }
-    uint64_t kv_bytes() const { return memory_->bytes(); }
+    // What the backend allocated for the layers' memory (measured), and for
+    // everything else of the session on its stream (activations, staging, logits).
+    uint64_t kv_bytes() const { return memory_->allocated_bytes(); }
+    uint64_t scratch_bytes() const { return stream_->allocated_bytes() - memory_->allocated_bytes(); }
     const MemoryPlan &plan() const { return memory_->plan(); }
     const Model &model() const { return model_; }
 

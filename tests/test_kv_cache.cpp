@@ -171,6 +171,81 @@ void check_codec(kvfit_kv_codec codec) {
     assert_true(worst < 1e-5f);
 }
 
+// A layer with the model's own sliding window of NW tokens: every query sees
+// exactly the NW most recent tokens (itself included), with RoPE at stream
+// positions, whether the session is dense (keys kept rotated, llama.cpp's F16
+// attention order; batches of 64 or more take the fast path) or streaming
+// (keys before RoPE, rotated to cache positions). The reference is a plain
+// softmax over those keys, each as F16 stores it.
+void check_native_window(bool dense) {
+    constexpr int NW = 80;
+    std::vector<LayerSpec> specs = one_kv_head(2);  // layer 0 local, layer 1 global (bounds a dense session)
+    specs[0].native_window = NW;
+    kvfit_session_params p;
+    std::memset(&p, 0, sizeof p);
+    p.n_sink = -1;
+    p.n_ctx = TOKENS;
+    if (!dense) p.kv_budget_bytes = 1 << 20;
+    const MemoryPlan plan = plan_memory(specs, p, 512);
+    assert_int_equal(plan.layers[0].kind, KVFIT_LAYER_WINDOW);
+    assert_int_equal(plan.layers[0].n_window, NW);
+    assert_int_equal(plan.layers[0].n_sink, 0);
+    auto backend = create_cpu_backend();
+    auto stream = backend->create_stream(2, NW, N_HEAD * HD, TOKENS);
+    SessionMemory mem(*stream, specs, plan, NW);
+    assert_int_equal(mem.attention(0).keys_rotated(), dense);
+
+    Rng rng(dense ? 11 : 12);
+    std::vector<float> q(size_t(TOKENS) * N_HEAD * HD), k(size_t(TOKENS) * HD), v(size_t(TOKENS) * HD);
+    for (float &x : q) x = rng.uniform();
+    for (float &x : k) x = rng.uniform();
+    for (float &x : v) x = rng.uniform();
+    const int batches[] = {1, 3, 70, 5, 64, 1, 80, 17, 66, 2};
+    std::vector<float> out(size_t(NW) * N_HEAD * HD), kscratch(size_t(NW) * HD);
+    float worst = 0.0f;
+    uint64_t pos = 0;
+    for (int b = 0; pos < TOKENS; b = (b + 1) % int(sizeof batches / sizeof *batches)) {
+        const int n = int(std::min<uint64_t>(uint64_t(batches[b]), TOKENS - pos));
+        std::memcpy(kscratch.data(), k.data() + pos * HD, size_t(n) * HD * 4);
+        mem.attend(*stream, 0, q.data() + pos * N_HEAD * HD, kscratch.data(), v.data() + pos * HD, n, pos, out.data());
+        stream->synchronize();
+        for (int i = 0; i < n; i++) {
+            const uint64_t t = pos + uint64_t(i), first = t + 1 > NW ? t + 1 - NW : 0;
+            for (int h = 0; h < N_HEAD; h++) {
+                std::vector<float> qr(q.begin() + long((t * N_HEAD + h) * HD), q.begin() + long((t * N_HEAD + h + 1) * HD));
+                rope(qr.data(), uint32_t(t));
+                std::vector<double> sc;
+                double mx = -1e300, sum = 0;
+                for (uint64_t j = first; j <= t; j++) {
+                    std::vector<float> key = roundtrip(KVCodec::F16, k.data() + j * HD);
+                    rope(key.data(), uint32_t(j));
+                    double d = 0;
+                    for (int x = 0; x < HD; x++) d += double(key[size_t(x)]) * qr[size_t(x)];
+                    sc.push_back(d / std::sqrt(double(HD)));
+                    mx = std::max(mx, sc.back());
+                }
+                std::vector<double> o(HD, 0.0);
+                for (uint64_t j = first; j <= t; j++) {
+                    const double e = std::exp(sc[size_t(j - first)] - mx);
+                    sum += e;
+                    std::vector<float> val = roundtrip(KVCodec::F16, v.data() + j * HD);
+                    for (int x = 0; x < HD; x++) o[size_t(x)] += e * val[size_t(x)];
+                }
+                for (int x = 0; x < HD; x++)
+                    worst = std::max(worst, std::fabs(out[(size_t(i) * N_HEAD + h) * HD + size_t(x)] - float(o[size_t(x)] / sum)));
+            }
+        }
+        pos += uint64_t(n);
+    }
+    printf("native window (%s): largest difference from the reference %.2e over %d tokens\n",
+           dense ? "dense session, rotated keys" : "streaming session", double(worst), TOKENS);
+    // Rotated keys attend in llama.cpp's order: F16 query and accumulator.
+    assert_true(worst < (dense ? 4e-3f : 1e-5f));
+}
+
+void test_native_window_dense(void **) { check_native_window(true); }
+void test_native_window_streaming(void **) { check_native_window(false); }
+
 void test_f16(void **) { check_codec(KVFIT_KV_F16); }
 void test_q8(void **) { check_codec(KVFIT_KV_Q8); }
 void test_q4(void **) { check_codec(KVFIT_KV_Q4); }
@@ -213,8 +288,11 @@ void test_channel_plan_bytes(void **) {
     const LayerPlan &lp = plan.layers[0];
     assert_int_equal(lp.n_window % KV_CHANNEL_BLOCK, 0);
     const uint64_t v_row = codec_row_bytes(KVCodec::Q4, HD), f16_row = HD * 2;
-    assert_int_equal(lp.bytes, (SINKS + lp.n_window) * v_row + (SINKS + KV_CHANNEL_BLOCK) * f16_row +
-                                   lp.n_window / KV_CHANNEL_BLOCK * channel_block_bytes(HD));
+    // Four buffers, each allocated in whole 256-byte units.
+    auto unit = [](uint64_t b) { return (b + 255) / 256 * 256; };
+    assert_int_equal(lp.bytes, unit((SINKS + lp.n_window) * v_row) + unit(SINKS * f16_row) +
+                                   unit(KV_CHANNEL_BLOCK * f16_row) +
+                                   unit(lp.n_window / KV_CHANNEL_BLOCK * channel_block_bytes(HD)));
     assert_true(plan.total_bytes <= p.kv_budget_bytes);
     // One more block would not fit.
     kvfit_session_params bigger = p;
@@ -326,6 +404,7 @@ int main(void) {
         cmocka_unit_test(test_q4),           cmocka_unit_test(test_q4_hadamard),
         cmocka_unit_test(test_q4_channel),   cmocka_unit_test(test_channel_block_roundtrip),
         cmocka_unit_test(test_channel_plan_bytes), cmocka_unit_test(test_native_window_plan),
+        cmocka_unit_test(test_native_window_dense), cmocka_unit_test(test_native_window_streaming),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
 }

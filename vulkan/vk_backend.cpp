@@ -340,6 +340,7 @@ public:
         try {
             addr = d_.map_address(buf.buf, 0, bytes);
             allocs_.emplace_back(buf, addr);
+            allocated_ += buf.allocated;
         } catch (...) {
             if (addr) d_.unmap_address(addr);
             d_.destroy(buf);
@@ -347,6 +348,7 @@ public:
         }
         return addr;
     }
+    uint64_t allocated_bytes() const override { return allocated_; }
 
     void upload(void *dst, const void *src, size_t bytes) override {
         live();
@@ -1029,6 +1031,7 @@ private:
     Buffer up_, down_;
     size_t up_used_ = 0, down_used_ = 0;
     std::vector<std::pair<Buffer, void *>> allocs_;
+    uint64_t allocated_ = 0;  // what alloc() obtained
     void *act_ = nullptr;
     void *part_ = nullptr;  // attention partials, allocated at the first split
     size_t part_bytes_ = 0;

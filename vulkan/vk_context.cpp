@@ -317,6 +317,7 @@ Buffer Device::create_buffer(VkDeviceSize size, MemKind kind) {
             fail(r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY ? KVFIT_E_NOMEM : KVFIT_E_BACKEND,
                  "Vulkan: cannot allocate %llu bytes on %s: %s", (unsigned long long)req.size, pd_.name.c_str(),
                  result_name(r));
+        b.allocated = req.size;
         check(fn_.vkBindBufferMemory(dev_, b.buf, b.mem, 0), "vkBindBufferMemory");
         if (kind != MemKind::Device) check(fn_.vkMapMemory(dev_, b.mem, 0, VK_WHOLE_SIZE, 0, &b.mapped), "vkMapMemory");
     } catch (...) {

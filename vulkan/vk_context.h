@@ -107,6 +107,7 @@ struct Buffer {
     VkBuffer buf = VK_NULL_HANDLE;
     VkDeviceMemory mem = VK_NULL_HANDLE;
     VkDeviceSize size = 0;
+    VkDeviceSize allocated = 0;  // bytes of device memory behind it (the driver's requirement)
     void *mapped = nullptr;  // host-visible buffers stay mapped
 };
 

@@ -45,6 +45,12 @@ void Stream::rope_keys(float *, int, int, int, uint64_t, const CacheAttention &)
     fail(KVFIT_E_INTERNAL, "this backend does not store rotated keys");
 }
 
+void Stream::scale(float *, size_t, float) { fail(KVFIT_E_UNSUPPORTED, "this backend has no scale op yet"); }
+
+void Stream::geglu(const float *, const float *, size_t, float *) {
+    fail(KVFIT_E_UNSUPPORTED, "this backend has no GELU op yet");
+}
+
 void Stream::argmax(const float *x, int n, int32_t *out) {
     std::vector<float> h(size_t(n > 0 ? n : 0));
     if (n > 0) download(h.data(), x, h.size() * sizeof(float));

@@ -88,6 +88,10 @@ public:
 
     // Device memory owned by this stream, freed with it. Throws KVFIT_E_NOMEM.
     virtual void *alloc(size_t bytes) = 0;
+    // Bytes this stream has obtained through alloc() so far, as the allocator
+    // was asked for them (after its rounding): the session's real footprint
+    // on its device, which budget checks compare against.
+    virtual uint64_t allocated_bytes() const = 0;
     virtual void upload(void *dst, const void *src, size_t bytes) = 0;    // host -> device (async)
     virtual void download(void *dst, const void *src, size_t bytes) = 0;  // device -> host (complete after synchronize)
     virtual void synchronize() = 0;  // throws KVFIT_E_BACKEND if an op failed
@@ -119,6 +123,11 @@ public:
     virtual void swiglu(const float *gate, const float *up, size_t n, float *out) = 0;
     // y += x, n floats.
     virtual void add(float *y, const float *x, size_t n) = 0;
+    // x *= s, n floats (a float product, as ggml_scale).
+    virtual void scale(float *x, size_t n, float s);
+    // out = gelu(gate) * up, n floats, GELU in its tanh form through ggml's
+    // F16 table (see cpu::gelu_f16_table); out may be gate.
+    virtual void geglu(const float *gate, const float *up, size_t n, float *out);
     // *out = index of the largest of n floats (the lowest among equals; NaN
     // never wins), as kvfit::argmax. The default reads x back to the host.
     virtual void argmax(const float *x, int n, int32_t *out);

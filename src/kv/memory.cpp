@@ -10,7 +10,8 @@ namespace kvfit {
 
 namespace {
 
-uint8_t *alloc_bytes(Stream &s, size_t bytes) { return bytes ? static_cast<uint8_t *>(s.alloc(bytes)) : nullptr; }
+// A buffer of the layer memory, in whole allocation units (see kAllocUnit).
+uint8_t *alloc_bytes(Stream &s, size_t bytes) { return bytes ? static_cast<uint8_t *>(s.alloc(alloc_size(bytes))) : nullptr; }
 
 // cos/sin of every position of a table, advanced by repeated multiplication
 // in float as ggml does so short contexts round exactly like llama.cpp.
@@ -33,15 +34,15 @@ float *make_rope_table(Stream &s, const RopeTablePlan &t) {
             theta *= theta_scale;
         }
     }
-    float *d = static_cast<float *>(s.alloc(cs.size() * sizeof(float)));
+    float *d = reinterpret_cast<float *>(alloc_bytes(s, cs.size() * sizeof(float)));
     s.upload(d, cs.data(), cs.size() * sizeof(float));
     return d;
 }
 
 }  // namespace
 
-uint64_t LayerMemory::bytes() const {
-    uint64_t n = 0;
+size_t LayerMemory::state_bytes() const {
+    size_t n = 0;
     for (auto [p, size] : parts()) n += size;
     return n;
 }
@@ -69,19 +70,13 @@ size_t AttentionMemory::staged_row_bytes(const LayerSpec &spec, const LayerPlan 
 AttentionMemory::AttentionMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan, const float *rope_cs,
                                  bool stores_rotated_keys, const AttentionStaging &staging)
     : LayerMemory(plan), spec_(spec), rope_cs_(rope_cs), staging_(staging) {
-    const size_t slots = size_t(plan.n_sink) + plan.n_window;
-    const size_t row_elems = size_t(spec.n_head_kv) * size_t(spec.head_dim);
     v_row_bytes_ = size_t(spec.n_head_kv) * codec_row_bytes(plan.codec, spec.head_dim);
-    v_bytes_ = v_row_bytes_ * slots;
-    if (plan.channel_keys) {
-        k_row_bytes_ = row_elems * 2;  // F16
-        k_bytes_ = size_t(plan.n_window / KV_CHANNEL_BLOCK) * size_t(spec.n_head_kv) * channel_block_bytes(spec.head_dim);
-        k_sink_bytes_ = k_row_bytes_ * plan.n_sink;
-        k_res_bytes_ = k_row_bytes_ * KV_CHANNEL_BLOCK;
-    } else {
-        k_row_bytes_ = v_row_bytes_;
-        k_bytes_ = v_bytes_;
-    }
+    k_row_bytes_ = plan.channel_keys ? size_t(spec.n_head_kv) * size_t(spec.head_dim) * 2 : v_row_bytes_;  // F16 if per channel
+    const std::array<uint64_t, 4> sizes = attention_buffer_bytes(spec, plan);
+    k_bytes_ = size_t(sizes[0]);
+    v_bytes_ = size_t(sizes[1]);
+    k_sink_bytes_ = size_t(sizes[2]);
+    k_res_bytes_ = size_t(sizes[3]);
     k_ = alloc_bytes(s, k_bytes_);
     v_ = alloc_bytes(s, v_bytes_);
     k_sink_ = alloc_bytes(s, k_sink_bytes_);
@@ -158,11 +153,6 @@ SessionMemory::SessionMemory(Stream &s, const std::vector<LayerSpec> &specs, con
     : plan_(plan) {
     if (specs.size() != plan.layers.size() || plan.layer_table.size() != specs.size())
         fail(KVFIT_E_INTERNAL, "memory plan for %zu layers, model has %zu", plan.layers.size(), specs.size());
-    std::vector<const float *> tables;
-    for (const RopeTablePlan &t : plan.rope_tables) {
-        tables.push_back(make_rope_table(s, t));
-        table_bytes_ += t.bytes;
-    }
     // Staging for the new tokens' encoded rows of one layer at a time (scratch,
     // like the activation buffers; not state kept per token).
     size_t max_row = 0;
@@ -171,22 +161,21 @@ SessionMemory::SessionMemory(Stream &s, const std::vector<LayerSpec> &specs, con
     AttentionStaging staging;
     staging.k_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
     staging.v_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
+    // What the layers keep, counted as the stream allocates it.
+    const uint64_t before = s.allocated_bytes();
+    std::vector<const float *> tables;
+    for (const RopeTablePlan &t : plan.rope_tables) tables.push_back(make_rope_table(s, t));
     for (size_t l = 0; l < specs.size(); l++) {
         const float *cs = tables[size_t(plan.layer_table[l])];
         layers_.push_back(std::make_unique<AttentionMemory>(s, specs[l], plan.layers[l], cs, s.stores_rotated_keys(), staging));
     }
+    allocated_ = s.allocated_bytes() - before;
 }
 
 AttentionMemory &SessionMemory::attention(int l) {
     auto *a = dynamic_cast<AttentionMemory *>(layers_.at(size_t(l)).get());
     if (!a) fail(KVFIT_E_INTERNAL, "layer %d has no attention cache", l);
     return *a;
-}
-
-uint64_t SessionMemory::bytes() const {
-    uint64_t n = table_bytes_;
-    for (const auto &m : layers_) n += m->bytes();
-    return n;
 }
 
 size_t SessionMemory::state_bytes() const {

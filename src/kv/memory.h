@@ -89,9 +89,19 @@ struct MemoryPlan {
     uint32_t max_batch() const;
 };
 
-// Bytes of one attention layer's K and V state for its sinks + window
-// (everything counted: codes, scales, minima, full-precision sink keys and
-// residual rows).
+// Every buffer of a session's memory is allocated in whole units of this many
+// bytes, so that what the planner counts is what the backends allocate (their
+// allocators round small or odd sizes up, and Vulkan binds buffers at aligned
+// offsets).
+constexpr uint64_t kAllocUnit = 256;
+inline uint64_t alloc_size(uint64_t bytes) { return (bytes + kAllocUnit - 1) / kAllocUnit * kAllocUnit; }
+
+// The buffers of one attention layer's K and V state for its sinks + window
+// (codes, scales, minima, full-precision sink keys and residual rows):
+// K, V, the sinks' F16 keys and the residual F16 key rows (the last two only
+// with per-channel keys).
+std::array<uint64_t, 4> attention_buffer_bytes(const LayerSpec &spec, const LayerPlan &lp);
+// What one layer allocates: its buffers, each rounded to kAllocUnit.
 uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp);
 
 // Chooses the plan for a session (throws KVFIT_E_BUDGET with the smallest
@@ -109,10 +119,10 @@ class LayerMemory {
 public:
     virtual ~LayerMemory() = default;
     const LayerPlan &plan() const { return plan_; }
-    // Buffers as the session state stores them, in order.
+    // Buffers as the session state stores them, in order (their used bytes;
+    // each was allocated in whole kAllocUnit units).
     virtual std::vector<std::pair<uint8_t *, size_t>> parts() const = 0;
-    uint64_t bytes() const;
-    size_t state_bytes() const { return size_t(bytes()); }
+    size_t state_bytes() const;
     void save(Stream &s, uint8_t *dst) const;
     void load(Stream &s, const uint8_t *src);
 
@@ -176,8 +186,9 @@ public:
     }
     uint64_t capacity() const { return plan_.capacity(); }
     bool unbounded() const { return plan_.unbounded(); }
-    // Bytes the memory objects and their shared tables allocated.
-    uint64_t bytes() const;
+    // Bytes the stream allocated for the memory objects and their shared
+    // tables, as it counts them (Stream::allocated_bytes), not as planned.
+    uint64_t allocated_bytes() const { return allocated_; }
 
     // Every layer's buffers, one layer after the other (session save/restore).
     size_t state_bytes() const;
@@ -187,7 +198,7 @@ public:
 private:
     MemoryPlan plan_;
     std::vector<std::unique_ptr<LayerMemory>> layers_;
-    uint64_t table_bytes_ = 0;
+    uint64_t allocated_ = 0;
 };
 
 }  // namespace kvfit

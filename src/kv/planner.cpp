@@ -43,7 +43,7 @@ void plan_tables(const std::vector<LayerSpec> &specs, MemoryPlan &plan, uint32_t
             RopeTablePlan t;
             t.rope = specs[l].rope;
             t.positions = positions;
-            t.bytes = uint64_t(positions) * uint64_t(specs[l].rope.n_dims / 2) * 2 * sizeof(float);
+            t.bytes = alloc_size(uint64_t(positions) * uint64_t(specs[l].rope.n_dims / 2) * 2 * sizeof(float));
             plan.rope_tables.push_back(t);
             found = int(plan.rope_tables.size() - 1);
         }
@@ -94,13 +94,18 @@ uint64_t plan_bytes(const std::vector<LayerSpec> &specs, LayerPlan lp, uint32_t 
 }
 
 // Largest window (a whole number of steps) that fits the budget with this
-// layout (0 if none). Bytes grow linearly with the window.
+// layout (0 if none). Bytes grow with the window (by whole allocation units),
+// so a binary search finds it.
 uint32_t max_window(const std::vector<LayerSpec> &specs, const LayerPlan &lp, uint32_t sinks, uint64_t budget) {
     const uint32_t step = window_step(lp);
-    const uint64_t fixed = plan_bytes(specs, lp, sinks, 0);
-    const uint64_t per_step = plan_bytes(specs, lp, sinks, step) - fixed;
-    if (budget <= fixed) return 0;
-    return uint32_t(std::min<uint64_t>((budget - fixed) / per_step, (1u << 30) / step) * step);
+    if (plan_bytes(specs, lp, sinks, step) > budget) return 0;
+    uint64_t lo = 1, hi = (1u << 30) / step;  // in steps: lo fits, above hi is never considered
+    if (plan_bytes(specs, lp, sinks, uint32_t(hi * step)) <= budget) return uint32_t(hi * step);
+    while (hi - lo > 1) {
+        const uint64_t mid = (lo + hi) / 2;
+        (plan_bytes(specs, lp, sinks, uint32_t(mid * step)) <= budget ? lo : hi) = mid;
+    }
+    return uint32_t(lo * step);
 }
 
 uint32_t round_up(uint32_t x, uint32_t step) { return (x + step - 1) / step * step; }
@@ -135,14 +140,20 @@ uint32_t MemoryPlan::max_batch() const {
     return b;
 }
 
-uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp) {
+std::array<uint64_t, 4> attention_buffer_bytes(const LayerSpec &spec, const LayerPlan &lp) {
     const uint64_t hk = uint64_t(spec.n_head_kv), hd = uint64_t(spec.head_dim);
     const uint64_t row = hk * codec_row_bytes(lp.codec, spec.head_dim);  // one token's V (or K)
     const uint64_t slots = uint64_t(lp.n_sink) + lp.n_window;
-    if (!lp.channel_keys) return 2 * slots * row;
+    if (!lp.channel_keys) return {slots * row, slots * row, 0, 0};
     const uint64_t f16_row = hk * hd * 2;
-    return slots * row + (uint64_t(lp.n_sink) + KV_CHANNEL_BLOCK) * f16_row +
-           uint64_t(lp.n_window / KV_CHANNEL_BLOCK) * hk * channel_block_bytes(spec.head_dim);
+    return {uint64_t(lp.n_window / KV_CHANNEL_BLOCK) * hk * channel_block_bytes(spec.head_dim), slots * row,
+            uint64_t(lp.n_sink) * f16_row, uint64_t(KV_CHANNEL_BLOCK) * f16_row};
+}
+
+uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp) {
+    uint64_t n = 0;
+    for (uint64_t b : attention_buffer_bytes(spec, lp)) n += b ? alloc_size(b) : 0;
+    return n;
 }
 
 MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_params &p, uint32_t n_ctx_train) {

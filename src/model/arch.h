@@ -39,6 +39,7 @@ class ArchMetadata {
 public:
     ArchMetadata(const GGUFFile &f, const std::string &arch) : f_(f), arch_(arch) {}
     const GGUFFile &file() const { return f_; }
+    std::string key(const char *k) const { return arch_ + "." + k; }
     // A required positive integer (KVFIT_E_FORMAT when missing or out of range).
     int64_t require_int(const char *key) const;
     std::optional<int64_t> get_int(const char *key) const;
@@ -115,5 +116,6 @@ std::string supported_architectures();
 
 // One entry per architecture file (see arch_registry.cpp).
 std::unique_ptr<Architecture> create_llama();
+std::unique_ptr<Architecture> create_gemma3();
 
 }  // namespace kvfit

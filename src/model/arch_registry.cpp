@@ -20,6 +20,7 @@ struct ArchEntry {
 // llama.cpp uses "llama" for SmolLM2, Llama 2/3, TinyLlama and Mistral files.
 const ArchEntry kArchitectures[] = {
     {"llama", create_llama},
+    {"gemma3", create_gemma3},
 };
 
 }  // namespace

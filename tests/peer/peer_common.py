@@ -121,6 +121,10 @@ class Model:
             sys.exit("model not found: %s" % path)
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = n_gpu_layers  # 0: CPU only; -1: every layer (a GPU build of llama.cpp)
+        # No repacked weight buffers (AMX, CPU_REPACK): the reference is ggml's
+        # plain CPU kernels. A native build on a CPU with AMX selects the AMX
+        # buffers, whose kernels crashed on such a VM and compute in another order.
+        mp.use_extra_bufts = False
         self.path = path
         self.model = L.llama_model_load_from_file(path.encode(), mp)
         if not self.model:

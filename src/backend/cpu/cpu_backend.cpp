@@ -28,6 +28,7 @@ namespace kvfit {
 
 using cpu::attention_ggml;
 using cpu::rope_ggml;
+using cpu::geglu_ggml;
 using cpu::swiglu_ggml;
 
 namespace {
@@ -157,11 +158,13 @@ public:
 
     void *alloc(size_t bytes) override {
         void *p = nullptr;
-        if (posix_memalign(&p, 64, std::max<size_t>(bytes, 64)) != 0 || !p)
-            fail(KVFIT_E_NOMEM, "cannot allocate %zu bytes of CPU memory", bytes);
+        const size_t size = std::max<size_t>(bytes, 64);
+        if (posix_memalign(&p, 64, size) != 0 || !p) fail(KVFIT_E_NOMEM, "cannot allocate %zu bytes of CPU memory", bytes);
         allocs_.push_back(p);
+        allocated_ += size;
         return p;
     }
+    uint64_t allocated_bytes() const override { return allocated_; }
     void upload(void *dst, const void *src, size_t bytes) override { std::memcpy(dst, src, bytes); }
     void download(void *dst, const void *src, size_t bytes) override { std::memcpy(dst, src, bytes); }
     void synchronize() override {}
@@ -338,19 +341,23 @@ public:
                 std::memcpy(qf, q + size_t(task) * hd, size_t(hd) * 4);
                 rope_ggml(qf, a.rope_cs + pos * half * 2, a.rope.n_dims, a.rope.mode == RopeMode::Neox);
                 codec_encode(KVCodec::F16, qf, q16, hd);
-                // (dense: position j's slot is j)
+                // Dense: every earlier position, slot = position. A native
+                // window (no sinks): the last n_window positions, in a ring.
+                const uint64_t first = a.streaming && pos + 1 > a.n_window ? pos + 1 - a.n_window : 0;
                 auto rows = [&](const uint8_t *cached, const uint8_t *fresh) {
                     return cpu::F16Rows{reinterpret_cast<const uint16_t *>(cached + g_off),
-                                        reinterpret_cast<const uint16_t *>(fresh + g_off), a.row_bytes / 2,
-                                        int(a.pos0)};
+                                        reinterpret_cast<const uint16_t *>(fresh + g_off), a.row_bytes / 2, a.pos0,
+                                        first, a.streaming ? uint64_t(a.n_window) : 0};
                 };
-                cpu::attention_ggml_rows(q16, hd, int(pos + 1), a.scale, rows(a.k, a.k_new), rows(a.v, a.v_new),
+                cpu::attention_ggml_rows(q16, hd, int(pos + 1 - first), a.scale, rows(a.k, a.k_new), rows(a.v, a.v_new),
                                          qf + 2 * size_t(hd), out + size_t(task) * hd);
             }
         });
     }
 
     void cache_attention(const CacheAttention &a, const float *q, float *out) override {
+        if (a.keys_rotated && a.streaming && a.n_sink)
+            fail(KVFIT_E_INTERNAL, "rotated keys in a ring with sinks");
         // llama.cpp computes batches of 64 or more queries with a tiled kernel
         // whose order is not reproduced here: those take the fast path below.
         if (a.keys_rotated && a.n_q < kGgmlTiledQueries) return attention_ggml_order(a, q, out);
@@ -424,7 +431,8 @@ public:
                         const float *qsrc = q + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
                         float *a_w = qw + size_t(h) * hd, *a_s = qs + size_t(h) * hd;
                         std::memcpy(a_w, qsrc, size_t(hd) * 4);
-                        rotate(a_w, win_vis ? qpos_win : qpos_sink, a);
+                        // (keys kept rotated at their stream positions: the query at its own)
+                        rotate(a_w, a.keys_rotated ? uint32_t(t) : win_vis ? qpos_win : qpos_sink, a);
                         if (sinks_vis) {
                             std::memcpy(a_s, qsrc, size_t(hd) * 4);
                             rotate(a_s, qpos_sink, a);
@@ -464,6 +472,12 @@ public:
         for (size_t i = 0; i < n; i++) y[i] += x[i];
     }
 
+    void scale(float *x, size_t n, float s) override {
+        for (size_t i = 0; i < n; i++) x[i] *= s;
+    }
+
+    void geglu(const float *gate, const float *up, size_t n, float *out) override { geglu_ggml(gate, up, n, out); }
+
 private:
     ThreadPool pool_;
     const KernelTable &k_;
@@ -476,6 +490,7 @@ private:
     std::vector<float> ggml_scratch_;  // per thread: query, F16 query, attention_ggml_rows scratch
     int max_tokens_ = 0;
     std::vector<void *> allocs_;
+    uint64_t allocated_ = 0;  // what alloc() obtained
 };
 
 class CpuBackend final : public Backend {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "backend/cpu/cpu_features.h"
 #include "gguf/ggml_types.h"
@@ -320,6 +321,29 @@ void exp_ggml_n(const float *x, int n, float *out) {
     if (has_avx2_fma()) return exps_avx2(x, n, out);
 #endif
     for (int i = 0; i < n; i++) out[i] = exp_ggml(x[i]);
+}
+
+const uint16_t *gelu_f16_table() {
+    static const std::vector<uint16_t> table = [] {
+        constexpr float a = 0.044715f, c = 0.79788456080286535587989211986876f;  // sqrt(2 / pi)
+        std::vector<uint16_t> t(size_t(1) << 16);
+        for (size_t i = 0; i < t.size(); i++) {
+            const float x = fp16_to_fp32(uint16_t(i));
+            t[i] = fp32_to_fp16(0.5f * x * (1.0f + std::tanh(c * x * std::fma(a * x, x, 1.0f))));
+        }
+        return t;
+    }();
+    return table.data();
+}
+
+void geglu_ggml(const float *gate, const float *up, size_t n, float *out) {
+    const uint16_t *table = gelu_f16_table();
+    for (size_t i = 0; i < n; i++) {
+        const float x = gate[i];
+        if (x <= -10.0f) out[i] = 0.0f;
+        else if (x >= 10.0f) out[i] = x * up[i];
+        else out[i] = fp16_to_fp32(table[fp32_to_fp16(x)]) * up[i];
+    }
 }
 
 void swiglu_ggml(const float *gate, const float *up, size_t n, float *out) {

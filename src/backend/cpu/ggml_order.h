@@ -48,6 +48,15 @@ void exp_ggml_n(const float *x, int n, float *out);
 // whole group of 16 and x / (1 + expf(-x)) for the rest.
 void swiglu_ggml(const float *gate, const float *up, size_t n, float *out);
 
+// GELU in its tanh form as ggml's CPU build computes it: through a table of
+// F16 results indexed by the F16 bits of the input (0 below -10, x above 10),
+// the table made from 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))) with
+// the inner 1 + a x x fused, as the compiler contracts it there. The table is
+// built once per process; GPU backends upload it to give the same bits.
+const uint16_t *gelu_f16_table();
+// out = gelu(gate) * up, n floats (out may be gate).
+void geglu_ggml(const float *gate, const float *up, size_t n, float *out);
+
 // One query head's attention over n keys and values (F16 rows of hd), as
 // ggml_compute_forward_flash_attn_ext_f16_one_chunk computes it with an F16
 // cache: q16 is the query already converted to F16; key(j) and value(j)
@@ -76,14 +85,20 @@ void attention_ggml(const uint16_t *q16, int hd, int n, float scale, KeyFn key, 
     for (int d = 0; d < hd; d++) out[d] *= inv;
 }
 
-// The rows of a dense cache: position j < n_cached at cached + j * stride,
-// later ones (this batch's) at fresh + (j - n_cached) * stride (in halves).
+// The rows a query sees, index j for stream position first + j: a cached
+// position p < n_cached at cached + slot * stride, where slot is p (a dense
+// cache) or p mod ring (a native sliding window's ring), later ones (this
+// batch's) at fresh + (p - n_cached) * stride (in halves).
 struct F16Rows {
     const uint16_t *cached, *fresh;
     size_t stride;
-    int n_cached;
+    uint64_t n_cached;
+    uint64_t first = 0;
+    uint64_t ring = 0;  // 0: no ring
     const uint16_t *row(int j) const {
-        return j < n_cached ? cached + size_t(j) * stride : fresh + size_t(j - n_cached) * stride;
+        const uint64_t p = first + uint64_t(j);
+        if (p >= n_cached) return fresh + size_t(p - n_cached) * stride;
+        return cached + size_t(ring ? p % ring : p) * stride;
     }
 };
 

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Write a tiny random-weight GGUF of an architecture kvfit runs, for tests
+against llama.cpp where no small trained file exists.
+
+    python3 tools/make-tiny-model.py gemma3 --vocab ../shared/data/vocab/ggml-vocab-llama-spm.gguf -o tiny-gemma3.gguf
+
+Tensor names and metadata follow llama.cpp's converter for the architecture;
+the tokenizer (a real vocabulary) is copied from a vocab-only GGUF. Weight
+matrices are Q8_0 (llama.cpp and kvfit compute those with the same
+arithmetic), norms F32. The weights come from a seeded generator, so a seed
+gives the same file byte for byte. Needs the gguf and numpy packages.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+try:
+    import gguf
+except ImportError:
+    sys.exit("make-tiny-model.py needs the gguf package: python3 -m pip install gguf numpy")
+
+# Shapes: small, but with heads of 64 (the quantized KV codecs group 32
+# values), grouped-query attention, and enough layers for gemma3's pattern
+# (5 local layers, then a global one).
+SHAPES = {
+    "gemma3": dict(n_embd=256, n_layer=6, n_head=4, n_head_kv=2, head_dim=64, n_ff=512, ctx=2048, window=24),
+    "qwen2": dict(n_embd=128, n_layer=4, n_head=4, n_head_kv=2, head_dim=32, n_ff=256, ctx=2048),
+    "qwen3": dict(n_embd=128, n_layer=4, n_head=4, n_head_kv=2, head_dim=64, n_ff=256, ctx=2048),
+}
+
+
+def copy_tokenizer(src: gguf.GGUFReader, w: gguf.GGUFWriter) -> int:
+    """Copies every tokenizer.* field; returns the vocabulary size."""
+    n_vocab = 0
+    for key, field in src.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = field.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            sub = field.types[1]
+            if sub == gguf.GGUFValueType.STRING:
+                vals = [bytes(field.parts[i]).decode("utf-8", errors="surrogateescape") for i in field.data]
+            else:
+                vals = [field.parts[i].tolist()[0] for i in field.data]
+            w.add_array(key, vals)
+            if key == "tokenizer.ggml.tokens":
+                n_vocab = len(vals)
+        elif vtype == gguf.GGUFValueType.STRING:
+            w.add_string(key, bytes(field.parts[field.data[0]]).decode("utf-8"))
+        else:
+            val = field.parts[field.data[0]].tolist()[0]
+            {
+                gguf.GGUFValueType.UINT32: w.add_uint32,
+                gguf.GGUFValueType.INT32: w.add_int32,
+                gguf.GGUFValueType.FLOAT32: w.add_float32,
+                gguf.GGUFValueType.BOOL: w.add_bool,
+                gguf.GGUFValueType.UINT64: w.add_uint64,
+            }[vtype](key, val)
+    if not n_vocab:
+        sys.exit("the vocab file has no tokenizer.ggml.tokens")
+    return n_vocab
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("arch", choices=sorted(SHAPES))
+    ap.add_argument("--vocab", required=True, help="a vocab-only GGUF whose tokenizer the model takes")
+    ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--window", type=int, help="gemma3: the sliding window (default %d)" % SHAPES["gemma3"]["window"])
+    args = ap.parse_args()
+
+    s = dict(SHAPES[args.arch])
+    if args.window:
+        s["window"] = args.window
+    rng = np.random.default_rng(args.seed)
+    arch = args.arch
+    w = gguf.GGUFWriter(args.out, arch)
+    w.add_name(f"tiny random {arch}")
+    n_vocab = copy_tokenizer(gguf.GGUFReader(args.vocab), w)
+
+    d, hd, nh, nkv, ff = s["n_embd"], s["head_dim"], s["n_head"], s["n_head_kv"], s["n_ff"]
+    w.add_context_length(s["ctx"])
+    w.add_embedding_length(d)
+    w.add_block_count(s["n_layer"])
+    w.add_feed_forward_length(ff)
+    w.add_head_count(nh)
+    w.add_head_count_kv(nkv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(1000000.0 if arch != "qwen2" else 10000.0)
+    if arch == "gemma3":
+        w.add_sliding_window(s["window"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+
+    def matrix(name: str, rows: int, cols: int, scale: float) -> None:
+        x = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        q = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
+        w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+
+    def vector(name: str, n: int, mean: float, spread: float) -> None:
+        w.add_tensor(name, (mean + spread * rng.standard_normal(n)).astype(np.float32))
+
+    matrix("token_embd.weight", n_vocab, d, 0.5 if arch == "gemma3" else 1.0)
+    vector("output_norm.weight", d, 1.0, 0.1)
+    for l in range(s["n_layer"]):
+        p = f"blk.{l}."
+        vector(p + "attn_norm.weight", d, 1.0, 0.1)
+        matrix(p + "attn_q.weight", nh * hd, d, d ** -0.5)
+        matrix(p + "attn_k.weight", nkv * hd, d, d ** -0.5)
+        matrix(p + "attn_v.weight", nkv * hd, d, d ** -0.5)
+        matrix(p + "attn_output.weight", d, nh * hd, (nh * hd) ** -0.5)
+        if arch == "qwen2":
+            vector(p + "attn_q.bias", nh * hd, 0.0, 0.5)
+            vector(p + "attn_k.bias", nkv * hd, 0.0, 0.5)
+            vector(p + "attn_v.bias", nkv * hd, 0.0, 0.5)
+        if arch in ("gemma3", "qwen3"):
+            vector(p + "attn_q_norm.weight", hd, 1.0, 0.1)
+            vector(p + "attn_k_norm.weight", hd, 1.0, 0.1)
+        vector(p + "ffn_norm.weight", d, 1.0, 0.1)
+        matrix(p + "ffn_gate.weight", ff, d, d ** -0.5)
+        matrix(p + "ffn_up.weight", ff, d, d ** -0.5)
+        matrix(p + "ffn_down.weight", d, ff, ff ** -0.5)
+        if arch == "gemma3":
+            vector(p + "post_attention_norm.weight", d, 1.0, 0.1)
+            vector(p + "post_ffw_norm.weight", d, 1.0, 0.1)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+if __name__ == "__main__":
+    main()
