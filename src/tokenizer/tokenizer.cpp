@@ -185,22 +185,29 @@ VocabTokenizer::VocabTokenizer(VocabSpec spec) : Tokenizer(std::move(spec)) {
         }
         special_rank_[node] = int64_t(r);
     }
+    for (int b = 0; b < 256; b++) {
+        auto it = special_edges_.find(uint64_t(b));
+        special_root_[b] = it == special_edges_.end() ? 0 : it->second;
+    }
 }
 
 std::vector<uint32_t> VocabTokenizer::specials_in(std::string_view text) const {
     std::vector<uint32_t> ranks;
     if (special_cache_.empty()) return ranks;
+    // A mark per token, not a list of every match: runs such as a megabyte
+    // of newlines match dozens of run tokens at every position.
+    std::vector<char> seen(special_cache_.size(), 0);
     for (size_t start = 0; start < text.size(); start++) {
-        uint32_t node = 0;
-        for (size_t i = start; i < text.size(); i++) {
+        uint32_t node = special_root_[static_cast<unsigned char>(text[start])];
+        for (size_t i = start + 1; node != 0; i++) {
+            if (special_rank_[node] >= 0) seen[size_t(special_rank_[node])] = 1;
+            if (i == text.size()) break;
             auto it = special_edges_.find(uint64_t(node) << 8 | static_cast<unsigned char>(text[i]));
-            if (it == special_edges_.end()) break;
-            node = it->second;
-            if (special_rank_[node] >= 0) ranks.push_back(uint32_t(special_rank_[node]));
+            node = it == special_edges_.end() ? 0 : it->second;
         }
     }
-    std::sort(ranks.begin(), ranks.end());
-    ranks.erase(std::unique(ranks.begin(), ranks.end()), ranks.end());
+    for (size_t r = 0; r < seen.size(); r++)
+        if (seen[r]) ranks.push_back(uint32_t(r));
     return ranks;
 }
 

@@ -103,6 +103,7 @@ private:
     // in a text in one pass (vocabularies such as Gemma's have thousands).
     // Node 0 is the root; an edge is keyed by (node << 8 | byte).
     std::unordered_map<uint64_t, uint32_t> special_edges_;
+    uint32_t special_root_[256] = {};    // the root's edges by byte (0: none)
     std::vector<int64_t> special_rank_;  // per node: rank of the token ending there, or -1
 };
 
