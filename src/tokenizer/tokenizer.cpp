@@ -170,6 +170,45 @@ VocabTokenizer::VocabTokenizer(VocabSpec spec) : Tokenizer(std::move(spec)) {
     // ties come out in the same order with the same standard library).
     std::sort(special_cache_.begin(), special_cache_.end(),
               [&tokens](int32_t a, int32_t b) { return tokens[size_t(a)].size() > tokens[size_t(b)].size(); });
+
+    special_rank_.assign(1, -1);
+    for (size_t r = 0; r < special_cache_.size(); r++) {
+        uint32_t node = 0;
+        for (char c : tokens[size_t(special_cache_[r])]) {
+            const uint64_t key = uint64_t(node) << 8 | static_cast<unsigned char>(c);
+            auto it = special_edges_.find(key);
+            if (it == special_edges_.end()) {
+                it = special_edges_.emplace(key, uint32_t(special_rank_.size())).first;
+                special_rank_.push_back(-1);
+            }
+            node = it->second;
+        }
+        special_rank_[node] = int64_t(r);
+    }
+    for (int b = 0; b < 256; b++) {
+        auto it = special_edges_.find(uint64_t(b));
+        special_root_[b] = it == special_edges_.end() ? 0 : it->second;
+    }
+}
+
+std::vector<uint32_t> VocabTokenizer::specials_in(std::string_view text) const {
+    std::vector<uint32_t> ranks;
+    if (special_cache_.empty()) return ranks;
+    // A mark per token, not a list of every match: runs such as a megabyte
+    // of newlines match dozens of run tokens at every position.
+    std::vector<char> seen(special_cache_.size(), 0);
+    for (size_t start = 0; start < text.size(); start++) {
+        uint32_t node = special_root_[static_cast<unsigned char>(text[start])];
+        for (size_t i = start + 1; node != 0; i++) {
+            if (special_rank_[node] >= 0) seen[size_t(special_rank_[node])] = 1;
+            if (i == text.size()) break;
+            auto it = special_edges_.find(uint64_t(node) << 8 | static_cast<unsigned char>(text[i]));
+            node = it == special_edges_.end() ? 0 : it->second;
+        }
+    }
+    for (size_t r = 0; r < seen.size(); r++)
+        if (seen[r]) ranks.push_back(uint32_t(r));
+    return ranks;
 }
 
 void VocabTokenizer::check_id(int32_t id) const {
@@ -185,12 +224,13 @@ void VocabTokenizer::partition_special(std::string_view text, bool parse_special
     if (text.empty()) return;
     frags.push_back({-1, 0, text.size()});
     std::vector<Fragment> next;
-    for (int32_t id : special_cache_) {
+    // Most special tokens never occur in the input: only those that do can
+    // cut a fragment, and they are taken in the same order.
+    for (uint32_t rank : specials_in(text)) {
+        const int32_t id = special_cache_[rank];
         const int32_t type = spec_.token_types[size_t(id)];
         if (!parse_special && (type == TOKEN_CONTROL || type == TOKEN_UNKNOWN)) continue;
         const std::string &tok = spec_.tokens[size_t(id)];
-        // Cheap rejection: most special tokens never occur in the input.
-        if (text.find(tok) == std::string_view::npos) continue;
         next.clear();
         for (const Fragment &f : frags) {
             if (f.token >= 0) { next.push_back(f); continue; }
@@ -218,12 +258,13 @@ std::vector<int32_t> VocabTokenizer::tokenize(std::string_view text, bool add_sp
     out.reserve(text.size() / 3 + 4);
     if (add_special && spec_.add_bos) out.push_back(spec_.bos);
     bool after_special = true;
+    WordCache cache;
     for (const Fragment &f : frags) {
         if (f.token >= 0) {
             out.push_back(f.token);
             after_special = true;
         } else {
-            encode_fragment(text.substr(f.offset, f.length), after_special, out);
+            encode_fragment(text.substr(f.offset, f.length), after_special, cache, out);
             after_special = false;
         }
     }

@@ -34,6 +34,25 @@ uint32_t utf8_decode(std::string_view s, size_t &i);
 
 // ---- common vocabulary machinery -------------------------------------------
 
+// Token ids of the words already encoded during one tokenize call: natural
+// text repeats words a lot, and a word's ids do not depend on its neighbours.
+class WordCache {
+public:
+    template <typename Encode>
+    void append(const std::string &word, Encode encode, std::vector<int32_t> &out) {
+        auto it = ids_.find(word);
+        if (it == ids_.end()) {
+            std::vector<int32_t> ids;
+            encode(word, ids);
+            it = ids_.emplace(word, std::move(ids)).first;
+        }
+        out.insert(out.end(), it->second.begin(), it->second.end());
+    }
+
+private:
+    std::unordered_map<std::string, std::vector<int32_t>> ids_;
+};
+
 // A run of the input: either raw text still to be tokenized or a special
 // token already recognised.
 struct Fragment {
@@ -51,8 +70,11 @@ protected:
 
     // Appends the tokens of one raw-text fragment. `after_special` is true
     // for the first fragment and for fragments that follow a special token
-    // (SentencePiece adds its space prefix there).
-    virtual void encode_fragment(std::string_view text, bool after_special, std::vector<int32_t> &out) const = 0;
+    // (SentencePiece adds its space prefix there). `cache` lives for the
+    // whole tokenize call, so words repeated across fragments (lines, when
+    // newlines are special tokens) are encoded once.
+    virtual void encode_fragment(std::string_view text, bool after_special, WordCache &cache,
+                                 std::vector<int32_t> &out) const = 0;
     // Whether detokenize drops one leading space of the first piece.
     virtual bool strip_first_space() const { return false; }
     // Whether detokenize removes the spaces that word-level tokenizers put
@@ -72,7 +94,17 @@ protected:
 
 private:
     void partition_special(std::string_view text, bool parse_special, std::vector<Fragment> &frags) const;
+    // Ranks (positions in special_cache_) of the special tokens that occur
+    // anywhere in text, ascending.
+    std::vector<uint32_t> specials_in(std::string_view text) const;
+
     std::vector<int32_t> special_cache_;  // control/user-defined/unknown ids, longest text first
+    // The special tokens' texts as a byte trie, to find which of them occur
+    // in a text in one pass (vocabularies such as Gemma's have thousands).
+    // Node 0 is the root; an edge is keyed by (node << 8 | byte).
+    std::unordered_map<uint64_t, uint32_t> special_edges_;
+    uint32_t special_root_[256] = {};    // the root's edges by byte (0: none)
+    std::vector<int64_t> special_rank_;  // per node: rank of the token ending there, or -1
 };
 
 std::unique_ptr<Tokenizer> make_spm_tokenizer(VocabSpec spec);
@@ -82,25 +114,6 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer(VocabSpec spec);
 bool bpe_pre_supported(const std::string &pre);
 // BPE pre-tokenizers for which llama.cpp adds BOS by default.
 bool bpe_pre_adds_bos(const std::string &pre);
-
-// Token ids of the words already encoded during one tokenize call: natural
-// text repeats words a lot, and a word's ids do not depend on its neighbours.
-class WordCache {
-public:
-    template <typename Encode>
-    void append(const std::string &word, Encode encode, std::vector<int32_t> &out) {
-        auto it = ids_.find(word);
-        if (it == ids_.end()) {
-            std::vector<int32_t> ids;
-            encode(word, ids);
-            it = ids_.emplace(word, std::move(ids)).first;
-        }
-        out.insert(out.end(), it->second.begin(), it->second.end());
-    }
-
-private:
-    std::unordered_map<std::string, std::vector<int32_t>> ids_;
-};
 
 // One piece of a word during BPE merging: the byte range [off, off + n) of
 // the word, linked to its neighbours; n == 0 once merged into its left.
