@@ -7,7 +7,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -17,6 +19,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/kernels_impl.h"
 #include "backend/cpu/threadpool.h"
+#include "ggml_ref_cases.h"
 #include "gguf/ggml_types.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail and friends.
@@ -32,7 +35,20 @@ using namespace kvfit;
 
 namespace {
 
-const uint32_t kWeightTypes[] = {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0};
+const uint32_t kWeightTypes[] = {TYPE_F32,  TYPE_F16,  TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0,
+                                 TYPE_Q5_1, TYPE_Q8_0, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K};
+
+int block_size(uint32_t type) { return type_info(type)->block_size; }
+
+// Block-quantized weights: every x86 path does llama.cpp's arithmetic, as the
+// scalar one, so they must agree bit for bit.
+bool exact_type(uint32_t t) { return cpu::is_q_type(t) || cpu::is_k_type(t); }
+
+// Bytes of n activations converted to vec_dot_type(weight_type).
+size_t act_bytes(uint32_t weight_type, int64_t n) {
+    const uint32_t xt = vec_dot_type(weight_type);
+    return xt == TYPE_F32 ? size_t(n) * 4 : row_bytes(xt, n);
+}
 
 // Every implementation compiled in and supported by this CPU, scalar first.
 std::vector<const cpu::KernelImpl *> impls() {
@@ -57,10 +73,36 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
     return v;
 }
 
-// Weight row of `type` quantized from random floats with the reference quantizers.
+// k-quant blocks with random codes, scales and minimums (every bit pattern
+// is a valid block) and fp16 factors that give weights of a few hundredths.
+void random_kquant_blocks(uint32_t type, uint8_t *dst, int64_t n_blocks, std::mt19937 &rng) {
+    const size_t bs = type_info(type)->block_bytes;
+    std::uniform_real_distribution<float> u(0.5f, 1.5f);
+    for (int64_t b = 0; b < n_blocks; b++) {
+        uint8_t *blk = dst + size_t(b) * bs;
+        for (size_t i = 0; i < bs; i++) blk[i] = uint8_t(rng());
+        if (type == TYPE_Q6_K) {
+            const uint16_t d = fp32_to_fp16(u(rng) * 1.2e-5f);
+            std::memcpy(blk + offsetof(BlockQ6_K, d), &d, 2);
+        } else {
+            const uint16_t d = fp32_to_fp16(u(rng) * (type == TYPE_Q4_K ? 1e-4f : 5e-5f));
+            const uint16_t m = fp32_to_fp16(u(rng) * 8e-4f);
+            std::memcpy(blk, &d, 2);
+            std::memcpy(blk + 2, &m, 2);
+        }
+    }
+}
+
+// Weight row of `type` quantized from random floats with the reference
+// quantizers (k-quants: random blocks).
 std::vector<uint8_t> make_weights(uint32_t type, int64_t rows, int64_t n, uint32_t seed) {
     const size_t rb = row_bytes(type, n);
     std::vector<uint8_t> w(rb * size_t(rows));
+    if (cpu::is_k_type(type)) {
+        std::mt19937 rng(seed);
+        random_kquant_blocks(type, w.data(), rows * n / QK_K, rng);
+        return w;
+    }
     std::vector<float> f = random_floats(size_t(rows * n), seed, 0.05f);
     for (int64_t r = 0; r < rows; r++) {
         const float *x = f.data() + r * n;
@@ -68,6 +110,8 @@ std::vector<uint8_t> make_weights(uint32_t type, int64_t rows, int64_t n, uint32
         switch (type) {
             case TYPE_Q4_0: quantize_row_q4_0_ref(x, reinterpret_cast<BlockQ4_0 *>(y), n); break;
             case TYPE_Q4_1: quantize_row_q4_1_ref(x, reinterpret_cast<BlockQ4_1 *>(y), n); break;
+            case TYPE_Q5_0: quantize_row_q5_0_ref(x, reinterpret_cast<BlockQ5_0 *>(y), n); break;
+            case TYPE_Q5_1: quantize_row_q5_1_ref(x, reinterpret_cast<BlockQ5_1 *>(y), n); break;
             case TYPE_Q8_0: quantize_row_q8_0_ref(x, reinterpret_cast<BlockQ8_0 *>(y), n); break;
             default: kernels_scalar().quantize_row(type, x, y, n); break;
         }
@@ -81,21 +125,53 @@ std::vector<float> dequant(uint32_t type, const void *src, int64_t n) {
     return v;
 }
 
+// The magnitudes a k-quant weight is the difference of: |d sc q| + |dmin m|.
+std::vector<double> kquant_magnitudes(uint32_t type, const uint8_t *w, int64_t n) {
+    std::vector<double> mag(static_cast<size_t>(n));
+    const size_t bs = type_info(type)->block_bytes;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const uint8_t *blk = w + size_t(b) * bs;
+        if (type == TYPE_Q6_K) {
+            const BlockQ6_K &k = *reinterpret_cast<const BlockQ6_K *>(blk);
+            for (int e = 0; e < QK_K; e++)
+                mag[size_t(b * QK_K + e)] = std::fabs(fp16_to_fp32(k.d) * k.scales[e / 16]) * 32.0;
+            continue;
+        }
+        uint16_t dh, mh;
+        std::memcpy(&dh, blk, 2);
+        std::memcpy(&mh, blk + 2, 2);
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            kquant_scale_min(blk + 4, j, &sc, &m);
+            for (int l = 0; l < 32; l++)
+                mag[size_t(b * QK_K + 32 * j + l)] =
+                    std::fabs(fp16_to_fp32(dh)) * sc * 31.0 + std::fabs(fp16_to_fp32(mh)) * m;
+        }
+    }
+    return mag;
+}
+
 // Tolerance of a dot product computed in float with a different summation
-// order: a few ulps of the sum of absolute terms. Q4_1 also differs from the
-// float reference through s = fp16(d * sum(q)) instead of d_fp16 * sum(q).
+// order: a few ulps of the sum of absolute terms. Q4_1 and Q5_1 also differ
+// from the float reference through s = fp16(d * sum(q)) instead of
+// d_fp16 * sum(q); k-quants' terms are differences of larger products.
 double dot_tolerance(uint32_t wt, int64_t n, const uint8_t *w, const uint8_t *xq) {
     const uint32_t xt = vec_dot_type(wt);
     std::vector<float> wf = dequant(wt, w, n), xf = dequant(xt, xq, n);
+    std::vector<double> km;
+    if (cpu::is_k_type(wt)) km = kquant_magnitudes(wt, w, n);
     double mag = 0;
-    for (int64_t i = 0; i < n; i++) mag += std::fabs(double(wf[size_t(i)]) * xf[size_t(i)]);
+    for (int64_t i = 0; i < n; i++)
+        mag += std::fabs(km.empty() ? double(wf[size_t(i)]) : km[size_t(i)]) * std::fabs(xf[size_t(i)]);
     double tol = 2e-6 * mag + 1e-6;
-    if (wt == TYPE_Q4_1) {
-        const BlockQ4_1 *wb = reinterpret_cast<const BlockQ4_1 *>(w);
+    if (cpu::has_min_term(wt)) {
+        const size_t bs = type_info(wt)->block_bytes;
         const BlockQ8_1 *xb = reinterpret_cast<const BlockQ8_1 *>(xq);
-        for (int64_t b = 0; b < n / QK; b++)
-            tol += std::fabs(fp16_to_fp32(wb[b].m)) * (std::fabs(fp16_to_fp32(xb[b].s)) * 2e-3 +
-                                                        fp16_to_fp32(xb[b].d) * 0.1);
+        for (int64_t b = 0; b < n / QK; b++) {
+            uint16_t m;
+            std::memcpy(&m, w + size_t(b) * bs + 2, 2);
+            tol += std::fabs(fp16_to_fp32(m)) * (std::fabs(fp16_to_fp32(xb[b].s)) * 2e-3 + fp16_to_fp32(xb[b].d) * 0.1);
+        }
     }
     return tol;
 }
@@ -113,6 +189,11 @@ void test_vec_dot_type(void **) {
     assert_int_equal(vec_dot_type(TYPE_Q4_0), TYPE_Q8_0);
     assert_int_equal(vec_dot_type(TYPE_Q8_0), TYPE_Q8_0);
     assert_int_equal(vec_dot_type(TYPE_Q4_1), TYPE_Q8_1);
+    assert_int_equal(vec_dot_type(TYPE_Q5_0), TYPE_Q8_0);
+    assert_int_equal(vec_dot_type(TYPE_Q5_1), TYPE_Q8_1);
+    assert_int_equal(vec_dot_type(TYPE_Q4_K), TYPE_Q8_K);
+    assert_int_equal(vec_dot_type(TYPE_Q5_K), TYPE_Q8_K);
+    assert_int_equal(vec_dot_type(TYPE_Q6_K), TYPE_Q8_K);
     assert_int_equal(vec_dot_type(TYPE_F16), TYPE_F16);
     assert_int_equal(vec_dot_type(TYPE_BF16), TYPE_BF16);
     assert_int_equal(vec_dot_type(TYPE_F32), TYPE_F32);
@@ -126,32 +207,41 @@ void test_quantize_roundtrip(void **) {
     const int64_t n = 4096;
     std::vector<float> x = random_floats(size_t(n), 7);
     x[100] = 1e-6f;  // tiny values next to large ones in a block
-    for (uint32_t type : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q4_0, TYPE_Q4_1, TYPE_F16, TYPE_BF16}) {
+    for (uint32_t type :
+         {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_F16, TYPE_BF16}) {
+        const int bs = block_size(type);
         for (const cpu::KernelImpl *impl : impls()) {
             std::vector<uint8_t> q(row_bytes(type, n));
             if (type == TYPE_Q4_0)
                 quantize_row_q4_0_ref(x.data(), reinterpret_cast<BlockQ4_0 *>(q.data()), n);
             else if (type == TYPE_Q4_1)
                 quantize_row_q4_1_ref(x.data(), reinterpret_cast<BlockQ4_1 *>(q.data()), n);
+            else if (type == TYPE_Q5_0)
+                quantize_row_q5_0_ref(x.data(), reinterpret_cast<BlockQ5_0 *>(q.data()), n);
+            else if (type == TYPE_Q5_1)
+                quantize_row_q5_1_ref(x.data(), reinterpret_cast<BlockQ5_1 *>(q.data()), n);
             else
                 impl->table.quantize_row(type, x.data(), q.data(), n);
             std::vector<float> y = dequant(type, q.data(), n);
-            for (int64_t b = 0; b < n / QK; b++) {
-                float amax = 0, mn = x[size_t(b * QK)], mx = mn;
-                for (int j = 0; j < QK; j++) {
-                    const float v = x[size_t(b * QK + j)];
+            for (int64_t b = 0; b < n / bs; b++) {
+                float amax = 0, mn = x[size_t(b * bs)], mx = mn;
+                for (int j = 0; j < bs; j++) {
+                    const float v = x[size_t(b * bs + j)];
                     amax = std::max(amax, std::fabs(v));
                     mn = std::min(mn, v);
                     mx = std::max(mx, v);
                 }
-                for (int j = 0; j < QK; j++) {
-                    const size_t i = size_t(b * QK + j);
+                for (int j = 0; j < bs; j++) {
+                    const size_t i = size_t(b * bs + j);
                     double bound;
                     switch (type) {
                         case TYPE_Q8_0:
                         case TYPE_Q8_1: bound = 0.57 * amax / 127.0; break;
+                        case TYPE_Q8_K: bound = 0.5001 * amax / 127.0; break;
                         case TYPE_Q4_0: bound = 1.01 * amax / 8.0; break;
+                        case TYPE_Q5_0: bound = 1.01 * amax / 16.0; break;
                         case TYPE_Q4_1: bound = 0.51 * (mx - mn) / 15.0 + 1e-3 * std::fabs(mn); break;
+                        case TYPE_Q5_1: bound = 0.51 * (mx - mn) / 31.0 + 1e-3 * std::fabs(mn); break;
                         case TYPE_F16: bound = std::fabs(x[i]) / 2048.0 + 1e-7; break;
                         default: bound = std::fabs(x[i]) / 256.0; break;
                     }
@@ -171,10 +261,11 @@ void test_quantize_roundtrip(void **) {
 // a possible off-by-one at exact ties (llama.cpp's x86 path rounds half to even
 // with multiplier 127/amax, the reference rounds half away with 1/d).
 void test_quantize_matches_scalar(void **) {
-    for (int64_t n : {32, 64, 96, 576, 1536, 4128}) {
+    for (int64_t n : {32, 64, 96, 256, 576, 1536, 2304, 4128}) {
         std::vector<float> x = random_floats(size_t(n), uint32_t(n));
         x[3] = 0.5f;  // a tie: 0.5 * 127 / amax may land on k + 0.5
-        for (uint32_t type : {TYPE_Q8_0, TYPE_Q8_1, TYPE_F16, TYPE_BF16, TYPE_F32}) {
+        for (uint32_t type : {TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K, TYPE_F16, TYPE_BF16, TYPE_F32}) {
+            if (n % block_size(type)) continue;
             const size_t bytes = type == TYPE_F32 ? size_t(n) * 4 : row_bytes(type, n);
             std::vector<uint8_t> ref(bytes);
             kernels_scalar().quantize_row(type, x.data(), ref.data(), n);
@@ -205,6 +296,223 @@ void test_quantize_matches_scalar(void **) {
     }
 }
 
+// Q8_K from its definition (llama.cpp's quantize_row_q8_K_ref): the first
+// value of largest magnitude sets iscale = -127 / max, q = round half to even
+// of iscale * x (at most 127), d = 1 / iscale, bsums the sums of 16.
+void test_quantize_q8_K_definition(void **) {
+    for (int64_t n : {256, 512, 2304}) {
+        std::vector<float> x = random_floats(size_t(n), uint32_t(n + 11));
+        x[7] = 1000.0f;          // block 0: the largest magnitude twice, first positive
+        x[9] = -1000.0f;
+        x[300 % n] = 1e-30f;     // tiny values in a block
+        if (n > 256) std::fill(x.begin() + 256, x.begin() + 512, 0.0f);  // a zero block
+        std::vector<BlockQ8_K> y(size_t(n / QK_K));
+        for (const cpu::KernelImpl *impl : impls()) {
+            std::memset(y.data(), 0x55, y.size() * sizeof(BlockQ8_K));
+            impl->table.quantize_row(TYPE_Q8_K, x.data(), y.data(), n);
+            for (int64_t b = 0; b < n / QK_K; b++) {
+                const float *xb = x.data() + b * QK_K;
+                float amax = 0, max = 0;
+                for (int j = 0; j < QK_K; j++)
+                    if (std::fabs(xb[j]) > amax) amax = std::fabs(xb[j]), max = xb[j];
+                const BlockQ8_K &q = y[size_t(b)];
+                if (amax == 0) {
+                    assert_true(q.d == 0.0f);
+                    for (int j = 0; j < QK_K; j++) assert_int_equal(q.qs[j], 0);
+                    for (int g = 0; g < 16; g++) assert_int_equal(q.bsums[g], 0);
+                    continue;
+                }
+                const float iscale = -127.0f / max;
+                assert_true(q.d == 1.0f / iscale);
+                for (int j = 0; j < QK_K; j++) {
+                    const float p = iscale * xb[j];
+                    assert_int_equal(q.qs[j], std::min(127, int(std::nearbyint(p))));
+                }
+                for (int g = 0; g < 16; g++) {
+                    int sum = 0;
+                    for (int i = 0; i < 16; i++) sum += q.qs[16 * g + i];
+                    assert_int_equal(q.bsums[g], sum);
+                }
+            }
+        }
+    }
+    // ties to even; a positive max gives a negative d
+    std::vector<float> x(QK_K, 0.0f);
+    x[0] = -127.0f;  // iscale 1
+    x[1] = 2.5f;
+    x[2] = -3.5f;
+    x[3] = 0.5f;
+    for (const cpu::KernelImpl *impl : impls()) {
+        BlockQ8_K b;
+        impl->table.quantize_row(TYPE_Q8_K, x.data(), &b, QK_K);
+        assert_int_equal(b.qs[0], -127);
+        assert_int_equal(b.qs[1], 2);
+        assert_int_equal(b.qs[2], -4);
+        assert_int_equal(b.qs[3], 0);
+        assert_true(b.d == 1.0f);
+        assert_int_equal(b.bsums[0], -127 + 2 - 4);
+        x[0] = 127.0f;
+        impl->table.quantize_row(TYPE_Q8_K, x.data(), &b, QK_K);
+        assert_int_equal(b.qs[0], -127);
+        assert_int_equal(b.qs[1], -2);
+        assert_int_equal(b.qs[2], 4);
+        assert_true(b.d == -1.0f);
+        x[0] = -127.0f;
+    }
+}
+
+// dequantize_row of the five-bit and k-quant types against each value worked
+// out here from the block layout (ggml-common.h's definitions). Every one of
+// these values is a single rounding of an exact product or difference, so
+// the float of the exact value (in double) is the expected bit pattern.
+void test_dequantize_definitions(void **) {
+    std::mt19937 rng(1234);
+    for (uint32_t type : {TYPE_Q5_0, TYPE_Q5_1, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) {
+        const int64_t n = 4 * QK_K;
+        const size_t bs = type_info(type)->block_bytes;
+        std::vector<uint8_t> w(row_bytes(type, n));
+        if (cpu::is_k_type(type)) {
+            random_kquant_blocks(type, w.data(), n / QK_K, rng);
+        } else {
+            for (uint8_t &v : w) v = uint8_t(rng());
+            for (int64_t b = 0; b < n / QK; b++) {  // finite, some negative and subnormal fp16 factors
+                uint8_t *blk = w.data() + size_t(b) * bs;
+                const uint16_t d = uint16_t(rng() % 0x7c00) | uint16_t(b % 3 == 0 ? 0x8000 : 0);
+                const uint16_t m = uint16_t(rng() % 0x7c00) | uint16_t(b % 2 ? 0x8000 : 0);
+                std::memcpy(blk, &d, 2);
+                if (type == TYPE_Q5_1) std::memcpy(blk + 2, &m, 2);
+            }
+        }
+        std::vector<float> got = dequant(type, w.data(), n);
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t b = i / block_size(type);
+            const int e = int(i % block_size(type));
+            const uint8_t *blk = w.data() + size_t(b) * bs;
+            auto h = [&](size_t off) { return double(fp16_to_fp32(uint16_t(blk[off] | blk[off + 1] << 8))); };
+            double want;
+            if (type == TYPE_Q5_0 || type == TYPE_Q5_1) {
+                const size_t qh = type == TYPE_Q5_0 ? 2 : 4, qs = qh + 4;
+                const int low = e < 16 ? blk[qs + e] & 15 : blk[qs + e - 16] >> 4;
+                const int q = low + 16 * ((blk[qh + e / 8] >> (e % 8)) & 1);
+                want = type == TYPE_Q5_0 ? (q - 16) * h(0) : q * h(0) + h(2);
+            } else if (type == TYPE_Q6_K) {
+                // value e: half e / 128; within it, quarter k and position l
+                const int half = e / 128, k = (e % 128) / 32, l = e % 32;
+                const uint8_t lowbyte = blk[64 * half + l + (k == 1 || k == 3 ? 32 : 0)];
+                const int low = k < 2 ? lowbyte & 15 : lowbyte >> 4;
+                const int high = (blk[128 + 32 * half + l] >> (2 * k)) & 3;
+                const int8_t scale = int8_t(blk[192 + e / 16]);
+                want = h(208) * scale * (low + 16 * high - 32);
+            } else {
+                const int j = e / 32, l = e % 32;  // sub-block, position
+                const uint8_t *sc = blk + 4;
+                const int scale = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) + 16 * (sc[j - 4] >> 6);
+                const int mn = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) + 16 * (sc[j] >> 6);
+                const size_t qs = type == TYPE_Q4_K ? 16 : 48;
+                const uint8_t byte = blk[qs + 32 * (j / 2) + l];
+                int q = j % 2 ? byte >> 4 : byte & 15;
+                if (type == TYPE_Q5_K) q += 16 * ((blk[16 + l] >> j) & 1);
+                want = h(0) * scale * q - h(2) * mn;
+            }
+            if (got[size_t(i)] != float(want)) {
+                print_error("%s value %lld: %.9g, expected %.9g\n", type_info(type)->name, (long long)i,
+                            double(got[size_t(i)]), want);
+                fail();
+            }
+        }
+    }
+}
+
+// llama.cpp's own results (tests/data/kquant-dots.txt, recorded from its x86
+// CPU build; inputs re-created by ggml_ref_cases.h): every implementation
+// must quantize the activations to the same bytes, and the scalar and x86
+// ones must give the same bits from vec_dot and from matmul. The records of
+// one type and length make a matrix (rows: their weights, tokens: their
+// activations) whose diagonal is recorded, so the multi-row, multi-token
+// tiles are checked too.
+void test_ggml_recorded_dots(void **) {
+    const std::string path = std::string(KVFIT_SOURCE_DIR) + "/tests/data/kquant-dots.txt";
+    FILE *f = std::fopen(path.c_str(), "r");
+    if (!f) {
+        print_error("cannot open %s\n", path.c_str());
+        fail();
+    }
+    struct Rec {
+        int kind;
+        uint64_t seed;
+        uint32_t bits;
+        uint64_t hash;
+    };
+    std::map<std::pair<uint32_t, int64_t>, std::vector<Rec>> groups;
+    char line[256];
+    int n_records = 0;
+    while (std::fgets(line, sizeof line, f)) {
+        char name[16];
+        int kind;
+        long long n;
+        unsigned long long seed, hash;
+        unsigned bits;
+        if (line[0] == '#' || std::sscanf(line, "dot %15s %d %lld %llu %x %llx", name, &kind, &n, &seed, &bits, &hash) != 6)
+            continue;
+        uint32_t type = 0;
+        while (type < 64 && !(type_info(type) && std::strcmp(type_info(type)->name, name) == 0)) type++;
+        assert_true(type < 64);
+        groups[{type, int64_t(n)}].push_back(Rec{kind, seed, bits, hash});
+        n_records++;
+    }
+    std::fclose(f);
+    assert_true(n_records >= 100);
+    for (const auto &g : groups) {
+        const uint32_t wt = g.first.first, xt = vec_dot_type(wt);
+        const int64_t n = g.first.second;
+        const std::vector<Rec> &recs = g.second;
+        const int64_t m = int64_t(recs.size());
+        const size_t rb = row_bytes(wt, n);
+        std::vector<uint8_t> W;
+        std::vector<float> X;
+        for (const Rec &r : recs) {
+            const std::vector<uint8_t> w = ggml_ref::weights(wt, r.kind, n, r.seed);
+            const std::vector<float> x = ggml_ref::activations(r.kind, n, r.seed);
+            W.insert(W.end(), w.begin(), w.end());
+            X.insert(X.end(), x.begin(), x.end());
+        }
+        for (const cpu::KernelImpl *impl : impls()) {
+            const bool exact = std::strcmp(impl->table.name, "neon") != 0;
+            for (int64_t i = 0; i < m; i++) {
+                const Rec &r = recs[size_t(i)];
+                std::vector<uint8_t> xq(row_bytes(xt, n));
+                impl->table.quantize_row(xt, X.data() + i * n, xq.data(), n);
+                const float want = ggml_ref::from_bits(r.bits);
+                const float got = impl->table.vec_dot(wt, n, W.data() + size_t(i) * rb, xq.data());
+                const double tol = dot_tolerance(wt, n, W.data() + size_t(i) * rb, xq.data());
+                if (ggml_ref::fnv1a(xq.data(), xq.size()) != r.hash || (exact && got != want) ||
+                    std::fabs(double(got) - double(want)) > tol) {
+                    print_error("%s %s kind %d n %lld seed %llu: vec_dot %.9g, llama.cpp %.9g%s\n", impl->table.name,
+                                type_info(wt)->name, r.kind, (long long)n, (unsigned long long)r.seed, double(got),
+                                double(want),
+                                ggml_ref::fnv1a(xq.data(), xq.size()) != r.hash ? " (activations differ)" : "");
+                    fail();
+                }
+            }
+            for (int nth : {1, 2}) {
+                ThreadPool pool(nth);
+                std::vector<float> Y(size_t(m * m));
+                std::vector<uint8_t> scratch(matmul_scratch_bytes(wt, n, m));
+                matmul(pool, impl->table, wt, W.data(), rb, m, n, X.data(), m, Y.data(), m, scratch.data());
+                for (int64_t i = 0; i < m; i++) {
+                    const float want = ggml_ref::from_bits(recs[size_t(i)].bits), got = Y[size_t(i * m + i)];
+                    if (exact ? got != want : !(std::fabs(double(got) - double(want)) <= 1e-5 * (1.0 + std::fabs(want)))) {
+                        print_error("%s matmul %s n %lld record %lld, %d threads: %.9g, llama.cpp %.9g\n",
+                                    impl->table.name, type_info(wt)->name, (long long)n, (long long)i, nth, double(got),
+                                    double(want));
+                        fail();
+                    }
+                }
+            }
+        }
+    }
+}
+
 // Ties round to even, as _mm256_round_ps does in ggml's quantize_row_q8_0.
 void test_quantize_ties(void **) {
     std::vector<float> x(QK, 0.0f);
@@ -224,13 +532,14 @@ void test_quantize_ties(void **) {
 }
 
 void test_vec_dot_all(void **) {
-    const int64_t sizes[] = {32, 64, 96, 160, 576, 1536, 2080, 16384};
+    const int64_t sizes[] = {32, 64, 96, 160, 256, 512, 576, 1536, 2080, 2304, 16384};
     for (uint32_t wt : kWeightTypes) {
         const uint32_t xt = vec_dot_type(wt);
         for (int64_t n : sizes) {
+            if (n % block_size(wt)) continue;
             std::vector<uint8_t> w = make_weights(wt, 1, n, uint32_t(n * 31 + wt));
             std::vector<float> x = random_floats(size_t(n), uint32_t(n + 5));
-            const size_t xbytes = xt == TYPE_F32 ? size_t(n) * 4 : row_bytes(xt, n);
+            const size_t xbytes = act_bytes(wt, n);
             std::vector<uint8_t> xq(xbytes);
             kernels_scalar().quantize_row(xt, x.data(), xq.data(), n);
             const float ref = kernels_scalar().vec_dot(wt, n, w.data(), xq.data());
@@ -246,13 +555,14 @@ void test_vec_dot_all(void **) {
             std::vector<float> wf = dequant(wt, w.data(), n);
             double exact = 0, werr = 0;
             for (int64_t i = 0; i < n; i++) exact += double(wf[size_t(i)]) * x[size_t(i)];
-            for (int64_t b = 0; b < n / QK; b++) {
+            const int xbs = xt == TYPE_Q8_K ? QK_K : QK;
+            for (int64_t b = 0; b < n / xbs; b++) {
                 double amax = 0, wsum = 0;
-                for (int64_t i = b * QK; i < std::min<int64_t>(n, (b + 1) * QK); i++) {
+                for (int64_t i = b * xbs; i < std::min<int64_t>(n, (b + 1) * xbs); i++) {
                     amax = std::max(amax, double(std::fabs(x[size_t(i)])));
                     wsum += std::fabs(wf[size_t(i)]);
                 }
-                werr += wsum * (xt == TYPE_Q8_0 || xt == TYPE_Q8_1 ? 0.57 * amax / 127
+                werr += wsum * (xt == TYPE_Q8_0 || xt == TYPE_Q8_1 || xt == TYPE_Q8_K ? 0.57 * amax / 127
                                 : xt == TYPE_BF16                  ? amax / 256
                                 : xt == TYPE_F16                   ? amax / 2048
                                                                    : 0.0);
@@ -260,8 +570,7 @@ void test_vec_dot_all(void **) {
             assert_true(std::fabs(ref - exact) <= werr + tol);
             for (const cpu::KernelImpl *impl : impls()) {
                 const float got = impl->table.vec_dot(wt, n, w.data(), xq.data());
-                // Block types: every x86 path does llama.cpp's arithmetic, as the scalar one.
-                const bool exact = cpu::is_q_type(wt) && std::strcmp(impl->table.name, "neon") != 0;
+                const bool exact = exact_type(wt) && std::strcmp(impl->table.name, "neon") != 0;
                 if ((exact && got != ref) || std::fabs(got - ref) > tol) {
                     print_error("%s vec_dot %s n=%lld: %.9g vs scalar %.9g (tol %g)\n", impl->table.name,
                                 type_info(wt)->name, (long long)n, double(got), double(ref), tol);
@@ -295,16 +604,20 @@ void test_matmul(void **) {
     struct Shape {
         int64_t rows, cols, tokens;
     };
-    const Shape shapes[] = {{1, 32, 1},    {37, 96, 1},   {64, 576, 1},  {576, 1536, 1}, {13, 160, 3},
-                            {130, 160, 7}, {256, 576, 33}, {50, 64, 130}, {9, 2080, 5},   {200, 96, 67}};
+    const Shape shapes[] = {{1, 32, 1},    {37, 96, 1},    {64, 576, 1},  {576, 1536, 1}, {13, 160, 3},
+                            {130, 160, 7}, {256, 576, 33}, {50, 64, 130}, {9, 2080, 5},   {200, 96, 67},
+                            // multiples of 256 for the k-quants (and odd super-block counts)
+                            {1, 256, 1},   {37, 768, 1},   {13, 512, 3},  {130, 256, 7},  {50, 256, 130},
+                            {9, 2304, 5},  {70, 1280, 67}};
     for (uint32_t wt : kWeightTypes) {
         const uint32_t xt = vec_dot_type(wt);
         for (const Shape &s : shapes) {
+            if (s.cols % block_size(wt)) continue;
             const size_t rb = row_bytes(wt, s.cols);
             std::vector<uint8_t> W = make_weights(wt, s.rows, s.cols, uint32_t(s.rows * 7 + s.cols + wt));
             std::vector<float> X = random_floats(size_t(s.cols * s.tokens), uint32_t(s.tokens * 3 + s.cols));
             // Reference per (token, row): scalar vec_dot and the float loop.
-            const size_t xb = xt == TYPE_F32 ? size_t(s.cols) * 4 : row_bytes(xt, s.cols);
+            const size_t xb = act_bytes(wt, s.cols);
             std::vector<uint8_t> XQ(xb * size_t(s.tokens));
             for (int64_t t = 0; t < s.tokens; t++)
                 kernels_scalar().quantize_row(xt, X.data() + t * s.cols, XQ.data() + size_t(t) * xb, s.cols);
@@ -331,7 +644,7 @@ void test_matmul(void **) {
                             const size_t i = size_t(t * s.rows + r);
                             const float got = Y[size_t(t * ldy + r)];
                             const bool exact = impl == &cpu::impl_scalar() ||
-                                               (cpu::is_q_type(wt) && std::strcmp(impl->table.name, "neon") != 0);
+                                               (exact_type(wt) && std::strcmp(impl->table.name, "neon") != 0);
                             if ((exact && got != ref[i]) || std::fabs(got - ref[i]) > tol[i] ||
                                 std::fabs(got - fref[i]) > 2 * tol[i]) {
                                 print_error("%s matmul %s %lldx%lld tokens=%lld threads=%d [t=%lld r=%lld]: %.9g, "
@@ -352,9 +665,10 @@ void test_matmul(void **) {
 
 // The public matmul goes through kernels_best() and the caller's pool.
 void test_matmul_best_matches_scalar(void **) {
-    const int64_t rows = 96, cols = 576, tokens = 9;
+    const int64_t rows = 96, tokens = 9;
     ThreadPool pool(2);
     for (uint32_t wt : kWeightTypes) {
+        const int64_t cols = cpu::is_k_type(wt) ? 768 : 576;
         std::vector<uint8_t> W = make_weights(wt, rows, cols, 99);
         std::vector<float> X = random_floats(size_t(cols * tokens), 98);
         std::vector<uint8_t> scratch(matmul_scratch_bytes(wt, cols, tokens));
@@ -519,10 +833,13 @@ int main(void) {
         cmocka_unit_test(test_quantize_roundtrip),
         cmocka_unit_test(test_quantize_matches_scalar),
         cmocka_unit_test(test_quantize_ties),
+        cmocka_unit_test(test_quantize_q8_K_definition),
+        cmocka_unit_test(test_dequantize_definitions),
         cmocka_unit_test(test_vec_dot_all),
         cmocka_unit_test(test_vec_dot_float_odd_lengths),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_best_matches_scalar),
+        cmocka_unit_test(test_ggml_recorded_dots),
         cmocka_unit_test(test_ggml_order_ops),
         cmocka_unit_test(test_split_range),
         cmocka_unit_test(test_threadpool),

@@ -134,10 +134,11 @@ static void test_unsupported_tensor_type(void **state) {
     memcpy(b, g_model_bytes, g_model_size);
     uint32_t nd;
     size_t t = tensor_type_offset(b, g_model_size, "blk.0.attn_q.weight", &nd);
-    uint32_t q5_0 = 6; /* a real GGUF type kvfit does not compute with; smaller than F32 so it still fits */
-    memcpy(b + t, &q5_0, 4);
+    uint32_t iq4_nl = 20; /* a real GGUF type kvfit does not compute with; smaller than F32 so it still fits */
+    memcpy(b + t, &iq4_nl, 4);
     expect_load(write_tmp("type.gguf", b, g_model_size), KVFIT_E_UNSUPPORTED);
-    assert_non_null(strstr(kvfit_last_error(), "Q5_0"));
+    assert_non_null(strstr(kvfit_last_error(), "IQ4_NL"));
+    assert_non_null(strstr(kvfit_last_error(), "blk.0.attn_q.weight"));
     uint32_t bogus = 200; /* no such type at all */
     memcpy(b + t, &bogus, 4);
     expect_load(write_tmp("type2.gguf", b, g_model_size), KVFIT_E_FORMAT);

@@ -657,6 +657,29 @@ void test_errors(void **) {
         }
         vs.synchronize();  // the stream still works
     });
+    // Weight types the CPU computes with but the shaders do not are refused
+    // at upload, naming tensor and type, rather than read as another type.
+    each_backend([](Backend &, Backend &vb, Stream &, Stream &, const char *) {
+        for (uint32_t type : {TYPE_Q5_0, TYPE_Q5_1, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) {
+            HostWeight w;
+            w.bytes.assign(row_bytes(type, 256) * 4, 0);
+            w.t.name = "blk.0.ffn_up.weight";
+            w.t.type = type;
+            w.t.n_dims = 2;
+            w.t.ne[0] = 256;
+            w.t.ne[1] = 4;
+            w.t.nbytes = w.bytes.size();
+            w.t.data = w.bytes.data();
+            try {
+                vb.upload_weight(w.t);
+                fail();
+            } catch (const Error &e) {
+                assert_int_equal(e.status(), KVFIT_E_UNSUPPORTED);
+                assert_non_null(std::strstr(e.what(), type_info(type)->name));
+                assert_non_null(std::strstr(e.what(), "blk.0.ffn_up.weight"));
+            }
+        }
+    });
 }
 
 void test_devices(void **) {

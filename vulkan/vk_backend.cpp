@@ -39,6 +39,11 @@ uint32_t ceil_div(uint64_t a, uint64_t b) { return uint32_t((a + b - 1) / b); }
 
 bool is_quant(uint32_t type) { return type == TYPE_Q4_0 || type == TYPE_Q4_1 || type == TYPE_Q8_0; }
 
+// Weight types the shaders (matmul, get_rows) compute with.
+bool weight_type_ok(uint32_t type) {
+    return is_quant(type) || type == TYPE_F32 || type == TYPE_F16 || type == TYPE_BF16;
+}
+
 // Bytes of one weight row in the device layout.
 size_t weight_stride(uint32_t type, int64_t n) {
     size_t b;
@@ -155,6 +160,13 @@ public:
     bool reproduces_cpu() const override { return dev_.use_fp64(); }
 
     Weight upload_weight(const GGUFTensor &t) override {
+        // Types the CPU computes with but these shaders do not (the k-quants,
+        // Q5_0, Q5_1) must not reach a matmul that would read them as another type.
+        if (!weight_type_ok(t.type)) {
+            const TypeInfo *ti = type_info(t.type);
+            fail(KVFIT_E_UNSUPPORTED, "%s: the Vulkan backend cannot compute with %s weights", t.name.c_str(),
+                 ti ? ti->name : "unknown");
+        }
         Weight w;
         w.type = t.type;
         w.n_cols = t.ne[0];

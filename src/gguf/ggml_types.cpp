@@ -12,18 +12,30 @@ const TypeInfo *type_info(uint32_t type) {
     static const TypeInfo bf16 = {"BF16", 1, 2, true};
     static const TypeInfo q4_0 = {"Q4_0", QK, sizeof(BlockQ4_0), true};
     static const TypeInfo q4_1 = {"Q4_1", QK, sizeof(BlockQ4_1), true};
+    static const TypeInfo q5_0 = {"Q5_0", QK, sizeof(BlockQ5_0), true};
+    static const TypeInfo q5_1 = {"Q5_1", QK, sizeof(BlockQ5_1), true};
     static const TypeInfo q8_0 = {"Q8_0", QK, sizeof(BlockQ8_0), true};
     static const TypeInfo q8_1 = {"Q8_1", QK, sizeof(BlockQ8_1), false};
+    static const TypeInfo q4_k = {"Q4_K", QK_K, sizeof(BlockQ4_K), true};
+    static const TypeInfo q5_k = {"Q5_K", QK_K, sizeof(BlockQ5_K), true};
+    static const TypeInfo q6_k = {"Q6_K", QK_K, sizeof(BlockQ6_K), true};
+    static const TypeInfo q8_k = {"Q8_K", QK_K, sizeof(BlockQ8_K), false};
     // Known to GGUF but not computed by kvfit (yet): sizes let the reader
     // validate files that contain them and name them in errors.
-    static const TypeInfo q5_0 = {"Q5_0", 32, 22, false};
-    static const TypeInfo q5_1 = {"Q5_1", 32, 24, false};
     static const TypeInfo q2_k = {"Q2_K", 256, 84, false};
     static const TypeInfo q3_k = {"Q3_K", 256, 110, false};
-    static const TypeInfo q4_k = {"Q4_K", 256, 144, false};
-    static const TypeInfo q5_k = {"Q5_K", 256, 176, false};
-    static const TypeInfo q6_k = {"Q6_K", 256, 210, false};
-    static const TypeInfo q8_k = {"Q8_K", 256, 292, false};
+    static const TypeInfo iq2_xxs = {"IQ2_XXS", 256, 66, false};
+    static const TypeInfo iq2_xs = {"IQ2_XS", 256, 74, false};
+    static const TypeInfo iq3_xxs = {"IQ3_XXS", 256, 98, false};
+    static const TypeInfo iq1_s = {"IQ1_S", 256, 50, false};
+    static const TypeInfo iq4_nl = {"IQ4_NL", 32, 18, false};
+    static const TypeInfo iq3_s = {"IQ3_S", 256, 110, false};
+    static const TypeInfo iq2_s = {"IQ2_S", 256, 82, false};
+    static const TypeInfo iq4_xs = {"IQ4_XS", 256, 136, false};
+    static const TypeInfo iq1_m = {"IQ1_M", 256, 56, false};
+    static const TypeInfo tq1_0 = {"TQ1_0", 256, 54, false};
+    static const TypeInfo tq2_0 = {"TQ2_0", 256, 66, false};
+    static const TypeInfo mxfp4 = {"MXFP4", 32, 17, false};
     static const TypeInfo i8 = {"I8", 1, 1, false};
     static const TypeInfo i16 = {"I16", 1, 2, false};
     static const TypeInfo i32 = {"I32", 1, 4, false};
@@ -44,12 +56,24 @@ const TypeInfo *type_info(uint32_t type) {
         case 13: return &q5_k;
         case 14: return &q6_k;
         case 15: return &q8_k;
+        case 16: return &iq2_xxs;
+        case 17: return &iq2_xs;
+        case 18: return &iq3_xxs;
+        case 19: return &iq1_s;
+        case 20: return &iq4_nl;
+        case 21: return &iq3_s;
+        case 22: return &iq2_s;
+        case 23: return &iq4_xs;
         case 24: return &i8;
         case 25: return &i16;
         case 26: return &i32;
         case 27: return &i64;
         case 28: return &f64;
+        case 29: return &iq1_m;
         case 30: return &bf16;
+        case 34: return &tq1_0;
+        case 35: return &tq2_0;
+        case 39: return &mxfp4;
         default: return nullptr;
     }
 }
@@ -151,6 +175,77 @@ void dequantize_row(uint32_t type, const void *src, float *dst, int64_t n) {
             }
             return;
         }
+        case TYPE_Q5_0:
+        case TYPE_Q5_1: {
+            const bool q50 = type == TYPE_Q5_0;
+            const uint8_t *p = static_cast<const uint8_t *>(src);
+            const size_t bs = q50 ? sizeof(BlockQ5_0) : sizeof(BlockQ5_1);
+            for (int64_t i = 0; i < n / QK; i++) {
+                const uint8_t *blk = p + size_t(i) * bs;
+                uint16_t dh, mh = 0;
+                std::memcpy(&dh, blk, 2);
+                if (!q50) std::memcpy(&mh, blk + 2, 2);
+                const uint8_t *qh = blk + (q50 ? 2 : 4), *qs = qh + 4;
+                const uint32_t hi = uint32_t(qh[0]) | uint32_t(qh[1]) << 8 | uint32_t(qh[2]) << 16 | uint32_t(qh[3]) << 24;
+                const float d = fp16_to_fp32(dh), m = fp16_to_fp32(mh);
+                for (int j = 0; j < QK; j++) {
+                    const int nib = j < QK / 2 ? qs[j] & 0x0f : qs[j - QK / 2] >> 4;
+                    const int q = nib | int((hi >> j) & 1) << 4;
+                    dst[i * QK + j] = q50 ? float(q - 16) * d : float(q) * d + m;
+                }
+            }
+            return;
+        }
+        case TYPE_Q4_K:
+        case TYPE_Q5_K: {
+            // (d * sc) * q - dmin * m, as ggml rounds it: two products, one difference.
+            const bool q5 = type == TYPE_Q5_K;
+            for (int64_t i = 0; i < n / QK_K; i++) {
+                const uint8_t *scales, *qs, *qh = nullptr;
+                uint16_t dh, mh;
+                if (q5) {
+                    const BlockQ5_K &b = static_cast<const BlockQ5_K *>(src)[i];
+                    dh = b.d, mh = b.dmin, scales = b.scales, qs = b.qs, qh = b.qh;
+                } else {
+                    const BlockQ4_K &b = static_cast<const BlockQ4_K *>(src)[i];
+                    dh = b.d, mh = b.dmin, scales = b.scales, qs = b.qs;
+                }
+                const float d = fp16_to_fp32(dh), dmin = fp16_to_fp32(mh);
+                float *y = dst + i * QK_K;
+                for (int j = 0; j < 8; j++) {
+                    int sc, m;
+                    kquant_scale_min(scales, j, &sc, &m);
+                    const float ds = d * float(sc), dm = dmin * float(m);
+                    const uint8_t *q = qs + 32 * (j / 2);
+                    for (int l = 0; l < 32; l++) {
+                        int v = j % 2 ? q[l] >> 4 : q[l] & 0x0f;
+                        if (q5) v |= ((qh[l] >> j) & 1) << 4;
+                        y[32 * j + l] = ds * float(v) - dm;
+                    }
+                }
+            }
+            return;
+        }
+        case TYPE_Q6_K: {
+            const BlockQ6_K *b = static_cast<const BlockQ6_K *>(src);
+            for (int64_t i = 0; i < n / QK_K; i++) {
+                const float d = fp16_to_fp32(b[i].d);
+                float *y = dst + i * QK_K;
+                for (int e = 0; e < QK_K; e++) {
+                    const int h = e / 128, k = (e % 128) / 32, l = e % 32;
+                    const uint8_t lo = b[i].ql[64 * h + l + 32 * (k & 1)];
+                    const int q = (k < 2 ? lo & 0x0f : lo >> 4) | ((b[i].qh[32 * h + l] >> (2 * k)) & 3) << 4;
+                    y[e] = d * float(b[i].scales[e / 16]) * float(q - 32);
+                }
+            }
+            return;
+        }
+        case TYPE_Q8_K: {
+            const BlockQ8_K *b = static_cast<const BlockQ8_K *>(src);
+            for (int64_t i = 0; i < n / QK_K; i++)
+                for (int j = 0; j < QK_K; j++) dst[i * QK_K + j] = b[i].d * float(b[i].qs[j]);
+            return;
+        }
         case TYPE_Q8_0: {
             const BlockQ8_0 *b = static_cast<const BlockQ8_0 *>(src);
             for (int64_t i = 0; i < n / QK; i++) {
@@ -238,6 +333,55 @@ void quantize_row_q4_1_ref(const float *x, BlockQ4_1 *y, int64_t n) {
             int q1 = std::min(15, int((xb[j + QK / 2] - mn) * id + 0.5f));
             y[i].qs[j] = uint8_t(q0 | q1 << 4);
         }
+    }
+}
+
+// Five-bit codes: Q5_0 as Q4_0 with d = max / -16 and codes q + 16 in 0..31,
+// Q5_1 as Q4_1 with 31 steps; the fifth bits go to qh.
+void quantize_row_q5_0_ref(const float *x, BlockQ5_0 *y, int64_t n) {
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float *xb = x + i * QK;
+        float amax = 0, max = 0;
+        for (int j = 0; j < QK; j++) {
+            if (std::fabs(xb[j]) > amax) {
+                amax = std::fabs(xb[j]);
+                max = xb[j];
+            }
+        }
+        const float d = max / -16.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        uint32_t hi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            const int q0 = std::clamp(int(xb[j] * id + 16.5f), 0, 31);
+            const int q1 = std::clamp(int(xb[j + QK / 2] * id + 16.5f), 0, 31);
+            y[i].qs[j] = uint8_t((q0 & 0x0f) | (q1 & 0x0f) << 4);
+            hi |= uint32_t(q0 >> 4) << j | uint32_t(q1 >> 4) << (j + QK / 2);
+        }
+        std::memcpy(y[i].qh, &hi, 4);
+    }
+}
+
+void quantize_row_q5_1_ref(const float *x, BlockQ5_1 *y, int64_t n) {
+    for (int64_t i = 0; i < n / QK; i++) {
+        const float *xb = x + i * QK;
+        float mn = xb[0], mx = xb[0];
+        for (int j = 1; j < QK; j++) {
+            mn = std::fmin(mn, xb[j]);
+            mx = std::fmax(mx, xb[j]);
+        }
+        const float d = (mx - mn) / 31.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = fp32_to_fp16(d);
+        y[i].m = fp32_to_fp16(mn);
+        uint32_t hi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            const int q0 = std::min(31, int((xb[j] - mn) * id + 0.5f));
+            const int q1 = std::min(31, int((xb[j + QK / 2] - mn) * id + 0.5f));
+            y[i].qs[j] = uint8_t((q0 & 0x0f) | (q1 & 0x0f) << 4);
+            hi |= uint32_t(q0 >> 4) << j | uint32_t(q1 >> 4) << (j + QK / 2);
+        }
+        std::memcpy(y[i].qh, &hi, 4);
     }
 }
 

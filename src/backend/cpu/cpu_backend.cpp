@@ -87,7 +87,8 @@ public:
 #endif
           max_kv_(max_kv) {
         size_t scratch = 0;
-        for (uint32_t t : {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0})
+        for (uint32_t t : {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0,
+                           TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K})
             scratch = std::max(scratch, matmul_scratch_bytes(t, max_cols, max_tokens));
         matmul_scratch_.resize(scratch);
         max_tokens_ = max_tokens;

@@ -16,8 +16,13 @@ namespace kvfit {
 uint32_t vec_dot_type(uint32_t weight_type) {
     switch (weight_type) {
         case TYPE_Q4_0:
+        case TYPE_Q5_0:
         case TYPE_Q8_0: return TYPE_Q8_0;
-        case TYPE_Q4_1: return TYPE_Q8_1;
+        case TYPE_Q4_1:
+        case TYPE_Q5_1: return TYPE_Q8_1;
+        case TYPE_Q4_K:
+        case TYPE_Q5_K:
+        case TYPE_Q6_K: return TYPE_Q8_K;
         case TYPE_F16: return TYPE_F16;
         case TYPE_BF16: return TYPE_BF16;
         default: return TYPE_F32;
@@ -73,6 +78,11 @@ void quantize_row_scalar(uint32_t type, const float *x, void *vy, int64_t n) {
             }
             return;
         }
+        case TYPE_Q8_K: {
+            BlockQ8_K *y = static_cast<BlockQ8_K *>(vy);
+            for (int64_t b = 0; b < n / QK_K; b++) quantize_block_q8_K(x + b * QK_K, y + b);
+            return;
+        }
         case TYPE_F16: {
             uint16_t *y = static_cast<uint16_t *>(vy);
             for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(x[i]);
@@ -96,6 +106,13 @@ inline void unpack_q4(const uint8_t *qs, int offset, int8_t *q) {
         q[j + QK / 2] = int8_t((qs[j] >> 4) + offset);
     }
 }
+// Q5_0 / Q5_1: the nibbles with their fifth bits from qh (bit j for value j).
+inline void unpack_q5(const uint8_t *qh, const uint8_t *qs, int offset, int8_t *q) {
+    uint32_t hi;
+    std::memcpy(&hi, qh, 4);
+    unpack_q4(qs, offset, q);
+    for (int j = 0; j < QK; j++) q[j] = int8_t(q[j] + int((hi >> j) & 1) * 16);
+}
 
 // Dot of a block-quantized weight row with activations given per block as
 // (quants, scale, Q4_1 s): the arithmetic of GgmlDotAcc.
@@ -113,6 +130,15 @@ float block_dot_scalar(uint32_t wt, int64_t nb, const void *vw, XQ xq, XD xd, XS
             unpack_q4(w.qs, 0, q);
             acc.block(q, xq(b), fp16_to_fp32(w.d) * xd(b));
             acc.min_term(fp16_to_fp32(w.m), xs(b));
+        } else if (wt == TYPE_Q5_0) {
+            const BlockQ5_0 &w = static_cast<const BlockQ5_0 *>(vw)[b];
+            unpack_q5(w.qh, w.qs, -16, q);
+            acc.block(q, xq(b), fp16_to_fp32(w.d) * xd(b));
+        } else if (wt == TYPE_Q5_1) {
+            const BlockQ5_1 &w = static_cast<const BlockQ5_1 *>(vw)[b];
+            unpack_q5(w.qh, w.qs, 0, q);
+            acc.block(q, xq(b), fp16_to_fp32(w.d) * xd(b));
+            acc.min_term(fp16_to_fp32(w.m), xs(b));
         } else {
             const BlockQ8_0 &w = static_cast<const BlockQ8_0 *>(vw)[b];
             acc.block(w.qs, xq(b), fp16_to_fp32(w.d) * xd(b));
@@ -121,17 +147,48 @@ float block_dot_scalar(uint32_t wt, int64_t nb, const void *vw, XQ xq, XD xd, XS
     return acc.sum();
 }
 
+// Dot of a k-quant weight row with Q8_K activations: the integer lanes of
+// kquant_lanes, the float steps of GgmlKDotAcc.
+float kquant_dot_scalar(uint32_t wt, int64_t n, const void *vw, const BlockQ8_K *x) {
+    const size_t bs = type_info(wt)->block_bytes;
+    GgmlKDotAcc acc;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const uint8_t *blk = static_cast<const uint8_t *>(vw) + size_t(b) * bs;
+        int32_t lanes[8], mins[4];
+        kquant_lanes(wt, blk, x[b], lanes, mins);
+        if (wt == TYPE_Q6_K) {
+            const BlockQ6_K &w = *reinterpret_cast<const BlockQ6_K *>(blk);
+            acc.block(lanes, x[b].d * fp16_to_fp32(w.d));
+            continue;
+        }
+        // Q4_K and Q5_K start alike: d, then dmin
+        uint16_t dh, mh;
+        std::memcpy(&dh, blk, 2);
+        std::memcpy(&mh, blk + 2, 2);
+        acc.block(lanes, x[b].d * fp16_to_fp32(dh));
+        const float dmin = -x[b].d * fp16_to_fp32(mh);
+        if (wt == TYPE_Q4_K) acc.mins4(mins, dmin);
+        else acc.mins1((mins[0] + mins[1]) + (mins[2] + mins[3]), dmin);
+    }
+    return acc.sum(wt);
+}
+
 float vec_dot_scalar(uint32_t wt, int64_t n, const void *vw, const void *vx) {
     const int64_t nb = n / QK;
     switch (wt) {
+        case TYPE_Q4_K:
+        case TYPE_Q5_K:
+        case TYPE_Q6_K: return kquant_dot_scalar(wt, n, vw, static_cast<const BlockQ8_K *>(vx));
         case TYPE_Q4_0:
+        case TYPE_Q5_0:
         case TYPE_Q8_0: {
             const BlockQ8_0 *x = static_cast<const BlockQ8_0 *>(vx);
             return block_dot_scalar(
                 wt, nb, vw, [&](int64_t b) { return x[b].qs; }, [&](int64_t b) { return fp16_to_fp32(x[b].d); },
                 [](int64_t) { return 0.0f; });
         }
-        case TYPE_Q4_1: {
+        case TYPE_Q4_1:
+        case TYPE_Q5_1: {
             const BlockQ8_1 *x = static_cast<const BlockQ8_1 *>(vx);
             return block_dot_scalar(
                 wt, nb, vw, [&](int64_t b) { return x[b].qs; }, [&](int64_t b) { return fp16_to_fp32(x[b].d); },
@@ -162,8 +219,8 @@ float vec_dot_scalar(uint32_t wt, int64_t n, const void *vw, const void *vx) {
 }
 
 void pack_row_scalar(uint32_t wt, const float *x, uint8_t *xp, int64_t n) {
-    if (!is_q_type(wt)) {
-        quantize_row_scalar(wt, x, xp, n);
+    if (!is_q_type(wt)) {  // k-quants: the Q8_K row itself
+        quantize_row_scalar(vec_dot_type(wt), x, xp, n);
         return;
     }
     const NaturalLayout L = natural_layout(n);

@@ -2,7 +2,10 @@
 // an empty stub elsewhere. Uses the int8 dot-product instructions when the
 // compiler targets them (-march=armv8.2-a+dotprod or later), widening
 // multiplies otherwise. Integer block sums are exact, so results differ from
-// the scalar reference only in float summation order.
+// the scalar reference only in float summation order: 4 float lanes per
+// output instead of 8; the k-quants sum each super-block's scaled sub-block
+// sums as integers, then take one FMA per super-block on 4 lanes and one
+// chained FMA for the minimums. Activations quantize to the scalar bytes.
 #include "backend/cpu/kernels_impl.h"
 
 #if defined(__ARM_NEON) && defined(__aarch64__)
@@ -112,6 +115,11 @@ void quantize_row_neon(uint32_t type, const float *x, void *vy, int64_t n) {
             }
             return;
         }
+        case TYPE_Q8_K: {
+            BlockQ8_K *y = static_cast<BlockQ8_K *>(vy);
+            for (int64_t b = 0; b < n / QK_K; b++) quantize_block_q8_K(x + b * QK_K, y + b);
+            return;
+        }
         case TYPE_F16: {
             uint16_t *y = static_cast<uint16_t *>(vy);
             int64_t i = 0;
@@ -135,11 +143,23 @@ void quantize_row_neon(uint32_t type, const float *x, void *vy, int64_t n) {
 // ---------------------------------------------------------------------------
 // Weight blocks as two registers of signed values (low and high halves).
 
+// 16 bits -> 16 bytes, 0x10 where the bit is set (five-bit types' fifth bits).
+inline uint8x16_t fifth_bits(uint16_t bits) {
+    const uint8x16_t spread = vcombine_u8(vdup_n_u8(uint8_t(bits)), vdup_n_u8(uint8_t(bits >> 8)));
+    const uint8x16_t bit = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    return vandq_u8(vtstq_u8(spread, bit), vdupq_n_u8(0x10));
+}
+
 template <uint32_t WT>
 struct WBlock {
-    static constexpr size_t BS = WT == TYPE_Q4_0 ? sizeof(BlockQ4_0) : WT == TYPE_Q4_1 ? sizeof(BlockQ4_1)
-                                                                                        : sizeof(BlockQ8_0);
-    static constexpr size_t QOFF = WT == TYPE_Q4_1 ? 4 : 2;
+    static constexpr size_t BS = WT == TYPE_Q4_0   ? sizeof(BlockQ4_0)
+                                 : WT == TYPE_Q4_1 ? sizeof(BlockQ4_1)
+                                 : WT == TYPE_Q5_0 ? sizeof(BlockQ5_0)
+                                 : WT == TYPE_Q5_1 ? sizeof(BlockQ5_1)
+                                                   : sizeof(BlockQ8_0);
+    // offsets of the codes and (five-bit types) of the fifth bits
+    static constexpr size_t QOFF = WT == TYPE_Q4_1 ? 4 : WT == TYPE_Q5_0 ? 6 : WT == TYPE_Q5_1 ? 8 : 2;
+    static constexpr size_t HOFF = WT == TYPE_Q5_0 ? 2 : 4;
     int8x16_t lo, hi;
     float d, m;
     inline void load(const uint8_t *blk) {
@@ -149,16 +169,21 @@ struct WBlock {
             hi = vld1q_s8(reinterpret_cast<const int8_t *>(blk + QOFF + 16));
         } else {
             const uint8x16_t q = vld1q_u8(blk + QOFF);
-            int8x16_t l = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0f)));
-            int8x16_t h = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
-            if (WT == TYPE_Q4_0) {
-                l = vsubq_s8(l, vdupq_n_s8(8));
-                h = vsubq_s8(h, vdupq_n_s8(8));
+            uint8x16_t l = vandq_u8(q, vdupq_n_u8(0x0f)), h = vshrq_n_u8(q, 4);
+            if (WT == TYPE_Q5_0 || WT == TYPE_Q5_1) {
+                const uint16_t b0 = ld16(blk + HOFF), b1 = ld16(blk + HOFF + 2);
+                l = vorrq_u8(l, fifth_bits(b0));
+                h = vorrq_u8(h, fifth_bits(b1));
             }
-            lo = l;
-            hi = h;
+            lo = vreinterpretq_s8_u8(l);
+            hi = vreinterpretq_s8_u8(h);
+            const int off = WT == TYPE_Q4_0 ? 8 : WT == TYPE_Q5_0 ? 16 : 0;
+            if (off) {
+                lo = vsubq_s8(lo, vdupq_n_s8(int8_t(off)));
+                hi = vsubq_s8(hi, vdupq_n_s8(int8_t(off)));
+            }
         }
-        m = WT == TYPE_Q4_1 ? h2f(ld16(blk + 2)) : 0.0f;
+        m = has_min_term(WT) ? h2f(ld16(blk + 2)) : 0.0f;
     }
 };
 
@@ -199,8 +224,8 @@ template <uint32_t WT>
 float dot_q(int64_t n, const void *vw, const void *vx) {
     const uint8_t *w = static_cast<const uint8_t *>(vw);
     const uint8_t *x = static_cast<const uint8_t *>(vx);
-    const size_t xbs = WT == TYPE_Q4_1 ? sizeof(BlockQ8_1) : sizeof(BlockQ8_0);
-    const size_t xoff = WT == TYPE_Q4_1 ? 4 : 2;
+    const size_t xbs = has_min_term(WT) ? sizeof(BlockQ8_1) : sizeof(BlockQ8_0);
+    const size_t xoff = has_min_term(WT) ? 4 : 2;
     float32x4_t acc = vdupq_n_f32(0.0f);
     float ms = 0.0f;
     for (int64_t b = 0; b < n / QK; b++) {
@@ -211,16 +236,89 @@ float dot_q(int64_t n, const void *vw, const void *vx) {
         const int8x16_t xh = vld1q_s8(reinterpret_cast<const int8_t *>(xb + xoff + 16));
         const int32x4_t s = dot4(dot4(vdupq_n_s32(0), wb.lo, xl), wb.hi, xh);
         acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), wb.d * h2f(ld16(xb)));
-        if (WT == TYPE_Q4_1) ms += wb.m * h2f(ld16(xb + 2));
+        if (has_min_term(WT)) ms += wb.m * h2f(ld16(xb + 2));
     }
     return vaddvq_f32(acc) + ms;
+}
+
+// ---------------------------------------------------------------------------
+// k-quants against Q8_K blocks (see the top of this file for the order).
+
+inline int8x16_t ld_s8(const int8_t *p) { return vld1q_s8(p); }
+
+template <uint32_t WT>
+float dot_k(int64_t n, const uint8_t *w, const BlockQ8_K *x) {
+    constexpr size_t BS = WT == TYPE_Q4_K ? sizeof(BlockQ4_K) : WT == TYPE_Q5_K ? sizeof(BlockQ5_K) : sizeof(BlockQ6_K);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float mins = 0.0f;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const uint8_t *blk = w + size_t(b) * BS;
+        const BlockQ8_K &xb = x[b];
+        int32x4_t isum = vdupq_n_s32(0);
+        if (WT == TYPE_Q6_K) {
+            const BlockQ6_K &k = *reinterpret_cast<const BlockQ6_K *>(blk);
+            for (int c = 0; c < 8; c++) {  // chunks of 32: two sub-blocks of 16
+                const int h = c / 4, q = c % 4;
+                for (int half = 0; half < 2; half++) {
+                    const uint8x16_t lb = vld1q_u8(k.ql + 64 * h + 32 * (q & 1) + 16 * half);
+                    const uint8x16_t hb = vld1q_u8(k.qh + 32 * h + 16 * half);
+                    const uint8x16_t low = q < 2 ? vandq_u8(lb, vdupq_n_u8(0x0f)) : vshrq_n_u8(lb, 4);
+                    const uint8x16_t high = vshlq_n_u8(vandq_u8(vshlq_u8(hb, vdupq_n_s8(int8_t(-2 * q))), vdupq_n_u8(3)), 4);
+                    const int8x16_t v = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, high)), vdupq_n_s8(32));
+                    const int32x4_t p = dot4(vdupq_n_s32(0), v, ld_s8(xb.qs + 32 * c + 16 * half));
+                    isum = vmlaq_n_s32(isum, p, k.scales[2 * c + half]);
+                }
+            }
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(isum), xb.d * h2f(k.d));
+            continue;
+        }
+        const bool q5 = WT == TYPE_Q5_K;
+        const uint8_t *scales = blk + 4;
+        const uint8_t *qs = blk + (q5 ? offsetof(BlockQ5_K, qs) : offsetof(BlockQ4_K, qs));
+        const uint8_t *qh = blk + offsetof(BlockQ5_K, qh);
+        int msum = 0;
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            kquant_scale_min(scales, j, &sc, &m);
+            msum += m * (xb.bsums[2 * j] + xb.bsums[2 * j + 1]);
+            int32x4_t p = vdupq_n_s32(0);
+            for (int half = 0; half < 2; half++) {
+                const uint8x16_t bytes = vld1q_u8(qs + 32 * (j / 2) + 16 * half);
+                uint8x16_t v = j % 2 ? vshrq_n_u8(bytes, 4) : vandq_u8(bytes, vdupq_n_u8(0x0f));
+                if (q5) {
+                    const uint8x16_t hb = vld1q_u8(qh + 16 * half);
+                    v = vorrq_u8(v, vandq_u8(vtstq_u8(hb, vdupq_n_u8(uint8_t(1u << j))), vdupq_n_u8(0x10)));
+                }
+                p = dot4(p, vreinterpretq_s8_u8(v), ld_s8(xb.qs + 32 * j + 16 * half));
+            }
+            isum = vmlaq_n_s32(isum, p, sc);
+        }
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(isum), xb.d * h2f(ld16(blk)));
+        mins = std::fma(-xb.d * h2f(ld16(blk + 2)), float(msum), mins);
+    }
+    return vaddvq_f32(acc) + mins;
+}
+
+float vec_dot_k(uint32_t wt, int64_t n, const void *w, const void *x) {
+    const uint8_t *wb = static_cast<const uint8_t *>(w);
+    const BlockQ8_K *xb = static_cast<const BlockQ8_K *>(x);
+    switch (wt) {
+        case TYPE_Q4_K: return dot_k<TYPE_Q4_K>(n, wb, xb);
+        case TYPE_Q5_K: return dot_k<TYPE_Q5_K>(n, wb, xb);
+        default: return dot_k<TYPE_Q6_K>(n, wb, xb);
+    }
 }
 
 float vec_dot_neon(uint32_t wt, int64_t n, const void *w, const void *x) {
     switch (wt) {
         case TYPE_Q4_0: return dot_q<TYPE_Q4_0>(n, w, x);
         case TYPE_Q4_1: return dot_q<TYPE_Q4_1>(n, w, x);
+        case TYPE_Q5_0: return dot_q<TYPE_Q5_0>(n, w, x);
+        case TYPE_Q5_1: return dot_q<TYPE_Q5_1>(n, w, x);
         case TYPE_Q8_0: return dot_q<TYPE_Q8_0>(n, w, x);
+        case TYPE_Q4_K:
+        case TYPE_Q5_K:
+        case TYPE_Q6_K: return vec_dot_k(wt, n, w, x);
         case TYPE_F16: return dot_float<1>(n, w, x);
         case TYPE_BF16: return dot_float<2>(n, w, x);
         default: return dot_float<0>(n, w, x);
@@ -232,12 +330,12 @@ float vec_dot_neon(uint32_t wt, int64_t n, const void *w, const void *x) {
 // dot product is signed x signed) but fills aux like the others.
 
 void pack_row_neon(uint32_t wt, const float *x, uint8_t *xp, int64_t n) {
-    if (!is_q_type(wt)) {
-        quantize_row_neon(wt, x, xp, n);
+    if (!is_q_type(wt)) {  // k-quants: the Q8_K row itself
+        quantize_row_neon(vec_dot_type(wt), x, xp, n);
         return;
     }
     const PackedLayout L = packed_layout(wt, n);
-    const int corr_mul = wt == TYPE_Q4_0 ? -8 : -128;
+    const int corr_mul = wt == TYPE_Q4_0 ? -8 : wt == TYPE_Q5_0 ? -16 : -128;
     std::memset(xp + L.aux_off, 0, size_t(L.npairs) * 32);
     for (int64_t b = 0; b < L.nb; b++) {
         const int64_t p = b / 2;
@@ -252,7 +350,7 @@ void pack_row_neon(uint32_t wt, const float *x, uint8_t *xp, int64_t n) {
         const float d = h2f(q.dh);
         vst1q_f32(sc + h * 4, vdupq_n_f32(d));
         if (lone) vst1q_f32(sc + 4, vdupq_n_f32(d));
-        if (wt == TYPE_Q4_1) {
+        if (has_min_term(wt)) {
             reinterpret_cast<float *>(xp + L.aux_off)[p * 8 + 1 + 2 * h] = h2f(f2h(q.d_raw * float(q.sum)));
         } else {
             int32_t *aux = reinterpret_cast<int32_t *>(xp + L.aux_off) + p * 8 + h * 4;
@@ -305,11 +403,11 @@ void q_tile(const GemmArgs &a, int64_t r, int64_t t) {
             const int8x16_t xh = vld1q_s8(reinterpret_cast<const int8_t *>(x[j] + hi_off));
             const float dx = reinterpret_cast<const float *>(x[j] + L.sc_off)[p * 8 + h * 4];
             const float sx =
-                WT == TYPE_Q4_1 ? reinterpret_cast<const float *>(x[j] + L.aux_off)[p * 8 + 1 + 2 * h] : 0.0f;
+                has_min_term(WT) ? reinterpret_cast<const float *>(x[j] + L.aux_off)[p * 8 + 1 + 2 * h] : 0.0f;
             for (int i = 0; i < R; i++) {
                 const int32x4_t s = dot4(dot4(vdupq_n_s32(0), wb[i].lo, xl), wb[i].hi, xh);
                 acc[i][j] = vfmaq_n_f32(acc[i][j], vcvtq_f32_s32(s), wb[i].d * dx);
-                if (WT == TYPE_Q4_1) ms[i][j] += wb[i].m * sx;
+                if (has_min_term(WT)) ms[i][j] += wb[i].m * sx;
             }
         }
     }
@@ -372,9 +470,18 @@ inline void run_tiles(const std::array<TileFn, N> &tab, const GemmArgs &a, int64
     }
 }
 
+// k-quants: one output at a time on the packed Q8_K rows.
+void gemm_k(const GemmArgs &a, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t r = r0; r < r1; r++)
+            a.Y[t * a.ldy + r] = vec_dot_k(a.w_type, a.n, a.W + size_t(r) * a.w_stride, a.X + size_t(t) * a.x_stride);
+}
+
 void gemm_neon(const GemmArgs &a, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
     static constexpr auto q40 = q_tiles<TYPE_Q4_0>(std::make_index_sequence<kR * kT>());
     static constexpr auto q41 = q_tiles<TYPE_Q4_1>(std::make_index_sequence<kR * kT>());
+    static constexpr auto q50 = q_tiles<TYPE_Q5_0>(std::make_index_sequence<kR * kT>());
+    static constexpr auto q51 = q_tiles<TYPE_Q5_1>(std::make_index_sequence<kR * kT>());
     static constexpr auto q80 = q_tiles<TYPE_Q8_0>(std::make_index_sequence<kR * kT>());
     static constexpr auto f16 = f_tiles<1>(std::make_index_sequence<kR * kT>());
     static constexpr auto bf16 = f_tiles<2>(std::make_index_sequence<kR * kT>());
@@ -382,7 +489,12 @@ void gemm_neon(const GemmArgs &a, int64_t r0, int64_t r1, int64_t t0, int64_t t1
     switch (a.w_type) {
         case TYPE_Q4_0: run_tiles(q40, a, r0, r1, t0, t1); return;
         case TYPE_Q4_1: run_tiles(q41, a, r0, r1, t0, t1); return;
+        case TYPE_Q5_0: run_tiles(q50, a, r0, r1, t0, t1); return;
+        case TYPE_Q5_1: run_tiles(q51, a, r0, r1, t0, t1); return;
         case TYPE_Q8_0: run_tiles(q80, a, r0, r1, t0, t1); return;
+        case TYPE_Q4_K:
+        case TYPE_Q5_K:
+        case TYPE_Q6_K: gemm_k(a, r0, r1, t0, t1); return;
         case TYPE_F16: run_tiles(f16, a, r0, r1, t0, t1); return;
         case TYPE_BF16: run_tiles(bf16, a, r0, r1, t0, t1); return;
         default: run_tiles(f32, a, r0, r1, t0, t1); return;
