@@ -45,6 +45,10 @@ void Stream::rope_keys(float *, int, int, int, uint64_t, const CacheAttention &)
     fail(KVFIT_E_INTERNAL, "this backend does not store rotated keys");
 }
 
+void Stream::add_rows(float *y, const float *b, int n, size_t d) {
+    for (int t = 0; t < n; t++) add(y + size_t(t) * d, b, d);
+}
+
 void Stream::scale(float *, size_t, float) { fail(KVFIT_E_UNSUPPORTED, "this backend has no scale op yet"); }
 
 void Stream::geglu(const float *, const float *, size_t, float *) {

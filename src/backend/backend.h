@@ -123,6 +123,9 @@ public:
     virtual void swiglu(const float *gate, const float *up, size_t n, float *out) = 0;
     // y += x, n floats.
     virtual void add(float *y, const float *x, size_t n) = 0;
+    // y[t][i] += b[i] for n rows of d floats (a bias; b on the device). The
+    // default adds row by row.
+    virtual void add_rows(float *y, const float *b, int n, size_t d);
     // x *= s, n floats (a float product, as ggml_scale).
     virtual void scale(float *x, size_t n, float s);
     // out = gelu(gate) * up, n floats, GELU in its tanh form through ggml's

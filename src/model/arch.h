@@ -117,5 +117,7 @@ std::string supported_architectures();
 // One entry per architecture file (see arch_registry.cpp).
 std::unique_ptr<Architecture> create_llama();
 std::unique_ptr<Architecture> create_gemma3();
+std::unique_ptr<Architecture> create_qwen2();
+std::unique_ptr<Architecture> create_qwen3();
 
 }  // namespace kvfit

@@ -21,6 +21,8 @@ struct ArchEntry {
 const ArchEntry kArchitectures[] = {
     {"llama", create_llama},
     {"gemma3", create_gemma3},
+    {"qwen2", create_qwen2},
+    {"qwen3", create_qwen3},
 };
 
 }  // namespace
