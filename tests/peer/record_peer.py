@@ -5,6 +5,7 @@ logits) for kvfit's peer tests, using llama.cpp through llama-cpp-python.
     python3 tests/peer/record_peer.py                      # both models, default paths
     python3 tests/peer/record_peer.py smollm2 --model path/to/SmolLM2-135M-Instruct.Q4_1.gguf
     python3 tests/peer/record_peer.py stories260K --out peer-stories260K.new.txt
+    python3 tests/peer/record_peer.py tiny-qwen2 --model build/tests/tiny/tiny-qwen2.gguf
 
 Writes tests/data/peer-<name>.txt; the line format is described in tests/peer/README.md
 and in the comment header of each file.
@@ -94,6 +95,29 @@ def chatml(user, system=SMOL_SYSTEM):
             "<|im_start|>assistant\n" % (system, user))
 
 
+def gemma_turn(user):
+    """Gemma's chat format for one user turn plus the generation prompt (the BOS comes from
+    tokenization with add_special; the GGUF carries no template of its own)."""
+    return "<start_of_turn>user\n%s<end_of_turn>\n<start_of_turn>model\n" % user
+
+
+def tiny_path(name):
+    """Tiny random-weight models are generated (tools/make-tiny-model.py) into the build
+    tree by ctest's tiny_models fixture; $KVFIT_TINY_DIR overrides where they are."""
+    d = os.environ.get("KVFIT_TINY_DIR") or os.path.join(pc.REPO_ROOT, "build", "tests", "tiny")
+    return lambda: os.path.join(d, name + ".gguf")
+
+
+# Prompts for the tiny random-weight models: what they continue is noise, but
+# every path of the forward pass runs, and llama.cpp's logits are the reference.
+TINY_GEN = [
+    ("capital", 0, "The capital of France is"),
+    ("story", 0, "Once upon a time, in a town by the sea, there lived an old clockmaker who"),
+    ("code", 0, "def fibonacci(n):"),
+    ("numbers", 0, "1, 2, 3, 4, 5,"),
+]
+
+
 MODELS = {
     "stories260K": {
         "path": pc.default_stories_path,
@@ -125,6 +149,23 @@ MODELS = {
             "chat_hash": "Explain what a hash table is in one paragraph.",
         },
     },
+    "gemma3": {
+        "path": lambda: os.path.join(pc.REPO_ROOT, "models", "gemma-3-270m-q4_k_m.gguf"),
+        "n_ctx": 2048,
+        "gen": [
+            ("capital", 0, "The capital of France is"),
+            ("fibonacci", 0, "def fibonacci(n):"),
+            ("poem_sea", 0, "Here is a short poem about the sea:"),
+            ("counting", 0, "1, 2, 3, 4, 5,"),
+            ("chat_capital", 1, gemma_turn("What is the capital of France?")),
+            ("chat_haiku", 1, gemma_turn("Write a haiku about autumn.")),
+            ("chat_hash", 1, gemma_turn("Explain what a hash table is in one paragraph.")),
+        ],
+    },
+    # Sliding window 24: the local layers' ring wraps within the prompt and generation.
+    "tiny-gemma3": {"path": tiny_path("tiny-gemma3"), "n_ctx": 512, "gen": TINY_GEN},
+    "tiny-qwen2": {"path": tiny_path("tiny-qwen2"), "n_ctx": 512, "gen": TINY_GEN},
+    "tiny-qwen3": {"path": tiny_path("tiny-qwen3"), "n_ctx": 512, "gen": TINY_GEN},
 }
 
 
