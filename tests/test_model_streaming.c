@@ -46,12 +46,9 @@ static int teardown(void **state) {
     return 0;
 }
 
-#define NEED(x, what)                                        \
-    do {                                                     \
-        if (!(x)) {                                          \
-            printf("skipped: %s not available\n", what);    \
-            skip();                                          \
-        }                                                    \
+#define NEED(x, what)                                    \
+    do {                                                 \
+        if (!(x)) test_skip("%s not available", what);   \
     } while (0)
 
 static kvfit_session *open_session(kvfit_model *m, uint64_t budget, int sinks, uint32_t window, kvfit_kv_codec codec,
@@ -444,5 +441,5 @@ int main(void) {
         cmocka_unit_test(test_save_restore_channel_keys),
     };
     if (getenv("KVFIT_TEST_FILTER")) cmocka_set_test_filter(getenv("KVFIT_TEST_FILTER"));
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run(tests, setup, teardown);
 }

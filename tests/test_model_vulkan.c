@@ -28,7 +28,7 @@
  * Lavapipe on a small CI machine is slow, so this takes five prompts for the
  * dense sessions, one for the budgeted ones, and N_GEN tokens per case. The
  * Vulkan validation layer runs (when installed) and must report no error.
- * Skips without the model or a Vulkan device. */
+ * Exits 77 (ctest's skip) without the model or a Vulkan device. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -61,7 +61,6 @@ typedef struct {
 static prompt_case g_cases[MAX_CASES];
 static size_t g_n_cases;
 static kvfit_model *g_cpu, *g_vk;
-static const char *g_skip;
 static int g_validation_errors;
 static int g_exact; /* every session's logits must be the CPU's, bit for bit */
 static int g_same, g_total, g_forks;
@@ -100,31 +99,13 @@ static void read_cases(void) {
     free(data);
 }
 
+/* The CPU model beside the Vulkan one main loaded, and the recorded prompts. */
 static int setup(void **state) {
     (void)state;
-    kvfit_set_log_callback(on_log, KVFIT_LOG_INFO, NULL);
-    setenv("KVFIT_VULKAN_VALIDATION", "1", 0); /* unless the caller chose otherwise */
-    const char *path = test_default_model();
-    if (!path) {
-        g_skip = "the default model is missing; run `make models`";
-        return 0;
-    }
     kvfit_model_params mp;
     kvfit_model_params_init(&mp);
-    mp.backend = KVFIT_BACKEND_VULKAN;
-    kvfit_status st = kvfit_model_load(path, &mp, &g_vk);
-    if (st == KVFIT_E_BACKEND_UNAVAILABLE) {
-        static char why[512];
-        snprintf(why, sizeof why, "no Vulkan backend: %s", kvfit_last_error());
-        g_skip = why;
-        return 0;
-    }
-    if (st != KVFIT_OK) {
-        printf("loading on Vulkan: %s\n", kvfit_last_error());
-        return -1;
-    }
     mp.backend = KVFIT_BACKEND_CPU;
-    if (kvfit_model_load(path, &mp, &g_cpu) != KVFIT_OK) return -1;
+    if (kvfit_model_load(test_default_model(), &mp, &g_cpu) != KVFIT_OK) return -1;
     read_cases();
     return 0;
 }
@@ -133,10 +114,9 @@ static int teardown(void **state) {
     (void)state;
     kvfit_model_free(g_cpu);
     kvfit_model_free(g_vk);
-    if (!g_skip)
-        printf("Vulkan vs CPU: %d of %d greedy tokens identical, %d case(s) forked at a near tie; largest logit "
-               "difference %.3g (bit for bit required: %s); %d validation errors\n",
-               g_same, g_total, g_forks, (double)g_max_diff, g_exact ? "yes" : "no", g_validation_errors);
+    printf("Vulkan vs CPU: %d of %d greedy tokens identical, %d case(s) forked at a near tie; largest logit "
+           "difference %.3g (bit for bit required: %s); %d validation errors\n",
+           g_same, g_total, g_forks, (double)g_max_diff, g_exact ? "yes" : "no", g_validation_errors);
     kvfit_set_log_callback(NULL, KVFIT_LOG_WARN, NULL);
     return 0;
 }
@@ -210,13 +190,6 @@ static void compare_forced(kvfit_session *sc, kvfit_session *sv, const prompt_ca
     assert_true(2 * top >= N_GEN);
 }
 
-static void skip_if_needed(void) {
-    if (g_skip) {
-        printf("skipped: %s\n", g_skip);
-        skip();
-    }
-}
-
 /* A dense 512-token session on each of two models. */
 static void dense_sessions(kvfit_model *ma, kvfit_model *mb, kvfit_session **a, kvfit_session **b) {
     kvfit_session_params sp;
@@ -228,7 +201,6 @@ static void dense_sessions(kvfit_model *ma, kvfit_model *mb, kvfit_session **a, 
 
 static void test_greedy_dense(void **state) {
     (void)state;
-    skip_if_needed();
     assert_true(g_n_cases >= N_DENSE_CASES);
     kvfit_session *sc, *sv;
     dense_sessions(g_cpu, g_vk, &sc, &sv);
@@ -247,7 +219,6 @@ static void test_greedy_dense(void **state) {
  * teacher-forced, see the top of the file). */
 static void test_budgeted_codecs(void **state) {
     (void)state;
-    skip_if_needed();
     const kvfit_kv_codec codecs[] = {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD, KVFIT_KV_Q4_CHANNEL};
     const char *names[] = {"F16", "Q8", "Q4", "Q4_HADAMARD", "Q4_CHANNEL"};
     size_t longest = 0;
@@ -301,7 +272,6 @@ static size_t prefill_and_move(kvfit_session *from, kvfit_session *to) {
  * continues exactly (the state is larger than the transfer staging buffers). */
 static void test_state_roundtrip(void **state) {
     (void)state;
-    skip_if_needed();
     kvfit_session *a, *b;
     dense_sessions(g_vk, g_vk, &a, &b);
     assert_true(prefill_and_move(a, b) > (8u << 20));
@@ -325,7 +295,6 @@ static void test_state_roundtrip(void **state) {
  * with the CPU's logits (bit for bit where the device reproduces the CPU). */
 static void test_state_cpu_to_device(void **state) {
     (void)state;
-    skip_if_needed();
     kvfit_session *sc, *sv;
     dense_sessions(g_cpu, g_vk, &sc, &sv);
     prefill_and_move(sc, sv);
@@ -343,11 +312,24 @@ static void test_state_cpu_to_device(void **state) {
 }
 
 int main(void) {
+    kvfit_set_log_callback(on_log, KVFIT_LOG_INFO, NULL);
+    setenv("KVFIT_VULKAN_VALIDATION", "1", 0); /* unless the caller chose otherwise */
+    const char *path = test_default_model();
+    if (!path) test_skip_all("the default model is missing; run `make models`");
+    kvfit_model_params mp;
+    kvfit_model_params_init(&mp);
+    mp.backend = KVFIT_BACKEND_VULKAN;
+    const kvfit_status st = kvfit_model_load(path, &mp, &g_vk);
+    if (st == KVFIT_E_BACKEND_UNAVAILABLE) test_skip_all("no Vulkan device: %s", kvfit_last_error());
+    if (st != KVFIT_OK) {
+        printf("loading on Vulkan: %s\n", kvfit_last_error());
+        return 1;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_dense),
         cmocka_unit_test(test_budgeted_codecs),
         cmocka_unit_test(test_state_roundtrip),
         cmocka_unit_test(test_state_cpu_to_device),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run(tests, setup, teardown);
 }

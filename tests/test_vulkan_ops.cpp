@@ -6,8 +6,8 @@
 // RoPE), swiglu, add, copy, argmax and large transfers. Each runs on the
 // device's preferred paths and again with subgroup operations and doubles
 // switched off (the fallbacks). The Vulkan validation layer runs throughout
-// (when installed) and must report no error. Skips when the Vulkan backend
-// is not built or there is no Vulkan device.
+// (when installed) and must report no error. Exits 77 (ctest's skip) when the
+// Vulkan backend is not built or there is no Vulkan device.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -25,6 +25,7 @@
 #include "gguf/ggml_types.h"
 #include "gguf/gguf.h"
 #include "kv/codec.h"
+#include "testutil.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail.
 #include <setjmp.h>
@@ -50,7 +51,6 @@ void print_log(kvfit_log_level, const char *msg, void *) { std::printf("%s\n", m
 struct Setup {
     std::unique_ptr<Backend> cpu;
     std::vector<std::pair<std::string, std::unique_ptr<Backend>>> vk;
-    std::string skip_reason;
 };
 Setup *g;
 
@@ -163,10 +163,6 @@ void expect_same(bool exact, const char *what, const std::vector<float> &got, co
 // Runs body(cpu stream, vulkan stream, label) for every Vulkan configuration.
 template <class Body>
 void each_backend(Body body) {
-    if (!g->skip_reason.empty()) {
-        std::printf("skipped: %s\n", g->skip_reason.c_str());
-        skip();
-    }
     for (auto &vk : g->vk) {
         auto cs = g->cpu->create_stream(2, kMaxTokens, kMaxCols, kMaxKv);
         auto vs = vk.second->create_stream(2, kMaxTokens, kMaxCols, kMaxKv);
@@ -660,10 +656,6 @@ void test_errors(void **) {
 }
 
 void test_devices(void **) {
-    if (!g->skip_reason.empty()) {
-        std::printf("skipped: %s\n", g->skip_reason.c_str());
-        skip();
-    }
     size_t n = 0;
     assert_int_equal(kvfit_device_count(&n), KVFIT_OK);
     assert_true(n >= 2);
@@ -687,30 +679,25 @@ void test_devices(void **) {
     }
 }
 
+// The second configuration; main made the first (or exited 77 without a device).
 int setup(void **) {
-    g = new Setup();
-    g->cpu = create_cpu_backend();
-    auto make = [](const char *label, bool fallbacks) {
-        if (fallbacks) {
-            setenv("KVFIT_VULKAN_NO_SUBGROUP", "1", 1);
-            setenv("KVFIT_VULKAN_NO_FP64", "1", 1);
-            setenv("KVFIT_VULKAN_MAX_RANGE", "1048576", 1);  // the large F32 weights below are bound in pieces
-            setenv("KVFIT_VULKAN_NO_UMA", "1", 1);            // weights go through staging, as on a discrete GPU
-        }
-        try {
-            g->vk.emplace_back(label, create_backend(KVFIT_BACKEND_VULKAN));
-        } catch (const Error &e) {
-            if (e.status() != KVFIT_E_BACKEND_UNAVAILABLE) throw;
-            g->skip_reason = e.what();
-        }
-        unsetenv("KVFIT_VULKAN_NO_SUBGROUP");
-        unsetenv("KVFIT_VULKAN_NO_FP64");
-        unsetenv("KVFIT_VULKAN_MAX_RANGE");
-        unsetenv("KVFIT_VULKAN_NO_UMA");
-    };
-    make("vulkan", false);
-    if (g->skip_reason.empty()) make("vulkan (no subgroups, no fp64, 1 MiB bindings, staged weights)", true);
-    return 0;
+    setenv("KVFIT_VULKAN_NO_SUBGROUP", "1", 1);
+    setenv("KVFIT_VULKAN_NO_FP64", "1", 1);
+    setenv("KVFIT_VULKAN_MAX_RANGE", "1048576", 1);  // the large F32 weights below are bound in pieces
+    setenv("KVFIT_VULKAN_NO_UMA", "1", 1);            // weights go through staging, as on a discrete GPU
+    int rc = 0;
+    try {
+        g->vk.emplace_back("vulkan (no subgroups, no fp64, 1 MiB bindings, staged weights)",
+                           create_backend(KVFIT_BACKEND_VULKAN));
+    } catch (const Error &e) {
+        std::printf("creating the Vulkan backend with its fallbacks: %s\n", e.what());
+        rc = -1;
+    }
+    unsetenv("KVFIT_VULKAN_NO_SUBGROUP");
+    unsetenv("KVFIT_VULKAN_NO_FP64");
+    unsetenv("KVFIT_VULKAN_MAX_RANGE");
+    unsetenv("KVFIT_VULKAN_NO_UMA");
+    return rc;
 }
 
 int teardown(void **) {
@@ -723,6 +710,15 @@ int teardown(void **) {
 int main() {
     setenv("KVFIT_VULKAN_VALIDATION", "1", 0);  // unless the caller chose otherwise
     kvfit_set_log_callback(print_log, KVFIT_LOG_WARN, nullptr);
+    g = new Setup();
+    try {
+        g->vk.emplace_back("vulkan", create_backend(KVFIT_BACKEND_VULKAN));
+    } catch (const Error &e) {
+        if (e.status() == KVFIT_E_BACKEND_UNAVAILABLE) test_skip_all("no Vulkan device: %s", e.what());
+        std::printf("creating the Vulkan backend: %s\n", e.what());
+        return 1;
+    }
+    g->cpu = create_cpu_backend();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_devices),  cmocka_unit_test(test_get_rows),    cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),   cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
@@ -730,5 +726,5 @@ int main() {
         cmocka_unit_test(test_elementwise), cmocka_unit_test(test_argmax),   cmocka_unit_test(test_transfers),
         cmocka_unit_test(test_concurrent_streams), cmocka_unit_test(test_errors),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run(tests, setup, teardown);
 }
