@@ -1,6 +1,6 @@
 // The CUDA backend op by op against the CPU backend (the reference) on random
 // inputs: matmul for every weight type in decode and batch shapes, get_rows,
-// RMSNorm, SwiGLU, add, argmax, KV encoding in every codec (with and without
+// RMSNorm, SwiGLU, add, KV encoding in every codec (with and without
 // the Hadamard rotation, and per-channel key blocks), and attention over the
 // sink + window cache in every layout, driven through KVCache so that window
 // wrap-around, the residual key block and long windows (split over blocks)
@@ -20,7 +20,6 @@
 #include "gguf/gguf.h"
 #include "kv/codec.h"
 #include "kv/kv_cache.h"
-#include "sampler.h"
 #include "testutil.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail.
@@ -209,27 +208,6 @@ void test_elementwise(void **) {
     expect_close("add", yc, p.get_gpu(yg, x.size()).data(), x.size(), {}, 2e-6f, 1e-7f);
 }
 
-void test_argmax(void **) {
-    std::mt19937 rng(4);
-    Pair p;
-    std::vector<std::vector<float>> cases;
-    cases.push_back(randn(49152, rng));
-    std::vector<float> ties(1000, 1.0f);
-    ties[10] = NAN;
-    ties[700] = 2.0f;
-    ties[900] = 2.0f;
-    cases.push_back(ties);
-    cases.push_back(std::vector<float>(33, NAN));
-    cases.push_back(std::vector<float>(5, -INFINITY));
-    for (const auto &c : cases) {
-        auto [xc, xg] = p.put(c);
-        int32_t *og = static_cast<int32_t *>(p.gpu->alloc(4));
-        p.gpu->argmax(xg, int(c.size()), og);
-        const int32_t got = p.get_gpu(og, 1)[0];
-        assert_int_equal(got, argmax(c.data(), int32_t(c.size())));
-    }
-}
-
 // Encoded rows are compared by their decoded values: within one step of the
 // CPU's codes (they are expected to be identical).
 void test_kv_encode(void **) {
@@ -384,7 +362,7 @@ int main(void) {
     g_cpu = create_cpu_backend();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_get_rows),
-        cmocka_unit_test(test_elementwise),     cmocka_unit_test(test_argmax),
+        cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_kv_encode),       cmocka_unit_test(test_kv_encode_channels),
         cmocka_unit_test(test_attention),       cmocka_unit_test(test_errors),
     };

@@ -3,7 +3,7 @@
 // type, rmsnorm, kv_encode in each codec with and without the Hadamard
 // rotation, cache_attention over dense and streaming caches (sinks filling,
 // wrapped ring, batches, stream positions past 2^32, GQA, partial and NeoX
-// RoPE), swiglu, add, copy, argmax and large transfers. Each runs on the
+// RoPE), swiglu, add, copy and large transfers. Each runs on the
 // device's preferred paths and again with subgroup operations and doubles
 // switched off (the fallbacks). The Vulkan validation layer runs throughout
 // (when installed) and must report no error. Exits 77 (ctest's skip) when the
@@ -563,24 +563,6 @@ void test_elementwise(void **) {
     });
 }
 
-void test_argmax(void **) {
-    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *) {
-        std::vector<float> x = random_floats(49152, 9);
-        x[100] = NAN;
-        x[777] = 1000.0f;
-        x[40000] = 1000.0f;  // a tie: the lower index wins
-        Pair px = pair_of(cs, vs, x), po = pair_of(cs, vs, nullptr, 4);
-        vs.argmax(static_cast<float *>(px.v), int(x.size()), static_cast<int32_t *>(po.v));
-        cs.argmax(static_cast<float *>(px.c), int(x.size()), static_cast<int32_t *>(po.c));
-        assert_int_equal(fetch<int32_t>(vs, po.v, 1)[0], 777);
-        assert_int_equal(fetch<int32_t>(cs, po.c, 1)[0], 777);
-        std::vector<float> nans(70, NAN);
-        Pair pn = pair_of(cs, vs, nans);
-        vs.argmax(static_cast<float *>(pn.v), 70, static_cast<int32_t *>(po.v));
-        assert_int_equal(fetch<int32_t>(vs, po.v, 1)[0], 0);
-    });
-}
-
 // Transfers larger than the staging buffers, interleaved with compute.
 void test_transfers(void **) {
     each_backend([](Backend &, Backend &, Stream &, Stream &vs, const char *) {
@@ -723,7 +705,7 @@ int main() {
         cmocka_unit_test(test_devices),  cmocka_unit_test(test_get_rows),    cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),   cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
         cmocka_unit_test(test_rotated_keys),     cmocka_unit_test(test_channel_keys),
-        cmocka_unit_test(test_elementwise), cmocka_unit_test(test_argmax),   cmocka_unit_test(test_transfers),
+        cmocka_unit_test(test_elementwise), cmocka_unit_test(test_transfers),
         cmocka_unit_test(test_concurrent_streams), cmocka_unit_test(test_errors),
     };
     return test_run(tests, setup, teardown);

@@ -8,7 +8,6 @@
 #include <strings.h>
 
 #include "common.h"
-#include "sampler.h"
 
 namespace kvfit {
 
@@ -43,14 +42,6 @@ bool gpu_device_node_present() {
 
 void Stream::rope_keys(float *, int, int, int, uint64_t, const CacheAttention &) {
     fail(KVFIT_E_INTERNAL, "this backend does not store rotated keys");
-}
-
-void Stream::argmax(const float *x, int n, int32_t *out) {
-    std::vector<float> h(size_t(n > 0 ? n : 0));
-    if (n > 0) download(h.data(), x, h.size() * sizeof(float));
-    synchronize();
-    const int32_t best = kvfit::argmax(h.data(), n);
-    upload(out, &best, sizeof best);
 }
 
 #if !defined(KVFIT_WITH_VULKAN)

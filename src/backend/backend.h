@@ -119,9 +119,6 @@ public:
     virtual void swiglu(const float *gate, const float *up, size_t n, float *out) = 0;
     // y += x, n floats.
     virtual void add(float *y, const float *x, size_t n) = 0;
-    // *out = index of the largest of n floats (the lowest among equals; NaN
-    // never wins), as kvfit::argmax. The default reads x back to the host.
-    virtual void argmax(const float *x, int n, int32_t *out);
 };
 
 class Backend {
