@@ -25,10 +25,20 @@
  * Also: session state saved from the device continues exactly when loaded,
  * and state saved on the CPU continues on the device.
  *
- * Lavapipe on a small CI machine is slow, so this takes five prompts for the
- * dense sessions, one for the budgeted ones, and N_GEN tokens per case. The
- * Vulkan validation layer runs (when installed) and must report no error.
- * Exits 77 (ctest's skip) without the model or a Vulkan device. */
+ * Lavapipe on a small CI machine is slow (about 0.4 s per prompt token and
+ * 1 s per generated one), so each case is as short as the paths it covers
+ * allow. Where the logits must be equal bit for bit, every step checks its
+ * whole path, so a path needs one step: dense sessions take the shortest
+ * prompt (less than one 8-token matmul tile) and the first longer than a
+ * tile (a full tile and a partial one); the budgeted sessions take the
+ * shortest prompt that wraps the ring during prefill (batches of 16, 16 and
+ * a partial tile); every case then generates N_GEN_EXACT tokens, the first
+ * from the prefill's logits and the others through the decode step (which,
+ * in budgeted sessions, evicts). Without doubles the checks are about
+ * tokens and statistical, and need samples: five dense prompts and N_GEN
+ * tokens per case. The Vulkan validation layer runs (when installed) and
+ * must report no error. Exits 77 (ctest's skip) without the model or a
+ * Vulkan device. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -43,8 +53,10 @@
 #include "kvfit.h"
 #include "testutil.h"
 
-#define N_GEN 16
+#define N_GEN 16      /* generated tokens per case without bit equality */
+#define N_GEN_EXACT 4 /* with it */
 #define N_DENSE_CASES 5
+#define MATMUL_TILE 8 /* tokens per workgroup of the Vulkan backend's batched matmul */
 /* A gap in the CPU's top two logits below this is a tie, as in test_model_peer.c. */
 #define NEAR_TIE 0.25f
 #define Q4_GAP 2.5f
@@ -63,6 +75,7 @@ static size_t g_n_cases;
 static kvfit_model *g_cpu, *g_vk;
 static int g_validation_errors;
 static int g_exact; /* every session's logits must be the CPU's, bit for bit */
+static int g_n_gen; /* tokens generated per case: N_GEN_EXACT or N_GEN */
 static int g_same, g_total, g_forks;
 static float g_max_diff;
 
@@ -145,7 +158,7 @@ static void logits_of(kvfit_session *sc, kvfit_session *sv, const float **lc, co
 static void compare_greedy(kvfit_session *sc, kvfit_session *sv, const int32_t *prompt, size_t np, const char *what) {
     assert_int_equal(kvfit_session_prefill(sc, prompt, np), KVFIT_OK);
     assert_int_equal(kvfit_session_prefill(sv, prompt, np), KVFIT_OK);
-    for (int i = 0; i < N_GEN; i++) {
+    for (int i = 0; i < g_n_gen; i++) {
         const float *lc, *lv;
         size_t nc;
         logits_of(sc, sv, &lc, &lv, &nc);
@@ -158,7 +171,7 @@ static void compare_greedy(kvfit_session *sc, kvfit_session *sv, const int32_t *
                    (double)lc[tv]);
             assert_true(gap < NEAR_TIE);
             g_forks++;
-            g_total += N_GEN - i - 1;
+            g_total += g_n_gen - i - 1;
             return;
         }
         g_same++;
@@ -173,7 +186,7 @@ static void compare_forced(kvfit_session *sc, kvfit_session *sv, const prompt_ca
     assert_int_equal(kvfit_session_prefill(sv, c->ids, c->n), KVFIT_OK);
     int top = 0;
     float worst = 0.0f;
-    for (int i = 0; i < N_GEN; i++) {
+    for (int i = 0; i < g_n_gen; i++) {
         const float *lc, *lv;
         size_t n;
         logits_of(sc, sv, &lc, &lv, &n);
@@ -185,9 +198,9 @@ static void compare_forced(kvfit_session *sc, kvfit_session *sv, const prompt_ca
         assert_int_equal(kvfit_session_decode(sv, c->cont[i]), KVFIT_OK);
     }
     printf("%s: the Vulkan top token is the CPU's at %d of %d steps; the CPU ranks it at most %.3f below its top\n",
-           what, top, N_GEN, (double)worst);
+           what, top, g_n_gen, (double)worst);
     assert_true(worst < Q4_GAP);
-    assert_true(2 * top >= N_GEN);
+    assert_true(2 * top >= g_n_gen);
 }
 
 /* A dense 512-token session on each of two models. */
@@ -199,32 +212,48 @@ static void dense_sessions(kvfit_model *ma, kvfit_model *mb, kvfit_session **a, 
     assert_int_equal(kvfit_session_create(mb, &sp, b), KVFIT_OK);
 }
 
+/* The shortest recorded prompt longer than `than` tokens. */
+static size_t shortest_longer_than(size_t than) {
+    size_t best = g_n_cases;
+    for (size_t c = 0; c < g_n_cases; c++)
+        if (g_cases[c].n > than && (best == g_n_cases || g_cases[c].n < g_cases[best].n)) best = c;
+    assert_true(best < g_n_cases);
+    return best;
+}
+
 static void test_greedy_dense(void **state) {
     (void)state;
     assert_true(g_n_cases >= N_DENSE_CASES);
+    size_t cases[N_DENSE_CASES], n = 0;
+    if (g_exact) {
+        cases[n++] = shortest_longer_than(0);
+        cases[n++] = shortest_longer_than(MATMUL_TILE);
+        assert_true(g_cases[cases[0]].n < MATMUL_TILE && g_cases[cases[1]].n % MATMUL_TILE != 0);
+    } else {
+        for (; n < N_DENSE_CASES; n++) cases[n] = n;
+    }
     kvfit_session *sc, *sv;
     dense_sessions(g_cpu, g_vk, &sc, &sv);
-    for (size_t c = 0; c < g_n_cases && c < N_DENSE_CASES; c++) {
+    for (size_t i = 0; i < n; i++) {
+        const prompt_case *c = &g_cases[cases[i]];
         assert_int_equal(kvfit_session_reset(sc), KVFIT_OK);
         assert_int_equal(kvfit_session_reset(sv), KVFIT_OK);
-        compare_greedy(sc, sv, g_cases[c].ids, g_cases[c].n, g_cases[c].name);
+        compare_greedy(sc, sv, c->ids, c->n, c->name);
     }
     kvfit_session_free(sc);
     kvfit_session_free(sv);
     assert_int_equal(g_validation_errors, 0);
 }
 
-/* Sinks + a 32-token ring, batches of 16: the longest prompt fills the ring
- * during prefill and generation keeps evicting, in each codec (the 4-bit ones
- * teacher-forced, see the top of the file). */
+/* 4 sinks + a 32-token ring, batches of 16: the prompt fills the ring during
+ * prefill and generation keeps evicting, in each codec (the 4-bit ones
+ * teacher-forced without bit equality, see the top of the file). */
 static void test_budgeted_codecs(void **state) {
     (void)state;
     const kvfit_kv_codec codecs[] = {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD, KVFIT_KV_Q4_CHANNEL};
     const char *names[] = {"F16", "Q8", "Q4", "Q4_HADAMARD", "Q4_CHANNEL"};
-    size_t longest = 0;
-    for (size_t c = 1; c < g_n_cases; c++)
-        if (g_cases[c].n > g_cases[longest].n) longest = c;
-    assert_true(g_cases[longest].n > 36);
+    const size_t prompt = shortest_longer_than(4 + 32);
+    assert_true(g_cases[prompt].n % MATMUL_TILE != 0);
     for (int k = 0; k < 5; k++) {
         kvfit_session_params sp;
         kvfit_session_params_init(&sp);
@@ -244,11 +273,11 @@ static void test_budgeted_codecs(void **state) {
         assert_memory_equal(&pc, &pv, sizeof pc);
         assert_int_equal(bc, bv);
         char what[96];
-        snprintf(what, sizeof what, "%s, window 32, %s", g_cases[longest].name, names[k]);
+        snprintf(what, sizeof what, "%s, window 32, %s", g_cases[prompt].name, names[k]);
         if (codecs[k] >= KVFIT_KV_Q4 && !g_exact) /* the 4-bit codecs, without bit equality */
-            compare_forced(sc, sv, &g_cases[longest], what);
+            compare_forced(sc, sv, &g_cases[prompt], what);
         else
-            compare_greedy(sc, sv, g_cases[longest].ids, g_cases[longest].n, what);
+            compare_greedy(sc, sv, g_cases[prompt].ids, g_cases[prompt].n, what);
         kvfit_session_free(sc);
         kvfit_session_free(sv);
     }
@@ -325,6 +354,7 @@ int main(void) {
         printf("loading on Vulkan: %s\n", kvfit_last_error());
         return 1;
     }
+    g_n_gen = g_exact ? N_GEN_EXACT : N_GEN;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_dense),
         cmocka_unit_test(test_budgeted_codecs),
