@@ -178,6 +178,7 @@ static bool have_cuda_device(void) {
 int main(void) {
     if (!have_cuda_device())
         test_skip_all("no CUDA device: the CUDA backend is not part of this build or found no usable GPU");
+    test_skip_all_without_models();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories260K),
         cmocka_unit_test(test_smollm2),

@@ -318,6 +318,7 @@ static void test_chat_template_of_model(void **state) {
 }
 
 int main(void) {
+    test_skip_all_without_models();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_model_info),
         cmocka_unit_test(test_batched_prefill_matches_decode),

@@ -215,6 +215,7 @@ static void test_smollm2(void **state) {
 }
 
 int main(void) {
+    test_skip_all_without_models();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories260K),
         cmocka_unit_test(test_smollm2),

@@ -428,6 +428,7 @@ static void test_save_restore_channel_keys(void **state) {
 }
 
 int main(void) {
+    test_skip_all_without_models();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_never_exceeded),
         cmocka_unit_test(test_planner_ladder),

@@ -72,6 +72,12 @@ void test_skip_all(const char *fmt, ...) {
     exit(TEST_EXIT_SKIPPED);
 }
 
+void test_skip_all_without_models(void) {
+    if (!test_data_path("models/stories260K.gguf") && !test_default_model())
+        test_skip_all("no model: neither models/stories260K.gguf under $KVFIT_TEST_DATA (or ../shared/data) "
+                      "nor the default model (make models, or $KVFIT_MODEL)");
+}
+
 void test_note_skip(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

@@ -44,6 +44,10 @@ char *test_read_file(const char *path, size_t *size);
 
 TEST_NORETURN void test_skip_all(const char *fmt, ...) TEST_PRINTF_LIKE(1, 2);
 
+/* For programs whose every case needs a model: test_skip_all when neither
+ * models/stories260K.gguf (test data) nor the default model is there. */
+void test_skip_all_without_models(void);
+
 /* Prints the reason and counts the skip; test_skip also leaves the case. */
 void test_note_skip(const char *fmt, ...) TEST_PRINTF_LIKE(1, 2);
 #define test_skip(...)                  \
