@@ -3,10 +3,12 @@
 # built library and keeps build outputs under $KVFIT_WORK_DIR.
 #
 # Expects, from bindings/CMakeLists.txt: KVFIT_LIB_DIR (folder of
-# libkvfit.so.0), PKG_CONFIG_PATH (holding kvfit-uninstalled.pc), KVFIT_MODEL
-# (the default model) and KVFIT_WORK_DIR (scratch space in the build tree).
+# libkvfit.so.0), PKG_CONFIG_PATH (holding kvfit-uninstalled.pc),
+# KVFIT_DEFAULT_MODEL (the default model, unless KVFIT_MODEL names another)
+# and KVFIT_WORK_DIR (scratch space in the build tree).
 
 KVFIT_REPO=$(cd "$(dirname "$0")/.." && pwd)
+export KVFIT_MODEL="${KVFIT_MODEL:-$KVFIT_DEFAULT_MODEL}"
 export LD_LIBRARY_PATH="$KVFIT_LIB_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 mkdir -p "$KVFIT_WORK_DIR"
 

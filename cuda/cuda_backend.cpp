@@ -188,11 +188,6 @@ public:
         check(cuda::add(s_, y, x, n), "add");
     }
 
-    void argmax(const float *x, int n, int32_t *out) override {
-        use_device(device_);
-        check(cuda::argmax(s_, x, n, out), "argmax");
-    }
-
 private:
     // The attention's partial sums: sized on first use (the shapes of a
     // session never change, so this allocates once).

@@ -1,6 +1,5 @@
-// Element-wise and row-wise ops: embedding lookup, RMSNorm, SwiGLU, add, argmax.
+// Element-wise and row-wise ops: embedding lookup, RMSNorm, SwiGLU, add.
 #include <cfloat>
-#include <climits>
 
 #include "common.cuh"
 
@@ -52,34 +51,6 @@ __global__ void add_kernel(float *y, const float *x, size_t n) {
         y[i] += x[i];
 }
 
-// (value, index) pairs: a larger value wins, the lower index among equals;
-// NaN counts as -inf, so it never beats anything but can be the answer when
-// nothing is larger (index 0, as kvfit::argmax).
-__device__ __forceinline__ bool better(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
-
-__global__ void argmax_kernel(const float *x, int n, int32_t *out) {
-    float bv = -INFINITY;
-    int bi = INT_MAX;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = isnan(x[i]) ? -INFINITY : x[i];
-        if (better(v, i, bv, bi)) bv = v, bi = i;
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (better(ov, oi, bv, bi)) bv = ov, bi = oi;
-    }
-    __shared__ float sv[kThreads / 32];
-    __shared__ int si[kThreads / 32];
-    if (threadIdx.x % 32 == 0) sv[threadIdx.x / 32] = bv, si[threadIdx.x / 32] = bi;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < int(blockDim.x / 32); w++)
-            if (better(sv[w], si[w], bv, bi)) bv = sv[w], bi = si[w];
-        *out = n > 0 ? bi : -1;
-    }
-}
-
 }  // namespace
 
 cudaError_t get_rows(cudaStream_t s, uint32_t type, const void *table, size_t row_bytes, int64_t n_cols,
@@ -105,11 +76,6 @@ cudaError_t swiglu(cudaStream_t s, const float *gate, const float *up, size_t n,
 cudaError_t add(cudaStream_t s, float *y, const float *x, size_t n) {
     if (!n) return cudaSuccess;
     add_kernel<<<std::min(blocks_for(n), 65535u), kThreads, 0, s>>>(y, x, n);
-    return cudaGetLastError();
-}
-
-cudaError_t argmax(cudaStream_t s, const float *x, int n, int32_t *out) {
-    argmax_kernel<<<1, kThreads, 0, s>>>(x, n, out);
     return cudaGetLastError();
 }
 

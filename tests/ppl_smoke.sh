@@ -2,6 +2,7 @@
 # Smoke test of kvfit-ppl: bad flags exit 2; on a tiny real model and a short
 # real text it prints CSV rows and a finite total perplexity, streaming past
 # the text's first window and, dense, stopping where its cache is full.
+# Without the model or the text, after the flag checks, exits 77 (ctest's skip).
 #   ppl_smoke.sh PATH/TO/kvfit-ppl DATA_DIR   (KVFIT_TEST_DATA overrides DATA_DIR)
 set -u
 ppl="$1"
@@ -20,7 +21,7 @@ model="$data/models/stories260K.gguf"
 src="$data/text/tinyshakespeare.txt"
 if [ ! -f "$model" ] || [ ! -f "$src" ]; then
     echo "skipped: $model or $src not found (set KVFIT_TEST_DATA)"
-    exit 0
+    exit 77
 fi
 
 tmp=$(mktemp -d) || fail "mktemp"

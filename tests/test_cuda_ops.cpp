@@ -1,17 +1,17 @@
 // The CUDA backend op by op against the CPU backend (the reference) on random
 // inputs: matmul for every weight type in decode and batch shapes, get_rows,
-// RMSNorm, SwiGLU, add, argmax, KV encoding in every codec (with and without
+// RMSNorm, SwiGLU, add, KV encoding in every codec (with and without
 // the Hadamard rotation, and per-channel key blocks), and attention over the
 // sink + window cache in every layout, driven through SessionMemory so that window
 // wrap-around, the residual key block and long windows (split over blocks)
-// are all reached. Skips when the CUDA backend is not built or has no device.
+// are all reached. Exits 77 (ctest's skip) when the CUDA backend is not built
+// or has no device.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
-#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -20,7 +20,7 @@
 #include "gguf/gguf.h"
 #include "kv/codec.h"
 #include "kv/memory.h"
-#include "sampler.h"
+#include "testutil.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail.
 #include <setjmp.h>
@@ -34,32 +34,14 @@ using namespace kvfit;
 
 namespace {
 
+// Both made by main before the cases run; without a CUDA device main exits 77.
 std::unique_ptr<Backend> g_cpu, g_gpu;
-std::string g_skip;
-
-int setup(void **) {
-    g_cpu = create_cpu_backend();
-    try {
-        g_gpu = create_backend(KVFIT_BACKEND_CUDA, -1);
-    } catch (const Error &e) {
-        g_skip = e.what();
-    }
-    return 0;
-}
 
 int teardown(void **) {
     g_gpu.reset();
     g_cpu.reset();
     return 0;
 }
-
-#define NEED_GPU()                                                    \
-    do {                                                              \
-        if (!g_gpu) {                                                 \
-            printf("skipped: the CUDA backend is unavailable: %s\n", g_skip.c_str()); \
-            skip();                                                   \
-        }                                                             \
-    } while (0)
 
 std::vector<float> randn(size_t n, std::mt19937 &rng, float scale = 1.0f) {
     std::normal_distribution<float> d(0.0f, scale);
@@ -155,7 +137,6 @@ void expect_close(const char *what, const float *a, const float *b, size_t n, co
 const uint32_t kTypes[] = {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q8_0};
 
 void test_matmul(void **) {
-    NEED_GPU();
     std::mt19937 rng(1);
     const int64_t cols = 512, rows = 200;  // rows not a multiple of any tile
     Pair p;
@@ -188,7 +169,6 @@ void test_matmul(void **) {
 }
 
 void test_get_rows(void **) {
-    NEED_GPU();
     std::mt19937 rng(2);
     const int64_t cols = 96, rows = 50;
     Pair p;
@@ -207,7 +187,6 @@ void test_get_rows(void **) {
 }
 
 void test_elementwise(void **) {
-    NEED_GPU();
     std::mt19937 rng(3);
     Pair p;
     const int64_t d = 576;
@@ -229,32 +208,9 @@ void test_elementwise(void **) {
     expect_close("add", yc, p.get_gpu(yg, x.size()).data(), x.size(), {}, 2e-6f, 1e-7f);
 }
 
-void test_argmax(void **) {
-    NEED_GPU();
-    std::mt19937 rng(4);
-    Pair p;
-    std::vector<std::vector<float>> cases;
-    cases.push_back(randn(49152, rng));
-    std::vector<float> ties(1000, 1.0f);
-    ties[10] = NAN;
-    ties[700] = 2.0f;
-    ties[900] = 2.0f;
-    cases.push_back(ties);
-    cases.push_back(std::vector<float>(33, NAN));
-    cases.push_back(std::vector<float>(5, -INFINITY));
-    for (const auto &c : cases) {
-        auto [xc, xg] = p.put(c);
-        int32_t *og = static_cast<int32_t *>(p.gpu->alloc(4));
-        p.gpu->argmax(xg, int(c.size()), og);
-        const int32_t got = p.get_gpu(og, 1)[0];
-        assert_int_equal(got, argmax(c.data(), int32_t(c.size())));
-    }
-}
-
 // Encoded rows are compared by their decoded values: within one step of the
 // CPU's codes (they are expected to be identical).
 void test_kv_encode(void **) {
-    NEED_GPU();
     std::mt19937 rng(5);
     Pair p;
     const int n = 5, heads = 3, hd = 128;
@@ -286,7 +242,6 @@ void test_kv_encode(void **) {
 }
 
 void test_kv_encode_channels(void **) {
-    NEED_GPU();
     std::mt19937 rng(6);
     Pair p;
     const int heads = 2, hd = 64;
@@ -365,7 +320,6 @@ void run_cache(kvfit_kv_codec codec, bool streaming, uint32_t window, RopeMode m
 }
 
 void test_attention(void **) {
-    NEED_GPU();
     const std::vector<int> steps = {40, 1, 1, 17, 1, 64, 3, 1, 64, 64, 1, 1, 30, 1};
     for (kvfit_kv_codec c : {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD, KVFIT_KV_Q4_CHANNEL}) {
         run_cache(c, true, 64, RopeMode::Norm, steps);
@@ -381,7 +335,6 @@ void test_attention(void **) {
 
 // Errors are status codes, not aborts.
 void test_errors(void **) {
-    NEED_GPU();
     Pair p;
     bool threw = false;
     try {
@@ -395,11 +348,19 @@ void test_errors(void **) {
 }  // namespace
 
 int main(void) {
+    try {
+        g_gpu = create_backend(KVFIT_BACKEND_CUDA, -1);
+    } catch (const Error &e) {
+        if (e.status() == KVFIT_E_BACKEND_UNAVAILABLE) test_skip_all("the CUDA backend is unavailable: %s", e.what());
+        std::printf("creating the CUDA backend: %s\n", e.what());
+        return 1;
+    }
+    g_cpu = create_cpu_backend();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_get_rows),
-        cmocka_unit_test(test_elementwise),     cmocka_unit_test(test_argmax),
+        cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_kv_encode),       cmocka_unit_test(test_kv_encode_channels),
         cmocka_unit_test(test_attention),       cmocka_unit_test(test_errors),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run(tests, nullptr, teardown);
 }

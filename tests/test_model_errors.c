@@ -41,12 +41,9 @@ static int teardown(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
-#define NEED_MODEL()                                                                              \
-    do {                                                                                          \
-        if (!g_model_bytes) {                                                                     \
-            printf("skipped: models/stories260K.gguf not found under $KVFIT_TEST_DATA or ../shared/data\n"); \
-            skip();                                                                               \
-        }                                                                                         \
+#define NEED_MODEL()                                                                                      \
+    do {                                                                                                  \
+        if (!g_model_bytes) test_skip("models/stories260K.gguf not found under $KVFIT_TEST_DATA or ../shared/data"); \
     } while (0)
 
 /* Writes bytes to a temp file and returns its path (static buffer). */
@@ -362,10 +359,7 @@ static void test_invalid_text(void **state) {
 static void test_vocab_only(void **state) {
     (void)state;
     const char *p = test_data_path("vocab/ggml-vocab-gpt-2.gguf");
-    if (!p) {
-        printf("skipped: vocab/ggml-vocab-gpt-2.gguf not found\n");
-        skip();
-    }
+    if (!p) test_skip("vocab/ggml-vocab-gpt-2.gguf not found under $KVFIT_TEST_DATA or ../shared/data");
     kvfit_model_params mp;
     kvfit_model_params_init(&mp);
     kvfit_model *m = NULL;
@@ -393,5 +387,5 @@ int main(void) {
         cmocka_unit_test(test_invalid_text),
         cmocka_unit_test(test_vocab_only),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run(tests, setup, teardown);
 }

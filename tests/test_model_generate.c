@@ -33,12 +33,9 @@ static int teardown(void **state) {
     return 0;
 }
 
-#define NEED_MODEL()                                                                                      \
-    do {                                                                                                  \
-        if (!g_model) {                                                                                   \
-            printf("skipped: models/stories260K.gguf not found under $KVFIT_TEST_DATA or ../shared/data\n"); \
-            skip();                                                                                       \
-        }                                                                                                 \
+#define NEED_MODEL()                                                                                \
+    do {                                                                                            \
+        if (!g_model) test_skip("models/stories260K.gguf not found under $KVFIT_TEST_DATA or ../shared/data"); \
     } while (0)
 
 static kvfit_session *new_session(uint32_t n_ctx, uint32_t n_batch, int threads) {
@@ -295,10 +292,7 @@ static void test_sessions_share_model_across_threads(void **state) {
 static void test_chat_template_of_model(void **state) {
     (void)state;
     const char *p = test_default_model();
-    if (!p) {
-        printf("skipped: the default model is missing; run `make models`\n");
-        skip();
-    }
+    if (!p) test_skip("the default model is missing; run `make models`");
     kvfit_model_params mp;
     kvfit_model_params_init(&mp);
     mp.vocab_only = true;
@@ -324,6 +318,7 @@ static void test_chat_template_of_model(void **state) {
 }
 
 int main(void) {
+    test_skip_all_without_models();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_model_info),
         cmocka_unit_test(test_batched_prefill_matches_decode),
@@ -332,5 +327,5 @@ int main(void) {
         cmocka_unit_test(test_sessions_share_model_across_threads),
         cmocka_unit_test(test_chat_template_of_model),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run(tests, setup, teardown);
 }

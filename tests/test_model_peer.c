@@ -1,7 +1,8 @@
 /* kvfit against llama.cpp on the same GGUF files: tokenization of tricky
  * strings, greedy continuations (64 tokens, token for token) and the top-5
  * logits of the first step, as recorded by tests/peer/record_peer.py into
- * tests/data/peer-*.txt. */
+ * tests/data/peer-*.txt. The recording names its model file by sha256; any
+ * other file fails the test, since its results would not be comparable. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,6 +60,30 @@ static int32_t argmax_logits(const float *l, size_t n) {
     return (int32_t)best;
 }
 
+/* Fails unless the file at model_path is the one the peer data was recorded
+ * from (its "meta sha256" line). */
+static void check_model_identity(const char *model_path, const char *peer_name, const char *data) {
+    const char *line = strstr(data, "\nmeta sha256 ");
+    if (!line) {
+        fprintf(stderr, "%s has no \"meta sha256\" line: re-record it with tests/peer/record_peer.py\n", peer_name);
+        fail();
+    }
+    char want[65] = {0};
+    memcpy(want, line + strlen("\nmeta sha256 "), 64);
+    char got[65];
+    if (test_sha256_file(model_path, got) != 0) {
+        fprintf(stderr, "cannot read %s\n", model_path);
+        fail();
+    }
+    if (strcmp(got, want)) {
+        fprintf(stderr,
+                "%s is not the model file %s was recorded from: its sha256 is %s, the recording's is %s; "
+                "use that file (make models) or re-record with tests/peer/record_peer.py\n",
+                model_path, peer_name, got, want);
+        fail();
+    }
+}
+
 /* strict: every greedy token must match. Otherwise the continuations must
  * match until the first step where the two engines' choices are a near tie in
  * kvfit (llama.cpp's token within near_tie of kvfit's best); after such a
@@ -66,6 +91,7 @@ static int32_t argmax_logits(const float *l, size_t n) {
 static void run_peer(const char *model_path, const char *peer_name, bool strict, float logit_tol) {
     char *data = test_read_file(test_repo_data(peer_name), NULL);
     assert_non_null(data);
+    check_model_identity(model_path, peer_name, data);
     kvfit_model *m = NULL;
     assert_int_equal(kvfit_model_load(model_path, NULL, &m), KVFIT_OK);
     kvfit_session_params sp;
@@ -177,27 +203,22 @@ static void run_peer(const char *model_path, const char *peer_name, bool strict,
 static void test_stories260K(void **state) {
     (void)state;
     const char *p = test_data_path("models/stories260K.gguf");
-    if (!p) {
-        printf("skipped: models/stories260K.gguf not found under $KVFIT_TEST_DATA or ../shared/data\n");
-        skip();
-    }
+    if (!p) test_skip("models/stories260K.gguf not found under $KVFIT_TEST_DATA or ../shared/data");
     run_peer(p, "peer-stories260K.txt", true, LOGIT_TOL_F32_MODEL);
 }
 
 static void test_smollm2(void **state) {
     (void)state;
     const char *p = test_default_model();
-    if (!p) {
-        printf("skipped: the default model is missing; run `make models`\n");
-        skip();
-    }
+    if (!p) test_skip("the default model is missing; run `make models`");
     run_peer(p, "peer-smollm2.txt", SMOLLM2_STRICT, LOGIT_TOL_QUANT_MODEL);
 }
 
 int main(void) {
+    test_skip_all_without_models();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories260K),
         cmocka_unit_test(test_smollm2),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return test_run(tests, NULL, NULL);
 }

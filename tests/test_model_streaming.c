@@ -46,12 +46,9 @@ static int teardown(void **state) {
     return 0;
 }
 
-#define NEED(x, what)                                        \
-    do {                                                     \
-        if (!(x)) {                                          \
-            printf("skipped: %s not available\n", what);    \
-            skip();                                          \
-        }                                                    \
+#define NEED(x, what)                                    \
+    do {                                                 \
+        if (!(x)) test_skip("%s not available", what);   \
     } while (0)
 
 static kvfit_session *open_session(kvfit_model *m, uint64_t budget, int sinks, uint32_t window, kvfit_kv_codec codec,
@@ -497,6 +494,7 @@ static void test_rss_flat_over_long_stream(void **state) {
 }
 
 int main(void) {
+    test_skip_all_without_models();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget_never_exceeded),
         cmocka_unit_test(test_planner_ladder),
@@ -511,5 +509,5 @@ int main(void) {
         cmocka_unit_test(test_rss_flat_over_long_stream),
     };
     if (getenv("KVFIT_TEST_FILTER")) cmocka_set_test_filter(getenv("KVFIT_TEST_FILTER"));
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run(tests, setup, teardown);
 }

@@ -25,10 +25,20 @@
  * Also: session state saved from the device continues exactly when loaded,
  * and state saved on the CPU continues on the device.
  *
- * Lavapipe on a small CI machine is slow, so this takes five prompts for the
- * dense sessions, one for the budgeted ones, and N_GEN tokens per case. The
- * Vulkan validation layer runs (when installed) and must report no error.
- * Skips without the model or a Vulkan device. */
+ * Lavapipe on a small CI machine is slow (about 0.4 s per prompt token and
+ * 1 s per generated one), so each case is as short as the paths it covers
+ * allow. Where the logits must be equal bit for bit, every step checks its
+ * whole path, so a path needs one step: dense sessions take the shortest
+ * prompt (less than one 8-token matmul tile) and the first longer than a
+ * tile (a full tile and a partial one); the budgeted sessions take the
+ * shortest prompt that wraps the ring during prefill (batches of 16, 16 and
+ * a partial tile); every case then generates N_GEN_EXACT tokens, the first
+ * from the prefill's logits and the others through the decode step (which,
+ * in budgeted sessions, evicts). Without doubles the checks are about
+ * tokens and statistical, and need samples: five dense prompts and N_GEN
+ * tokens per case. The Vulkan validation layer runs (when installed) and
+ * must report no error. Exits 77 (ctest's skip) without the model or a
+ * Vulkan device. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -43,8 +53,10 @@
 #include "kvfit.h"
 #include "testutil.h"
 
-#define N_GEN 16
+#define N_GEN 16      /* generated tokens per case without bit equality */
+#define N_GEN_EXACT 4 /* with it */
 #define N_DENSE_CASES 5
+#define MATMUL_TILE 8 /* tokens per workgroup of the Vulkan backend's batched matmul */
 /* A gap in the CPU's top two logits below this is a tie, as in test_model_peer.c. */
 #define NEAR_TIE 0.25f
 #define Q4_GAP 2.5f
@@ -61,9 +73,9 @@ typedef struct {
 static prompt_case g_cases[MAX_CASES];
 static size_t g_n_cases;
 static kvfit_model *g_cpu, *g_vk;
-static const char *g_skip;
 static int g_validation_errors;
 static int g_exact; /* every session's logits must be the CPU's, bit for bit */
+static int g_n_gen; /* tokens generated per case: N_GEN_EXACT or N_GEN */
 static int g_same, g_total, g_forks;
 static float g_max_diff;
 
@@ -100,31 +112,13 @@ static void read_cases(void) {
     free(data);
 }
 
+/* The CPU model beside the Vulkan one main loaded, and the recorded prompts. */
 static int setup(void **state) {
     (void)state;
-    kvfit_set_log_callback(on_log, KVFIT_LOG_INFO, NULL);
-    setenv("KVFIT_VULKAN_VALIDATION", "1", 0); /* unless the caller chose otherwise */
-    const char *path = test_default_model();
-    if (!path) {
-        g_skip = "the default model is missing; run `make models`";
-        return 0;
-    }
     kvfit_model_params mp;
     kvfit_model_params_init(&mp);
-    mp.backend = KVFIT_BACKEND_VULKAN;
-    kvfit_status st = kvfit_model_load(path, &mp, &g_vk);
-    if (st == KVFIT_E_BACKEND_UNAVAILABLE) {
-        static char why[512];
-        snprintf(why, sizeof why, "no Vulkan backend: %s", kvfit_last_error());
-        g_skip = why;
-        return 0;
-    }
-    if (st != KVFIT_OK) {
-        printf("loading on Vulkan: %s\n", kvfit_last_error());
-        return -1;
-    }
     mp.backend = KVFIT_BACKEND_CPU;
-    if (kvfit_model_load(path, &mp, &g_cpu) != KVFIT_OK) return -1;
+    if (kvfit_model_load(test_default_model(), &mp, &g_cpu) != KVFIT_OK) return -1;
     read_cases();
     return 0;
 }
@@ -133,10 +127,9 @@ static int teardown(void **state) {
     (void)state;
     kvfit_model_free(g_cpu);
     kvfit_model_free(g_vk);
-    if (!g_skip)
-        printf("Vulkan vs CPU: %d of %d greedy tokens identical, %d case(s) forked at a near tie; largest logit "
-               "difference %.3g (bit for bit required: %s); %d validation errors\n",
-               g_same, g_total, g_forks, (double)g_max_diff, g_exact ? "yes" : "no", g_validation_errors);
+    printf("Vulkan vs CPU: %d of %d greedy tokens identical, %d case(s) forked at a near tie; largest logit "
+           "difference %.3g (bit for bit required: %s); %d validation errors\n",
+           g_same, g_total, g_forks, (double)g_max_diff, g_exact ? "yes" : "no", g_validation_errors);
     kvfit_set_log_callback(NULL, KVFIT_LOG_WARN, NULL);
     return 0;
 }
@@ -165,7 +158,7 @@ static void logits_of(kvfit_session *sc, kvfit_session *sv, const float **lc, co
 static void compare_greedy(kvfit_session *sc, kvfit_session *sv, const int32_t *prompt, size_t np, const char *what) {
     assert_int_equal(kvfit_session_prefill(sc, prompt, np), KVFIT_OK);
     assert_int_equal(kvfit_session_prefill(sv, prompt, np), KVFIT_OK);
-    for (int i = 0; i < N_GEN; i++) {
+    for (int i = 0; i < g_n_gen; i++) {
         const float *lc, *lv;
         size_t nc;
         logits_of(sc, sv, &lc, &lv, &nc);
@@ -178,7 +171,7 @@ static void compare_greedy(kvfit_session *sc, kvfit_session *sv, const int32_t *
                    (double)lc[tv]);
             assert_true(gap < NEAR_TIE);
             g_forks++;
-            g_total += N_GEN - i - 1;
+            g_total += g_n_gen - i - 1;
             return;
         }
         g_same++;
@@ -193,7 +186,7 @@ static void compare_forced(kvfit_session *sc, kvfit_session *sv, const prompt_ca
     assert_int_equal(kvfit_session_prefill(sv, c->ids, c->n), KVFIT_OK);
     int top = 0;
     float worst = 0.0f;
-    for (int i = 0; i < N_GEN; i++) {
+    for (int i = 0; i < g_n_gen; i++) {
         const float *lc, *lv;
         size_t n;
         logits_of(sc, sv, &lc, &lv, &n);
@@ -205,16 +198,9 @@ static void compare_forced(kvfit_session *sc, kvfit_session *sv, const prompt_ca
         assert_int_equal(kvfit_session_decode(sv, c->cont[i]), KVFIT_OK);
     }
     printf("%s: the Vulkan top token is the CPU's at %d of %d steps; the CPU ranks it at most %.3f below its top\n",
-           what, top, N_GEN, (double)worst);
+           what, top, g_n_gen, (double)worst);
     assert_true(worst < Q4_GAP);
-    assert_true(2 * top >= N_GEN);
-}
-
-static void skip_if_needed(void) {
-    if (g_skip) {
-        printf("skipped: %s\n", g_skip);
-        skip();
-    }
+    assert_true(2 * top >= g_n_gen);
 }
 
 /* A dense 512-token session on each of two models. */
@@ -226,34 +212,48 @@ static void dense_sessions(kvfit_model *ma, kvfit_model *mb, kvfit_session **a, 
     assert_int_equal(kvfit_session_create(mb, &sp, b), KVFIT_OK);
 }
 
+/* The shortest recorded prompt longer than `than` tokens. */
+static size_t shortest_longer_than(size_t than) {
+    size_t best = g_n_cases;
+    for (size_t c = 0; c < g_n_cases; c++)
+        if (g_cases[c].n > than && (best == g_n_cases || g_cases[c].n < g_cases[best].n)) best = c;
+    assert_true(best < g_n_cases);
+    return best;
+}
+
 static void test_greedy_dense(void **state) {
     (void)state;
-    skip_if_needed();
     assert_true(g_n_cases >= N_DENSE_CASES);
+    size_t cases[N_DENSE_CASES], n = 0;
+    if (g_exact) {
+        cases[n++] = shortest_longer_than(0);
+        cases[n++] = shortest_longer_than(MATMUL_TILE);
+        assert_true(g_cases[cases[0]].n < MATMUL_TILE && g_cases[cases[1]].n % MATMUL_TILE != 0);
+    } else {
+        for (; n < N_DENSE_CASES; n++) cases[n] = n;
+    }
     kvfit_session *sc, *sv;
     dense_sessions(g_cpu, g_vk, &sc, &sv);
-    for (size_t c = 0; c < g_n_cases && c < N_DENSE_CASES; c++) {
+    for (size_t i = 0; i < n; i++) {
+        const prompt_case *c = &g_cases[cases[i]];
         assert_int_equal(kvfit_session_reset(sc), KVFIT_OK);
         assert_int_equal(kvfit_session_reset(sv), KVFIT_OK);
-        compare_greedy(sc, sv, g_cases[c].ids, g_cases[c].n, g_cases[c].name);
+        compare_greedy(sc, sv, c->ids, c->n, c->name);
     }
     kvfit_session_free(sc);
     kvfit_session_free(sv);
     assert_int_equal(g_validation_errors, 0);
 }
 
-/* Sinks + a 32-token ring, batches of 16: the longest prompt fills the ring
- * during prefill and generation keeps evicting, in each codec (the 4-bit ones
- * teacher-forced, see the top of the file). */
+/* 4 sinks + a 32-token ring, batches of 16: the prompt fills the ring during
+ * prefill and generation keeps evicting, in each codec (the 4-bit ones
+ * teacher-forced without bit equality, see the top of the file). */
 static void test_budgeted_codecs(void **state) {
     (void)state;
-    skip_if_needed();
     const kvfit_kv_codec codecs[] = {KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD, KVFIT_KV_Q4_CHANNEL};
     const char *names[] = {"F16", "Q8", "Q4", "Q4_HADAMARD", "Q4_CHANNEL"};
-    size_t longest = 0;
-    for (size_t c = 1; c < g_n_cases; c++)
-        if (g_cases[c].n > g_cases[longest].n) longest = c;
-    assert_true(g_cases[longest].n > 36);
+    const size_t prompt = shortest_longer_than(4 + 32);
+    assert_true(g_cases[prompt].n % MATMUL_TILE != 0);
     for (int k = 0; k < 5; k++) {
         kvfit_session_params sp;
         kvfit_session_params_init(&sp);
@@ -273,11 +273,11 @@ static void test_budgeted_codecs(void **state) {
         assert_memory_equal(&pc, &pv, sizeof pc);
         assert_int_equal(bc, bv);
         char what[96];
-        snprintf(what, sizeof what, "%s, window 32, %s", g_cases[longest].name, names[k]);
+        snprintf(what, sizeof what, "%s, window 32, %s", g_cases[prompt].name, names[k]);
         if (codecs[k] >= KVFIT_KV_Q4 && !g_exact) /* the 4-bit codecs, without bit equality */
-            compare_forced(sc, sv, &g_cases[longest], what);
+            compare_forced(sc, sv, &g_cases[prompt], what);
         else
-            compare_greedy(sc, sv, g_cases[longest].ids, g_cases[longest].n, what);
+            compare_greedy(sc, sv, g_cases[prompt].ids, g_cases[prompt].n, what);
         kvfit_session_free(sc);
         kvfit_session_free(sv);
     }
@@ -301,7 +301,6 @@ static size_t prefill_and_move(kvfit_session *from, kvfit_session *to) {
  * continues exactly (the state is larger than the transfer staging buffers). */
 static void test_state_roundtrip(void **state) {
     (void)state;
-    skip_if_needed();
     kvfit_session *a, *b;
     dense_sessions(g_vk, g_vk, &a, &b);
     assert_true(prefill_and_move(a, b) > (8u << 20));
@@ -325,7 +324,6 @@ static void test_state_roundtrip(void **state) {
  * with the CPU's logits (bit for bit where the device reproduces the CPU). */
 static void test_state_cpu_to_device(void **state) {
     (void)state;
-    skip_if_needed();
     kvfit_session *sc, *sv;
     dense_sessions(g_cpu, g_vk, &sc, &sv);
     prefill_and_move(sc, sv);
@@ -343,11 +341,25 @@ static void test_state_cpu_to_device(void **state) {
 }
 
 int main(void) {
+    kvfit_set_log_callback(on_log, KVFIT_LOG_INFO, NULL);
+    setenv("KVFIT_VULKAN_VALIDATION", "1", 0); /* unless the caller chose otherwise */
+    const char *path = test_default_model();
+    if (!path) test_skip_all("the default model is missing; run `make models`");
+    kvfit_model_params mp;
+    kvfit_model_params_init(&mp);
+    mp.backend = KVFIT_BACKEND_VULKAN;
+    const kvfit_status st = kvfit_model_load(path, &mp, &g_vk);
+    if (st == KVFIT_E_BACKEND_UNAVAILABLE) test_skip_all("no Vulkan device: %s", kvfit_last_error());
+    if (st != KVFIT_OK) {
+        printf("loading on Vulkan: %s\n", kvfit_last_error());
+        return 1;
+    }
+    g_n_gen = g_exact ? N_GEN_EXACT : N_GEN;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_dense),
         cmocka_unit_test(test_budgeted_codecs),
         cmocka_unit_test(test_state_roundtrip),
         cmocka_unit_test(test_state_cpu_to_device),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run(tests, setup, teardown);
 }

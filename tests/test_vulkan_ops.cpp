@@ -3,11 +3,11 @@
 // type, rmsnorm, kv_encode in each codec with and without the Hadamard
 // rotation, cache_attention over dense and streaming caches (sinks filling,
 // wrapped ring, batches, stream positions past 2^32, GQA, partial and NeoX
-// RoPE), swiglu, add, copy, argmax and large transfers. Each runs on the
+// RoPE), swiglu, add, copy and large transfers. Each runs on the
 // device's preferred paths and again with subgroup operations and doubles
 // switched off (the fallbacks). The Vulkan validation layer runs throughout
-// (when installed) and must report no error. Skips when the Vulkan backend
-// is not built or there is no Vulkan device.
+// (when installed) and must report no error. Exits 77 (ctest's skip) when the
+// Vulkan backend is not built or there is no Vulkan device.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -25,6 +25,7 @@
 #include "gguf/ggml_types.h"
 #include "gguf/gguf.h"
 #include "kv/codec.h"
+#include "testutil.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail.
 #include <setjmp.h>
@@ -50,7 +51,6 @@ void print_log(kvfit_log_level, const char *msg, void *) { std::printf("%s\n", m
 struct Setup {
     std::unique_ptr<Backend> cpu;
     std::vector<std::pair<std::string, std::unique_ptr<Backend>>> vk;
-    std::string skip_reason;
 };
 Setup *g;
 
@@ -163,10 +163,6 @@ void expect_same(bool exact, const char *what, const std::vector<float> &got, co
 // Runs body(cpu stream, vulkan stream, label) for every Vulkan configuration.
 template <class Body>
 void each_backend(Body body) {
-    if (!g->skip_reason.empty()) {
-        std::printf("skipped: %s\n", g->skip_reason.c_str());
-        skip();
-    }
     for (auto &vk : g->vk) {
         auto cs = g->cpu->create_stream(2, kMaxTokens, kMaxCols, kMaxKv);
         auto vs = vk.second->create_stream(2, kMaxTokens, kMaxCols, kMaxKv);
@@ -567,24 +563,6 @@ void test_elementwise(void **) {
     });
 }
 
-void test_argmax(void **) {
-    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *) {
-        std::vector<float> x = random_floats(49152, 9);
-        x[100] = NAN;
-        x[777] = 1000.0f;
-        x[40000] = 1000.0f;  // a tie: the lower index wins
-        Pair px = pair_of(cs, vs, x), po = pair_of(cs, vs, nullptr, 4);
-        vs.argmax(static_cast<float *>(px.v), int(x.size()), static_cast<int32_t *>(po.v));
-        cs.argmax(static_cast<float *>(px.c), int(x.size()), static_cast<int32_t *>(po.c));
-        assert_int_equal(fetch<int32_t>(vs, po.v, 1)[0], 777);
-        assert_int_equal(fetch<int32_t>(cs, po.c, 1)[0], 777);
-        std::vector<float> nans(70, NAN);
-        Pair pn = pair_of(cs, vs, nans);
-        vs.argmax(static_cast<float *>(pn.v), 70, static_cast<int32_t *>(po.v));
-        assert_int_equal(fetch<int32_t>(vs, po.v, 1)[0], 0);
-    });
-}
-
 // Transfers larger than the staging buffers, interleaved with compute.
 void test_transfers(void **) {
     each_backend([](Backend &, Backend &, Stream &, Stream &vs, const char *) {
@@ -683,10 +661,6 @@ void test_errors(void **) {
 }
 
 void test_devices(void **) {
-    if (!g->skip_reason.empty()) {
-        std::printf("skipped: %s\n", g->skip_reason.c_str());
-        skip();
-    }
     size_t n = 0;
     assert_int_equal(kvfit_device_count(&n), KVFIT_OK);
     assert_true(n >= 2);
@@ -710,30 +684,25 @@ void test_devices(void **) {
     }
 }
 
+// The second configuration; main made the first (or exited 77 without a device).
 int setup(void **) {
-    g = new Setup();
-    g->cpu = create_cpu_backend();
-    auto make = [](const char *label, bool fallbacks) {
-        if (fallbacks) {
-            setenv("KVFIT_VULKAN_NO_SUBGROUP", "1", 1);
-            setenv("KVFIT_VULKAN_NO_FP64", "1", 1);
-            setenv("KVFIT_VULKAN_MAX_RANGE", "1048576", 1);  // the large F32 weights below are bound in pieces
-            setenv("KVFIT_VULKAN_NO_UMA", "1", 1);            // weights go through staging, as on a discrete GPU
-        }
-        try {
-            g->vk.emplace_back(label, create_backend(KVFIT_BACKEND_VULKAN));
-        } catch (const Error &e) {
-            if (e.status() != KVFIT_E_BACKEND_UNAVAILABLE) throw;
-            g->skip_reason = e.what();
-        }
-        unsetenv("KVFIT_VULKAN_NO_SUBGROUP");
-        unsetenv("KVFIT_VULKAN_NO_FP64");
-        unsetenv("KVFIT_VULKAN_MAX_RANGE");
-        unsetenv("KVFIT_VULKAN_NO_UMA");
-    };
-    make("vulkan", false);
-    if (g->skip_reason.empty()) make("vulkan (no subgroups, no fp64, 1 MiB bindings, staged weights)", true);
-    return 0;
+    setenv("KVFIT_VULKAN_NO_SUBGROUP", "1", 1);
+    setenv("KVFIT_VULKAN_NO_FP64", "1", 1);
+    setenv("KVFIT_VULKAN_MAX_RANGE", "1048576", 1);  // the large F32 weights below are bound in pieces
+    setenv("KVFIT_VULKAN_NO_UMA", "1", 1);            // weights go through staging, as on a discrete GPU
+    int rc = 0;
+    try {
+        g->vk.emplace_back("vulkan (no subgroups, no fp64, 1 MiB bindings, staged weights)",
+                           create_backend(KVFIT_BACKEND_VULKAN));
+    } catch (const Error &e) {
+        std::printf("creating the Vulkan backend with its fallbacks: %s\n", e.what());
+        rc = -1;
+    }
+    unsetenv("KVFIT_VULKAN_NO_SUBGROUP");
+    unsetenv("KVFIT_VULKAN_NO_FP64");
+    unsetenv("KVFIT_VULKAN_MAX_RANGE");
+    unsetenv("KVFIT_VULKAN_NO_UMA");
+    return rc;
 }
 
 int teardown(void **) {
@@ -746,12 +715,21 @@ int teardown(void **) {
 int main() {
     setenv("KVFIT_VULKAN_VALIDATION", "1", 0);  // unless the caller chose otherwise
     kvfit_set_log_callback(print_log, KVFIT_LOG_WARN, nullptr);
+    g = new Setup();
+    try {
+        g->vk.emplace_back("vulkan", create_backend(KVFIT_BACKEND_VULKAN));
+    } catch (const Error &e) {
+        if (e.status() == KVFIT_E_BACKEND_UNAVAILABLE) test_skip_all("no Vulkan device: %s", e.what());
+        std::printf("creating the Vulkan backend: %s\n", e.what());
+        return 1;
+    }
+    g->cpu = create_cpu_backend();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_devices),  cmocka_unit_test(test_get_rows),    cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),   cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
         cmocka_unit_test(test_rotated_keys),     cmocka_unit_test(test_channel_keys),
-        cmocka_unit_test(test_elementwise), cmocka_unit_test(test_argmax),   cmocka_unit_test(test_transfers),
+        cmocka_unit_test(test_elementwise), cmocka_unit_test(test_transfers),
         cmocka_unit_test(test_concurrent_streams), cmocka_unit_test(test_errors),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return test_run(tests, setup, teardown);
 }

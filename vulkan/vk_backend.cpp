@@ -134,9 +134,6 @@ struct MergePush {
 struct ElementwisePush {
     uint32_t a_off, b_off, c_off, n, stride;
 };
-struct ArgmaxPush {
-    uint32_t x_off, n, o_off;
-};
 static_assert(sizeof(AttentionPush) <= kPushBytes, "push constants");
 
 class VulkanStream;
@@ -721,14 +718,6 @@ public:
     }
 
     void add(float *y, const float *x, size_t n) override { elementwise("add", y, x, nullptr, n); }
-
-    void argmax(const float *x, int n, int32_t *out) override {
-        if (n <= 0) return Stream::argmax(x, n, out);
-        const Span xs = d_.span(x, size_t(n) * 4), os = d_.span(out, 4);
-        ArgmaxPush p{uint32_t(xs.rel / 4), uint32_t(n), uint32_t(os.rel / 4)};
-        // 128 invocations: the most every device must support
-        run("argmax", d_.pipeline("argmax", 2, {128}), {{xs, false}, {os, true}}, &p, sizeof p, 1);
-    }
 
 private:
     struct Readback {

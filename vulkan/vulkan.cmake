@@ -50,7 +50,6 @@ if(KVFIT_WITH_VULKAN)
     "attention_ggml|attention_ggml.comp|"
     "attention_ggml_f64|attention_ggml.comp|-DUSE_FP64"
     "add|add.comp|"
-    "argmax|argmax.comp|"
     "fma_probe|fma_probe.comp|")
   set(vk_spv)
   set(vk_names)

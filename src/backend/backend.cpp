@@ -8,7 +8,6 @@
 #include <strings.h>
 
 #include "common.h"
-#include "sampler.h"
 
 namespace kvfit {
 
@@ -53,14 +52,6 @@ void Stream::scale(float *, size_t, float) { fail(KVFIT_E_UNSUPPORTED, "this bac
 
 void Stream::geglu(const float *, const float *, size_t, float *) {
     fail(KVFIT_E_UNSUPPORTED, "this backend has no GELU op yet");
-}
-
-void Stream::argmax(const float *x, int n, int32_t *out) {
-    std::vector<float> h(size_t(n > 0 ? n : 0));
-    if (n > 0) download(h.data(), x, h.size() * sizeof(float));
-    synchronize();
-    const int32_t best = kvfit::argmax(h.data(), n);
-    upload(out, &best, sizeof best);
 }
 
 #if !defined(KVFIT_WITH_VULKAN)

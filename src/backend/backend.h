@@ -131,9 +131,6 @@ public:
     // out = gelu(gate) * up, n floats, GELU in its tanh form through ggml's
     // F16 table (see cpu::gelu_f16_table); out may be gate.
     virtual void geglu(const float *gate, const float *up, size_t n, float *out);
-    // *out = index of the largest of n floats (the lowest among equals; NaN
-    // never wins), as kvfit::argmax. The default reads x back to the host.
-    virtual void argmax(const float *x, int n, int32_t *out);
 };
 
 class Backend {

@@ -1,6 +1,6 @@
-// KV codecs: scalar reference, an AVX2/FMA/F16C path for the attention
-// kernels (picked at run time, so the library still runs on older CPUs and
-// builds on ARM), and the randomized Hadamard rotation.
+// KV codecs: scalar encoding and decoding, an AVX2/FMA/F16C path for
+// decoding and the rotation (picked at run time, so the library still runs on
+// older CPUs and builds on ARM), and the randomized Hadamard rotation.
 #include "kv/codec.h"
 
 #include <algorithm>
@@ -152,78 +152,6 @@ void decode_q4(const uint8_t *src, float *x, int n) {
 }
 
 // ---------------------------------------------------------------------------
-// Scalar reference kernels: per group, the same sums the decode defines.
-
-float dot_f16_ref(const void *row, const float *q, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    float sum = 0.0f;
-    for (int g = 0; g < n / G; g++, p += 2 * G, q += G) {
-        float v[G];
-        f16_group(p, v);
-        float s = 0.0f;
-        for (int i = 0; i < G; i++) s += v[i] * q[i];
-        sum += s;
-    }
-    return sum;
-}
-
-float dot_q8_ref(const void *row, const float *q, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    float sum = 0.0f;
-    for (int g = 0; g < n / G; g++, p += Q8_GROUP_BYTES, q += G) {
-        const int8_t *qs = reinterpret_cast<const int8_t *>(p + 2);
-        float s = 0.0f;
-        for (int i = 0; i < G; i++) s += float(qs[i]) * q[i];
-        sum += s * fp16_to_fp32(ld16(p));
-    }
-    return sum;
-}
-
-// sum (c*d + m) * q = d * sum c*q + m * sum q
-float dot_q4_ref(const void *row, const float *q, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    float sum = 0.0f;
-    for (int g = 0; g < n / G; g++, p += Q4_GROUP_BYTES, q += G) {
-        float sc = 0.0f, sq = 0.0f;
-        for (int j = 0; j < G / 2; j++) {
-            sc += float(p[4 + j] & 0x0f) * q[j] + float(p[4 + j] >> 4) * q[j + G / 2];
-            sq += q[j] + q[j + G / 2];
-        }
-        sum += fp16_to_fp32(ld16(p)) * sc + fp16_to_fp32(ld16(p + 2)) * sq;
-    }
-    return sum;
-}
-
-void axpy_f16_ref(const void *row, float w, float *y, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    for (int g = 0; g < n / G; g++, p += 2 * G, y += G) {
-        float v[G];
-        f16_group(p, v);
-        for (int i = 0; i < G; i++) y[i] += w * v[i];
-    }
-}
-
-void axpy_q8_ref(const void *row, float w, float *y, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    for (int g = 0; g < n / G; g++, p += Q8_GROUP_BYTES, y += G) {
-        const float wd = w * fp16_to_fp32(ld16(p));
-        const int8_t *qs = reinterpret_cast<const int8_t *>(p + 2);
-        for (int i = 0; i < G; i++) y[i] += float(qs[i]) * wd;
-    }
-}
-
-void axpy_q4_ref(const void *row, float w, float *y, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    for (int g = 0; g < n / G; g++, p += Q4_GROUP_BYTES, y += G) {
-        const float wd = w * fp16_to_fp32(ld16(p)), wm = w * fp16_to_fp32(ld16(p + 2));
-        for (int j = 0; j < G / 2; j++) {
-            y[j] += float(p[4 + j] & 0x0f) * wd + wm;
-            y[j + G / 2] += float(p[4 + j] >> 4) * wd + wm;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Randomized Hadamard rotation
 
 constexpr int HADAMARD_MAX_LOG = 9;  // n <= 512
@@ -280,21 +208,11 @@ void rotate_scalar(float *x, const float *s, int n, bool inverse) {
 }
 
 // ---------------------------------------------------------------------------
-// AVX2 + FMA + F16C. Every kernel works on n_rows rows and is a template over
-// NG, the number of groups per row (NG > 0 a compile-time head size, fully
-// unrolled; NG == 0 reads n at run time), and over where the query (Q) or the
-// output accumulator (Y) lives: registers pay off over many rows, memory for one.
+// AVX2 + FMA + F16C: whole-row decoding, per-channel block decoding and the rotation.
 
 #if defined(__x86_64__)
 
 #define KVFIT_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-KVFIT_AVX2 inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 KVFIT_AVX2 inline float h2f(const uint8_t *p) {
     return _cvtsh_ss(ld16(p));
@@ -318,181 +236,6 @@ KVFIT_AVX2 inline void ld_q4(const uint8_t *qs, __m256 f[4]) {
     f[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
     f[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(hi, hi)));
 }
-
-// The query of a dot: QRegs holds it in registers across rows (fixed head
-// size, many rows); QMem reads it per use, cheaper for a single row.
-template <int NG>
-struct QRegs {
-    __m256 v[4 * NG];
-    KVFIT_AVX2 explicit QRegs(const float *q) {
-        for (int k = 0; k < 4 * NG; k++) v[k] = _mm256_loadu_ps(q + 8 * k);
-    }
-    KVFIT_AVX2 __m256 operator[](int k) const { return v[k]; }
-};
-struct QMem {
-    const float *q;
-    explicit QMem(const float *p) : q(p) {}
-    KVFIT_AVX2 __m256 operator[](int k) const { return _mm256_loadu_ps(q + 8 * k); }
-};
-
-// The 32 query values of group g folded to 8 partial sums.
-template <class Q>
-KVFIT_AVX2 inline __m256 qsum_group(const Q &qv, int g) {
-    return _mm256_add_ps(_mm256_add_ps(qv[4 * g], qv[4 * g + 1]), _mm256_add_ps(qv[4 * g + 2], qv[4 * g + 3]));
-}
-
-// The output of an axpy, likewise: YRegs for many rows, YMem for one.
-template <int NG>
-struct YRegs {
-    static constexpr bool kRegs = true;
-    float *y;
-    __m256 v[4 * NG];
-    KVFIT_AVX2 explicit YRegs(float *p) : y(p) {
-        for (int k = 0; k < 4 * NG; k++) v[k] = _mm256_loadu_ps(y + 8 * k);
-    }
-    KVFIT_AVX2 void fma(int k, __m256 a, __m256 b) { v[k] = _mm256_fmadd_ps(a, b, v[k]); }
-    KVFIT_AVX2 void add(int k, __m256 a) { v[k] = _mm256_add_ps(v[k], a); }
-    KVFIT_AVX2 void store() {
-        for (int k = 0; k < 4 * NG; k++) _mm256_storeu_ps(y + 8 * k, v[k]);
-    }
-};
-struct YMem {
-    static constexpr bool kRegs = false;
-    float *y;
-    explicit YMem(float *p) : y(p) {}
-    KVFIT_AVX2 void fma(int k, __m256 a, __m256 b) {
-        _mm256_storeu_ps(y + 8 * k, _mm256_fmadd_ps(a, b, _mm256_loadu_ps(y + 8 * k)));
-    }
-    KVFIT_AVX2 void add(int k, __m256 a) { _mm256_storeu_ps(y + 8 * k, _mm256_add_ps(_mm256_loadu_ps(y + 8 * k), a)); }
-    void store() {}
-};
-
-struct Avx2F16 {
-    template <int NG, class Q>
-    KVFIT_AVX2 static void dot(const uint8_t *rows, size_t stride, int n_rows, const float *q, int n, float *out) {
-        const int ng = NG ? NG : n / G;
-        const Q qv(q);
-        for (int r = 0; r < n_rows; r++, rows += stride) {
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            for (int g = 0; g < ng; g++) {
-                const uint8_t *p = rows + 2 * G * g;
-                a0 = _mm256_fmadd_ps(ld_f16x8(p), qv[4 * g], a0);
-                a1 = _mm256_fmadd_ps(ld_f16x8(p + 16), qv[4 * g + 1], a1);
-                a0 = _mm256_fmadd_ps(ld_f16x8(p + 32), qv[4 * g + 2], a0);
-                a1 = _mm256_fmadd_ps(ld_f16x8(p + 48), qv[4 * g + 3], a1);
-            }
-            out[r] = hsum(_mm256_add_ps(a0, a1));
-        }
-    }
-
-    template <int NG, class Y>
-    KVFIT_AVX2 static void axpy(const uint8_t *rows, size_t stride, int n_rows, const float *w, float *y, int n) {
-        const int ng = NG ? NG : n / G;
-        Y yv(y);
-        for (int r = 0; r < n_rows; r++, rows += stride) {
-            const __m256 wv = _mm256_set1_ps(w[r]);
-            for (int k = 0; k < 4 * ng; k++) yv.fma(k, ld_f16x8(rows + 16 * k), wv);
-        }
-        yv.store();
-    }
-};
-
-struct Avx2Q8 {
-    template <int NG, class Q>
-    KVFIT_AVX2 static void dot(const uint8_t *rows, size_t stride, int n_rows, const float *q, int n, float *out) {
-        const int ng = NG ? NG : n / G;
-        const Q qv(q);
-        for (int r = 0; r < n_rows; r++, rows += stride) {
-            __m256 acc = _mm256_setzero_ps();
-            for (int g = 0; g < ng; g++) {
-                const uint8_t *p = rows + Q8_GROUP_BYTES * g;
-                // two chains per group keep the latency of one row short
-                __m256 s0 = _mm256_mul_ps(ld_i8x8(p + 2), qv[4 * g]);
-                __m256 s1 = _mm256_mul_ps(ld_i8x8(p + 10), qv[4 * g + 1]);
-                s0 = _mm256_fmadd_ps(ld_i8x8(p + 18), qv[4 * g + 2], s0);
-                s1 = _mm256_fmadd_ps(ld_i8x8(p + 26), qv[4 * g + 3], s1);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(p)), _mm256_add_ps(s0, s1), acc);
-            }
-            out[r] = hsum(acc);
-        }
-    }
-
-    template <int NG, class Y>
-    KVFIT_AVX2 static void axpy(const uint8_t *rows, size_t stride, int n_rows, const float *w, float *y, int n) {
-        const int ng = NG ? NG : n / G;
-        Y yv(y);
-        for (int r = 0; r < n_rows; r++, rows += stride) {
-            for (int g = 0; g < ng; g++) {
-                const uint8_t *p = rows + Q8_GROUP_BYTES * g;
-                const __m256 wd = _mm256_set1_ps(w[r] * h2f(p));
-                for (int k = 0; k < 4; k++) yv.fma(4 * g + k, ld_i8x8(p + 2 + 8 * k), wd);
-            }
-        }
-        yv.store();
-    }
-};
-
-struct Avx2Q4 {
-    template <int NG, class Q>
-    KVFIT_AVX2 static void dot(const uint8_t *rows, size_t stride, int n_rows, const float *q, int n, float *out) {
-        const int ng = NG ? NG : n / G;
-        const Q qv(q);
-        // m * sum(q) per group: the query's group sums (as 8 partial sums each)
-        // are the same for every row, so with a fixed head size they are formed once.
-        __m256 qs_fixed[NG ? NG : 1];
-        if constexpr (NG > 0) {
-            for (int g = 0; g < NG; g++) qs_fixed[g] = qsum_group(qv, g);
-        }
-        for (int r = 0; r < n_rows; r++, rows += stride) {
-            __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
-            for (int g = 0; g < ng; g++) {
-                const uint8_t *p = rows + Q4_GROUP_BYTES * g;
-                __m256 f[4];
-                ld_q4(p + 4, f);
-                __m256 s0 = _mm256_mul_ps(f[0], qv[4 * g]);
-                __m256 s1 = _mm256_mul_ps(f[1], qv[4 * g + 1]);
-                s0 = _mm256_fmadd_ps(f[2], qv[4 * g + 2], s0);
-                s1 = _mm256_fmadd_ps(f[3], qv[4 * g + 3], s1);
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(p)), _mm256_add_ps(s0, s1), acc);
-                const __m256 qs = NG > 0 ? qs_fixed[NG > 0 ? g : 0] : qsum_group(qv, g);
-                accm = _mm256_fmadd_ps(_mm256_set1_ps(h2f(p + 2)), qs, accm);
-            }
-            out[r] = hsum(_mm256_add_ps(acc, accm));
-        }
-    }
-
-    template <int NG, class Y>
-    KVFIT_AVX2 static void axpy(const uint8_t *rows, size_t stride, int n_rows, const float *w, float *y, int n) {
-        const int ng = NG ? NG : n / G;
-        Y yv(y);
-        // w * m is the same for all 32 values of a group: with y in registers
-        // it is summed per group over the rows and added once at the end.
-        float msum[NG ? NG : 1] = {};
-        for (int r = 0; r < n_rows; r++, rows += stride) {
-            for (int g = 0; g < ng; g++) {
-                const uint8_t *p = rows + Q4_GROUP_BYTES * g;
-                __m256 f[4];
-                ld_q4(p + 4, f);
-                const __m256 wd = _mm256_set1_ps(w[r] * h2f(p));
-                const float wm = w[r] * h2f(p + 2);
-                if constexpr (Y::kRegs) {
-                    msum[g] += wm;
-                    for (int k = 0; k < 4; k++) yv.fma(4 * g + k, f[k], wd);
-                } else {
-                    const __m256 wmv = _mm256_set1_ps(wm);
-                    for (int k = 0; k < 4; k++) yv.add(4 * g + k, _mm256_fmadd_ps(f[k], wd, wmv));
-                }
-            }
-        }
-        if constexpr (Y::kRegs) {
-            for (int g = 0; g < NG; g++) {
-                const __m256 mv = _mm256_set1_ps(msum[g]);
-                for (int k = 0; k < 4; k++) yv.add(4 * g + k, mv);
-            }
-        }
-        yv.store();
-    }
-};
 
 // The rotation for n >= 8: stages h = 1, 2, 4 inside one vector (swap
 // neighbours, then blend sums and differences), wider stages across vectors.
@@ -525,65 +268,6 @@ KVFIT_AVX2 void rotate_avx2(float *x, const float *s, int n, bool inverse) {
         for (int i = 0; i < n; i += 8)
             _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(s + i)));
 }
-
-// Entry points: fixed sizes for the common head sizes, run-time n otherwise.
-template <class K>
-KVFIT_AVX2 void dot_rows_avx2(const void *rows, size_t stride, int n_rows, const float *q, int n, float *out) {
-    const uint8_t *p = static_cast<const uint8_t *>(rows);
-    switch (n) {
-        case 64:
-            return K::template dot<2, QRegs<2>>(p, stride, n_rows, q, n, out);
-        case 128:
-            return K::template dot<4, QRegs<4>>(p, stride, n_rows, q, n, out);
-        default:
-            return K::template dot<0, QMem>(p, stride, n_rows, q, n, out);
-    }
-}
-
-template <class K>
-KVFIT_AVX2 void axpy_rows_avx2(const void *rows, size_t stride, int n_rows, const float *w, float *y, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(rows);
-    switch (n) {
-        case 64:
-            return K::template axpy<2, YRegs<2>>(p, stride, n_rows, w, y, n);
-        case 128:
-            return K::template axpy<4, YRegs<4>>(p, stride, n_rows, w, y, n);
-        default:
-            return K::template axpy<0, YMem>(p, stride, n_rows, w, y, n);
-    }
-}
-
-template <class K>
-KVFIT_AVX2 float dot_avx2(const void *row, const float *q, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    float out;
-    switch (n) {
-        case 64:
-            K::template dot<2, QMem>(p, 0, 1, q, n, &out);
-            break;
-        case 128:
-            K::template dot<4, QMem>(p, 0, 1, q, n, &out);
-            break;
-        default:
-            K::template dot<0, QMem>(p, 0, 1, q, n, &out);
-            break;
-    }
-    return out;
-}
-
-template <class K>
-KVFIT_AVX2 void axpy_avx2(const void *row, float w, float *y, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    switch (n) {
-        case 64:
-            return K::template axpy<2, YMem>(p, 0, 1, &w, y, n);
-        case 128:
-            return K::template axpy<4, YMem>(p, 0, 1, &w, y, n);
-        default:
-            return K::template axpy<0, YMem>(p, 0, 1, &w, y, n);
-    }
-}
-
 
 // Whole-row decoding, used where attention must rotate keys before the dot.
 KVFIT_AVX2 void decode_avx2(int codec, const uint8_t *src, float *x, int n) {
@@ -657,55 +341,14 @@ KVFIT_AVX2 void channel_block_decode_avx2(const uint8_t *block, int n, int first
 // ---------------------------------------------------------------------------
 // Dispatch
 
-using DotRowsFn = void (*)(const void *rows, size_t stride, int n_rows, const float *q, int n, float *out);
-using AxpyRowsFn = void (*)(const void *rows, size_t stride, int n_rows, const float *w, float *y, int n);
+using RotateFn = void (*)(float *x, const float *scaled_signs, int n, bool inverse);
 
-template <CodecDotFn F>
-void dot_rows_generic(const void *rows, size_t stride, int n_rows, const float *q, int n, float *out) {
-    const uint8_t *p = static_cast<const uint8_t *>(rows);
-    for (int r = 0; r < n_rows; r++, p += stride) out[r] = F(p, q, n);
-}
-template <CodecAxpyFn F>
-void axpy_rows_generic(const void *rows, size_t stride, int n_rows, const float *w, float *y, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(rows);
-    for (int r = 0; r < n_rows; r++, p += stride) F(p, w[r], y, n);
-}
-
-struct Kernels {
-    const char *name;
-    CodecDotFn dot[3];
-    CodecAxpyFn axpy[3];
-    DotRowsFn dot_rows[3];
-    AxpyRowsFn axpy_rows[3];
-    void (*rotate)(float *x, const float *scaled_signs, int n, bool inverse);
-};
-
-const Kernels kScalar = {
-    "scalar",
-    {dot_f16_ref, dot_q8_ref, dot_q4_ref},
-    {axpy_f16_ref, axpy_q8_ref, axpy_q4_ref},
-    {dot_rows_generic<dot_f16_ref>, dot_rows_generic<dot_q8_ref>, dot_rows_generic<dot_q4_ref>},
-    {axpy_rows_generic<axpy_f16_ref>, axpy_rows_generic<axpy_q8_ref>, axpy_rows_generic<axpy_q4_ref>},
-    rotate_scalar,
-};
-
+RotateFn rotate_fn() {
 #if defined(__x86_64__)
-const Kernels kAvx2 = {
-    "avx2",
-    {dot_avx2<Avx2F16>, dot_avx2<Avx2Q8>, dot_avx2<Avx2Q4>},
-    {axpy_avx2<Avx2F16>, axpy_avx2<Avx2Q8>, axpy_avx2<Avx2Q4>},
-    {dot_rows_avx2<Avx2F16>, dot_rows_avx2<Avx2Q8>, dot_rows_avx2<Avx2Q4>},
-    {axpy_rows_avx2<Avx2F16>, axpy_rows_avx2<Avx2Q8>, axpy_rows_avx2<Avx2Q4>},
-    rotate_avx2,
-};
-#endif
-
-const Kernels &kernels() {
-#if defined(__x86_64__)
-    static const Kernels &k = cpu::has_avx2_fma_f16c() ? kAvx2 : kScalar;
-    return k;
+    static const RotateFn f = cpu::has_avx2_fma_f16c() ? rotate_avx2 : rotate_scalar;
+    return f;
 #else
-    return kScalar;
+    return rotate_scalar;
 #endif
 }
 
@@ -715,26 +358,11 @@ inline int codec_index(KVCodec c) {
     return i;
 }
 
-// Encoding and decoding also check the row length (once per row, off the hot path).
+// Encoding and decoding also check the row length (once per row).
 inline int row_codec_index(KVCodec c, int n) {
     if (n <= 0 || (n % G && c != KVCodec::F16))
         fail(KVFIT_E_INTERNAL, "KV row of %d values is not a multiple of %d", n, G);
     return codec_index(c);
-}
-
-// F16 rows of heads smaller than a group (tiny models): plain scalar loops.
-bool small_f16(KVCodec c, int n) { return c == KVCodec::F16 && n % G; }
-
-float dot_f16_any(const void *row, const float *q, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) s += fp16_to_fp32(ld16(p + 2 * i)) * q[i];
-    return s;
-}
-
-void axpy_f16_any(const void *row, float w, float *y, int n) {
-    const uint8_t *p = static_cast<const uint8_t *>(row);
-    for (int i = 0; i < n; i++) y[i] += w * fp16_to_fp32(ld16(p + 2 * i));
 }
 
 }  // namespace
@@ -792,43 +420,6 @@ void codec_decode(KVCodec c, const void *src, float *x, int n) {
     }
 }
 
-float codec_dot(KVCodec c, const void *row, const float *q, int n) {
-    if (small_f16(c, n)) return dot_f16_any(row, q, n);
-    return kernels().dot[codec_index(c)](row, q, n);
-}
-
-void codec_axpy(KVCodec c, const void *row, float w, float *y, int n) {
-    if (small_f16(c, n)) return axpy_f16_any(row, w, y, n);
-    kernels().axpy[codec_index(c)](row, w, y, n);
-}
-
-void codec_dot_rows(KVCodec c, const void *rows, size_t stride, int n_rows, const float *q, int n, float *out) {
-    kernels().dot_rows[codec_index(c)](rows, stride, n_rows, q, n, out);
-}
-
-void codec_axpy_rows(KVCodec c, const void *rows, size_t stride, int n_rows, const float *w, float *y, int n) {
-    kernels().axpy_rows[codec_index(c)](rows, stride, n_rows, w, y, n);
-}
-
-CodecDotFn codec_dot_fn(KVCodec c) {
-    return kernels().dot[codec_index(c)];
-}
-CodecAxpyFn codec_axpy_fn(KVCodec c) {
-    return kernels().axpy[codec_index(c)];
-}
-
-float codec_dot_ref(KVCodec c, const void *row, const float *q, int n) {
-    return kScalar.dot[codec_index(c)](row, q, n);
-}
-
-void codec_axpy_ref(KVCodec c, const void *row, float w, float *y, int n) {
-    kScalar.axpy[codec_index(c)](row, w, y, n);
-}
-
-const char *codec_kernel_name() {
-    return kernels().name;
-}
-
 size_t channel_block_bytes(int n) {
     return n > 0 ? size_t(n) * codec_row_bytes(KVCodec::Q4, KV_CHANNEL_BLOCK) : 0;
 }
@@ -856,11 +447,11 @@ void channel_block_decode(const void *block, int n, int first, int count, float 
 }
 
 void hadamard_rotate(float *x, int n) {
-    kernels().rotate(x, hadamard_signs(n), n, false);
+    rotate_fn()(x, hadamard_signs(n), n, false);
 }
 
 void hadamard_rotate_inv(float *x, int n) {
-    kernels().rotate(x, hadamard_signs(n), n, true);
+    rotate_fn()(x, hadamard_signs(n), n, true);
 }
 
 }  // namespace kvfit

@@ -1,7 +1,7 @@
 // KV codecs: how one row of the KV cache (one token's K or V of one KV head)
-// is stored, plus the fused kernels attention runs over stored rows, and the
-// randomized Hadamard rotation that spreads outlier channels before
-// quantization. Rows have no alignment requirement.
+// is stored, per-channel key blocks, and the randomized Hadamard rotation that
+// spreads outlier channels before quantization. Rows have no alignment
+// requirement.
 #pragma once
 
 #include <cstddef>
@@ -19,40 +19,14 @@ enum class KVCodec : int { F16 = 1, Q8 = 2, Q4 = 3 };
 // Scales are rounded up and minima down when narrowed to fp16, so every value
 // stays within d/2 of its input (d the stored scale) for finite input of
 // magnitude up to 65504; larger input saturates, never to inf or NaN.
-// Misuse (unknown codec; in encode/decode also n not a positive multiple of
-// 32) throws kvfit::Error with KVFIT_E_INTERNAL; the kernels do not check n.
+// Misuse (unknown codec, n <= 0, or for Q8 and Q4 n not a multiple of 32)
+// throws kvfit::Error with KVFIT_E_INTERNAL.
 constexpr int KV_GROUP = 32;
 
 size_t codec_row_bytes(KVCodec c, int n);  // exact bytes, everything counted; 0 if c or n is invalid
 const char *codec_name(KVCodec c);         // "F16", "Q8", "Q4" ("?" if invalid)
 void codec_encode(KVCodec c, const float *x, void *dst, int n);
 void codec_decode(KVCodec c, const void *src, float *x, int n);
-// dot(decode(row), q) without materialising the row (attention scores)
-float codec_dot(KVCodec c, const void *row, const float *q, int n);
-// y += w * decode(row) (attention value sum)
-void codec_axpy(KVCodec c, const void *row, float w, float *y, int n);
-
-// Batched forms for the attention loops: n_rows rows, `stride` bytes apart.
-// For n = 64 and 128 the query (or the output accumulator) stays in registers
-// across rows, which a loop over codec_dot/codec_axpy cannot do.
-//   out[r] = dot(decode(row r), q)
-void codec_dot_rows(KVCodec c, const void *rows, size_t stride, int n_rows, const float *q, int n, float *out);
-//   y += sum_r w[r] * decode(row r)
-void codec_axpy_rows(KVCodec c, const void *rows, size_t stride, int n_rows, const float *w, float *y, int n);
-
-// The kernels behind codec_dot/codec_axpy for one codec, so a caller can pick
-// them once outside its loop instead of dispatching per row.
-using CodecDotFn = float (*)(const void *row, const float *q, int n);
-using CodecAxpyFn = void (*)(const void *row, float w, float *y, int n);
-CodecDotFn codec_dot_fn(KVCodec c);
-CodecAxpyFn codec_axpy_fn(KVCodec c);
-
-// Portable scalar reference of codec_dot/codec_axpy (what non-x86 machines and
-// x86 machines without AVX2/FMA/F16C run); the tests compare the SIMD path to it.
-float codec_dot_ref(KVCodec c, const void *row, const float *q, int n);
-void codec_axpy_ref(KVCodec c, const void *row, float w, float *y, int n);
-// Name of the path codec_dot/codec_axpy use on this machine: "avx2" or "scalar".
-const char *codec_kernel_name();
 
 // Per-channel key blocks (KIVI / KVQuant style): 32 consecutive tokens of a
 // KV head are quantized along the token axis, one Q4 group per channel, so an
