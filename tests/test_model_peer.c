@@ -19,18 +19,20 @@
 
 /* How far kvfit's logits may sit from llama.cpp's.
  * stories260K (F32 weights) agrees to about 0.002.
- * SmolLM2 (Q4_1): on x86 (and on the scalar path) kvfit's CPU backend does the
- * arithmetic of llama.cpp's x86 build (AVX-512) operation for operation, so the
- * logits are the same floats (the recording prints 6 decimals) and every greedy
- * token must match. Elsewhere (NEON) the matrix products sum in another order;
- * with 8-bit activations that moves logits by up to about 0.3, so there the
- * check is a bound and the continuations may fork at a near tie. */
+ * Quantized models (SmolLM2 Q4_1, Gemma 3 270M Q4_K_M, the tiny Q8_0 gemma3,
+ * qwen2 and qwen3 files): on x86 (and on the scalar path) kvfit's CPU backend
+ * does the arithmetic of llama.cpp's x86 build (AVX-512 without AVX512-FP16,
+ * see tests/peer/README.md) operation for operation, so the logits are the
+ * same floats (the recording prints 6 decimals) and every greedy token must
+ * match. Elsewhere (NEON) the matrix products sum in another order; with 8-bit
+ * activations that moves logits by up to about 0.3, so there the check is a
+ * bound and the continuations may fork at a near tie. */
 #define LOGIT_TOL_F32_MODEL 0.01f
 #if defined(__x86_64__)
-#define SMOLLM2_STRICT true
+#define QUANT_STRICT true
 #define LOGIT_TOL_QUANT_MODEL 1e-5f
 #else
-#define SMOLLM2_STRICT false
+#define QUANT_STRICT false
 #define LOGIT_TOL_QUANT_MODEL 0.5f
 #endif
 
@@ -211,14 +213,31 @@ static void test_smollm2(void **state) {
     (void)state;
     const char *p = test_default_model();
     if (!p) test_skip("the default model is missing; run `make models`");
-    run_peer(p, "peer-smollm2.txt", SMOLLM2_STRICT, LOGIT_TOL_QUANT_MODEL);
+    run_peer(p, "peer-smollm2.txt", QUANT_STRICT, LOGIT_TOL_QUANT_MODEL);
 }
 
+static void test_gemma3(void **state) {
+    (void)state;
+    const char *p = test_models_file("gemma-3-270m-q4_k_m.gguf");
+    if (!p) test_skip("models/gemma-3-270m-q4_k_m.gguf is missing; run `make models`");
+    run_peer(p, "peer-gemma3.txt", QUANT_STRICT, LOGIT_TOL_QUANT_MODEL);
+}
+
+/* Random weights: the texts are noise, but every path of the forward pass
+ * runs (gemma3's window of 24 wraps within each continuation). */
+static void run_tiny(const char *file, const char *peer_name) {
+    const char *p = test_tiny_model(file);
+    if (!p) test_skip("%s is missing: ctest's tiny_models fixture writes it (needs the gguf and numpy packages)", file);
+    run_peer(p, peer_name, QUANT_STRICT, LOGIT_TOL_QUANT_MODEL);
+}
+static void test_tiny_gemma3(void **state) { (void)state; run_tiny("tiny-gemma3.gguf", "peer-tiny-gemma3.txt"); }
+static void test_tiny_qwen2(void **state) { (void)state; run_tiny("tiny-qwen2.gguf", "peer-tiny-qwen2.txt"); }
+static void test_tiny_qwen3(void **state) { (void)state; run_tiny("tiny-qwen3.gguf", "peer-tiny-qwen3.txt"); }
+
 int main(void) {
-    test_skip_all_without_models();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_stories260K),
-        cmocka_unit_test(test_smollm2),
+        cmocka_unit_test(test_stories260K), cmocka_unit_test(test_smollm2),    cmocka_unit_test(test_gemma3),
+        cmocka_unit_test(test_tiny_gemma3), cmocka_unit_test(test_tiny_qwen2), cmocka_unit_test(test_tiny_qwen3),
     };
     return test_run(tests, NULL, NULL);
 }

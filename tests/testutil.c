@@ -27,6 +27,24 @@ const char *test_default_model(void) {
     return file_exists(buf) ? buf : NULL;
 }
 
+const char *test_models_file(const char *file) {
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s/%s", KVFIT_MODELS_DIR, file);
+    return file_exists(buf) ? buf : NULL;
+}
+
+const char *test_tiny_model(const char *file) {
+    static char buf[4096];
+    const char *env = getenv("KVFIT_TINY_DIR");
+#if defined(KVFIT_TINY_DIR_DEFAULT)
+    const char *dir = env && *env ? env : KVFIT_TINY_DIR_DEFAULT;
+#else
+    const char *dir = env && *env ? env : "tiny";
+#endif
+    snprintf(buf, sizeof buf, "%s/%s", dir, file);
+    return file_exists(buf) ? buf : NULL;
+}
+
 const char *test_repo_data(const char *relative) {
     static char buf[4096];
     snprintf(buf, sizeof buf, "%s/tests/data/%s", KVFIT_SOURCE_DIR, relative);

@@ -18,6 +18,15 @@ const char *test_data_path(const char *relative);
  * models/SmolLM2-135M-Instruct.Q4_1.gguf), or NULL if absent. Static buffer. */
 const char *test_default_model(void);
 
+/* Path of another model `make models` fetches (models/<file>), or NULL if
+ * absent. Static buffer. */
+const char *test_models_file(const char *file);
+
+/* Path of a tiny random-weight model that ctest's tiny_models fixture writes
+ * ($KVFIT_TINY_DIR, else the build tree's tests/tiny), e.g. "tiny-qwen2.gguf";
+ * NULL if absent. Static buffer. */
+const char *test_tiny_model(const char *file);
+
 /* Path of a file in the repository's tests/data folder. Static buffer. */
 const char *test_repo_data(const char *relative);
 

@@ -2,7 +2,8 @@
 # Installs what kvfit needs to build and run its whole test suite (`make test`,
 # which .ci/run runs), only what is missing: Debian packages through apt-get
 # (the package lists are updated first when something is to be installed),
-# and pytest for the Python binding's tests through pip. Rust is not a Debian
+# pytest for the Python binding's tests and gguf + numpy for the tiny test
+# models through pip. Rust is not a Debian
 # package here: install it with rustup; without cargo the Rust tests skip.
 set -e
 PKGS="cmake g++ make pkg-config libpcre2-dev libcmocka-dev python3 python3-pip unzip libstb-dev golang-go mesa-vulkan-drivers libvulkan-dev glslc vulkan-validationlayers"
@@ -28,6 +29,13 @@ fi
 if ! python3 -c "import pytest" 2>/dev/null; then
     echo "installing: pytest (pip, for $(command -v python3))"
     PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --user --quiet pytest
+fi
+
+# gguf and numpy from PyPI: tools/make-tiny-model.py writes the tiny
+# random-weight models some tests compare with llama.cpp's recorded results.
+if ! python3 -c "import gguf, numpy" 2>/dev/null; then
+    echo "installing: gguf, numpy (pip, for $(command -v python3))"
+    PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --user --quiet gguf numpy
 fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "${HOME:-/nonexistent}/.cargo/bin/cargo" ]; then
