@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/ggml_order.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
 #include "gguf/gguf.h"
@@ -59,10 +61,45 @@ bool weight_type_ok(uint32_t t) {
     return t == TYPE_F32 || t == TYPE_F16 || t == TYPE_BF16 || t == TYPE_Q4_0 || t == TYPE_Q4_1 || t == TYPE_Q8_0;
 }
 
+// The CPU's GELU table (cpu::gelu_f16_table) in device memory, copied at its
+// first use and shared by a backend's streams.
+class GeluTable {
+public:
+    explicit GeluTable(int device) : device_(device) {}
+    ~GeluTable() {
+        if (table_ && cudaSetDevice(device_) == cudaSuccess) cudaFree(table_);
+        cudaGetLastError();
+    }
+    const uint16_t *get() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (table_) return table_;
+        constexpr size_t bytes = size_t(1) << 17;
+        use_device(device_);
+        void *p = nullptr;
+        const cudaError_t e = cudaMalloc(&p, bytes);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            fail(KVFIT_E_NOMEM, "cannot allocate the GELU table in CUDA device memory: %s", cudaGetErrorString(e));
+        }
+        const cudaError_t c = cudaMemcpy(p, cpu::gelu_f16_table(), bytes, cudaMemcpyHostToDevice);
+        if (c != cudaSuccess) {
+            cudaFree(p);
+            cuda_fail(c, "GELU table upload");
+        }
+        table_ = static_cast<uint16_t *>(p);
+        return table_;
+    }
+
+private:
+    int device_;
+    std::mutex mutex_;
+    uint16_t *table_ = nullptr;
+};
+
 class CudaStream final : public Stream {
 public:
-    CudaStream(int device, int n_sm, int max_tokens, int64_t max_cols)
-        : device_(device), n_sm_(n_sm), max_tokens_(max_tokens), max_cols_(max_cols) {
+    CudaStream(int device, int n_sm, int max_tokens, int64_t max_cols, GeluTable &gelu)
+        : device_(device), n_sm_(n_sm), max_tokens_(max_tokens), max_cols_(max_cols), gelu_(gelu) {
         use_device(device_);
         check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreate");
         try {
@@ -188,6 +225,18 @@ public:
         check(cuda::add(s_, y, x, n), "add");
     }
 
+    void scale(float *x, size_t n, float v) override {
+        use_device(device_);
+        check(cuda::scale(s_, x, n, v), "scale");
+    }
+
+    void geglu(const float *gate, const float *up, size_t n, float *out) override {
+        if (!n) return;
+        const uint16_t *table = gelu_.get();
+        use_device(device_);
+        check(cuda::geglu(s_, gate, up, n, table, out), "geglu");
+    }
+
 private:
     // The attention's partial sums: sized on first use (the shapes of a
     // session never change, so this allocates once).
@@ -228,6 +277,7 @@ private:
     int n_sm_;
     int max_tokens_;
     int64_t max_cols_;
+    GeluTable &gelu_;
     cudaStream_t s_ = nullptr;
     std::vector<void *> allocs_;
     uint64_t allocated_ = 0;  // what alloc() obtained
@@ -238,7 +288,7 @@ private:
 
 class CudaBackend final : public Backend {
 public:
-    explicit CudaBackend(int device) : device_(device) {
+    explicit CudaBackend(int device) : device_(device), gelu_(device) {
         use_device(device_);
         cudaDeviceProp prop;
         check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
@@ -321,12 +371,13 @@ public:
     }
 
     std::unique_ptr<Stream> create_stream(int n_threads, int max_tokens, int64_t max_cols, int max_kv) override {
-        return std::make_unique<CudaStream>(device_, n_sm_, max_tokens, max_cols);
+        return std::make_unique<CudaStream>(device_, n_sm_, max_tokens, max_cols, gelu_);
     }
 
 private:
     int device_;
     int n_sm_ = 1;
+    GeluTable gelu_;
     std::string name_;
     std::vector<void *> weights_;
     std::vector<void *> host_;

@@ -31,6 +31,11 @@ cudaError_t get_rows(cudaStream_t s, uint32_t type, const void *table, size_t ro
 cudaError_t rmsnorm(cudaStream_t s, const float *x, const float *w, int64_t d, float eps, int n, float *y);
 cudaError_t swiglu(cudaStream_t s, const float *gate, const float *up, size_t n, float *out);
 cudaError_t add(cudaStream_t s, float *y, const float *x, size_t n);
+cudaError_t scale(cudaStream_t s, float *x, size_t n, float v);
+// out = gelu(gate) * up through the CPU's table of 65536 F16 GELU values
+// (cpu::gelu_f16_table, on the device), indexed by the F16 bits of gate; 0
+// where gate <= -10 and gate itself where gate >= 10. out may be gate.
+cudaError_t geglu(cudaStream_t s, const float *gate, const float *up, size_t n, const uint16_t *table, float *out);
 
 // kv_encode: n * n_heads head rows of head_dim floats (rotated in place first
 // when hadamard is set) into codec rows at dst.

@@ -1,4 +1,5 @@
-// Element-wise and row-wise ops: embedding lookup, RMSNorm, SwiGLU, add.
+// Element-wise and row-wise ops: embedding lookup, RMSNorm, SwiGLU, GEGLU, add,
+// scale.
 #include <cfloat>
 
 #include "common.cuh"
@@ -46,6 +47,36 @@ __global__ void swiglu_kernel(const float *gate, const float *up, size_t n, floa
     }
 }
 
+// The F16 bits of f rounded to nearest even, NaN kept a (quiet) NaN: the CPU
+// backend's fp32_to_fp16, bit for bit (the GELU table is indexed by them).
+__device__ __forceinline__ uint32_t f16_bits(float f) {
+    const uint32_t x = __float_as_uint(f);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t a = x & 0x7fffffffu;
+    if (a >= 0x7f800000u) return sign | 0x7c00u | (a > 0x7f800000u ? 0x200u : 0u);
+    if (a >= 0x477ff000u) return sign | 0x7c00u;  // rounds up to infinity
+    if (a < 0x38800000u)  // a subnormal half: the float addition aligns the half ulp and rounds
+        return sign | (__float_as_uint(__fadd_rn(__uint_as_float(a), 0.5f)) - 0x3f000000u);
+    a += 0xc8000fffu + ((a >> 13) & 1u);
+    return sign | ((a >> 13) & 0xffffu);
+}
+
+__global__ void geglu_kernel(const float *gate, const float *up, size_t n, const uint16_t *table, float *out) {
+    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+        const float x = gate[i];
+        float r;
+        if (x <= -10.0f) r = 0.0f;
+        else if (x >= 10.0f) r = __fmul_rn(x, up[i]);
+        else r = __fmul_rn(__half2float(__ushort_as_half(table[f16_bits(x)])), up[i]);
+        out[i] = r;
+    }
+}
+
+__global__ void scale_kernel(float *x, size_t n, float v) {
+    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+        x[i] = __fmul_rn(x[i], v);
+}
+
 __global__ void add_kernel(float *y, const float *x, size_t n) {
     for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
         y[i] += x[i];
@@ -76,6 +107,18 @@ cudaError_t swiglu(cudaStream_t s, const float *gate, const float *up, size_t n,
 cudaError_t add(cudaStream_t s, float *y, const float *x, size_t n) {
     if (!n) return cudaSuccess;
     add_kernel<<<std::min(blocks_for(n), 65535u), kThreads, 0, s>>>(y, x, n);
+    return cudaGetLastError();
+}
+
+cudaError_t scale(cudaStream_t s, float *x, size_t n, float v) {
+    if (!n) return cudaSuccess;
+    scale_kernel<<<std::min(blocks_for(n), 65535u), kThreads, 0, s>>>(x, n, v);
+    return cudaGetLastError();
+}
+
+cudaError_t geglu(cudaStream_t s, const float *gate, const float *up, size_t n, const uint16_t *table, float *out) {
+    if (!n) return cudaSuccess;
+    geglu_kernel<<<std::min(blocks_for(n), 65535u), kThreads, 0, s>>>(gate, up, n, table, out);
     return cudaGetLastError();
 }
 

@@ -4,8 +4,10 @@
 // the Hadamard rotation, and per-channel key blocks), and attention over the
 // sink + window cache in every layout, driven through SessionMemory so that window
 // wrap-around, the residual key block and long windows (split over blocks)
-// are all reached. Exits 77 (ctest's skip) when the CUDA backend is not built
-// or has no device.
+// are all reached, and over a layer with the model's own sliding window; scale
+// and GEGLU bit for bit. Exits 77 (ctest's skip) when the CUDA backend is not
+// built or has no device.
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -208,6 +210,72 @@ void test_elementwise(void **) {
     expect_close("add", yc, p.get_gpu(yg, x.size()).data(), x.size(), {}, 2e-6f, 1e-7f);
 }
 
+// Equal bits, or NaN on both sides (which NaN an operation returns is not part of its result).
+void expect_bits(const char *what, const std::vector<float> &ref, const std::vector<float> &got) {
+    size_t differ = 0, first = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        const bool same = std::isnan(ref[i]) ? std::isnan(got[i]) : std::memcmp(&got[i], &ref[i], sizeof(float)) == 0;
+        if (!same && !differ++) first = i;
+    }
+    if (differ) {
+        printf("%s: %zu of %zu values differ from the CPU's bits; the first at %zu: CPU %.9g, CUDA %.9g\n", what, differ,
+               ref.size(), first, double(ref[first]), double(got[first]));
+        fail();
+    }
+}
+
+// Every F16 value (the GELU table's whole domain), midpoints between
+// neighbouring F16 values, the +-10 cut-offs and their neighbours, specials
+// and random floats: not a multiple of any block size.
+std::vector<float> gelu_inputs(std::mt19937 &rng) {
+    std::vector<float> x;
+    for (uint32_t h = 0; h < 65536; h++) x.push_back(fp16_to_fp32(uint16_t(h)));
+    for (uint32_t h : {0x0001u, 0x03feu, 0x3bffu, 0x3c00u, 0x4170u, 0x48ffu, 0x7bfeu, 0x8001u, 0xbc00u, 0xc8ffu, 0xfbfeu})
+        for (uint32_t k = 0; k < 40; k++) {
+            const double a = fp16_to_fp32(uint16_t(h + k)), b = fp16_to_fp32(uint16_t(h + k + 1));
+            x.push_back(float((a + b) / 2));
+        }
+    for (float e : {-10.0f, 10.0f}) x.insert(x.end(), {e, std::nextafter(e, 0.0f), std::nextafter(e, 2 * e)});
+    x.insert(x.end(), {INFINITY, -INFINITY, NAN, -NAN, 0.0f, -0.0f, 1e-40f, -1e-40f, FLT_MIN, FLT_MAX, -FLT_MAX,
+                       65519.0f, 65520.0f, -65520.0f, 9.999999f, -9.999999f});
+    const std::vector<float> r = randn(2001, rng, 4.0f);
+    x.insert(x.end(), r.begin(), r.end());
+    return x;
+}
+
+// scale and geglu are a product and a table lookup: the CPU's bits exactly.
+void test_scale_geglu(void **) {
+    std::mt19937 rng(9);
+    Pair p;
+    const std::vector<float> x = gelu_inputs(rng);
+    const size_t n = x.size();
+    std::vector<float> up = randn(n, rng);
+    const float up_special[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, 1e-30f, 1e30f, 1e-45f};
+    for (size_t i = 0; i < 8; i++) {
+        up[1000 + 7919 * i] = up_special[i];
+        up[n - 2002 - i] = up_special[i];
+    }
+    auto [xc, xg] = p.put(x);
+    auto [uc, ug] = p.put(up);
+    auto [oc, og] = p.put(std::vector<float>(n, 0.0f));
+    auto cpu_vec = [&](const float *c) { return std::vector<float>(c, c + n); };
+    p.cpu->geglu(xc, uc, n, oc);
+    p.gpu->geglu(xg, ug, n, og);
+    expect_bits("geglu", cpu_vec(oc), p.get_gpu(og, n));
+    auto [gc, gg] = p.put(x);
+    p.cpu->geglu(gc, uc, n, gc);  // in place, as the forward pass calls it
+    p.gpu->geglu(gg, ug, n, gg);
+    expect_bits("geglu in place", cpu_vec(gc), p.get_gpu(gg, n));
+    for (float f : {16.0f, 0.125f, 1.0f / std::sqrt(3.0f), -2.5f, 1e-3f, 0.0f}) {
+        auto [sc, sg] = p.put(x);
+        p.cpu->scale(sc, n, f);
+        p.gpu->scale(sg, n, f);
+        char what[64];
+        snprintf(what, sizeof what, "scale by %g", double(f));
+        expect_bits(what, cpu_vec(sc), p.get_gpu(sg, n));
+    }
+}
+
 // Encoded rows are compared by their decoded values: within one step of the
 // CPU's codes (they are expected to be identical).
 void test_kv_encode(void **) {
@@ -333,6 +401,71 @@ void test_attention(void **) {
     run_cache(KVFIT_KV_Q4_CHANNEL, true, 2048, RopeMode::Norm, longs);
 }
 
+// A layer with the model's own sliding window (layer 0 of two; layer 1 is
+// global) in a dense and a budgeted session: batches of 1, a few and 64 or
+// more over several turns of the ring. This backend keeps keys before RoPE,
+// so its attention is the streaming one without sinks; the CPU's dense
+// session keeps them rotated and attends in llama.cpp's order (an F16 query
+// and accumulator), hence the wider tolerance there.
+void run_native_window(bool dense) {
+    constexpr int NW = 80, TOKENS = 300;
+    std::mt19937 rng(dense ? 11 : 12);
+    RopeParams rope;
+    rope.n_dims = 64;
+    rope.mode = RopeMode::Neox;
+    std::vector<LayerSpec> specs = uniform_attention_layers(2, 6, 2, 64, rope);
+    specs[0].native_window = NW;
+    specs[1].rope.freq_base = 1000000.0f;
+    kvfit_session_params sp;
+    kvfit_session_params_init(&sp);
+    sp.n_ctx = TOKENS;
+    if (!dense) sp.kv_budget_bytes = 1 << 20;
+    const MemoryPlan plan = plan_memory(specs, sp, 512);
+    assert_int_equal(plan.layers[0].kind, KVFIT_LAYER_WINDOW);
+    assert_int_equal(plan.layers[0].n_window, NW);
+    assert_int_equal(plan.layers[0].n_sink, 0);
+    const int qd = 6 * 64, kvd = 2 * 64;
+    Pair p(NW, qd, TOKENS);
+    SessionMemory cc(*p.cpu, specs, plan, NW), cg(*p.gpu, specs, plan, NW);
+    assert_false(cg.attention(0).keys_rotated());
+    float *buf_c = static_cast<float *>(p.cpu->alloc(size_t(NW) * (2 * qd + 2 * kvd) * 4));
+    float *buf_g = static_cast<float *>(p.gpu->alloc(size_t(NW) * (2 * qd + 2 * kvd) * 4));
+    const int batches[] = {1, 3, 70, 5, 64, 1, 80, 17, 66, 2, 1, 63};
+    uint64_t pos = 0;
+    for (int bi = 0; pos < TOKENS; bi = (bi + 1) % int(sizeof batches / sizeof *batches)) {
+        const int n = int(std::min<uint64_t>(uint64_t(batches[bi]), TOKENS - pos));
+        for (int layer = 0; layer < 2; layer++) {
+            const std::vector<float> q = randn(size_t(n * qd), rng), k = randn(size_t(n * kvd), rng),
+                                     v = randn(size_t(n * kvd), rng);
+            float *bufs[2] = {buf_c, buf_g};
+            Stream *ss[2] = {p.cpu.get(), p.gpu.get()};
+            SessionMemory *caches[2] = {&cc, &cg};
+            for (int b = 0; b < 2; b++) {
+                float *qq = bufs[b], *kk = qq + size_t(NW) * qd, *vv = kk + size_t(NW) * kvd,
+                      *out = vv + size_t(NW) * kvd;
+                ss[b]->upload(qq, q.data(), q.size() * 4);
+                ss[b]->upload(kk, k.data(), k.size() * 4);
+                ss[b]->upload(vv, v.data(), v.size() * 4);
+                caches[b]->attend(*ss[b], layer, qq, kk, vv, n, pos, out);
+            }
+            const float *out_c = buf_c + size_t(NW) * (qd + 2 * kvd);
+            const std::vector<float> got = p.get_gpu(buf_g + size_t(NW) * (qd + 2 * kvd), size_t(n * qd));
+            char what[128];
+            snprintf(what, sizeof what, "%s session, %s layer: attention at %llu (+%d)", dense ? "dense" : "budgeted",
+                     layer ? "global" : "native-window", (unsigned long long)pos, n);
+            const float tol = dense ? 4e-3f : 1e-3f;
+            expect_close(what, out_c, got.data(), got.size(), {}, tol, tol);
+        }
+        pos += uint64_t(n);
+    }
+    printf("native window, %s session: %d tokens match\n", dense ? "dense" : "budgeted", TOKENS);
+}
+
+void test_native_window(void **) {
+    run_native_window(true);
+    run_native_window(false);
+}
+
 // Errors are status codes, not aborts.
 void test_errors(void **) {
     Pair p;
@@ -360,7 +493,8 @@ int main(void) {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_get_rows),
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_kv_encode),       cmocka_unit_test(test_kv_encode_channels),
-        cmocka_unit_test(test_attention),       cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_attention),       cmocka_unit_test(test_native_window),
+        cmocka_unit_test(test_scale_geglu),     cmocka_unit_test(test_errors),
     };
     return test_run(tests, nullptr, teardown);
 }

@@ -3,12 +3,15 @@
 // type, rmsnorm, kv_encode in each codec with and without the Hadamard
 // rotation, cache_attention over dense and streaming caches (sinks filling,
 // wrapped ring, batches, stream positions past 2^32, GQA, partial and NeoX
-// RoPE), swiglu, add, copy and large transfers. Each runs on the
+// RoPE), attention over a layer with the model's own sliding window
+// (through SessionMemory, keys kept rotated in a ring), swiglu, geglu, scale,
+// add, copy and large transfers. Each runs on the
 // device's preferred paths and again with subgroup operations and doubles
 // switched off (the fallbacks). The Vulkan validation layer runs throughout
 // (when installed) and must report no error. Exits 77 (ctest's skip) when the
 // Vulkan backend is not built or there is no Vulkan device.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -26,6 +29,7 @@
 #include "gguf/gguf.h"
 #include "kv/codec.h"
 #include "testutil.h"
+#include "kv/memory.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail.
 #include <setjmp.h>
@@ -563,6 +567,157 @@ void test_elementwise(void **) {
     });
 }
 
+// Equal bits, or NaN on both sides (which NaN an operation returns is not
+// part of its result).
+void expect_bits(const char *what, const std::vector<float> &got, const std::vector<float> &ref) {
+    size_t differ = 0, first = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        const bool same = std::isnan(ref[i]) ? std::isnan(got[i]) : std::memcmp(&got[i], &ref[i], sizeof(float)) == 0;
+        if (!same && !differ++) first = i;
+    }
+    if (differ) {
+        std::printf("%s: %zu of %zu values differ from the CPU's bits; the first at %zu: %.9g vs %.9g\n", what, differ,
+                    ref.size(), first, double(got[first]), double(ref[first]));
+        fail();
+    }
+}
+
+// Inputs for scale and geglu: every F16 value (the whole domain of the GELU
+// table), the midpoints between neighbouring F16 values (rounding to even),
+// the +-10 cut-offs and their float neighbours, infinities, NaN, signed
+// zeros, float subnormals and extremes, then random floats; 68000-odd values,
+// not a multiple of the workgroup size.
+std::vector<float> gelu_inputs() {
+    std::vector<float> x;
+    for (uint32_t h = 0; h < 65536; h++) x.push_back(fp16_to_fp32(uint16_t(h)));
+    for (uint32_t h : {0x0001u, 0x03feu, 0x3bffu, 0x3c00u, 0x4170u, 0x48ffu, 0x7bfeu, 0x8001u, 0xbc00u, 0xc8ffu, 0xfbfeu})
+        for (uint32_t k = 0; k < 40; k++) {
+            const double a = fp16_to_fp32(uint16_t(h + k)), b = fp16_to_fp32(uint16_t(h + k + 1));
+            x.push_back(float((a + b) / 2));  // exact: one bit more than a half
+        }
+    for (float e : {-10.0f, 10.0f})
+        x.insert(x.end(), {e, std::nextafter(e, 0.0f), std::nextafter(e, 2 * e)});
+    x.insert(x.end(), {INFINITY, -INFINITY, NAN, -NAN, 0.0f, -0.0f, 1e-40f, -1e-40f, FLT_MIN, FLT_MAX, -FLT_MAX,
+                       65519.0f, 65520.0f, -65520.0f, 9.999999f, -9.999999f});
+    const std::vector<float> r = random_floats(2001, 41, 4.0f);
+    x.insert(x.end(), r.begin(), r.end());
+    return x;
+}
+
+void test_scale_geglu(void **) {
+    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
+        const std::vector<float> x = gelu_inputs();
+        const size_t n = x.size();
+        assert_true(n % 64 != 0);
+        std::vector<float> up = random_floats(n, 42);
+        // special factors on random positions of the table's range, and on the specials
+        const float up_special[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, 1e-30f, 1e30f, 1e-45f};
+        for (size_t i = 0; i < 8; i++) {
+            up[1000 + 7919 * i] = up_special[i];
+            up[n - 2001 - 1 - i] = up_special[i];
+        }
+        Pair px = pair_of(cs, vs, x), pu = pair_of(cs, vs, up), po = pair_of(cs, vs, nullptr, n * 4);
+        // Every F16 input reaches the table: the GELU (up = 1) alone, then with the factors.
+        const std::vector<float> ones(n, 1.0f);
+        Pair p1 = pair_of(cs, vs, ones);
+        for (const Pair *f : {&p1, &pu}) {
+            cs.geglu(static_cast<float *>(px.c), static_cast<float *>(f->c), n, static_cast<float *>(po.c));
+            vs.geglu(static_cast<float *>(px.v), static_cast<float *>(f->v), n, static_cast<float *>(po.v));
+            const std::string what = std::string(label) + (f == &p1 ? " geglu (up = 1)" : " geglu");
+            expect_bits(what.c_str(), fetch<float>(vs, po.v, n), fetch<float>(cs, po.c, n));
+        }
+        // in place (out = gate), as the forward pass calls it
+        Pair pg = pair_of(cs, vs, x);
+        cs.geglu(static_cast<float *>(pg.c), static_cast<float *>(pu.c), n, static_cast<float *>(pg.c));
+        vs.geglu(static_cast<float *>(pg.v), static_cast<float *>(pu.v), n, static_cast<float *>(pg.v));
+        expect_bits((std::string(label) + " geglu in place").c_str(), fetch<float>(vs, pg.v, n), fetch<float>(cs, pg.c, n));
+        // scale: a plain product; factors exact and inexact, and results that underflow
+        for (float f : {16.0f, 0.125f, 1.0f / std::sqrt(3.0f), -2.5f, 1e-3f, 0.0f}) {
+            Pair ps = pair_of(cs, vs, x);
+            cs.scale(static_cast<float *>(ps.c), n, f);
+            vs.scale(static_cast<float *>(ps.v), n, f);
+            char what[96];
+            std::snprintf(what, sizeof what, "%s scale by %g", label, double(f));
+            expect_bits(what, fetch<float>(vs, ps.v, n), fetch<float>(cs, ps.c, n));
+        }
+        // nothing to do for n = 0
+        vs.scale(static_cast<float *>(px.v), 0, 2.0f);
+        vs.geglu(static_cast<float *>(px.v), static_cast<float *>(pu.v), 0, static_cast<float *>(po.v));
+        vs.synchronize();
+    });
+}
+
+// A layer with the model's own sliding window (layer 0; layer 1 is global)
+// through SessionMemory on both backends, the same queries, keys and values:
+// a dense session keeps the window's keys rotated at their stream positions
+// in a ring (batches under 64 queries in llama.cpp's order, from 64 on the
+// batched path, both with each query at its own position); a budgeted one
+// keeps them before RoPE (streaming attention without sinks). Batches of 1,
+// a few and 64 or more, over several turns of the ring.
+void check_native_window(Backend &cb, Backend &vb, const char *label, bool dense, RopeMode mode) {
+    constexpr int NW = 80, TOKENS = 300, HD = kHeadDim;
+    RopeParams rope;
+    rope.n_dims = HD;
+    rope.mode = mode;
+    std::vector<LayerSpec> specs = uniform_attention_layers(2, kHeads, kHeadsKv, HD, rope);
+    specs[0].native_window = NW;
+    specs[0].rope.freq_base = 10000.0f;
+    specs[1].rope.freq_base = 1000000.0f;
+    kvfit_session_params p;
+    std::memset(&p, 0, sizeof p);
+    p.n_sink = -1;
+    p.n_ctx = TOKENS;
+    if (!dense) p.kv_budget_bytes = 1 << 20;
+    const MemoryPlan plan = plan_memory(specs, p, 512);
+    assert_int_equal(plan.layers[0].kind, KVFIT_LAYER_WINDOW);
+    assert_int_equal(plan.layers[0].n_window, NW);
+    assert_int_equal(plan.layers[0].n_sink, 0);
+    const int qd = kHeads * HD, kvd = kHeadsKv * HD;
+    auto cs = cb.create_stream(2, NW, qd, TOKENS), vs = vb.create_stream(2, NW, qd, TOKENS);
+    SessionMemory mc(*cs, specs, plan, NW), mv(*vs, specs, plan, NW);
+    assert_int_equal(mc.attention(0).keys_rotated(), dense);
+    assert_int_equal(mv.attention(0).keys_rotated(), dense);
+    // per side: q, k (attend's scratch), v, out
+    float *bufs[2];
+    Stream *ss[2] = {cs.get(), vs.get()};
+    SessionMemory *mem[2] = {&mc, &mv};
+    for (int b = 0; b < 2; b++) bufs[b] = static_cast<float *>(ss[b]->alloc(size_t(NW) * (2 * qd + 2 * kvd) * 4));
+    const int batches[] = {1, 3, 70, 5, 64, 1, 80, 17, 66, 2, 1, 63};
+    uint64_t pos = 0;
+    uint32_t seed = dense ? 900 : 950;
+    for (int bi = 0; pos < TOKENS; bi = (bi + 1) % int(sizeof batches / sizeof *batches)) {
+        const int n = int(std::min<uint64_t>(uint64_t(batches[bi]), TOKENS - pos));
+        for (int layer = 0; layer < 2; layer++) {
+            const std::vector<float> q = random_floats(size_t(n * qd), seed++), k = random_floats(size_t(n * kvd), seed++),
+                                     v = random_floats(size_t(n * kvd), seed++);
+            std::vector<float> out[2];
+            for (int b = 0; b < 2; b++) {
+                float *qq = bufs[b], *kk = qq + size_t(NW) * qd, *vv = kk + size_t(NW) * kvd, *oo = vv + size_t(NW) * kvd;
+                ss[b]->upload(qq, q.data(), q.size() * 4);
+                ss[b]->upload(kk, k.data(), k.size() * 4);
+                ss[b]->upload(vv, v.data(), v.size() * 4);
+                mem[b]->attend(*ss[b], layer, qq, kk, vv, n, pos, oo);
+                out[b] = fetch<float>(*ss[b], oo, q.size());
+            }
+            char what[192];
+            std::snprintf(what, sizeof what, "%s %s session, %s layer, %s RoPE: attention at %llu (+%d)", label,
+                          dense ? "dense" : "budgeted", layer ? "global" : "native-window",
+                          mode == RopeMode::Neox ? "NeoX" : "pair", (unsigned long long)pos, n);
+            // (without doubles fma() need not be fused: lavapipe's is not, and 80
+            // queries of the batched path have been seen 2.3e-5 off)
+            expect_same(vb.reproduces_cpu(), what, out[1], out[0], 5e-5);
+        }
+        pos += uint64_t(n);
+    }
+}
+
+void test_native_window(void **) {
+    each_backend([](Backend &cb, Backend &vb, Stream &, Stream &, const char *label) {
+        for (bool dense : {true, false}) check_native_window(cb, vb, label, dense, RopeMode::Neox);
+        check_native_window(cb, vb, label, true, RopeMode::Norm);
+    });
+}
+
 // Transfers larger than the staging buffers, interleaved with compute.
 void test_transfers(void **) {
     each_backend([](Backend &, Backend &, Stream &, Stream &vs, const char *) {
@@ -728,6 +883,9 @@ int main() {
         cmocka_unit_test(test_devices),  cmocka_unit_test(test_get_rows),    cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_matmul),   cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
         cmocka_unit_test(test_rotated_keys),     cmocka_unit_test(test_channel_keys),
+        cmocka_unit_test(test_elementwise), cmocka_unit_test(test_transfers),
+        cmocka_unit_test(test_rotated_keys),     cmocka_unit_test(test_native_window),
+        cmocka_unit_test(test_channel_keys),     cmocka_unit_test(test_scale_geglu),
         cmocka_unit_test(test_elementwise), cmocka_unit_test(test_transfers),
         cmocka_unit_test(test_concurrent_streams), cmocka_unit_test(test_errors),
     };

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/ggml_order.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
 #include "gguf/gguf.h"
@@ -124,6 +125,7 @@ struct RopePush {
 struct AttentionGgmlPush {
     uint32_t q_off, o_off, cs_off, k_off, v_off, kn_off, vn_off, n_head, pos0, row_bytes, head_bytes, n_dims, neox;
     float scale;
+    uint32_t ring;  // a native sliding window's ring slots (0: a dense cache)
 };
 struct ChannelsPush {
     uint32_t rows_off, dst_off, width;
@@ -133,6 +135,13 @@ struct MergePush {
 };
 struct ElementwisePush {
     uint32_t a_off, b_off, c_off, n, stride;
+};
+struct ScalePush {
+    uint32_t x_off, n, stride;
+    float s;
+};
+struct GegluPush {
+    uint32_t g_off, u_off, o_off, n, stride, t_off;
 };
 static_assert(sizeof(AttentionPush) <= kPushBytes, "push constants");
 
@@ -210,6 +219,20 @@ public:
         std::lock_guard<std::mutex> lock(signs_mutex_);
         return signs_.emplace(n, d).first->second;
     }
+
+    // The CPU's GELU table (cpu::gelu_f16_table: 65536 F16 values, two to a
+    // word) on the device, placed at its first use.
+    const void *gelu_table() {
+        std::lock_guard<std::mutex> lock(gelu_mutex_);
+        if (!gelu_) {
+            const uint8_t *t = reinterpret_cast<const uint8_t *>(cpu::gelu_f16_table());
+            gelu_ = place(kGeluTableBytes, [&](uint8_t *dst, size_t first, size_t words) {
+                std::memcpy(dst, t + first * 4, words * 4);
+            }, 4);
+        }
+        return gelu_;
+    }
+    static constexpr size_t kGeluTableBytes = size_t(1) << 17;
 
 private:
     // Reserves `bytes` in an arena and fills them with fill(dst, first, count)
@@ -295,6 +318,8 @@ private:
     VkFence fence_ = VK_NULL_HANDLE;
     std::mutex signs_mutex_;
     std::map<int, const float *> signs_;
+    std::mutex gelu_mutex_;
+    const void *gelu_ = nullptr;
 };
 
 class VulkanStream final : public Stream {
@@ -575,21 +600,30 @@ public:
     // takes its batched path from 64 on, and so does this backend).
     static constexpr int kGgmlTiledQueries = 64;
 
+    // Rotated keys live in a dense F16 cache, or in the ring of a layer with
+    // the model's own sliding window (no sinks; a key at its stream position
+    // p in slot p mod n_window), at positions that fit 31 bits.
+    static void check_rotated(const CacheAttention &a) {
+        if (a.codec != int(KVCodec::F16) || (a.streaming && (a.n_sink || !a.n_window)) || a.channel_keys ||
+            a.hadamard || a.pos0 + uint64_t(a.n_q) > 0x7fffffffu)
+            fail(KVFIT_E_INTERNAL, "Vulkan: rotated keys outside a dense F16 cache or a native window");
+    }
+
     void attention_ggml_order(const CacheAttention &a, const float *q, float *out) {
         const uint32_t hd = uint32_t(a.head_dim), group = uint32_t(a.n_head / a.n_head_kv);
-        if (a.codec != int(KVCodec::F16) || a.streaming || a.channel_keys || a.hadamard ||
-            a.pos0 + uint64_t(a.n_q) > 0xffffffffu)
-            fail(KVFIT_E_INTERNAL, "Vulkan: rotated keys outside a dense F16 cache");
+        check_rotated(a);
         const size_t qbytes = size_t(a.n_q) * size_t(a.n_head) * hd * 4;
         const Span qs = d_.span(q, qbytes), os = d_.span(out, qbytes);
-        const Span ks = d_.span(a.k, std::max<size_t>(size_t(a.pos0) * a.row_bytes, 4));
-        const Span vs = d_.span(a.v, std::max<size_t>(size_t(a.pos0) * a.row_bytes, 4));
+        // cached rows: every earlier position, or the ring's slots in use
+        const size_t cached = a.streaming ? size_t(std::min<uint64_t>(a.pos0, a.n_window)) : size_t(a.pos0);
+        const Span ks = d_.span(a.k, std::max<size_t>(cached * a.row_bytes, 4));
+        const Span vs = d_.span(a.v, std::max<size_t>(cached * a.row_bytes, 4));
         const Span kn = d_.span(a.k_new, size_t(a.n_q) * a.row_bytes), vn = d_.span(a.v_new, size_t(a.n_q) * a.row_bytes);
         const Span cs = d_.span(a.rope_cs, d_.bytes_after(a.rope_cs));
         AttentionGgmlPush p{uint32_t(qs.rel / 4), uint32_t(os.rel / 4), uint32_t(cs.rel / 4), uint32_t(ks.rel),
                             uint32_t(vs.rel), uint32_t(kn.rel), uint32_t(vn.rel), uint32_t(a.n_head),
                             uint32_t(a.pos0), uint32_t(a.row_bytes), uint32_t(a.head_bytes), uint32_t(a.rope.n_dims),
-                            a.rope.mode == RopeMode::Neox, a.scale};
+                            a.rope.mode == RopeMode::Neox, a.scale, a.streaming ? a.n_window : 0u};
         run("attention_ggml", d_.pipeline(variant("attention_ggml"), 7, {kWG, hd, group}),
             {{qs, false}, {os, true}, {ks, false}, {vs, false}, {kn, false}, {vn, false}, {cs, false}}, &p, sizeof p,
             uint32_t(a.n_head), uint32_t(a.n_q));
@@ -602,6 +636,7 @@ public:
             fail(KVFIT_E_UNSUPPORTED, "Vulkan: per-channel keys need Q4 values, no Hadamard rotation and a window "
                  "of whole blocks");
         if (a.n_q <= 0) return;
+        if (a.keys_rotated) check_rotated(a);
         const uint32_t hd = uint32_t(a.head_dim), group = uint32_t(a.n_head / a.n_head_kv);
         const uint32_t S = a.n_sink, W = a.n_window;
         if (a.rope.n_dims <= 0 || a.rope.n_dims > a.head_dim || a.rope.n_dims % 2 || W == 0 || uint32_t(a.n_q) > W + S)
@@ -661,7 +696,9 @@ public:
         p.pos0c = uint32_t(std::min<uint64_t>(p0, S));
         p.rel_S = int32_t(std::clamp<int64_t>(int64_t(S) - int64_t(std::min<uint64_t>(p0, uint64_t(1) << 62)),
                                               -(int64_t(1) << 30), int64_t(1) << 30));
-        p.rel_wfirst = int32_t(int64_t(std::max<uint64_t>(win_start(p0), S)) - int64_t(p0));
+        // Keys kept rotated are at their stream positions, so the frame is the
+        // stream's own: queries at p0 + i (dense: the same thing).
+        p.rel_wfirst = a.keys_rotated ? -int32_t(p0) : int32_t(int64_t(std::max<uint64_t>(win_start(p0), S)) - int64_t(p0));
         p.p0mod = p0 >= S ? uint32_t((p0 - S) % W) : 0;
         p.row_bytes = uint32_t(a.row_bytes);
         p.head_bytes = uint32_t(a.head_bytes);
@@ -718,6 +755,27 @@ public:
     }
 
     void add(float *y, const float *x, size_t n) override { elementwise("add", y, x, nullptr, n); }
+
+    void scale(float *x, size_t n, float s) override {
+        if (!n) return;
+        if (n > 0xffffffffu) fail(KVFIT_E_INTERNAL, "Vulkan: scale over %zu values", n);
+        const Span xs = d_.span(x, n * 4);
+        const uint32_t gx = std::min<uint32_t>(ceil_div(n, kWG), d_.limits().maxComputeWorkGroupCount[0]);
+        ScalePush p{uint32_t(xs.rel / 4), uint32_t(n), gx * kWG, s};
+        run("scale", d_.pipeline("scale", 1, {kWG}), {{xs, true}}, &p, sizeof p, gx);
+    }
+
+    void geglu(const float *gate, const float *up, size_t n, float *out) override {
+        if (!n) return;
+        if (n > 0xffffffffu) fail(KVFIT_E_INTERNAL, "Vulkan: geglu over %zu values", n);
+        const Span gs = d_.span(gate, n * 4), us = d_.span(up, n * 4), os = d_.span(out, n * 4);
+        const Span ts = d_.span(b_.gelu_table(), VulkanBackend::kGeluTableBytes);
+        const uint32_t gx = std::min<uint32_t>(ceil_div(n, kWG), d_.limits().maxComputeWorkGroupCount[0]);
+        GegluPush p{uint32_t(gs.rel / 4), uint32_t(us.rel / 4), uint32_t(os.rel / 4), uint32_t(n), gx * kWG,
+                    uint32_t(ts.rel / 4)};
+        run("geglu", d_.pipeline("geglu", 4, {kWG}), {{gs, false}, {us, false}, {os, true}, {ts, false}}, &p, sizeof p,
+            gx);
+    }
 
 private:
     struct Readback {

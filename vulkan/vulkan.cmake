@@ -50,6 +50,8 @@ if(KVFIT_WITH_VULKAN)
     "attention_ggml|attention_ggml.comp|"
     "attention_ggml_f64|attention_ggml.comp|-DUSE_FP64"
     "add|add.comp|"
+    "scale|scale.comp|"
+    "geglu|geglu.comp|"
     "fma_probe|fma_probe.comp|")
   set(vk_spv)
   set(vk_names)

@@ -31,6 +31,11 @@
 // query sees), so every query-key distance is the real token distance and a
 // key's rotation is the same for all queries; sinks are rotated to their
 // index, and the query to its own cache position for them.
+//
+// With ROTATED the keys were stored after RoPE at their stream positions (a
+// dense F16 cache, or the ring of a layer with the model's own sliding
+// window, S = 0) and are not rotated here; the host sets rel_wfirst = -p0,
+// which puts each query at its own stream position p0 + i.
 #include "common.glsl"
 #include "exact_math.glsl"
 #include "kv_rows.glsl"

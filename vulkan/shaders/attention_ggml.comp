@@ -8,7 +8,11 @@
 //   a new maximum M rescales the F16 accumulator by expf(M_old - M), else the
 //        value is weighted by expf(s - M); acc = f16(fma_rn(value, weight, acc));
 //   S = fma_rn(S, rescale, weight);
-// and finally acc / S. One workgroup per (query head, query). Keys are taken
+// and finally acc / S. A query at stream position t sees every position up to
+// t (a dense cache, row p for position p), or with RING > 0 (a layer with the
+// model's own sliding window) the last RING of them, position p in ring slot
+// p mod RING; either way in chronological order, this batch's own rows taken
+// from the staged ones. One workgroup per (query head, query). Keys are taken
 // in tiles of WG: invocation j scores key j of the tile and works out its
 // rescale and weight from the running maximum (a prefix maximum), then each
 // invocation walks the tile's keys in order for its own output dimensions.
@@ -33,6 +37,7 @@ layout(push_constant) uniform P {
     uint k_off, v_off, kn_off, vn_off;  // bytes
     uint n_head, pos0, row_bytes, head_bytes, n_dims, neox;
     float scale;
+    uint ring;  // ring slots of a native sliding window (0: dense)
 } p;
 
 shared float qh[HD];        // the query, rotated and rounded to F16
@@ -42,10 +47,12 @@ shared float run_max, inv_sum;
 
 float f16r(float v) { return half_to_float(float_to_half(v)); }
 
-// Element e of key or value row j of this head (rows before pos0 in the cache).
+// Element e of the key or value of stream position j in this head (positions
+// before pos0 in the cache).
 float kv_at(bool value, uint j, uint head, uint e) {
     if (j < p.pos0) {
-        const uint off = (value ? p.v_off : p.k_off) + j * p.row_bytes + head + 2u * e;
+        const uint slot = p.ring != 0u ? j % p.ring : j;
+        const uint off = (value ? p.v_off : p.k_off) + slot * p.row_bytes + head + 2u * e;
         return half_to_float(value ? LOAD_U16(vc, off) : LOAD_U16(kc, off));
     }
     const uint off = (value ? p.vn_off : p.kn_off) + (j - p.pos0) * p.row_bytes + head + 2u * e;
@@ -55,7 +62,9 @@ float kv_at(bool value, uint j, uint head, uint e) {
 void main() {
     const uint h = gl_WorkGroupID.x, i = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
     const uint head = (h / GROUP) * p.head_bytes;
-    const uint pos = p.pos0 + i, n = pos + 1u;
+    const uint pos = p.pos0 + i;
+    const uint first = p.ring != 0u && pos >= p.ring ? pos + 1u - p.ring : 0u;  // the first position seen
+    const uint n = pos + 1u - first;
     const uint qb = p.q_off + (i * p.n_head + h) * HD;
     for (uint e = t; e < HD; e += WG) qh[e] = q[qb + e];
     if (t == 0u) run_max = uintBitsToFloat(0xff800000u);
@@ -80,7 +89,7 @@ void main() {
     for (uint k = 0; k < DPT; k++) acc[k] = 0.0;
     float S = 0.0;  // invocation 0's running sum
     for (uint base = 0; base < n; base += WG) {
-        const uint nt = min(WG, n - base), j = base + t;
+        const uint nt = min(WG, n - base), j = first + base + t;
         if (t < nt) {
             float lane[64];
             for (uint l = 0; l < 64u; l++) lane[l] = 0.0;
@@ -144,7 +153,7 @@ void main() {
                 const uint d = t + k * WG;
                 if (d >= HD) break;
                 precise float a = acc[k] * r;
-                precise float b = fma_rn(kv_at(true, base + u, head, d), w, f16r(a));
+                precise float b = fma_rn(kv_at(true, first + base + u, head, d), w, f16r(a));
                 acc[k] = f16r(b);
             }
             if (t == 0u) {
