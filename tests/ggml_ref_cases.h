@@ -18,6 +18,7 @@
 // bit pattern is a valid block).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>

@@ -1,10 +1,13 @@
 // Microbenchmark of the CPU matmul kernels: time per product for the shapes
 // that dominate decoding SmolLM2-135M (576x1536 Q4_1 ffn_down, 49152x576 Q8_0
-// output), per instruction set and thread count, and batched prefill against
-// the same number of separate matrix-vector products; then one decode step of
-// one layer's attention over a full 4 + 1024 token cache, per KV codec.
+// output) and a Gemma 3 270M sized 640x2048 in each k-quant, per instruction
+// set and thread count, and batched prefill against the same number of
+// separate matrix-vector products; then one decode step of one layer's
+// attention over a full 4 + 1024 token cache, per KV codec.
 //
-//   kvfit-kernel-bench [max_threads=2] [seconds_per_case=0.3] [matmul|attention|pool]
+//   kvfit-kernel-bench [max_threads=2] [seconds_per_case=0.3] [matmul|attention|pool] [type]
+//
+// With a type name (Q4_K, F16, ...) the matmul section times only that type.
 //
 // Weights and activations are random; results are times, not checked values
 // (tests/test_kernels.cpp checks the values).
@@ -38,6 +41,22 @@ Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols) {
     Matrix m{type, rows, cols, row_bytes(type, cols), {}};
     m.data.resize(m.row_bytes * size_t(rows));
     std::mt19937 rng(42);
+    if (cpu::is_k_type(type)) {
+        // random codes and scales with fp16 factors of a real model's size
+        const TypeInfo *ti = type_info(type);
+        for (uint8_t &b : m.data) b = uint8_t(rng());
+        for (size_t b = 0; b < m.data.size() / ti->block_bytes; b++) {
+            uint8_t *blk = m.data.data() + b * ti->block_bytes;
+            const uint16_t d = fp32_to_fp16(type == TYPE_Q6_K ? 1.2e-5f : 1e-4f), dmin = fp32_to_fp16(8e-4f);
+            if (type == TYPE_Q6_K) {
+                std::memcpy(blk + offsetof(BlockQ6_K, d), &d, 2);
+            } else {
+                std::memcpy(blk, &d, 2);
+                std::memcpy(blk + 2, &dmin, 2);
+            }
+        }
+        return m;
+    }
     std::normal_distribution<float> g(0.0f, 0.05f);
     std::vector<float> row(static_cast<size_t>(cols));
     for (int64_t r = 0; r < rows; r++) {
@@ -46,6 +65,8 @@ Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols) {
         switch (type) {
             case TYPE_Q4_0: quantize_row_q4_0_ref(row.data(), reinterpret_cast<BlockQ4_0 *>(dst), cols); break;
             case TYPE_Q4_1: quantize_row_q4_1_ref(row.data(), reinterpret_cast<BlockQ4_1 *>(dst), cols); break;
+            case TYPE_Q5_0: quantize_row_q5_0_ref(row.data(), reinterpret_cast<BlockQ5_0 *>(dst), cols); break;
+            case TYPE_Q5_1: quantize_row_q5_1_ref(row.data(), reinterpret_cast<BlockQ5_1 *>(dst), cols); break;
             case TYPE_Q8_0: quantize_row_q8_0_ref(row.data(), reinterpret_cast<BlockQ8_0 *>(dst), cols); break;
             default: kernels_scalar().quantize_row(type, row.data(), dst, cols); break;
         }
@@ -82,8 +103,10 @@ double time_us(F &&f, double seconds) {
 int main(int argc, char **argv) {
     const int max_threads = argc > 1 ? std::max(1, std::atoi(argv[1])) : 2;
     const double seconds = argc > 2 ? std::atof(argv[2]) : 0.3;
-    const char *only = argc > 3 ? argv[3] : nullptr;  // one section
+    const char *only = argc > 3 ? argv[3] : nullptr;       // one section
+    const char *only_type = argc > 4 ? argv[4] : nullptr;  // one weight type
     auto section = [&](const char *name) { return !only || !std::strcmp(only, name); };
+    auto wanted = [&](uint32_t type) { return !only_type || !std::strcmp(only_type, type_info(type)->name); };
 
     std::vector<const cpu::KernelImpl *> impls = {&cpu::impl_scalar()};
     for (const cpu::KernelImpl *i : {cpu::impl_avx2(), cpu::impl_avx512(), cpu::impl_neon()})
@@ -94,13 +117,16 @@ int main(int argc, char **argv) {
         int64_t rows, cols;
     };
     const Case cases[] = {{TYPE_Q4_1, 576, 1536}, {TYPE_Q8_0, 49152, 576}, {TYPE_Q4_0, 576, 1536},
-                          {TYPE_Q8_0, 576, 1536}, {TYPE_F16, 576, 1536}};
+                          {TYPE_Q8_0, 576, 1536}, {TYPE_F16, 576, 1536},   {TYPE_Q5_0, 576, 1536},
+                          {TYPE_Q5_1, 576, 1536}, {TYPE_Q4_K, 640, 2048},  {TYPE_Q5_K, 640, 2048},
+                          {TYPE_Q6_K, 640, 2048}};
 
     std::printf("best kernels: %s\n\n", kernels_best().name);
     if (section("matmul")) {
         std::printf("matrix-vector (decode): best us per product, weight GB/s\n");
         std::printf("%-6s %-12s %-8s %7s %10s %8s\n", "type", "shape", "kernels", "threads", "us", "GB/s");
         for (const Case &c : cases) {
+            if (!wanted(c.type)) continue;
             Matrix m = make_matrix(c.type, c.rows, c.cols);
             std::vector<float> x(size_t(c.cols)), y(size_t(c.rows));
             std::mt19937 rng(1);
@@ -127,7 +153,7 @@ int main(int argc, char **argv) {
             // (same kernels as kvfit's public vec_dot: per block dot, scale, FMA).
             const KernelTable &kb = kernels_best();
             const uint32_t xt = vec_dot_type(c.type);
-            std::vector<uint8_t> xq(xt == TYPE_F32 ? size_t(c.cols) * 4 : row_bytes(xt, c.cols));
+            std::vector<uint8_t> xq(xt == TYPE_F32 ? size_t(c.cols) * 4 : row_bytes(xt, c.cols));  // any block size
             const double us = time_us(
                 [&] {
                     kb.quantize_row(xt, x.data(), xq.data(), c.cols);
@@ -144,7 +170,8 @@ int main(int argc, char **argv) {
         std::printf("%-6s %-12s %-8s %7s %6s %12s %12s %7s\n", "type", "shape", "kernels", "threads", "tokens",
                     "batched", "separate", "speedup");
         const int64_t n_tok = 64;
-        for (const Case &c : {cases[0], cases[2], cases[3], cases[4]}) {
+        for (const Case &c : {cases[0], cases[2], cases[3], cases[4], cases[7], cases[9]}) {
+            if (!wanted(c.type)) continue;
             Matrix m = make_matrix(c.type, c.rows, c.cols);
             std::vector<float> x(size_t(c.cols * n_tok)), y(size_t(c.rows * n_tok));
             std::mt19937 rng(2);

@@ -36,6 +36,9 @@ const TypeInfo *type_info(uint32_t type) {
     static const TypeInfo tq1_0 = {"TQ1_0", 256, 54, false};
     static const TypeInfo tq2_0 = {"TQ2_0", 256, 66, false};
     static const TypeInfo mxfp4 = {"MXFP4", 32, 17, false};
+    static const TypeInfo nvfp4 = {"NVFP4", 64, 36, false};
+    static const TypeInfo q1_0 = {"Q1_0", 128, 18, false};
+    static const TypeInfo q2_0 = {"Q2_0", 64, 18, false};
     static const TypeInfo i8 = {"I8", 1, 1, false};
     static const TypeInfo i16 = {"I16", 1, 2, false};
     static const TypeInfo i32 = {"I32", 1, 4, false};
@@ -74,6 +77,9 @@ const TypeInfo *type_info(uint32_t type) {
         case 34: return &tq1_0;
         case 35: return &tq2_0;
         case 39: return &mxfp4;
+        case 40: return &nvfp4;
+        case 41: return &q1_0;
+        case 42: return &q2_0;
         default: return nullptr;
     }
 }

@@ -54,7 +54,11 @@
 //         result is sum8(acc) + ms.
 //   Q6_K: the result is sum8(acc).
 // (sum8 the 8-lane reduction above.) Integer sums are exact whatever their
-// order, so only the float steps are fixed.
+// order, so only the float steps are fixed. These are the vec_dot kernels'
+// steps (ggml-cpu/arch/x86/quants.c); llama.cpp computes k-quant products of
+// 8 or more tokens with its tiled kernel (ggml-cpu/tiled: per super-block
+// whole integer sums, scaled and added to one float per output) and repacked
+// Q4_K weights with ggml-cpu/repack.cpp, in orders not reproduced here.
 
 #pragma once
 
