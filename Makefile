@@ -52,10 +52,13 @@ bench: build models
 	$(BUILD)/tools/kvfit-bench -m $(MODEL)
 
 # Re-record the llama.cpp reference data (builds llama.cpp via pip; slow).
+# (the llama.cpp build flags of the reference: tests/peer/README.md)
+LLAMACPP_REFERENCE_FLAGS = -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+  -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
 peer: models
-	python3 -m pip install -r tests/peer/requirements.txt
-	python3 tests/peer/record_peer.py stories260K
-	python3 tests/peer/record_peer.py smollm2
+	CMAKE_ARGS="$(LLAMACPP_REFERENCE_FLAGS)" python3 -m pip install -r tests/peer/requirements.txt
+	cd $(BUILD) && ctest -R tiny_models
+	python3 tests/peer/record_peer.py
 
 install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))

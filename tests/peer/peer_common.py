@@ -17,6 +17,12 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit("llama-cpp-python is not installed: pip install -r tests/peer/requirements.txt")
 
+# llama.cpp multiplies k-quant weights by batches of 8 or more tokens with a
+# tiled kernel that sums in another order than its vec_dot kernels; the
+# reference is the vec_dot arithmetic, which kvfit reproduces at every batch
+# size, so that kernel is switched off (llama.cpp's own switch; read once).
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
