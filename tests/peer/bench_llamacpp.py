@@ -84,7 +84,7 @@ def main():
 
     pc.init_backend(verbose=args.verbose)
     lcp_ver, llama_ver = pc.versions()
-    model = pc.Model(args.model, args.n_gpu_layers)
+    model = pc.Model(args.model, args.n_gpu_layers, extra_bufts=True)  # llama.cpp at its defaults
     ctx, st = model.new_context(n_ctx=args.n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=args.threads)
     toks = prompt_tokens(model, args.text, args.start_at, max(sizes))
 

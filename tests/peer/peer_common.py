@@ -17,12 +17,6 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit("llama-cpp-python is not installed: pip install -r tests/peer/requirements.txt")
 
-# llama.cpp multiplies k-quant weights by batches of 8 or more tokens with a
-# tiled kernel that sums in another order than its vec_dot kernels; the
-# reference is the vec_dot arithmetic, which kvfit reproduces at every batch
-# size, so that kernel is switched off (llama.cpp's own switch; read once).
-os.environ.setdefault("GGML_CPU_TILED_MM", "0")
-
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
@@ -121,16 +115,26 @@ FA_NAMES = {-1: "auto", 0: "disabled", 1: "enabled"}
 GGML_TYPE_NAMES = {0: "f32", 1: "f16", 8: "q8_0", 30: "bf16"}
 
 
+def reference_arithmetic():
+    """For recordings: llama.cpp multiplies k-quant weights by batches of 8 or
+    more tokens with a tiled kernel that sums in another order than its vec_dot
+    kernels; the reference is the vec_dot arithmetic, which kvfit reproduces at
+    every batch size, so that kernel is switched off (llama.cpp's own switch,
+    read once: call this before the first model is loaded). Not for speed
+    comparisons, which use llama.cpp's defaults."""
+    os.environ["GGML_CPU_TILED_MM"] = "0"
+
+
 class Model:
-    def __init__(self, path, n_gpu_layers=0):
+    def __init__(self, path, n_gpu_layers=0, extra_bufts=False):
         if not os.path.exists(path):
             sys.exit("model not found: %s" % path)
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = n_gpu_layers  # 0: CPU only; -1: every layer (a GPU build of llama.cpp)
-        # No repacked weight buffers (AMX, CPU_REPACK): the reference is ggml's
-        # plain CPU kernels. A native build on a CPU with AMX selects the AMX
-        # buffers, whose kernels crashed on such a VM and compute in another order.
-        mp.use_extra_bufts = False
+        # Recordings use no repacked weight buffers (AMX, CPU_REPACK): the
+        # reference is ggml's plain CPU kernels. (A native build on a CPU with
+        # AMX prefers the AMX buffers, whose kernels crashed on such a VM.)
+        mp.use_extra_bufts = extra_bufts
         self.path = path
         self.model = L.llama_model_load_from_file(path.encode(), mp)
         if not self.model:

@@ -324,6 +324,7 @@ def main():
             ap.error("unknown model name %r (choose from %s)" % (n, ", ".join(sorted(MODELS))))
     if (args.model or args.out) and len(names) != 1:
         ap.error("--model/--out need exactly one model name")
+    pc.reference_arithmetic()
     pc.init_backend(verbose=args.verbose)
     for name in names:
         path = args.model or MODELS[name]["path"]()
