@@ -164,15 +164,11 @@ Value py_split(State &st, const std::string &s, const Value &sep, int64_t maxspl
         } else if (!from_right) {
             for (size_t k = 0; k < size_t(maxsplit); ++k)
                 parts.push_back(utf8_encode(u.substr(words[k].first, words[k].second - words[k].first)));
-            // The rest keeps its inner whitespace, not its leading one.
-            size_t b = words[size_t(maxsplit)].first, e = u.size();
-            while (e > b && py_isspace(u[e - 1])) --e;
-            parts.push_back(utf8_encode(u.substr(b, e - b)));
+            // The rest runs from its first word to the end, whitespace and all.
+            parts.push_back(utf8_encode(u.substr(words[size_t(maxsplit)].first)));
         } else {
             const size_t first_split = words.size() - size_t(maxsplit);
-            size_t b = 0, e = words[first_split - 1].second;
-            while (b < e && py_isspace(u[b])) ++b;
-            parts.push_back(utf8_encode(u.substr(b, e - b)));
+            parts.push_back(utf8_encode(u.substr(0, words[first_split - 1].second)));
             for (size_t k = first_split; k < words.size(); ++k)
                 parts.push_back(utf8_encode(u.substr(words[k].first, words[k].second - words[k].first)));
         }

@@ -127,6 +127,146 @@ CONVERSATIONS = [
 ]
 
 
+# Small templates over the language features chat templates use, rendered with the variables of
+# SNIPPET_VARIABLES: they pin down semantics the four real templates do not reach.
+SNIPPETS = [
+    # output, literals and whitespace control
+    "plain text", "{{ 'a' }}{{ \"b\" }}{{ 'c' 'd' }}", "{{ 1 }} {{ -2 }} {{ 1.5 }} {{ 1e3 }} {{ 2.0 }} {{ 0.1 + 0.2 }}",
+    "{{ 1_000 }} {{ 0x1F }} {{ 0o17 }} {{ 0b101 }} {{ 1.5e-7 }} {{ 1e16 }} {{ 1e15 }} {{ 123456789.123456789 }}",
+    "{{ none }} {{ None }} {{ true }} {{ True }} {{ false }}", "{{ undefined_name }}|", "{{ [1, 'a', none, true, 2.5] }}",
+    "{{ {'k': 'v', 'n': [1, {'x': none}]} }}", "{{ (1, 2) }} {{ (1,) }} {{ () }} {{ 1, 2 }}", "{{ \"it's\" }} {{ 'say \"hi\"' }} {{ [\"it's\", 'a\"b'] }}",
+    "{{ 'tab\\there\\nnewline \\\\ back \\x41 \\u00e9 \\101 \\q' }}", "{{ ['\\n', '\\t', '\\x01', '\\u00a0', '\\u2028'] }}",
+    "  {% if true %}\n  x\n  {% endif %}\n  y", "{%- if true -%}\n  a  \n{%- endif -%}\n  b", "{{- '  x' -}}  \n y",
+    "a  {%+ if true %}b{% endif +%}\nc", "x {#+ c +#}\ny", "{# comment #}\nafter", "  {# indented comment #}\nz",
+    "{% if true %}\r\nwin\r\n{% endif %}\r\n", "line\n", "line\n\n", "a\n{% raw %}{{ x }}{% endraw %}\nb",
+    "{%- raw -%}  {% if %}  {%- endraw -%}  after", "{{ 'a' }}\n{{ 'b' }}\n", "{% if true %}x{% endif %}\n{% if false %}y{% endif %}\nz",
+    "\t{% for i in [1, 2] %}\n\t{{ i }}\n\t{% endfor %}\n", "{% for i in [1, 2] %}{{ i }}\n{% endfor %}",
+    "{% for i in [1,2] -%}\n  {{ i }}\n{%- endfor %}", "x {{- ' ' -}} y", "{{ 'x' }}   {% if true %}   y{% endif %}",
+    "\u00a0{% if true %}nbsp{% endif %}", "{{ '\u3000' }}{%- if true %}q{% endif %}",
+    # operators
+    "{{ 1 + 2 * 3 }} {{ (1 + 2) * 3 }} {{ 7 / 2 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 2 ** 10 }}",
+    "{{ 2 ** 3 ** 2 }} {{ -2 ** 2 }} {{ 2 ** -1 }} {{ 7 // 2.0 }} {{ 7 % 2.5 }} {{ -7.5 // 2 }} {{ 4 / 2 }}",
+    "{{ 'a' + 'b' ~ 'c' }} {{ 1 ~ 2 }} {{ 'x' * 3 }} {{ 3 * 'x' }} {{ [1] * 2 }} {{ 'a' * -1 }}|", "{{ [1, 2] + [3] }} {{ (1,) + (2,) }}",
+    "{{ 1 == 1.0 }} {{ true == 1 }} {{ 1 + true }} {{ 'a' == 'a' }} {{ [1] == [1] }} {{ [1] == (1,) }} {{ none == none }}",
+    "{{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ 'a' < 'b' }} {{ [1, 2] < [1, 3] }} {{ 2 >= 2 }} {{ 1 != 2 }}",
+    "{{ true and 'x' }} {{ false or 'y' }} {{ 0 or [] }} {{ 'a' and 0 }} {{ none or 'd' }} {{ not 0 }} {{ not 'a' }}",
+    "{{ 'x' in ['x'] }} {{ 'a' in {'a': 1} }} {{ 'ell' in 'hello' }} {{ 'z' not in 'abc' }} {{ 3 not in [1, 2] }}",
+    "{{ u ~ 'a' }} {{ u == u }} {{ u is defined }} {{ 'x' in u }} {{ u | length }} {{ not u }}",
+    "{{ 'a' if true else 'b' }} {{ 'a' if false else 'b' }} {{ 'a' if false }}| {{ 1 if 0 else 2 if 0 else 3 }}",
+    "{{ -(3) }} {{ +3 }} {{ -3.5 }} {{ - -3 }} {{ -true }}", "{{ 1 - 1.0 }} {{ -0.0 }} {{ 0.0 }} {{ 1e300 * 1e300 }} {{ 10 / 4 }}",
+    # variables and scoping
+    "{% set x = 5 %}{% for i in [1, 2] %}[{{ x }}]{% set x = i %}[{{ x }}]{% endfor %}[{{ x }}]",
+    "{% for i in [1, 2] %}{% if i == 2 %}[{{ x }}]{% endif %}{% set x = i %}{% endfor %}[{{ x }}]",
+    "{% if true %}{% set y = 3 %}{% endif %}{{ y }}", "{% set a, b = 1, 2 %}{{ a }}{{ b }}", "{% set a, b = 'xy' %}{{ b }}{{ a }}",
+    "{% set x %}  hi {{ 1 }}\n{% endset %}[{{ x }}]", "{% set messages = messages[1:] %}{{ messages | length }}",
+    "{% set ns = namespace(a=1, b='x') %}{% for i in [1, 2, 3] %}{% set ns.a = ns.a + i %}{% endfor %}{{ ns.a }}{{ ns.b }}",
+    "{% set ns = namespace() %}{% set ns.found = false %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.found = true %}{% endif %}{% endfor %}{{ ns.found }}",
+    "{% set ns = namespace(a=1) %}{{ ns }}", "{% set ns = namespace({'k': 2}) %}{{ ns.k }}", "{{ namespace(a=1).a }} {{ namespace(a=1).b }}|",
+    "{% set x = 1 %}{% macro f() %}{{ x }}{% endmacro %}{% set x = 2 %}{{ f() }}",
+    "{% macro f() %}{{ y }}{% endmacro %}{% for y in [7] %}[{{ f() }}]{% endfor %}",
+    "{% macro f(a, b='B', c=none) %}[{{ a }}{{ b }}{{ c }}]{% endmacro %}{{ f(1) }}{{ f(1, 2) }}{{ f(1, c=3) }}{{ f() }}",
+    "{% macro render(m) -%}\n<{{ m.role }}>{{ m.content | trim }}\n{%- endmacro %}{% for m in messages %}{{ render(m) }}{% endfor %}",
+    "{% macro f(n) %}{% if n > 0 %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(5) }}",
+    # loops
+    "{% for x in [1, 2, 3] if x > 1 %}{{ loop.index }}/{{ loop.length }}{{ loop.first }}{{ loop.last }};{% else %}none{% endfor %}",
+    "{% for x in 'ab' %}{{ loop.index0 }}{{ loop.revindex }}{{ loop.revindex0 }}{{ loop.previtem }}|{{ loop.nextitem }}|{{ loop.cycle('o', 'e') }};{% endfor %}",
+    "{% for x in [] %}a{% else %}b{% endfor %}", "{% for k in {'a': 1, 'b': 2} %}{{ k }}{% endfor %}",
+    "{% for a, b in [[1, 2], [3, 4]] %}{{ a }}{{ b }}{% endfor %}", "{% for k, v in {'x': 1, 'y': 2}.items() %}{{ k }}={{ v }};{% endfor %}",
+    "{% for k, v in {'x': 1} | items %}{{ k }}{{ v }}{% endfor %}", "{% for i in range(3) %}{{ i }}{% endfor %} {{ range(1, 10, 3) | list }} {{ range(5, 0, -2) | list }}",
+    "{% for i in range(5) %}{% if i == 1 %}{% continue %}{% endif %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}",
+    "{% for o in [1, 2] %}{% for i in [1, 2] %}{{ loop.index }}{{ o }}{% if i == 2 %}{% break %}{% endif %}{% endfor %}{{ loop.index }};{% endfor %}",
+    "{% for m in messages %}{{ loop.index0 }}:{{ m.role }}{% if not loop.last %},{% endif %}{% endfor %}",
+    "{% for m in messages %}{% if loop.index0 > 0 %}{{ messages[loop.index0 - 1].role }}>{% endif %}{{ m['role'] }} {% endfor %}",
+    "{% for x in u %}never{% endfor %}ok", "{{ loop }}|", "{% for x in [1] %}{% set loop_copy = loop.index %}{% endfor %}{{ loop_copy }}|",
+    # attributes and subscripts
+    "{{ messages[0].role }} {{ messages[0]['role'] }} {{ messages.0.role }} {{ messages[-1].content }} {{ messages[1:] | length }}",
+    "{{ messages[5] }}|{{ messages[0].nope }}|{{ messages[0]['nope'] }}|", "{{ {'a': 1}.a }} {{ {'items': 1}['items'] }} {{ {'a': 1}.get('a') }} {{ {'a': 1}.get('b') }} {{ {'a': 1}.get('b', 3) }}",
+    "{{ [1, 2, 3][1:] }} {{ [1, 2, 3][-1] }} {{ [1, 2, 3][::2] }} {{ [1, 2, 3][::-1] }} {{ 'abc'[-5:10] }} {{ 'hello'[1:-1] }} {{ 'héllo'[1:3] }}",
+    "{{ 'abcdef'[::-2] }} {{ [1, 2, 3, 4][3:0:-1] }} {{ (1, 2, 3)[1:] }} {{ 'abc'[5:] }}| {{ 'abc'[0] }}{{ 'héllo'[1] }}{{ 'abc'[-1] }}",
+    "{{ {'a': 1}.keys() | list }} {{ {'a': 1}.values() | list }} {{ {'a': 1}['a'] }} {{ messages[0].get('content') }}",
+    # filters
+    "{{ '  x  ' | trim }}|{{ 'xxhixx' | trim('x') }}|{{ ' \\u3000x\\xa0 ' | trim }}|{{ none | trim }}|{{ u | trim }}|",
+    "{{ 'héllo' | length }} {{ [1, 2] | length }} {{ {'a': 1} | length }} {{ u | length }} {{ 'ab' | count }}",
+    "{{ 'Hello' | upper }} {{ 'Hello' | lower }} {{ 'hello world' | capitalize }} {{ 'hello world-x (y) [z] <w>' | title }} {{ 'ÉCOLE ß' | lower }} {{ 'straße' | upper }}",
+    "{{ u | default('d') }} {{ '' | default('d') }} {{ '' | default('d', true) }} {{ none | default('d') }} {{ 0 | d(5, true) }}",
+    "{{ [1, 2] | join(', ') }} {{ ['a', 'b'] | join }} {{ 'abc' | join('-') }} {{ messages | join(',', attribute='role') }}",
+    "{{ [1, 2] | first }} {{ [1, 2] | last }} {{ 'ab' | first }} {{ 'ab' | last }} {{ [] | first }}| {{ {'x': 1} | first }}",
+    "{{ {'b': 1, 'a': [1, 'é\\n', none, true, 1.5]} | tojson }}", "{{ [1, 2] | tojson(indent=4) }}", "{{ {'a': {'b': []}, 'c': {}} | tojson(indent=2) }}",
+    "{{ 'é<>&\\'' | tojson }} {{ 'é' | tojson(ensure_ascii=true) }} {{ '🙂' | tojson(ensure_ascii=true) }} {{ {'b': 1, 'a': 2} | tojson(sort_keys=true) }}",
+    "{{ {'a': 1, 'b': [1, 2]} | tojson(separators=(',', ':')) }} {{ messages[0] | tojson }} {{ 1.0 | tojson }} {{ none | tojson }}",
+    "{{ 'x' | string }}{{ 5 | string }}{{ none | string }}{{ [1] | string }}{{ u | string }}|",
+    "{{ 3.7 | int }} {{ '12' | int }} {{ ' 12 ' | int }} {{ 'x' | int }} {{ 'x' | int(7) }} {{ '3.5' | int }} {{ '0x1A' | int(0, 16) }} {{ true | int }} {{ none | int }}",
+    "{{ '3.5' | float }} {{ 2 | float }} {{ 'x' | float }} {{ '1e3' | float }} {{ '-inf' | float }}",
+    "{{ 'abcb' | replace('b', 'X') }} {{ 'aaa' | replace('a', 'b', 2) }} {{ 'ab' | replace('', '-') }}",
+    "{{ {'a': 1, 'b': 2} | items | list }} {{ 'ab' | list }} {{ {'x': 1} | list }} {{ [3, 1, 2] | sort }} {{ ['b', 'A', 'a'] | sort }} {{ ['b', 'A'] | sort(case_sensitive=true) }}",
+    "{{ [3, 1, 2] | sort(reverse=true) }} {{ messages | sort(attribute='role') | map(attribute='role') | join(',') }} {{ [1, 2] | reverse | list }} {{ 'abc' | reverse }}",
+    "{{ messages | selectattr('role', 'equalto', 'user') | list | length }} {{ messages | rejectattr('role', 'eq', 'user') | map(attribute='role') | list }}",
+    "{{ messages | map(attribute='content') | map('upper') | join('|') }} {{ [1, 0, 2] | select | list }} {{ [1, 2, 3, 4] | select('odd') | list }} {{ [1, 2, 3] | reject('even') | list }}",
+    "{{ messages | selectattr('role', 'in', ['user', 'system']) | list | length }} {{ [1, 2] | map('string') | join }} {{ messages | map(attribute='x', default='-') | join }}",
+    "{{ [3, 1] | max }} {{ [3, 1] | min }} {{ ['b', 'A'] | max }} {{ [1, 2] | sum }} {{ [1.5, 2] | sum }} {{ -3 | abs }} {{ 'x' | safe }} {{ '<a href=\"x\">' | e }}",
+    "{{ 'a\\nb\\n\\nc' | indent }}|{{ 'a\\nb' | indent(2, true) }}|{{ 'a\\n\\nb' | indent(first=true, blank=true) }}|{{ 'x' | indent('> ') }}",
+    "{{ messages[0] | attr('role') }}| {{ ({'items': 1} | attr('items')) is callable }}|",
+    # tests
+    "{{ x is defined }} {{ x is undefined }} {{ none is none }} {{ 'a' is string }} {{ {} is mapping }} {{ [] is iterable }} {{ 'a' is iterable }} {{ u is iterable }}",
+    "{{ 3 is number }} {{ 3 is integer }} {{ 3.0 is float }} {{ true is boolean }} {{ true is number }} {{ true is integer }} {{ 4 is even }} {{ 3 is odd }} {{ 6 is divisibleby 3 }} {{ 6 is divisibleby(4) }}",
+    "{{ 'a' is lower }} {{ 'A' is upper }} {{ 1 is eq 1 }} {{ 1 is ne 2 }} {{ 1 is lt 2 }} {{ 2 is ge 2 }} {{ 'a' is in 'abc' }} {{ 1 is in [1] }} {{ true is true }} {{ 0 is false }}",
+    "{{ none is not none }} {{ 'x' is not string }} {{ messages is sequence }} {{ messages[0] is mapping }} {{ range is callable }} {{ 1 is sameas 1 }}",
+    # string methods
+    "{{ '  x  '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ ' x '.lstrip() }}|{{ ' x '.rstrip() }}|{{ 'abc'.startswith('a') }}{{ 'abc'.endswith(('x', 'c')) }}{{ 'abc'.startswith('b') }}",
+    "{{ 'a,b,,c'.split(',') }} {{ ' a  b '.split() }} {{ 'a b c'.split(' ', 1) }} {{ 'a b c'.rsplit(' ', 1) }} {{ ' a b c '.split(none, 1) }} {{ ' a b c '.rsplit(none, 1) }} {{ ''.split() }} {{ ''.split(',') }}",
+    "{{ 'hello world'.title() }} {{ \"they're bill's\".title() }} {{ 'Hello'.upper() }}{{ 'Hello'.lower() }}{{ 'aBC'.capitalize() }} {{ 'abcabc'.replace('b', 'X', 1) }}",
+    "{{ 'abc'.find('c') }} {{ 'abc'.find('z') }} {{ 'héllo'.find('l') }} {{ 'abcabc'.rfind('b') }} {{ 'aaa'.count('a') }} {{ '-'.join(['a', 'b']) }} {{ 'a\\nb\\r\\nc'.splitlines() }}",
+    "{{ '12'.isdigit() }} {{ 'ab'.isalpha() }} {{ ' '.isspace() }} {{ 'ab1'.isalnum() }} {{ 'ab'.islower() }} {{ 'AB'.isupper() }} {{ ''.isdigit() }}",
+    "{{ messages[1].content.upper() }} {{ (messages | last).content.strip('!') }} {{ messages[1]['content'].startswith('H') }}",
+    # globals
+    "{{ raise_exception('custom refusal') }}", "{% if messages | length > 2 %}{{ raise_exception('too long: ' ~ messages | length) }}{% endif %}",
+    "{{ strftime_now('%Y-%m-%d %H:%M:%S %a %A %b %B %d %j %p %y %%') }}", "{{ dict(a=1, b='x') }} {{ dict() }}",
+    "{{ bos_token }}|{{ eos_token }}|{{ add_generation_prompt }}|{{ tools }}|{{ documents }}|{{ tools is none }}|{{ custom_tools is defined }}",
+    "{{ bos_token + messages[0]['content'] + eos_token }}",
+    # runtime errors jinja2 raises too
+    "{{ u.attr }}", "{{ u['k'] }}", "{{ u + 'a' }}", "{{ messages[5].role }}", "{{ 'a' + 1 }}", "{{ 1 + 'a' }}", "{{ 1 / 0 }}", "{{ 3 % 0 }}",
+    "{{ 1 < 'a' }}", "{{ none < 1 }}", "{{ [1] + (2,) }}", "{{ - 'a' }}", "{{ 1 in 'abc' }}", "{{ 'x' in 3 }}", "{% for x in none %}{% endfor %}",
+    "{% for x in 3 %}{% endfor %}", "{% for a, b in [[1, 2, 3]] %}{% endfor %}", "{% set x = 1 %}{% set x.y = 2 %}", "{{ 'abc'.split('') }}",
+    "{{ none | length }}", "{{ 3 is odd(1) }}", "{{ [1, 2][0:1:0] }}", "{{ range(200000) | length }}", "{{ 'a'.nope() }}", "{{ u() }}", "{{ 5() }}",
+    "{% macro f(a) %}{% endmacro %}{{ f(1, 2) }}", "{% macro f(a) %}{% endmacro %}{{ f(b=1) }}", "{{ {'a': 1} | tojson(indent=none, bad=1) }}", "{{ u | tojson }}",
+    # syntax errors
+    "{{ x | no_such_filter }}", "{{ x is no_such_test }}", "{% foo %}", "{% if x %}", "{% endif %}", "{{ 'unterminated }}", "{{ (1 }}", "{{ 1 + }}",
+    "{{ messages | first['role'] }}", "{% for x in %}{% endfor %}", "{{ }}", "{% set %}", "{% macro f(a=1, b) %}{% endmacro %}", "{{ 'a' if }}",
+    "{{ x is defined is defined }}", "{% break %}", "{# unterminated comment", "{% raw %}no end", "{{ 1 2 }}", "{{ a.1b }}", "text {{ x ]}}",
+]
+
+SNIPPET_VARIABLES = {
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                 {"role": "assistant", "content": "Hello!"}],
+    "add_generation_prompt": True,
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "tools": None,
+    "documents": None,
+}
+
+
+def render_snippet(env, source):
+    """('expect', text) or ('error', kind, message); kind: syntax, raise, undefined or runtime."""
+    try:
+        template = env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:  # includes TemplateAssertionError
+        return ("error", "syntax", str(e))
+    except SyntaxError as e:  # the compiled Python itself, e.g. a break outside a loop
+        return ("error", "syntax", "%s: %s" % (type(e).__name__, e.msg))
+    try:
+        return ("expect", template.render(**SNIPPET_VARIABLES))
+    except jinja2.exceptions.UndefinedError as e:
+        return ("error", "undefined", str(e))
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        return ("error", "syntax", str(e))
+    except jinja2.exceptions.TemplateError as e:
+        kind = "raise" if type(e) is jinja2.exceptions.TemplateError else "runtime"
+        return ("error", kind, str(e))
+    except Exception as e:  # TypeError, ValueError, ZeroDivisionError, OverflowError ...
+        return ("error", "runtime", "%s: %s" % (type(e).__name__, e))
+
+
 def escape(s):
     out = []
     for ch in s:
@@ -236,6 +376,19 @@ def main():
                 else:
                     lines.append("error %s %s" % (result[1], escape(result[2])))
                 lines.append("end")
+    lines.append("")
+    lines.append("# Snippets: variables messages (system 'Be brief.', user 'Hi', assistant 'Hello!'),")
+    lines.append("# add_generation_prompt true, bos_token '<s>', eos_token '</s>', tools and documents none.")
+    lines.append("# error syntax: jinja2 rejects the template itself (kvfit: KVFIT_E_UNSUPPORTED).")
+    for i, source in enumerate(SNIPPETS):
+        result = render_snippet(env, source)
+        lines.append("snippet %d" % (i + 1))
+        lines.append("source " + escape(source))
+        if result[0] == "expect":
+            lines.append("expect " + escape(result[1]))
+        else:
+            lines.append("error %s %s" % (result[1], escape(result[2])))
+        lines.append("end")
     text = "\n".join(lines) + "\n"
 
     if args.check:
