@@ -316,6 +316,7 @@ std::string chat_template_render(const std::string &jinja, const std::vector<Cha
     options.now = now;
     options.limits.max_steps = 20000000 + 2000 * uint64_t(messages.size()) + 4 * uint64_t(input_bytes);
     options.limits.max_output_bytes = (size_t(16) << 20) + 8 * input_bytes;
+    options.limits.max_alloc_bytes = (uint64_t(128) << 20) + 64 * uint64_t(input_bytes);
     try {
         const jinja::Template tmpl(jinja, options.limits);
         return tmpl.render(vars, options);

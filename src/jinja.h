@@ -71,10 +71,11 @@ struct Limits {
     size_t max_source_bytes = size_t(1) << 20;  // the template text
     int max_depth = 128;                        // nesting of expressions, blocks and values
     int max_call_depth = 32;                    // macro calls within macro calls
-    size_t max_output_bytes = size_t(256) << 20;  // the rendered text, and any one string
-    size_t max_items = size_t(1) << 22;           // elements of one list (range(), list * n, ...)
-    uint64_t max_steps = 200000000;               // work units (one per node evaluated, per item
-                                                  // copied, per 64 bytes of string built)
+    size_t max_output_bytes = size_t(64) << 20;  // the rendered text, and any one string
+    size_t max_items = size_t(1) << 20;          // elements of one list (list * n, a + b, ...)
+    uint64_t max_alloc_bytes = uint64_t(256) << 20;  // strings and lists built, in all (freed or not)
+    uint64_t max_steps = 20000000;  // work units: one per node evaluated or item copied, per 64 bytes
+                                    // of string built or 8 bytes searched or decoded (~50 ns each)
 };
 
 // Variables a template is rendered with.

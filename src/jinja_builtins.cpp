@@ -124,20 +124,20 @@ std::string py_replace(State &st, const std::string &s, const std::string &old, 
                 ++n;
             }
             if (i < u.size()) utf8_append(out, u[i]);
-            st.check_string(out.size());
+            st.check_growing(out.size());
         }
         return out;
     }
     size_t pos = 0;
     int64_t n = 0;
     while (n < count) {
-        const size_t hit = s.find(old, pos);
+        const size_t hit = find_sub(s, old, pos);
         if (hit == std::string::npos) break;
         out.append(s, pos, hit - pos);
         out += repl;
         pos = hit + old.size();
         ++n;
-        st.check_string(out.size());
+        st.check_growing(out.size());
     }
     out.append(s, pos, std::string::npos);
     st.check_string(out.size());
@@ -176,7 +176,8 @@ Value py_split(State &st, const std::string &s, const Value &sep, int64_t maxspl
         const std::string &d = need_str(sep, "separator");
         if (d.empty()) runtime_error("empty separator");
         std::vector<size_t> hits;
-        for (size_t p = s.find(d); p != std::string::npos; p = s.find(d, p + d.size())) hits.push_back(p);
+        st.touch(s.size());
+        for (size_t p = find_sub(s, d); p != std::string::npos; p = find_sub(s, d, p + d.size())) hits.push_back(p);
         if (maxsplit >= 0 && size_t(maxsplit) < hits.size()) {
             if (from_right) hits.erase(hits.begin(), hits.end() - maxsplit);
             else hits.resize(size_t(maxsplit));
@@ -188,7 +189,7 @@ Value py_split(State &st, const std::string &s, const Value &sep, int64_t maxspl
             size_t end = s.size();
             while (maxsplit < 0 || hits.size() < size_t(maxsplit)) {
                 if (end < d.size()) break;
-                const size_t p = s.rfind(d, end - d.size());
+                const size_t p = rfind_sub(std::string_view(s).substr(0, end), d);
                 if (p == std::string::npos) break;
                 hits.insert(hits.begin(), p);
                 end = p;
@@ -409,9 +410,9 @@ Value f_join(State &st, const Value &v, Args &a) {
         if (!first) out += sep;
         first = false;
         out += soft_str(st, attribute.kind() == Value::NONE ? item : get_path(st, item, attribute));
-        st.check_string(out.size());
+        st.check_growing(out.size());
     }
-    return Value::string(std::move(out));
+    return st.new_string(std::move(out));
 }
 
 Value f_first(State &st, const Value &v, Args &a) {
@@ -423,12 +424,17 @@ Value f_first(State &st, const Value &v, Args &a) {
         utf8_append(one, u[0]);
         return Value::string(one);
     }
+    if (IteratorObject *it = iterator_of(v)) {
+        const std::vector<Value> one = it->take(st, 1);
+        return one.empty() ? make_undefined("No first item, sequence was empty.") : one.front();
+    }
     const std::vector<Value> items = iterate(st, v);
     return items.empty() ? make_undefined("No first item, sequence was empty.") : items.front();
 }
 
 Value f_last(State &st, const Value &v, Args &a) {
     a.done(0);
+    if (v.kind() == Value::OBJECT) runtime_error("'%s' object is not reversible", type_name(v));
     const std::vector<Value> items = iterate(st, v);
     return items.empty() ? make_undefined("No last item, sequence was empty.") : items.back();
 }
@@ -477,6 +483,7 @@ Value f_int(State &st, const Value &v, Args &a) {
     a.done(2);
     int64_t out;
     switch (v.kind()) {
+        case Value::UNDEFINED: runtime_error("%s", undefined_hint(v).c_str());
         case Value::INT: return v;
         case Value::BOOL: return Value::integer(int_of(v));
         case Value::FLOAT: {
@@ -508,6 +515,7 @@ Value f_float(State &st, const Value &v, Args &a) {
     a.done(1);
     double d;
     switch (v.kind()) {
+        case Value::UNDEFINED: runtime_error("%s", undefined_hint(v).c_str());
         case Value::INT:
         case Value::BOOL: return Value::number(double(int_of(v)));
         case Value::FLOAT: return v;
@@ -532,9 +540,11 @@ Value dict_items(State &st, const Value &v) {
 
 Value f_items(State &st, const Value &v, Args &a) {
     a.done(0);
-    if (v.kind() == Value::UNDEFINED) return st.new_list({});
-    if (v.kind() != Value::DICT) runtime_error("Can only get item pairs from a mapping.");
-    return dict_items(st, v);
+    return make_iterator("generator", v, [v](State &s) -> std::vector<Value> {
+        if (v.kind() == Value::UNDEFINED) return {};
+        if (v.kind() != Value::DICT) runtime_error("Can only get item pairs from a mapping.");
+        return list_of(dict_items(s, v)).items;
+    });
 }
 
 Value f_list(State &st, const Value &v, Args &a) {
@@ -549,16 +559,33 @@ Value f_reverse(State &st, const Value &v, Args &a) {
         std::reverse(u.begin(), u.end());
         return Value::string(utf8_encode(u));
     }
-    std::vector<Value> items = iterate(st, v);
-    std::reverse(items.begin(), items.end());
-    return st.new_list(std::move(items));
+    if (iterator_of(v)) {  // not reversible: jinja2 makes a list of it
+        std::vector<Value> items = iterate(st, v);
+        std::reverse(items.begin(), items.end());
+        return st.new_list(std::move(items));
+    }
+    const char *kind = v.kind() == Value::LIST ? (list_of(v).range ? "range_iterator"
+                                                  : list_of(v).tuple ? "reversed"
+                                                                     : "list_reverseiterator")
+                       : v.kind() == Value::DICT ? "dict_reversekeyiterator"
+                                                 : "reversed";
+    if (v.kind() != Value::LIST && v.kind() != Value::DICT && v.kind() != Value::UNDEFINED)
+        runtime_error("argument must be iterable");
+    return make_iterator(kind, v, [v](State &s) {
+        std::vector<Value> items = iterate(s, v);
+        std::reverse(items.begin(), items.end());
+        return items;
+    });
 }
 
 // The sort key of an item: the attribute if asked, lowercased strings unless
 // case_sensitive.
 Value sort_key(State &st, const Value &item, const Value &attribute, bool case_sensitive) {
     Value k = attribute.kind() == Value::NONE ? item : get_path(st, item, attribute);
-    if (!case_sensitive && k.kind() == Value::STRING) k = Value::string(py_lower(str_of(k)));
+    if (!case_sensitive && k.kind() == Value::STRING) {
+        st.touch(str_of(k).size());
+        k = Value::string(py_lower(str_of(k)));
+    }
     return k;
 }
 
@@ -654,7 +681,10 @@ Value f_indent(State &st, const Value &v, Args &a) {
         if (n > 1024) unsupported("indent of %lld", (long long)n);
         indention = std::string(n > 0 ? size_t(n) : 0, ' ');
     }
-    std::vector<std::string> lines = splitlines(soft_str(st, v) + "\n", false);
+    // jinja2 appends a newline with +=, which only a string takes.
+    if (v.kind() == Value::UNDEFINED) runtime_error("%s", undefined_hint(v).c_str());
+    if (v.kind() != Value::STRING) runtime_error("unsupported operand type(s) for +=: '%s' and 'str'", type_name(v));
+    std::vector<std::string> lines = splitlines(str_of(v) + "\n", false);
     std::string out;
     if (blank) {
         for (size_t i = 0; i < lines.size(); ++i) {
@@ -667,7 +697,7 @@ Value f_indent(State &st, const Value &v, Args &a) {
             out += "\n";
             if (!lines[i].empty()) out += indention;
             out += lines[i];
-            st.check_string(out.size());
+            st.check_growing(out.size());
         }
     }
     if (first) out = indention + out;
@@ -711,21 +741,26 @@ Value select_impl(State &st, const Value &v, Args &a, bool by_attr, bool keep) {
     }
     Builtin test = nullptr;
     Args targs;
+    targs.fname = "";
     if (i < a.pos.size()) {
         test = find_test_or_fail(a.pos[i++]);
         targs.pos.assign(a.pos.begin() + long(i), a.pos.end());
         targs.fname = str_of(a.pos[i - 1]).c_str();
     }
     targs.kw = a.kw;
-    std::vector<Value> out;
-    for (const Value &item : iterate(st, v)) {
-        st.step();
-        const Value x = by_attr ? get_path(st, item, attribute) : item;
-        Args copy = targs;
-        const bool ok = test ? truthy(test(st, x, copy)) : truthy(x);
-        if (ok == keep) out.push_back(item);
-    }
-    return st.new_list(std::move(out));
+    const std::string test_name = targs.fname;
+    return make_iterator("generator", v, [=](State &s) {
+        std::vector<Value> out;
+        for (const Value &item : iterate(s, v)) {
+            s.step();
+            const Value x = by_attr ? get_path(s, item, attribute) : item;
+            Args copy = targs;
+            copy.fname = test_name.c_str();
+            const bool ok = test ? truthy(test(s, x, copy)) : truthy(x);
+            if (ok == keep) out.push_back(item);
+        }
+        return out;
+    });
 }
 Value f_select(State &st, const Value &v, Args &a) { return select_impl(st, v, a, false, true); }
 Value f_reject(State &st, const Value &v, Args &a) { return select_impl(st, v, a, false, false); }
@@ -733,21 +768,23 @@ Value f_selectattr(State &st, const Value &v, Args &a) { return select_impl(st, 
 Value f_rejectattr(State &st, const Value &v, Args &a) { return select_impl(st, v, a, true, false); }
 
 Value f_map(State &st, const Value &v, Args &a) {
-    std::vector<Value> out;
     if (a.pos.empty()) {
         const Value attribute = a.get(99, "attribute");
         const Value def = a.get(99, "default");
         const bool has_def = a.has(99, "default");
         a.done(0);
         if (attribute.kind() == Value::UNDEFINED) runtime_error("map() needs a filter name or attribute=");
-        for (const Value &item : iterate(st, v)) {
-            Value x = get_path(st, item, attribute);
-            if (x.kind() == Value::UNDEFINED && has_def) x = def;
-            out.push_back(x);
-        }
-        return st.new_list(std::move(out));
+        return make_iterator("generator", v, [=](State &s) {
+            std::vector<Value> items;
+            for (const Value &item : iterate(s, v)) {
+                Value x = get_path(s, item, attribute);
+                if (x.kind() == Value::UNDEFINED && has_def) x = def;
+                items.push_back(x);
+            }
+            return items;
+        });
     }
-    const std::string &name = need_str(a.pos[0], "filter name");
+    const std::string name = need_str(a.pos[0], "filter name");
     Builtin f = find_filter(name);
     if (!f) {
         if (is_jinja_filter(name)) unsupported("the filter '%s' is not supported", name.c_str());
@@ -756,12 +793,15 @@ Value f_map(State &st, const Value &v, Args &a) {
     Args fargs;
     fargs.pos.assign(a.pos.begin() + 1, a.pos.end());
     fargs.kw = a.kw;
-    fargs.fname = str_of(a.pos[0]).c_str();
-    for (const Value &item : iterate(st, v)) {
-        Args copy = fargs;
-        out.push_back(f(st, item, copy));
-    }
-    return st.new_list(std::move(out));
+    return make_iterator("generator", v, [=](State &s) {
+        std::vector<Value> items;
+        for (const Value &item : iterate(s, v)) {
+            Args copy = fargs;
+            copy.fname = name.c_str();
+            items.push_back(f(s, item, copy));
+        }
+        return items;
+    });
 }
 
 struct NamedBuiltin {
@@ -815,18 +855,31 @@ Value t_callable(State &, const Value &v, Args &a) { a.done(0); return yes(v.kin
 Value t_iterable(State &, const Value &v, Args &a) {
     a.done(0);
     const auto k = v.kind();
+    return yes(k == Value::STRING || k == Value::LIST || k == Value::DICT || k == Value::UNDEFINED ||
+               (k == Value::OBJECT && !is_namespace(v)));
+}
+Value t_sequence(State &, const Value &v, Args &a) {
+    a.done(0);
+    const auto k = v.kind();
     return yes(k == Value::STRING || k == Value::LIST || k == Value::DICT || k == Value::UNDEFINED);
 }
-Value t_sequence(State &st, const Value &v, Args &a) { return t_iterable(st, v, a); }
+// Python's str.islower() / isupper(): some cased letter, all in that case.
+bool all_cased_as(const std::string &s, bool lower) {
+    bool any = false;
+    for (char32_t c : utf8_decode(s)) {
+        if (!is_cased(c)) continue;
+        any = true;
+        if ((lower ? to_lower_simple(c) : to_upper_simple(c)) != c) return false;
+    }
+    return any;
+}
 Value t_lower(State &st, const Value &v, Args &a) {
     a.done(0);
-    const std::string s = soft_str(st, v);
-    return yes(py_lower(s) == s);
+    return yes(all_cased_as(soft_str(st, v), true));
 }
 Value t_upper(State &st, const Value &v, Args &a) {
     a.done(0);
-    const std::string s = soft_str(st, v);
-    return yes(py_upper(s) == s);
+    return yes(all_cased_as(soft_str(st, v), false));
 }
 Value t_odd(State &st, const Value &v, Args &a) {
     a.done(0);
@@ -861,7 +914,8 @@ Value t_in(State &st, const Value &v, Args &a) {
     switch (seq.kind()) {
         case Value::STRING:
             if (v.kind() != Value::STRING) runtime_error("'in <string>' requires string as left operand");
-            return yes(str_of(seq).find(str_of(v)) != std::string::npos);
+            st.touch(str_of(seq).size());
+            return yes(find_sub(str_of(seq), str_of(v)) != std::string::npos);
         case Value::DICT: return yes(dict_of(seq).find(v) != nullptr);
         default:
             for (const Value &x : iterate(st, seq))
@@ -922,6 +976,7 @@ bool in_list(const char *const (&list)[N], const std::string &name) {
 }
 
 Value string_method(State &st, const std::string &name, const std::string &s, Args &a) {
+    st.touch(s.size());
     if (name == "strip" || name == "lstrip" || name == "rstrip") {
         const Value chars = a.get(0, "chars", Value::none());
         a.done(1);
@@ -959,10 +1014,10 @@ Value string_method(State &st, const std::string &name, const std::string &s, Ar
         if (name == "count") {
             if (sub.empty()) return Value::integer(int64_t(utf8_length(s)) + 1);
             int64_t n = 0;
-            for (size_t p = s.find(sub); p != std::string::npos; p = s.find(sub, p + sub.size())) ++n;
+            for (size_t p = find_sub(s, sub); p != std::string::npos; p = find_sub(s, sub, p + sub.size())) ++n;
             return Value::integer(n);
         }
-        const size_t p = name == "find" ? s.find(sub) : s.rfind(sub);
+        const size_t p = name == "find" ? find_sub(s, sub) : rfind_sub(s, sub);
         return Value::integer(p == std::string::npos ? -1 : cp_index(s, p));
     }
     if (name == "join") {
@@ -975,9 +1030,9 @@ Value string_method(State &st, const std::string &name, const std::string &s, Ar
                 runtime_error("sequence item %zu: expected str instance, %s found", i, type_name(item));
             if (i++) out += s;
             out += str_of(item);
-            st.check_string(out.size());
+            st.check_growing(out.size());
         }
-        return Value::string(std::move(out));
+        return st.new_string(std::move(out));
     }
     if (name == "splitlines") {
         const bool keepends = truthy(a.get(0, "keepends", Value::boolean(false)));
@@ -999,16 +1054,7 @@ Value string_method(State &st, const std::string &name, const std::string &s, Ar
     if (name == "isalnum")
         return yes(!u.empty() &&
                    std::all_of(u.begin(), u.end(), [](char32_t c) { return is_cased(c) || (c >= '0' && c <= '9'); }));
-    if (name == "islower" || name == "isupper") {
-        bool any = false;
-        for (char32_t c : u) {
-            if (!is_cased(c)) continue;
-            any = true;
-            const bool ok = name == "islower" ? to_lower_simple(c) == c : to_upper_simple(c) == c;
-            if (!ok) return yes(false);
-        }
-        return yes(any);
-    }
+    if (name == "islower" || name == "isupper") return yes(all_cased_as(s, name == "islower"));
     unsupported("the string method '%s' is not supported", name.c_str());
 }
 
@@ -1049,6 +1095,15 @@ bool get_attribute(State &st, const Value &obj, const std::string &name, Value &
             }
             return false;
         case Value::LIST:
+            if (list_of(obj).range) {
+                const ListObject &r = list_of(obj);
+                if (name == "start" || name == "stop" || name == "step") {
+                    out = Value::integer(name == "start" ? r.start : name == "stop" ? r.stop : r.step);
+                    return true;
+                }
+                if (name != "count" && name != "index") return false;
+            }
+            if (list_of(obj).view) return false;
             if (in_list(kListMethods, name)) {
                 out = make_function(FunctionObject::METHOD, name, obj);
                 return true;
@@ -1065,6 +1120,7 @@ bool get_attribute(State &st, const Value &obj, const std::string &name, Value &
 }
 
 bool get_item(State &st, const Value &obj, const Value &key, Value &out) {
+    if (obj.kind() == Value::LIST && list_of(obj).view) return false;  // views are not subscriptable
     switch (obj.kind()) {
         case Value::LIST:
         case Value::STRING: {
@@ -1082,6 +1138,7 @@ bool get_item(State &st, const Value &obj, const Value &key, Value &out) {
                 return true;
             }
             const std::string &s = str_of(obj);
+            st.touch(s.size());
             if (is_ascii(s)) {
                 const int64_t n = int64_t(s.size());
                 if (i < 0) i += n;
@@ -1110,8 +1167,11 @@ bool get_item(State &st, const Value &obj, const Value &key, Value &out) {
 }
 
 Value slice(State &st, const Value &obj, const Value &start_v, const Value &stop_v, const Value &step_v) {
-    if (obj.kind() != Value::LIST && obj.kind() != Value::STRING)
-        return make_undefined(std::string(type_name(obj)) + " object has no element slice");
+    // jinja2 compiles slices to plain Python subscripts, so anything but a
+    // sequence fails.
+    if (obj.kind() == Value::DICT) runtime_error("unhashable type: 'slice'");
+    if ((obj.kind() != Value::LIST && obj.kind() != Value::STRING) || (obj.kind() == Value::LIST && list_of(obj).view))
+        runtime_error("'%s' object is not subscriptable", type_name(obj));
     auto index = [](const Value &v, const char *what) -> int64_t {
         if (!int_like(v)) runtime_error("slice indices must be integers or None or have an __index__ method");
         return int_of(v);
@@ -1120,6 +1180,7 @@ Value slice(State &st, const Value &obj, const Value &start_v, const Value &stop
     if (step == 0) runtime_error("slice step cannot be zero");
     std::u32string u;
     const bool is_str = obj.kind() == Value::STRING;
+    if (is_str) st.touch(str_of(obj).size());
     const bool ascii = is_str && is_ascii(str_of(obj));
     if (is_str && !ascii) u = utf8_decode(str_of(obj));
     const int64_t len = is_str ? (ascii ? int64_t(str_of(obj).size()) : int64_t(u.size()))
@@ -1159,9 +1220,18 @@ Value slice(State &st, const Value &obj, const Value &start_v, const Value &stop
         }
         return Value::string(std::move(out));
     }
+    const ListObject &l = list_of(obj);
+    if (l.range) {
+        int64_t a, b, c;
+        if (__builtin_mul_overflow(start, l.step, &a) || __builtin_add_overflow(a, l.start, &a) ||
+            __builtin_mul_overflow(stop, l.step, &b) || __builtin_add_overflow(b, l.start, &b) ||
+            __builtin_mul_overflow(step, l.step, &c))
+            unsupported("integer overflow (integers here are 64-bit)");
+        return st.new_range(a, b, c);
+    }
     std::vector<Value> items;
-    for (int64_t i : picks) items.push_back(list_of(obj).items[size_t(i)]);
-    return st.new_list(std::move(items), list_of(obj).tuple);
+    for (int64_t i : picks) items.push_back(l.items[size_t(i)]);
+    return st.new_list(std::move(items), l.tuple);
 }
 
 Value call_method(State &st, const FunctionObject &fn, Args &a) {
@@ -1177,16 +1247,41 @@ Value call_method(State &st, const FunctionObject &fn, Args &a) {
                 const Value *v = dict_of(self).find(key);
                 return v ? *v : def;
             }
-            a.done(0);
-            if (name == "items") return dict_items(st, self);
-            if (name == "keys" || name == "values") {
+            if (name == "items" || name == "keys" || name == "values" || name == "copy") {
+                a.done(0);
+                if (name == "copy") return self;  // values never change, so a copy is the same dict
                 std::vector<Value> out;
-                for (const auto &kv : dict_of(self).items) out.push_back(name == "keys" ? kv.first : kv.second);
-                return st.new_list(std::move(out));
+                if (name == "items") out = list_of(dict_items(st, self)).items;
+                else
+                    for (const auto &kv : dict_of(self).items) out.push_back(name == "keys" ? kv.first : kv.second);
+                Value view = st.new_list(std::move(out));
+                static_cast<ListObject *>(view.heap_ptr().get())->view =
+                    name == "items" ? "dict_items" : name == "keys" ? "dict_keys" : "dict_values";
+                return view;
             }
-            unsupported("the dict method '%s' is not supported (the sandbox keeps values immutable)", name.c_str());
+            if (name == "fromkeys") unsupported("dict.fromkeys() is not supported");
+            runtime_error("access to attribute '%s' of 'dict' object is unsafe.", name.c_str());
         case Value::LIST:
-            unsupported("the list method '%s' is not supported (the sandbox keeps values immutable)", name.c_str());
+            if (name == "count" || name == "index") {
+                const Value x = a.get(0, "value");
+                if (a.has(1, "start")) unsupported("list.index() with start/end positions is not supported");
+                a.done(1);
+                const auto &items = list_of(self).items;
+                int64_t n = 0;
+                for (size_t i = 0; i < items.size(); ++i) {
+                    st.step();
+                    if (!equals(items[i], x)) continue;
+                    if (name == "index") return Value::integer(int64_t(i));
+                    ++n;
+                }
+                if (name == "index") runtime_error("%s is not in list", to_repr(st, x).c_str());
+                return Value::integer(n);
+            }
+            if (name == "copy") {
+                a.done(0);
+                return st.new_list(list_of(self).items);
+            }
+            runtime_error("access to attribute '%s' of '%s' object is unsafe.", name.c_str(), type_name(self));
         case Value::OBJECT:
             if (name == "cycle") {
                 const auto &loop = *static_cast<const LoopObject *>(self.heap());
@@ -1226,9 +1321,7 @@ Value g_range(State &st, Args &a) {
     if (step < 0 && stop < start) n = ((__int128)start - stop - step - 1) / -step;
     if (n > kMaxRange)
         runtime_error("Range too big. The sandbox blocks ranges larger than MAX_RANGE (%lld).", (long long)kMaxRange);
-    std::vector<Value> items;
-    for (int64_t i = 0; i < int64_t(n); ++i) items.push_back(Value::integer(start + i * step));
-    return st.new_list(std::move(items));
+    return st.new_range(start, stop, step);
 }
 
 Value g_dict(State &st, Args &a) {

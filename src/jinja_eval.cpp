@@ -72,6 +72,7 @@ Value repeat(State &st, const Value &seq, int64_t n) {
         return Value::string(std::move(out));
     }
     const ListObject &l = list_of(seq);
+    if (l.range || l.view) runtime_error("unsupported operand type(s) for *: '%s' and 'int'", type_name(seq));
     if (n > 0 && l.items.size() > st.limits.max_items / size_t(n))
         unsupported("a list of more than %zu items", st.limits.max_items);
     std::vector<Value> items;
@@ -116,6 +117,8 @@ int64_t int_pow(int64_t base, int64_t exp) {
 
 // a op b for the arithmetic operators.
 Value binary_op(State &st, Op op, const Value &a, const Value &b) {
+    // Python tries the left operand's method first: "str % x" formats.
+    if (op == Op::MOD && a.kind() == Value::STRING) unsupported("Python's %% string formatting is not supported");
     if (a.kind() == Value::UNDEFINED) undefined_error(a);
     if (b.kind() == Value::UNDEFINED) undefined_error(b);
     const bool ints = int_like(a) && int_like(b);
@@ -132,12 +135,13 @@ Value binary_op(State &st, Op op, const Value &a, const Value &b) {
                 st.check_string(str_of(a).size() + str_of(b).size());
                 return Value::string(str_of(a) + str_of(b));
             }
-            if (a.kind() == Value::LIST && b.kind() == Value::LIST && list_of(a).tuple == list_of(b).tuple) {
+            if (a.kind() == Value::LIST && b.kind() == Value::LIST && list_of(a).tuple == list_of(b).tuple &&
+                !list_of(a).range && !list_of(b).range && !list_of(a).view && !list_of(b).view) {
                 std::vector<Value> items = list_of(a).items;
                 items.insert(items.end(), list_of(b).items.begin(), list_of(b).items.end());
                 return st.new_list(std::move(items), list_of(a).tuple);
             }
-            if (a.kind() == Value::STRING || a.kind() == Value::LIST)
+            if (a.kind() == Value::STRING || (a.kind() == Value::LIST && !list_of(a).range && !list_of(a).view))
                 runtime_error("can only concatenate %s (not \"%s\") to %s", type_name(a), type_name(b), type_name(a));
             bad_operands(op, a, b);
         case Op::SUB:
@@ -211,8 +215,8 @@ bool contains(State &st, const Value &needle, const Value &hay) {
         case Value::STRING:
             if (needle.kind() != Value::STRING)
                 runtime_error("'in <string>' requires string as left operand, not %s", type_name(needle));
-            st.step(str_of(hay).size() / 64);
-            return str_of(hay).find(str_of(needle)) != std::string::npos;
+            st.touch(str_of(hay).size() + str_of(needle).size());
+            return find_sub(str_of(hay), str_of(needle)) != std::string::npos;
         case Value::LIST:
             for (const Value &v : list_of(hay).items) {
                 st.step();
@@ -221,7 +225,13 @@ bool contains(State &st, const Value &needle, const Value &hay) {
             return false;
         case Value::DICT: return dict_of(hay).find(needle) != nullptr;
         case Value::UNDEFINED: return false;
-        default: runtime_error("argument of type '%s' is not iterable", type_name(hay));
+        default:
+            if (iterator_of(hay)) {
+                for (const Value &v : iterate(st, hay))
+                    if (equals(needle, v)) return true;
+                return false;
+            }
+            runtime_error("argument of type '%s' is not iterable", type_name(hay));
     }
 }
 
@@ -331,6 +341,7 @@ Value eval(State &st, const Expr &e, Frame &frame) {
             const char *what = e.kind == ExprKind::FILTER ? "filter" : "test";
             if (!e.fn) unsupported("the %s '%s' is not supported", what, e.name.c_str());
             args.fname = e.name.c_str();
+            if (subject.kind() == Value::STRING) st.touch(str_of(subject).size());  // string filters read it all
             return e.fn(st, subject, args);
         }
         case ExprKind::UNARY: {
@@ -367,9 +378,9 @@ Value eval(State &st, const Expr &e, Frame &frame) {
             std::string out;
             for (const auto &a : e.args) {
                 out += to_str(st, eval(st, *a, frame));
-                st.check_string(out.size());
+                st.check_growing(out.size());
             }
-            return Value::string(std::move(out));
+            return st.new_string(std::move(out));
         }
         case ExprKind::COMPARE: {
             Value left = eval(st, *e.args[0], frame);
@@ -430,18 +441,17 @@ Flow render_for(State &st, const Node &n, Frame &frame, std::string &out) {
         }
         items = std::move(kept);
     }
-    if (items.empty()) {
-        if (n.bodies.size() > 1) {
-            Frame f;
-            f.parent = &frame;
-            return render_body(st, n.bodies[1], f, out);  // a break there belongs to an outer loop
-        }
-        return Flow::NORMAL;
-    }
+    // As jinja2 compiles it, the else block runs unless an iteration ran to
+    // its end: when there were no items, and also after a break (or a
+    // continue) in the last iteration run.
+    bool run_else = true;
     const int64_t length = int64_t(items.size());
-    const Value list = st.new_list(std::move(items));
+    // The loop variable keeps the items: the list itself when that is what
+    // was iterated, else a new one.
+    const bool plain = iterable.kind() == Value::LIST && !n.cond && !list_of(iterable).range;
+    const Value list = plain ? iterable : st.new_list(std::move(items));
     for (int64_t i = 0; i < length; ++i) {
-        st.step();
+        st.step(4);  // a scope and a loop object per iteration
         Frame f;
         f.parent = &frame;
         assign(st, f, n.names, list_of(list).items[size_t(i)]);
@@ -452,7 +462,14 @@ Flow render_for(State &st, const Node &n, Frame &frame, std::string &out) {
         loop->has_ns = value_has_ns(list);
         loop->depth = value_depth(list) + 1;
         f.set("loop", Value::from_heap(Value::OBJECT, std::move(loop)));
-        if (render_body(st, n.bodies[0], f, out) == Flow::BREAK) break;
+        const Flow flow = render_body(st, n.bodies[0], f, out);
+        if (flow == Flow::BREAK) break;
+        if (flow == Flow::NORMAL) run_else = false;
+    }
+    if (run_else && n.bodies.size() > 1) {
+        Frame f;
+        f.parent = &frame;
+        return render_body(st, n.bodies[1], f, out);  // a break there belongs to an outer loop
     }
     return Flow::NORMAL;
 }
@@ -593,6 +610,12 @@ std::string Template::render(const Vars &vars, const RenderOptions &options) con
     State st(options.limits, vars);
     st.now = options.now;
     std::string out;
+    // Comparisons charge this render for their work; renders nest never.
+    struct Charged {
+        State *saved;
+        explicit Charged(State *s) : saved(charged_state()) { charged_state() = s; }
+        ~Charged() { charged_state() = saved; }
+    } charged(&st);
     try {
         render_body(st, impl_->body, st.root, out);
     } catch (const Error &e) {

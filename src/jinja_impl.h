@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdarg>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,9 @@ struct UndefinedObject : HeapObject {
 struct ListObject : HeapObject {
     std::vector<Value> items;
     bool tuple = false;
+    bool range = false;  // what range() returns: prints as range(start, stop[, step])
+    int64_t start = 0, stop = 0, step = 1;
+    const char *view = nullptr;  // "dict_keys", "dict_values", "dict_items": a dict's views
 };
 
 struct DictObject : HeapObject {
@@ -67,6 +71,22 @@ struct LoopObject : Object {
     bool get_attr(const std::string &name, Value &out) const override;
 };
 
+struct State;
+
+// What jinja2's map, select, items, reverse... return: a one-pass iterator
+// whose items are computed when first consumed (so are its errors).
+struct IteratorObject : Object {
+    std::string kind = "generator";
+    std::function<std::vector<Value>(State &)> source;
+    std::vector<Value> items;
+    size_t cursor = 0;
+    bool ready = false;
+    const char *type_name() const override { return kind.c_str(); }
+    bool get_attr(const std::string &, Value &) const override { return false; }
+    // Up to n of the items not yet consumed (all of them for SIZE_MAX).
+    std::vector<Value> take(State &st, size_t n);
+};
+
 struct Node;
 
 struct FunctionObject : HeapObject {
@@ -87,6 +107,8 @@ Value make_undefined(std::string hint);
 std::string undefined_hint(const Value &v);  // "'x' is undefined" or similar
 Value make_function(FunctionObject::Type type, std::string name, Value self = Value(), const Node *macro = nullptr);
 bool is_namespace(const Value &v);
+IteratorObject *iterator_of(const Value &v);  // null unless v is one
+Value make_iterator(const char *kind, const Value &subject, std::function<std::vector<Value>(State &)> source);
 NamespaceObject &namespace_of(const Value &v);
 int value_depth(const Value &v);
 bool value_has_ns(const Value &v);
@@ -107,6 +129,11 @@ bool is_cased(char32_t c);
 std::string py_upper(std::string_view s);
 std::string py_lower(std::string_view s);
 std::string py_strip(std::string_view s, const Value *chars, bool left, bool right);
+
+// Substring search in O(haystack + needle) time whatever the input (the
+// standard library's may take their product); npos if absent.
+size_t find_sub(std::string_view hay, std::string_view needle, size_t from = 0);
+size_t rfind_sub(std::string_view hay, std::string_view needle);
 
 // Python's repr() of a float and of a string.
 std::string float_repr(double d);
@@ -242,6 +269,10 @@ Value call_global(State &st, const FunctionObject &fn, Args &args);
 bool is_global_function(const std::string &name);
 Value slice(State &st, const Value &obj, const Value &start, const Value &stop, const Value &step);
 
+// The render in progress on this thread, which equals() and compare()
+// charge for their work (null outside a render).
+State *&charged_state();
+
 // Everything a render needs, passed by reference through the evaluator.
 struct Frame {
     Frame *parent = nullptr;
@@ -258,29 +289,48 @@ struct State {
     int call_depth = 0;          // macro calls in progress
     int call_depth_runtime = 0;  // evaluator recursion
     int line = 0;
+    uint64_t allocated = 0;  // bytes of strings and list items built so far
     Frame root;
 
     State(const Limits &l, const Vars &v) : limits(l), vars(v) {}
+    // Charges for work on every character of a string of n bytes.
+    void touch(size_t n) { step(1 + n / 8); }
     void step(uint64_t n = 1) {
         steps += n;
         if (steps > limits.max_steps)
             unsupported("the template needs more than %llu steps", (unsigned long long)limits.max_steps);
+    }
+    void allocate(uint64_t bytes) {
+        allocated += bytes;
+        if (allocated > limits.max_alloc_bytes)
+            unsupported("the template builds more than %llu bytes of values",
+                        (unsigned long long)limits.max_alloc_bytes);
     }
     // Charges for building a string of n bytes and checks its size.
     void check_string(size_t n) {
         step(1 + n / 64);
         if (n > limits.max_output_bytes)
             unsupported("a string of more than %zu bytes", limits.max_output_bytes);
+        allocate(n);
+    }
+    // While a string grows piece by piece: its size so far (check_string
+    // charges for the finished one).
+    void check_growing(size_t n) {
+        step();
+        if (n > limits.max_output_bytes)
+            unsupported("a string of more than %zu bytes", limits.max_output_bytes);
     }
     void check_items(size_t n) {
         step(1 + n);
         if (n > limits.max_items) unsupported("a list of more than %zu items", limits.max_items);
+        allocate(uint64_t(n) * sizeof(Value));
     }
     Value new_string(std::string s) {
         check_string(s.size());
         return Value::string(std::move(s));
     }
     Value new_list(std::vector<Value> items, bool tuple = false);
+    Value new_range(int64_t start, int64_t stop, int64_t step);
     Value new_dict(std::vector<std::pair<Value, Value>> items);
 };
 

@@ -235,6 +235,31 @@ std::string py_strip(std::string_view s, const Value *chars, bool left, bool rig
     return utf8_encode(u.substr(b, e - b));
 }
 
+size_t find_sub(std::string_view hay, std::string_view needle, size_t from) {
+    if (from > hay.size()) return std::string_view::npos;
+    if (needle.size() <= 16) return hay.find(needle, from);  // at most 16 compares a byte
+    // Knuth-Morris-Pratt.
+    std::vector<size_t> fail(needle.size(), 0);
+    for (size_t i = 1, k = 0; i < needle.size(); ++i) {
+        while (k > 0 && needle[i] != needle[k]) k = fail[k - 1];
+        if (needle[i] == needle[k]) ++k;
+        fail[i] = k;
+    }
+    for (size_t i = from, k = 0; i < hay.size(); ++i) {
+        while (k > 0 && hay[i] != needle[k]) k = fail[k - 1];
+        if (hay[i] == needle[k]) ++k;
+        if (k == needle.size()) return i + 1 - needle.size();
+    }
+    return std::string_view::npos;
+}
+
+size_t rfind_sub(std::string_view hay, std::string_view needle) {
+    if (needle.size() <= 16) return hay.rfind(needle);
+    const std::string rh(hay.rbegin(), hay.rend()), rn(needle.rbegin(), needle.rend());
+    const size_t p = find_sub(rh, rn);
+    return p == std::string_view::npos ? p : hay.size() - p - needle.size();
+}
+
 std::string float_repr(double d) {
     if (std::isnan(d)) return "nan";
     if (std::isinf(d)) return d < 0 ? "-inf" : "inf";

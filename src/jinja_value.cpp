@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 #include "jinja_impl.h"
 
@@ -140,6 +141,33 @@ Value make_function(FunctionObject::Type type, std::string name, Value self, con
     return Value::from_heap(Value::FUNCTION, std::move(obj));
 }
 
+IteratorObject *iterator_of(const Value &v) {
+    if (v.kind() != Value::OBJECT) return nullptr;
+    return dynamic_cast<IteratorObject *>(v.heap_ptr().get());
+}
+
+Value make_iterator(const char *kind, const Value &subject, std::function<std::vector<Value>(State &)> source) {
+    auto it = std::make_shared<IteratorObject>();
+    it->kind = kind;
+    it->source = std::move(source);
+    it->has_ns = value_has_ns(subject);
+    it->depth = value_depth(subject) + 1;
+    return Value::from_heap(Value::OBJECT, std::move(it));
+}
+
+std::vector<Value> IteratorObject::take(State &st, size_t n) {
+    if (!ready) {
+        ready = true;
+        auto source_fn = std::move(source);
+        source = nullptr;
+        items = source_fn(st);
+    }
+    const size_t end = n >= items.size() - cursor ? items.size() : cursor + n;
+    std::vector<Value> out(items.begin() + long(cursor), items.begin() + long(end));
+    cursor = end;
+    return out;
+}
+
 bool is_namespace(const Value &v) {
     return v.kind() == Value::OBJECT && dynamic_cast<const NamespaceObject *>(v.heap()) != nullptr;
 }
@@ -207,6 +235,23 @@ Value State::new_list(std::vector<Value> items, bool tuple) {
     return v;
 }
 
+Value State::new_range(int64_t start, int64_t stop, int64_t step) {
+    __int128 n = 0;
+    if (step > 0 && stop > start) n = ((__int128)stop - start + step - 1) / step;
+    if (step < 0 && stop < start) n = ((__int128)start - stop - step - 1) / -step;
+    if (n > (__int128)limits.max_items) unsupported("a list of more than %zu items", limits.max_items);
+    std::vector<Value> items;
+    items.reserve(size_t(n));
+    for (int64_t i = 0; i < int64_t(n); ++i) items.push_back(Value::integer(int64_t(start + (__int128)i * step)));
+    Value r = new_list(std::move(items));
+    auto &obj = *static_cast<ListObject *>(r.heap_ptr().get());
+    obj.range = true;
+    obj.start = start;
+    obj.stop = stop;
+    obj.step = step;
+    return r;
+}
+
 Value State::new_dict(std::vector<std::pair<Value, Value>> items) {
     check_items(items.size());
     step(items.size() * items.size() / 16);  // duplicate keys are looked for pairwise
@@ -241,7 +286,8 @@ const char *type_name(const Value &v) {
         case Value::INT: return "int";
         case Value::FLOAT: return "float";
         case Value::STRING: return "str";
-        case Value::LIST: return list_of(v).tuple ? "tuple" : "list";
+        case Value::LIST:
+            return list_of(v).view ? list_of(v).view : list_of(v).range ? "range" : list_of(v).tuple ? "tuple" : "list";
         case Value::DICT: return "dict";
         case Value::OBJECT: return object_of(v).type_name();
         case Value::FUNCTION: return "function";
@@ -303,8 +349,20 @@ int compare_numbers(const Value &a, const Value &b) {
 
 }  // namespace
 
+State *&charged_state() {
+    static thread_local State *state = nullptr;
+    return state;
+}
+
+namespace {
+void charge(const Value &a) {
+    if (State *st = charged_state()) st->touch(a.kind() == Value::STRING ? str_of(a).size() : 0);
+}
+}  // namespace
+
 bool equals(const Value &a, const Value &b, int depth) {
     check_walk_depth(depth);
+    charge(a);
     if (is_number(a) && is_number(b)) return compare_numbers(a, b) == 0;
     if (a.kind() != b.kind()) return false;
     switch (a.kind()) {
@@ -313,7 +371,9 @@ bool equals(const Value &a, const Value &b, int depth) {
         case Value::STRING: return str_of(a) == str_of(b);
         case Value::LIST: {
             const ListObject &x = list_of(a), &y = list_of(b);
-            if (x.tuple != y.tuple || x.items.size() != y.items.size()) return false;
+            if (x.tuple != y.tuple || x.range != y.range || x.view != y.view || x.items.size() != y.items.size())
+                return false;
+            if (x.view && std::strcmp(x.view, "dict_values") == 0) return a.heap() == b.heap();
             for (size_t i = 0; i < x.items.size(); ++i)
                 if (!equals(x.items[i], y.items[i], depth + 1)) return false;
             return true;
@@ -333,6 +393,7 @@ bool equals(const Value &a, const Value &b, int depth) {
 
 int compare(const Value &a, const Value &b, const char *op, int depth) {
     check_walk_depth(depth);
+    charge(a);
     if (is_number(a) && is_number(b)) {
         const int r = compare_numbers(a, b);
         return r == 2 ? 2 : r;
@@ -342,7 +403,8 @@ int compare(const Value &a, const Value &b, const char *op, int depth) {
         const int r = str_of(a).compare(str_of(b));
         return r < 0 ? -1 : r > 0 ? 1 : 0;
     }
-    if (a.kind() == Value::LIST && b.kind() == Value::LIST && list_of(a).tuple == list_of(b).tuple) {
+    if (a.kind() == Value::LIST && b.kind() == Value::LIST && list_of(a).tuple == list_of(b).tuple &&
+        !list_of(a).range && !list_of(b).range && !list_of(a).view && !list_of(b).view) {
         const auto &x = list_of(a).items, &y = list_of(b).items;
         for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
             if (equals(x[i], y[i], depth + 1)) continue;
@@ -371,7 +433,7 @@ void append_str(State &st, std::string &out, const Value &v, int depth) {
 
 void append_repr(State &st, std::string &out, const Value &v, int depth) {
     check_walk_depth(depth);
-    st.check_string(out.size());
+    st.check_growing(out.size());
     switch (v.kind()) {
         case Value::UNDEFINED: out += "Undefined"; return;  // what jinja2 shows inside a container
         case Value::STRING:
@@ -380,6 +442,13 @@ void append_repr(State &st, std::string &out, const Value &v, int depth) {
             return;
         case Value::LIST: {
             const ListObject &l = list_of(v);
+            if (l.range) {
+                out += "range(" + std::to_string(l.start) + ", " + std::to_string(l.stop);
+                if (l.step != 1) out += ", " + std::to_string(l.step);
+                out += ')';
+                return;
+            }
+            if (l.view) out += std::string(l.view) + "(";
             out += l.tuple ? '(' : '[';
             for (size_t i = 0; i < l.items.size(); ++i) {
                 if (i) out += ", ";
@@ -387,6 +456,7 @@ void append_repr(State &st, std::string &out, const Value &v, int depth) {
             }
             if (l.tuple && l.items.size() == 1) out += ',';
             out += l.tuple ? ')' : ']';
+            if (l.view) out += ')';
             return;
         }
         case Value::DICT: {
@@ -502,7 +572,7 @@ std::string json_key(State &st, const Value &k) {
 
 void append_json(State &st, std::string &out, const Value &v, const JsonOptions &opt, int level) {
     check_walk_depth(level);
-    st.check_string(out.size());
+    st.check_growing(out.size());
     st.step();
     auto newline = [&](int lvl) {
         if (!opt.indent_set) return;
@@ -525,6 +595,8 @@ void append_json(State &st, std::string &out, const Value &v, const JsonOptions 
             json_string(out, str_of(v), opt.ensure_ascii);
             return;
         case Value::LIST: {
+            if (list_of(v).range || list_of(v).view)
+                runtime_error("Object of type %s is not JSON serializable", type_name(v));
             const auto &items = list_of(v).items;
             if (items.empty()) {
                 out += "[]";
@@ -581,8 +653,9 @@ std::string to_json(State &st, const Value &v, const JsonOptions &opt) {
 std::vector<Value> iterate(State &st, const Value &v) {
     switch (v.kind()) {
         case Value::UNDEFINED: return {};
-        case Value::LIST: return list_of(v).items;
+        case Value::LIST: st.step(list_of(v).items.size()); return list_of(v).items;
         case Value::DICT: {
+            st.step(dict_of(v).items.size());
             std::vector<Value> keys;
             for (const auto &kv : dict_of(v).items) keys.push_back(kv.first);
             return keys;
@@ -602,7 +675,10 @@ std::vector<Value> iterate(State &st, const Value &v) {
             }
             return chars;
         }
-        default: runtime_error("'%s' object is not iterable", type_name(v));
+        default:
+            if (IteratorObject *it = iterator_of(v)) return it->take(st, SIZE_MAX);
+            if (v.kind() == Value::OBJECT && !is_namespace(v)) unsupported("iterating over the loop variable");
+            runtime_error("'%s' object is not iterable", type_name(v));
     }
 }
 

@@ -606,10 +606,24 @@ static void test_jinja_limits(void **state) {
     // Recursion.
     expect_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", KVFIT_E_UNSUPPORTED, "macro calls nested");
     // Work and size.
-    expect_error("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+    expect_error("{% set r = range(100000) | list %}{% for a in r %}{% for b in r %}{% endfor %}{% endfor %}",
+                 KVFIT_E_UNSUPPORTED, "steps");
+    expect_error("{% set r = range(100000) | list %}{% for a in r %}{% for b in r %}{% break %}{% endfor %}{% endfor %}",
                  KVFIT_E_UNSUPPORTED, "steps");
     expect_error("{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
-                 KVFIT_E_UNSUPPORTED, "");
+                 KVFIT_E_UNSUPPORTED, "bytes");
+    // Work hidden in single operations is charged too: searching, comparing
+    // and indexing big strings.
+    expect_error("{% set s = 'a' * 4000000 %}{% set t = 'a' * 2000000 ~ 'b' %}{% for i in range(100000) %}"
+                 "{% if t in s %}{% endif %}{% endfor %}",
+                 KVFIT_E_UNSUPPORTED, "steps");
+    expect_error("{% set s = 'a' * 4000000 %}{% set t = 'a' * 4000000 %}{% for i in range(100000) %}"
+                 "{% if s == t %}{% endif %}{% endfor %}",
+                 KVFIT_E_UNSUPPORTED, "steps");
+    expect_error("{% set s = '\u00e9' * 2000000 %}{% for i in range(100000) %}{{ s[i] }}{% endfor %}",
+                 KVFIT_E_UNSUPPORTED, "steps");
+    expect_error("{% set s = ' ' * 4000000 %}{% for i in range(100000) %}{{ s | trim }}{% endfor %}",
+                 KVFIT_E_UNSUPPORTED, "steps");
     expect_error("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
                  KVFIT_E_UNSUPPORTED, "bytes");
     expect_error("{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",

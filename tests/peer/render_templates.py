@@ -19,6 +19,7 @@ Needs only jinja2 (pip install jinja2). Not run by the build or by ctest.
 """
 
 import argparse
+import copy
 import json
 import os
 import struct
@@ -178,6 +179,13 @@ SNIPPETS = [
     "{% for m in messages %}{{ loop.index0 }}:{{ m.role }}{% if not loop.last %},{% endif %}{% endfor %}",
     "{% for m in messages %}{% if loop.index0 > 0 %}{{ messages[loop.index0 - 1].role }}>{% endif %}{{ m['role'] }} {% endfor %}",
     "{% for x in u %}never{% endfor %}ok", "{{ loop }}|", "{% for x in [1] %}{% set loop_copy = loop.index %}{% endfor %}{{ loop_copy }}|",
+    "{% for i in range(3) %}{{ i }}{% if i == 1 %}{% break %}{% endif %}{% else %}[else after break]{% endfor %}",
+    "{% for i in range(3) %}{% continue %}{% else %}[else after continue]{% endfor %}{% for i in [1] if false %}{% else %}[no items]{% endfor %}",
+    "{% if messages | selectattr('role', 'equalto', 'tool') %}a generator is true{% endif %} {{ messages | selectattr('role', 'equalto', 'tool') | list | length }}",
+    "{% set g = messages | map(attribute='role') %}{{ g | first }} {{ g | list }} {{ g | list }}",
+    "{{ range(3) }} {{ range(1, 10, 3) }} {{ range(10)[::2] }} {{ range(10)[5:2] }} {{ range(10)[::-1] }} {{ range(3) | string }} {{ range(4).stop }}",
+    "{{ [1, 2, 1].count(1) }} {{ ['a', 'b'].index('b') }} {{ {'a': 1}.keys() }} {{ {'a': 1}.values() }} {{ {'a': 1}.items() }} {{ 'a' in {'a': 1}.keys() }}",
+    "{{ [1].append(2) }}", "{{ 3 | indent }}", "{{ u | int }}", "{% set x = 7 %}{{ x[:2] }}", "{{ messages[0][1:] }}",
     # attributes and subscripts
     "{{ messages[0].role }} {{ messages[0]['role'] }} {{ messages.0.role }} {{ messages[-1].content }} {{ messages[1:] | length }}",
     "{{ messages[5] }}|{{ messages[0].nope }}|{{ messages[0]['nope'] }}|", "{{ {'a': 1}.a }} {{ {'items': 1}['items'] }} {{ {'a': 1}.get('a') }} {{ {'a': 1}.get('b') }} {{ {'a': 1}.get('b', 3) }}",
@@ -255,7 +263,8 @@ def render_snippet(env, source):
     except SyntaxError as e:  # the compiled Python itself, e.g. a break outside a loop
         return ("error", "syntax", "%s: %s" % (type(e).__name__, e.msg))
     try:
-        return ("expect", template.render(**SNIPPET_VARIABLES))
+        # a fresh copy each time: some filters change what they are given (indent's +=)
+        return ("expect", template.render(**copy.deepcopy(SNIPPET_VARIABLES)))
     except jinja2.exceptions.UndefinedError as e:
         return ("error", "undefined", str(e))
     except jinja2.exceptions.TemplateSyntaxError as e:
