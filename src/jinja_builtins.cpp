@@ -540,7 +540,7 @@ Value dict_items(State &st, const Value &v) {
 
 Value f_items(State &st, const Value &v, Args &a) {
     a.done(0);
-    return make_iterator("generator", v, [v](State &s) -> std::vector<Value> {
+    return make_iterator("generator", {v}, [v](State &s) -> std::vector<Value> {
         if (v.kind() == Value::UNDEFINED) return {};
         if (v.kind() != Value::DICT) runtime_error("Can only get item pairs from a mapping.");
         return list_of(dict_items(s, v)).items;
@@ -571,7 +571,7 @@ Value f_reverse(State &st, const Value &v, Args &a) {
                                                  : "reversed";
     if (v.kind() != Value::LIST && v.kind() != Value::DICT && v.kind() != Value::UNDEFINED)
         runtime_error("argument must be iterable");
-    return make_iterator(kind, v, [v](State &s) {
+    return make_iterator(kind, {v}, [v](State &s) {
         std::vector<Value> items = iterate(s, v);
         std::reverse(items.begin(), items.end());
         return items;
@@ -749,7 +749,10 @@ Value select_impl(State &st, const Value &v, Args &a, bool by_attr, bool keep) {
     }
     targs.kw = a.kw;
     const std::string test_name = targs.fname;
-    return make_iterator("generator", v, [=](State &s) {
+    std::vector<Value> captured = a.pos;
+    captured.push_back(v);
+    for (const auto &kw : a.kw) captured.push_back(kw.second);
+    return make_iterator("generator", captured, [=](State &s) {
         std::vector<Value> out;
         for (const Value &item : iterate(s, v)) {
             s.step();
@@ -774,7 +777,7 @@ Value f_map(State &st, const Value &v, Args &a) {
         const bool has_def = a.has(99, "default");
         a.done(0);
         if (attribute.kind() == Value::UNDEFINED) runtime_error("map() needs a filter name or attribute=");
-        return make_iterator("generator", v, [=](State &s) {
+        return make_iterator("generator", {v, attribute, def}, [=](State &s) {
             std::vector<Value> items;
             for (const Value &item : iterate(s, v)) {
                 Value x = get_path(s, item, attribute);
@@ -793,7 +796,10 @@ Value f_map(State &st, const Value &v, Args &a) {
     Args fargs;
     fargs.pos.assign(a.pos.begin() + 1, a.pos.end());
     fargs.kw = a.kw;
-    return make_iterator("generator", v, [=](State &s) {
+    std::vector<Value> captured = a.pos;
+    captured.push_back(v);
+    for (const auto &kw : a.kw) captured.push_back(kw.second);
+    return make_iterator("generator", captured, [=](State &s) {
         std::vector<Value> items;
         for (const Value &item : iterate(s, v)) {
             Args copy = fargs;

@@ -108,7 +108,10 @@ std::string undefined_hint(const Value &v);  // "'x' is undefined" or similar
 Value make_function(FunctionObject::Type type, std::string name, Value self = Value(), const Node *macro = nullptr);
 bool is_namespace(const Value &v);
 IteratorObject *iterator_of(const Value &v);  // null unless v is one
-Value make_iterator(const char *kind, const Value &subject, std::function<std::vector<Value>(State &)> source);
+// `captured`: every value the source holds on to (for the namespace and
+// depth checks).
+Value make_iterator(const char *kind, const std::vector<Value> &captured,
+                    std::function<std::vector<Value>(State &)> source);
 NamespaceObject &namespace_of(const Value &v);
 int value_depth(const Value &v);
 bool value_has_ns(const Value &v);

@@ -146,12 +146,15 @@ IteratorObject *iterator_of(const Value &v) {
     return dynamic_cast<IteratorObject *>(v.heap_ptr().get());
 }
 
-Value make_iterator(const char *kind, const Value &subject, std::function<std::vector<Value>(State &)> source) {
+Value make_iterator(const char *kind, const std::vector<Value> &captured,
+                    std::function<std::vector<Value>(State &)> source) {
     auto it = std::make_shared<IteratorObject>();
     it->kind = kind;
     it->source = std::move(source);
-    it->has_ns = value_has_ns(subject);
-    it->depth = value_depth(subject) + 1;
+    for (const Value &v : captured) {
+        it->has_ns = it->has_ns || value_has_ns(v);
+        it->depth = std::max(it->depth, value_depth(v) + 1);
+    }
     return Value::from_heap(Value::OBJECT, std::move(it));
 }
 

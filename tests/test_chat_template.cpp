@@ -603,6 +603,10 @@ static void test_jinja_limits(void **state) {
                  KVFIT_E_UNSUPPORTED, nesting);
     // A namespace inside itself would be a cycle.
     expect_error("{% set ns = namespace(a=1) %}{% set ns.me = [ns] %}", KVFIT_E_UNSUPPORTED, "namespace");
+    expect_error("{% set ns = namespace() %}{% set ns.g = messages | select('sameas', ns) %}", KVFIT_E_UNSUPPORTED,
+                 "namespace");
+    expect_error("{% set ns = namespace() %}{% for x in [ns] %}{% set ns.l = loop %}{% endfor %}", KVFIT_E_UNSUPPORTED,
+                 "namespace");
     // Recursion.
     expect_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", KVFIT_E_UNSUPPORTED, "macro calls nested");
     // Work and size.
