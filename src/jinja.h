@@ -5,8 +5,9 @@
 // tojson filter and the raise_exception / strftime_now globals).
 //
 // Everything runs under limits (template size, nesting depth, call depth,
-// output size, a step budget), so no input can crash it, exhaust the stack
-// or make it run unbounded. Errors are kvfit::Error:
+// output size, bytes built, a step budget), so no input can crash it,
+// exhaust the stack or memory, or make it run unbounded (each limit ends a
+// render within about a second). Errors are kvfit::Error:
 //   KVFIT_E_UNSUPPORTED  the template uses something this interpreter does
 //                        not implement, is malformed, or exceeds a limit;
 //   KVFIT_E_TEMPLATE     the template failed while rendering: it called
@@ -69,7 +70,8 @@ private:
 // smaller ones.
 struct Limits {
     size_t max_source_bytes = size_t(1) << 20;  // the template text
-    int max_depth = 128;                        // nesting of expressions, blocks and values
+    int max_depth = 64;  // nesting of expressions, blocks and values (rendering may nest 4 times that,
+                         // through macros: up to about 128 KiB of stack in a release build)
     int max_call_depth = 32;                    // macro calls within macro calls
     size_t max_output_bytes = size_t(64) << 20;  // the rendered text, and any one string
     size_t max_items = size_t(1) << 20;          // elements of one list (list * n, a + b, ...)
