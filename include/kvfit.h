@@ -279,8 +279,9 @@ KVFIT_API const char *kvfit_model_chat_template(const kvfit_model *model);
  *   NULL      the model's own Jinja template (tokenizer.chat_template),
  *             rendered exactly as Hugging Face transformers renders it, with
  *             messages, add_generation_prompt (= add_assistant), bos_token and
- *             eos_token (the model's special tokens) and strftime_now (the
- *             current local time); a model without a template gets "chatml";
+ *             eos_token (the model's special tokens), tools and documents
+ *             (none) and strftime_now (the current local time); a model
+ *             without a template gets "chatml";
  *   a name    a built-in rendering of a family: "chatml", "llama3", "llama2",
  *             "gemma", "zephyr" (aliases: "llama-3", "llama-2", "llama2-sys",
  *             "gemma2", "gemma3"; any case); model may then be NULL;

@@ -607,6 +607,85 @@ Value f_sort(State &st, const Value &v, Args &a) {
     return st.new_list(std::move(out));
 }
 
+Value f_dictsort(State &st, const Value &v, Args &a) {
+    const bool case_sensitive = truthy(a.get(0, "case_sensitive", Value::boolean(false)));
+    const Value by = a.get(1, "by", Value::string("key"));
+    const bool reverse = truthy(a.get(2, "reverse", Value::boolean(false)));
+    a.done(3);
+    if (v.kind() != Value::DICT) runtime_error("dictsort() needs a mapping, not %s", type_name(v));
+    const std::string &b = need_str(by, "dictsort by");
+    if (b != "key" && b != "value") runtime_error("You can only sort by either \"key\" or \"value\"");
+    const size_t pos = b == "key" ? 0 : 1;
+    std::vector<std::pair<Value, Value>> keyed;  // (sort key, pair)
+    const Value pairs = dict_items(st, v);  // held: the loop reads into it
+    for (const Value &pair : list_of(pairs).items) {
+        Value k = list_of(pair).items[pos];
+        keyed.emplace_back(sort_key(st, k, Value::none(), case_sensitive), pair);
+    }
+    st.step(keyed.size() * 20);
+    std::stable_sort(keyed.begin(), keyed.end(), [&](const auto &x, const auto &y) {
+        return (reverse ? compare(y.first, x.first, "<") : compare(x.first, y.first, "<")) == -1;
+    });
+    std::vector<Value> out;
+    for (auto &k : keyed) out.push_back(k.second);
+    return st.new_list(std::move(out));
+}
+
+Value f_unique(State &st, const Value &v, Args &a) {
+    const bool case_sensitive = truthy(a.get(0, "case_sensitive", Value::boolean(false)));
+    const Value attribute = a.get(1, "attribute", Value::none());
+    a.done(2);
+    return make_iterator("generator", {v, attribute}, [=](State &s) {
+        std::vector<Value> out, seen;
+        for (const Value &item : iterate(s, v)) {
+            const Value k = sort_key(s, item, attribute, case_sensitive);
+            bool dup = false;
+            for (const Value &x : seen) {
+                s.step();
+                if (equals(x, k)) {
+                    dup = true;
+                    break;
+                }
+            }
+            if (dup) continue;
+            seen.push_back(k);
+            out.push_back(item);
+        }
+        return out;
+    });
+}
+
+// jinja2's round: Python's round() (to the nearest, ties to even, on the
+// exact binary value) or math.floor / math.ceil at a precision.
+Value f_round(State &st, const Value &v, Args &a) {
+    const Value precision_v = a.get(0, "precision", Value::integer(0));
+    const Value method_v = a.get(1, "method", Value::string("common"));
+    a.done(2);
+    const std::string &method = need_str(method_v, "round method");
+    if (method != "common" && method != "floor" && method != "ceil")
+        runtime_error("method must be common, ceil or floor");
+    const int64_t precision = need_int(precision_v, "precision");
+    if (!numeric(v)) runtime_error("type %s doesn't define __round__ method", type_name(v));
+    if (precision < 0 || precision > 30) unsupported("round() to %lld digits", (long long)precision);
+    if (method == "common" && int_like(v)) return Value::integer(int_of(v));
+    const double d = v.kind() == Value::FLOAT ? v.f() : double(int_of(v));
+    if (!std::isfinite(d)) {
+        if (method == "common") return Value::number(d);
+        runtime_error("cannot convert float infinity or NaN to integer");
+    }
+    if (method == "common") {
+        char buf[512];
+        auto r = std::to_chars(buf, buf + sizeof buf, d, std::chars_format::fixed, int(precision));
+        if (r.ec != std::errc()) unsupported("round() of %g", d);
+        double out = 0;
+        std::from_chars(buf, r.ptr, out);
+        return Value::number(out);
+    }
+    const double scale = std::pow(10.0, double(precision));
+    const double x = method == "floor" ? std::floor(d * scale) : std::ceil(d * scale);
+    return Value::number(x / scale);
+}
+
 Value f_minmax(State &st, const Value &v, Args &a, bool want_max) {
     const bool case_sensitive = truthy(a.get(0, "case_sensitive", Value::boolean(false)));
     const Value attribute = a.get(1, "attribute", Value::none());
@@ -819,6 +898,8 @@ const NamedBuiltin kFilters[] = {
     {"abs", f_abs},         {"attr", f_attr},
     {"capitalize", f_capitalize}, {"count", f_length},
     {"d", f_default},       {"default", f_default},
+    {"dictsort", f_dictsort}, {"round", f_round},
+    {"unique", f_unique},
     {"e", f_escape},        {"escape", f_escape},
     {"first", f_first},     {"float", f_float},
     {"forceescape", f_escape}, {"indent", f_indent},
@@ -838,9 +919,9 @@ const NamedBuiltin kFilters[] = {
 
 // jinja2's other filters: recognised, so that a template using one fails
 // only when it gets there, with a clear message.
-const char *const kOtherFilters[] = {"batch",   "center", "dictsort",  "filesizeformat", "format", "groupby",
-                                     "pprint",  "random", "round",     "slice",          "striptags", "truncate",
-                                     "unique",  "urlencode", "urlize", "wordcount",      "wordwrap",  "xmlattr"};
+const char *const kOtherFilters[] = {"batch",     "center", "filesizeformat", "format",    "groupby",
+                                     "pprint",    "random", "slice",          "striptags", "truncate",
+                                     "urlencode", "urlize", "wordcount",      "wordwrap",  "xmlattr"};
 
 // ---- tests -------------------------------------------------------------------------
 

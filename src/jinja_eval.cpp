@@ -23,8 +23,9 @@ struct Depth {
     State &st;
     static constexpr int kFactor = 4;
     explicit Depth(State &s) : st(s) {
-        if (++st.call_depth_runtime > st.limits.max_depth * kFactor)
+        if (st.call_depth_runtime >= st.limits.max_depth * kFactor)
             unsupported("the template nests more than %d levels deep while rendering", st.limits.max_depth * kFactor);
+        ++st.call_depth_runtime;
     }
     ~Depth() { --st.call_depth_runtime; }
 };

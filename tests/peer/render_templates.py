@@ -213,6 +213,8 @@ SNIPPETS = [
     "{{ messages | selectattr('role', 'in', ['user', 'system']) | list | length }} {{ [1, 2] | map('string') | join }} {{ messages | map(attribute='x', default='-') | join }}",
     "{{ [3, 1] | max }} {{ [3, 1] | min }} {{ ['b', 'A'] | max }} {{ [1, 2] | sum }} {{ [1.5, 2] | sum }} {{ -3 | abs }} {{ 'x' | safe }} {{ '<a href=\"x\">' | e }}",
     "{{ 'a\\nb\\n\\nc' | indent }}|{{ 'a\\nb' | indent(2, true) }}|{{ 'a\\n\\nb' | indent(first=true, blank=true) }}|{{ 'x' | indent('> ') }}",
+    "{{ {'b': 1, 'A': 3, 'a': 2} | dictsort }} {{ {'b': 1, 'a': 2} | dictsort(by='value', reverse=true) }} {{ ['a', 'B', 'b', 'a', 1] | unique | list }} {{ messages | unique(attribute='role') | list | length }}",
+    "{{ 2.5 | round }} {{ 3.5 | round }} {{ 2.675 | round(2) }} {{ 1.15 | round(1) }} {{ 3 | round }} {{ 2.7 | round(0, 'floor') }} {{ 2.1 | round(1, 'ceil') }} {{ -0.5 | round }}",
     "{{ messages[0] | attr('role') }}| {{ ({'items': 1} | attr('items')) is callable }}|",
     # tests
     "{{ x is defined }} {{ x is undefined }} {{ none is none }} {{ 'a' is string }} {{ {} is mapping }} {{ [] is iterable }} {{ 'a' is iterable }} {{ u is iterable }}",
