@@ -9,6 +9,7 @@
 // within the limits, and kvfit_chat_apply renders a model's own template.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -480,6 +481,74 @@ static void test_model_template_through_c_api(void **state) {
     kvfit_model_free(m);
 }
 
+// A copy of the default model whose tokenizer.chat_template is replaced by
+// `jinja` (padded with a comment to the original's length), loaded vocab-only;
+// null if the model is missing.
+static kvfit_model *model_with_template(const std::string &jinja) {
+    const char *path = test_default_model();
+    if (!path) return nullptr;
+    std::string bytes = read_text(path);
+    const std::string original = read_text(test_repo_data("chat_templates/smollm2.jinja"));
+    const size_t at = bytes.find(original);
+    assert_true(at != std::string::npos);
+    assert_true(jinja.size() + 4 <= original.size());
+    bytes.replace(at, original.size(), jinja + "{#" + std::string(original.size() - jinja.size() - 4, ' ') + "#}");
+    const char *tmp = getenv("TMPDIR");
+    std::string copy = std::string(tmp && *tmp ? tmp : "/tmp") + "/kvfit-chat-XXXXXX";
+    const int fd = mkstemp(&copy[0]);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(bytes.data(), 1, bytes.size(), f), bytes.size());
+    fclose(f);
+    kvfit_model_params mp;
+    kvfit_model_params_init(&mp);
+    mp.vocab_only = true;
+    kvfit_model *m = nullptr;
+    assert_int_equal(kvfit_model_load(copy.c_str(), &mp, &m), KVFIT_OK);
+    remove(copy.c_str());
+    return m;
+}
+
+// A model whose own template kvfit cannot render fails with a message that
+// says so and how to go on; it is not rendered as chatml behind the
+// caller's back. A template of no known family still renders.
+static void test_model_template_errors(void **state) {
+    (void)state;
+    const kvfit_chat_message msg = {"user", "Hi"};
+    char buf[512];
+    size_t len = 0;
+    kvfit_model *m = model_with_template("{% filter upper %}{{ messages[0].content }}{% endfilter %}");
+    if (!m) {
+        printf("skipped: the default model is missing; run `make models`\n");
+        skip();
+    }
+    assert_string_equal(kvfit_model_chat_template(m), "custom");
+    assert_int_equal(kvfit_chat_apply(m, nullptr, &msg, 1, true, buf, sizeof buf, &len), KVFIT_E_UNSUPPORTED);
+    assert_non_null(strstr(kvfit_last_error(), "the 'filter' tag is not supported"));
+    assert_non_null(strstr(kvfit_last_error(), "name a built-in template"));
+    // Naming one works.
+    assert_int_equal(kvfit_chat_apply(m, "chatml", &msg, 1, true, buf, sizeof buf, &len), KVFIT_OK);
+    assert_string_equal(buf, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    kvfit_model_free(m);
+
+    m = model_with_template("{% for m in messages %}[{{ m.role | upper }}] {{ m.content }}\n{% endfor %}"
+                            "{% if add_generation_prompt %}[ASSISTANT] {% endif %}");
+    assert_non_null(m);
+    assert_string_equal(kvfit_model_chat_template(m), "custom");
+    assert_int_equal(kvfit_chat_apply(m, nullptr, &msg, 1, true, buf, sizeof buf, &len), KVFIT_OK);
+    assert_string_equal(buf, "[USER] Hi\n[ASSISTANT] ");
+    kvfit_model_free(m);
+
+    m = model_with_template("{% if messages[0].role != 'system' %}{{ raise_exception('a system turn first') }}"
+                            "{% endif %}");
+    assert_non_null(m);
+    assert_int_equal(kvfit_chat_apply(m, nullptr, &msg, 1, true, buf, sizeof buf, &len), KVFIT_E_TEMPLATE);
+    assert_non_null(strstr(kvfit_last_error(), "a system turn first"));
+    assert_string_equal(kvfit_status_str(KVFIT_E_TEMPLATE), "KVFIT_E_TEMPLATE");
+    kvfit_model_free(m);
+}
+
 // Gemma's tokenizer adds BOS itself, so a rendered "<bos>" at the start is
 // left out of kvfit_chat_apply's text (the tokenizer would double it).
 static void test_bos_left_to_tokenizer(void **state) {
@@ -650,7 +719,8 @@ int main(void) {
         cmocka_unit_test(test_detect),       cmocka_unit_test(test_names),
         cmocka_unit_test(test_unknown_name), cmocka_unit_test(test_default_system),
         cmocka_unit_test(test_jinja_matches_jinja2), cmocka_unit_test(test_model_template_through_c_api),
-        cmocka_unit_test(test_bos_left_to_tokenizer), cmocka_unit_test(test_jinja_errors),
+        cmocka_unit_test(test_bos_left_to_tokenizer), cmocka_unit_test(test_model_template_errors),
+        cmocka_unit_test(test_jinja_errors),
         cmocka_unit_test(test_jinja_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
