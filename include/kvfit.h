@@ -102,6 +102,10 @@ typedef enum kvfit_status {
 
     KVFIT_E_INTERNAL = -500, /* a bug in kvfit: please report it with the message */
 
+    /* -600 .. -699: chat templates */
+    KVFIT_E_TEMPLATE = -600, /* the chat template refused the conversation (its raise_exception, e.g. roles
+                                that do not alternate) or failed while rendering it */
+
     KVFIT_STATUS_MAX_ENUM = 0x7FFFFFFF /* pins the enum to 32 bits */
 } kvfit_status;
 
@@ -265,16 +269,35 @@ typedef struct kvfit_chat_message {
 } kvfit_chat_message;
 
 /* Name of the template family recognised in the model's tokenizer.chat_template
- * ("chatml", "llama3", "gemma", "llama2"), or "chatml" when there is none (or
- * model is NULL). The string is static. Thread-safe. */
+ * ("chatml", "llama3", "gemma", "llama2", "zephyr"), "custom" for a template of
+ * no family kvfit knows by name, or "chatml" when the model has none (or model
+ * is NULL). Informative only: kvfit_chat_apply renders a model's own template
+ * whatever its family. The string is static. Thread-safe. */
 KVFIT_API const char *kvfit_model_chat_template(const kvfit_model *model);
 
-/* Render messages with a template family (template_name NULL = the model's;
- * model may be NULL when template_name is given). add_assistant appends the
- * header that starts the assistant's turn. Output is NUL-terminated; *len
- * excludes the NUL and holds the size needed on KVFIT_E_BUFFER_TOO_SMALL.
- * KVFIT_E_ARG for an unknown template name, a NULL role or content, or
- * content that is not valid UTF-8. Thread-safe. */
+/* Render messages for the model to continue. template_name selects how:
+ *   NULL      the model's own Jinja template (tokenizer.chat_template),
+ *             rendered exactly as Hugging Face transformers renders it, with
+ *             messages, add_generation_prompt (= add_assistant), bos_token and
+ *             eos_token (the model's special tokens), tools and documents
+ *             (none) and strftime_now (the current local time); a model
+ *             without a template gets "chatml";
+ *   a name    a built-in rendering of a family: "chatml", "llama3", "llama2",
+ *             "gemma", "zephyr" (aliases: "llama-3", "llama-2", "llama2-sys",
+ *             "gemma2", "gemma3"; any case); model may then be NULL;
+ *   Jinja     text containing "{{", "{%" or "{#" is rendered as a template
+ *             itself, with the model's special tokens if a model is given.
+ * Where the model's tokenizer adds BOS by itself, a BOS the template writes at
+ * the very start is left out, so tokenizing with add_special does not double
+ * it. add_assistant appends the header that starts the assistant's turn.
+ * Output is NUL-terminated; *len excludes the NUL and holds the size needed on
+ * KVFIT_E_BUFFER_TOO_SMALL. Errors: KVFIT_E_ARG for an unknown template name,
+ * a NULL role or content, or text that is not valid UTF-8;
+ * KVFIT_E_UNSUPPORTED when the template uses Jinja that kvfit does not
+ * implement (the message names the line; name a built-in template instead);
+ * KVFIT_E_TEMPLATE when the template refuses the conversation (its
+ * raise_exception, e.g. roles that do not alternate) or fails on it.
+ * Thread-safe. */
 KVFIT_API kvfit_status kvfit_chat_apply(const kvfit_model *model, const char *template_name,
                                         const kvfit_chat_message *messages, size_t n_messages, bool add_assistant,
                                         char *buf, size_t buf_size, size_t *len);

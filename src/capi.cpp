@@ -2,6 +2,7 @@
 // codes. Nothing below throws across the boundary.
 #include <cstring>
 #include <new>
+#include <optional>
 #include <string>
 
 #include "chat_template.h"
@@ -121,6 +122,7 @@ KVFIT_API const char *kvfit_status_str(kvfit_status status) {
         case KVFIT_E_BACKEND_UNAVAILABLE: return "KVFIT_E_BACKEND_UNAVAILABLE";
         case KVFIT_E_CANCELLED: return "KVFIT_E_CANCELLED";
         case KVFIT_E_INTERNAL: return "KVFIT_E_INTERNAL";
+        case KVFIT_E_TEMPLATE: return "KVFIT_E_TEMPLATE";
         default: return "KVFIT_E_UNKNOWN";
     }
 }
@@ -274,11 +276,36 @@ KVFIT_API kvfit_status kvfit_chat_apply(const kvfit_model *model, const char *te
             REQUIRE(kvfit::utf8_valid(messages[i].content), "message %zu is not valid UTF-8", i);
             msgs.push_back({messages[i].role, messages[i].content});
         }
-        std::string name = template_name ? template_name : model_of(model).chat_template();
+        const kvfit::Model *m = model ? &model_of(model) : nullptr;
+        // Jinja: the model's own template (when no name is given), or the caller's.
+        std::optional<std::string> jinja;
+        if (template_name && kvfit::chat_template_is_jinja(template_name)) jinja = template_name;
+        else if (!template_name) jinja = m->file().get_string("tokenizer.chat_template");
+        if (jinja) {
+            kvfit::ChatTemplateTokens tokens;
+            const kvfit::VocabSpec *vocab = m ? &m->tokenizer().spec() : nullptr;
+            auto token_text = [&](int32_t id) -> std::optional<std::string> {
+                if (!vocab || id < 0 || size_t(id) >= vocab->tokens.size()) return std::nullopt;
+                return vocab->tokens[size_t(id)];
+            };
+            if (vocab) {
+                tokens.bos = token_text(vocab->bos);
+                tokens.eos = token_text(vocab->eos);
+            }
+            std::string text = kvfit::chat_template_render(*jinja, msgs, add_assistant, tokens);
+            // The tokenizer adds BOS itself where the model asks for it; a
+            // template's own leading bos_token would make it twice.
+            if (vocab && vocab->add_bos && tokens.bos && !tokens.bos->empty() && text.rfind(*tokens.bos, 0) == 0)
+                text.erase(0, tokens.bos->size());
+            copy_out(text, buf, buf_size, len, true);
+            return;
+        }
+        // A built-in family: the one named, or chatml for a model without a template.
+        std::string name = template_name ? template_name : m->chat_template();
         // A model's own default system prompt applies only with its own template.
         std::string def_sys;
-        if (model && model->m && (!template_name || kvfit::chat_template_canonical_name(name) == model->m->chat_template()))
-            def_sys = model->m->chat_default_system();
+        if (m && (!template_name || kvfit::chat_template_canonical_name(name) == m->chat_template()))
+            def_sys = m->chat_default_system();
         copy_out(kvfit::chat_template_apply(name, msgs, add_assistant, def_sys), buf, buf_size, len, true);
     });
 }

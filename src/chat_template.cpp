@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "jinja.h"
 
 namespace kvfit {
 
@@ -280,6 +281,53 @@ std::string chat_template_apply(const std::string &name, const std::vector<ChatM
         if (add_assistant) out += "<|assistant|>\n";
     }
     return out;
+}
+
+bool chat_template_is_jinja(const std::string &text) {
+    return contains(text, "{{") || contains(text, "{%") || contains(text, "{#");
+}
+
+std::string chat_template_render(const std::string &jinja, const std::vector<ChatMessage> &messages,
+                                 bool add_generation_prompt, const ChatTemplateTokens &tokens, int64_t now) {
+    using jinja::Value;
+    size_t input_bytes = jinja.size();
+    std::vector<Value> list;
+    list.reserve(messages.size());
+    for (size_t i = 0; i < messages.size(); ++i) {
+        const ChatMessage &m = messages[i];
+        if (!jinja::utf8_is_valid(m.role) || !jinja::utf8_is_valid(m.content))
+            fail(KVFIT_E_ARG, "message %zu is not valid UTF-8", i);
+        input_bytes += m.role.size() + m.content.size();
+        list.push_back(Value::dict({{Value::string("role"), Value::string(m.role)},
+                                    {Value::string("content"), Value::string(m.content)}}));
+    }
+    jinja::Vars vars = {
+        {"messages", Value::list(std::move(list))},
+        {"add_generation_prompt", Value::boolean(add_generation_prompt)},
+        {"tools", Value::none()},
+        {"documents", Value::none()},
+    };
+    if (tokens.bos) vars.emplace_back("bos_token", Value::string(*tokens.bos));
+    if (tokens.eos) vars.emplace_back("eos_token", Value::string(*tokens.eos));
+
+    // Room for any real conversation, proportional to its size; a template
+    // that needs more is looping or blowing up.
+    jinja::RenderOptions options;
+    options.now = now;
+    options.limits.max_steps = 20000000 + 2000 * uint64_t(messages.size()) + 4 * uint64_t(input_bytes);
+    options.limits.max_output_bytes = (size_t(16) << 20) + 8 * input_bytes;
+    options.limits.max_alloc_bytes = (uint64_t(128) << 20) + 64 * uint64_t(input_bytes);
+    try {
+        const jinja::Template tmpl(jinja, options.limits);
+        return tmpl.render(vars, options);
+    } catch (const Error &e) {
+        if (e.status() == KVFIT_E_UNSUPPORTED)
+            throw Error(e.status(), std::string("kvfit cannot render this chat template (") + e.what() +
+                                        "); name a built-in template (" + known_list() + ") instead");
+        if (e.status() == KVFIT_E_TEMPLATE)
+            throw Error(e.status(), std::string("the chat template failed on this conversation: ") + e.what());
+        throw;
+    }
 }
 
 }  // namespace kvfit

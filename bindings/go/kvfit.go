@@ -73,6 +73,7 @@ const (
 	StatusBackendUnavailable Status = C.KVFIT_E_BACKEND_UNAVAILABLE
 	StatusCancelled          Status = C.KVFIT_E_CANCELLED
 	StatusInternal           Status = C.KVFIT_E_INTERNAL
+	StatusTemplate           Status = C.KVFIT_E_TEMPLATE
 )
 
 // String is the constant's name, e.g. "KVFIT_E_BUDGET".
@@ -114,6 +115,7 @@ var (
 	ErrBackendUnavailable = &Error{Status: StatusBackendUnavailable}
 	ErrCancelled          = &Error{Status: StatusCancelled}
 	ErrInternal           = &Error{Status: StatusInternal}
+	ErrTemplate           = &Error{Status: StatusTemplate}
 )
 
 // ErrClosed is returned by methods of a closed Model, Session or Sampler.
@@ -462,7 +464,8 @@ func (m *Model) IsEOG(token Token) bool {
 	return eog
 }
 
-// ChatTemplate is the template family the model declares ("chatml", ...).
+// ChatTemplate is the template family the model's own template resembles
+// ("chatml", "llama3", ..., "custom" for none kvfit knows by name).
 func (m *Model) ChatTemplate() string {
 	name := "chatml"
 	_ = m.use(func(p *C.kvfit_model) error {
@@ -478,8 +481,11 @@ type ChatMessage struct {
 	Content string
 }
 
-// ApplyChatTemplate renders a conversation with a template family ("" =
-// the model's); addAssistant appends the header that opens the assistant's turn.
+// ApplyChatTemplate renders a conversation: template "" renders the model's
+// own Jinja template as Hugging Face does; a family name ("chatml", ...) a
+// built-in rendering; Jinja text that template itself. addAssistant appends
+// the header that opens the assistant's turn. A template's refusal of the
+// conversation is ErrTemplate; Jinja kvfit cannot render, ErrUnsupported.
 func (m *Model) ApplyChatTemplate(template string, messages []ChatMessage, addAssistant bool) (string, error) {
 	var ctemplate *C.char
 	if template != "" {

@@ -33,8 +33,10 @@ std::unique_ptr<Model> Model::load(const std::string &path, const kvfit_model_pa
     if (auto tmpl = f.get_string("tokenizer.chat_template")) {
         const char *fam = chat_template_detect(*tmpl);
         if (fam && *fam) m->chat_template_ = chat_template_canonical_name(fam);
-        else log(KVFIT_LOG_WARN, "unrecognised chat template in %s; using chatml", path.c_str());
+        else m->chat_template_ = "custom";  // no family kvfit knows; kvfit_chat_apply renders the Jinja itself
         m->chat_default_system_ = chat_template_default_system(*tmpl);
+    } else if (hp.arch.rfind("gemma", 0) == 0) {
+        m->chat_template_ = "gemma";  // Gemma files often carry no template: their architecture's format
     }
 
     for (const GGUFTensor &t : f.tensors()) {

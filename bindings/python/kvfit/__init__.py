@@ -32,7 +32,7 @@ __all__ = [
     "version", "version_number", "set_log_callback", "Status", "KvfitError", "ArgumentError", "BufferTooSmallError",
     "Utf8Error", "TokenError", "StateError", "ModelIOError", "FormatError", "UnsupportedError", "OutOfMemoryError",
     "BudgetError", "ContextFullError", "BackendError", "BackendUnavailableError", "CancelledError", "InternalError",
-    "ClosedError", "LogLevel", "Backend", "DeviceType", "DeviceInfo", "devices", "KvCodec", "LayerKind", "StopReason", "ModelInfo", "LayerPlan", "Plan",
+    "TemplateError", "ClosedError", "LogLevel", "Backend", "DeviceType", "DeviceInfo", "devices", "KvCodec", "LayerKind", "StopReason", "ModelInfo", "LayerPlan", "Plan",
     "GenerateResult", "Model", "Session", "Sampler",
 ]
 
@@ -67,6 +67,7 @@ class Status(enum.IntEnum):
     BACKEND_UNAVAILABLE = -301
     CANCELLED = -400
     INTERNAL = -500
+    TEMPLATE = -600
 
 
 class KvfitError(Exception):
@@ -144,6 +145,11 @@ class InternalError(KvfitError):
     """A bug in kvfit: please report it with the message."""
 
 
+class TemplateError(KvfitError):
+    """The chat template refused the conversation (its raise_exception, e.g.
+    roles that do not alternate) or failed while rendering it."""
+
+
 class ClosedError(ValueError):
     """A method of a closed Model, Session or Sampler was called."""
 
@@ -154,7 +160,7 @@ _ERROR_CLASSES = {
     Status.UNSUPPORTED: UnsupportedError, Status.NOMEM: OutOfMemoryError, Status.BUDGET: BudgetError,
     Status.CONTEXT_FULL: ContextFullError, Status.BACKEND: BackendError,
     Status.BACKEND_UNAVAILABLE: BackendUnavailableError, Status.CANCELLED: CancelledError,
-    Status.INTERNAL: InternalError,
+    Status.INTERNAL: InternalError, Status.TEMPLATE: TemplateError,
 }
 
 
@@ -491,14 +497,18 @@ class Model(_Closeable):
 
     @property
     def chat_template(self) -> str:
-        """The template family the model declares ("chatml", "llama3", ...)."""
+        """The template family the model's own template resembles ("chatml",
+        "llama3", ..., "custom" for none kvfit knows by name)."""
         return _ffi.kvfit_model_chat_template(self._ptr()).decode()
 
     def apply_chat_template(self, messages: ChatMessages, add_assistant: bool = True,
                             template: Optional[str] = None) -> str:
-        """Renders (role, content) pairs or {"role", "content"} dicts with a
-        template family (None = the model's); add_assistant appends the header
-        that opens the assistant's turn."""
+        """Renders (role, content) pairs or {"role", "content"} dicts: template
+        None renders the model's own Jinja template as Hugging Face does, a
+        family name ("chatml", ...) a built-in rendering, Jinja text that
+        template itself. add_assistant appends the header that opens the
+        assistant's turn. Raises TemplateError when the template refuses the
+        conversation, UnsupportedError for Jinja kvfit cannot render."""
         pairs = [(m["role"], m["content"]) if isinstance(m, dict) else tuple(m) for m in messages]
         raw = (_ffi.ChatMessage * max(len(pairs), 1))()
         for i, (role, content) in enumerate(pairs):

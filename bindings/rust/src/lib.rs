@@ -58,6 +58,8 @@ pub enum ErrorKind {
     BackendUnavailable,
     Cancelled,
     Internal,
+    /// The chat template refused the conversation or failed while rendering it.
+    Template,
     /// A code this binding does not know (from a newer library).
     Unknown(i32),
 }
@@ -81,6 +83,7 @@ impl ErrorKind {
             sys::KVFIT_E_BACKEND_UNAVAILABLE => BackendUnavailable,
             sys::KVFIT_E_CANCELLED => Cancelled,
             sys::KVFIT_E_INTERNAL => Internal,
+            sys::KVFIT_E_TEMPLATE => Template,
             other => Unknown(other),
         }
     }
@@ -104,6 +107,7 @@ impl ErrorKind {
             BackendUnavailable => sys::KVFIT_E_BACKEND_UNAVAILABLE,
             Cancelled => sys::KVFIT_E_CANCELLED,
             Internal => sys::KVFIT_E_INTERNAL,
+            Template => sys::KVFIT_E_TEMPLATE,
             Unknown(code) => code,
         }
     }
@@ -545,12 +549,16 @@ impl Model {
         unsafe { sys::kvfit_token_is_eog(self.raw.as_ptr(), token) }
     }
 
-    /// The chat template family the model declares ("chatml", "llama3", ...).
+    /// The chat template family the model's own template resembles ("chatml",
+    /// "llama3", ..., "custom" for none kvfit knows by name).
     pub fn chat_template(&self) -> &'static str {
         unsafe { CStr::from_ptr(sys::kvfit_model_chat_template(self.raw.as_ptr())) }.to_str().unwrap_or("chatml")
     }
 
-    /// Renders a conversation with a template family (None = the model's);
+    /// Renders a conversation: None renders the model's own Jinja template as
+    /// Hugging Face does, a family name ("chatml", ...) a built-in rendering,
+    /// Jinja text that template itself ([`ErrorKind::Template`] if it refuses
+    /// the conversation, [`ErrorKind::Unsupported`] for Jinja kvfit lacks);
     /// `add_assistant` appends the header that opens the assistant's turn.
     pub fn apply_chat_template(
         &self,

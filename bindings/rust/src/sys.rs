@@ -29,6 +29,7 @@ pub const KVFIT_E_BACKEND: kvfit_status = -300;
 pub const KVFIT_E_BACKEND_UNAVAILABLE: kvfit_status = -301;
 pub const KVFIT_E_CANCELLED: kvfit_status = -400;
 pub const KVFIT_E_INTERNAL: kvfit_status = -500;
+pub const KVFIT_E_TEMPLATE: kvfit_status = -600;
 
 #[repr(C)]
 pub struct kvfit_model {
