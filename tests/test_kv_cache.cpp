@@ -185,6 +185,7 @@ void check_native_window(bool dense) {
     std::memset(&p, 0, sizeof p);
     p.n_sink = -1;
     p.n_ctx = TOKENS;
+    p.kv_codec = KVFIT_KV_F16;  // the reference below keeps F16 keys and values
     if (!dense) p.kv_budget_bytes = 1 << 20;
     const MemoryPlan plan = plan_memory(specs, p, 512);
     assert_int_equal(plan.layers[0].kind, KVFIT_LAYER_WINDOW);
@@ -348,8 +349,8 @@ void test_native_window_plan(void **) {
     p.n_ctx = 100;
     assert_int_equal(plan_memory(specs, p, 4096).layers[0].n_window, 100);
 
-    // Budgeted: the local windows stay whole and F16; the global layers stream
-    // in what is left.
+    // Budgeted: the local windows stay whole, at 8 bits; the global layers
+    // stream in what is left.
     p.n_ctx = 100000;
     p.kv_budget_bytes = 600000;
     plan = plan_memory(specs, p, 4096);
@@ -359,7 +360,7 @@ void test_native_window_plan(void **) {
         if (l % 6 < 5) {
             assert_int_equal(lp.kind, KVFIT_LAYER_WINDOW);
             assert_int_equal(lp.n_window, 128);
-            assert_int_equal(layer_codec(lp), KVFIT_KV_F16);
+            assert_int_equal(layer_codec(lp), KVFIT_KV_Q8);
             assert_false(lp.absolute_positions);
         } else {
             assert_int_equal(lp.kind, KVFIT_LAYER_STREAMING);
@@ -369,6 +370,20 @@ void test_native_window_plan(void **) {
     }
     assert_true(plan.unbounded());
     assert_int_equal(plan.max_batch(), 128);
+    // Where 8-bit windows would leave the global layers less than their
+    // minimum, the windows take 4 bits (Hadamard-rotated keys: heads of 64).
+    const uint64_t q8_windows = 10 * layer_state_bytes(specs[0], plan.layers[0]) +
+                                plan.rope_tables[size_t(plan.layer_table[0])].bytes;
+    p.kv_budget_bytes = q8_windows;
+    plan = plan_memory(specs, p, 4096);
+    assert_int_equal(layer_codec(plan.layers[0]), KVFIT_KV_Q4_HADAMARD);
+    assert_int_equal(plan.layers[0].n_window, 128);
+    assert_true(plan.total_bytes <= p.kv_budget_bytes);
+    // A pinned codec holds for the windows too.
+    p.kv_codec = KVFIT_KV_F16;
+    p.kv_budget_bytes = 600000;
+    assert_int_equal(layer_codec(plan_memory(specs, p, 4096).layers[0]), KVFIT_KV_F16);
+    p.kv_codec = KVFIT_KV_AUTO;
 
     // Too small for the windows plus a minimal streaming window: the message
     // names a budget, and that budget works.

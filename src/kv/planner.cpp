@@ -193,33 +193,47 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
     std::vector<LayerPlan> native_plans;
     for (const LayerSpec &spec : specs)
         if (!spec.native_window) budgeted.push_back(spec);
-    for (size_t l = 0; l < specs.size(); l++) {
-        if (!specs[l].native_window) continue;
-        kvfit_kv_codec c = p.kv_codec;
-        const uint32_t window = streaming ? specs[l].native_window : std::min(specs[l].native_window, dense_capacity);
-        if (c == KVFIT_KV_Q4_CHANNEL && window % KV_CHANNEL_BLOCK) c = pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4;
-        LayerPlan w = layout_of(c);
-        w.kind = KVFIT_LAYER_WINDOW;
-        w.n_window = window;
-        // Rotated at stream positions only where the session's capacity bounds them.
-        w.absolute_positions = !streaming && !budgeted.empty();
-        layers[l] = w;
-        native_specs.push_back(specs[l]);
-        native_plans.push_back(w);
+    // The native windows at one codec, and what they cost.
+    auto native_at = [&](kvfit_kv_codec codec) {
+        native_specs.clear();
+        native_plans.clear();
+        for (size_t l = 0; l < specs.size(); l++) {
+            if (!specs[l].native_window) continue;
+            kvfit_kv_codec c = codec;
+            const uint32_t window = streaming ? specs[l].native_window : std::min(specs[l].native_window, dense_capacity);
+            if (c == KVFIT_KV_Q4_CHANNEL && window % KV_CHANNEL_BLOCK) c = pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4;
+            LayerPlan w = layout_of(c);
+            w.kind = KVFIT_LAYER_WINDOW;
+            w.n_window = window;
+            // Rotated at stream positions only where the session's capacity bounds them.
+            w.absolute_positions = !streaming && !budgeted.empty();
+            layers[l] = w;
+            native_specs.push_back(specs[l]);
+            native_plans.push_back(w);
+        }
+        return native_specs.empty() ? uint64_t(0) : finish_plan(native_specs, native_plans, dense_capacity).total_bytes;
+    };
+    // The least the other layers can do with: the default sinks and the
+    // shortest window at the smallest codec.
+    const uint32_t least_sinks = p.n_sink < 0 ? kDefaultSinks : uint32_t(p.n_sink);
+    const LayerPlan least = layout_of(groups_ok ? (pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4) : KVFIT_KV_F16);
+    const uint64_t least_rest =
+        budgeted.empty() || !streaming ? 0 : plan_bytes(budgeted, least, least_sinks, std::max(p.n_window, kMinWindow));
+    // Without a budget (or with a pinned codec) the windows take the session's
+    // codec, F16 by default. Within a budget they take 8 bits, which cost
+    // Gemma 3 no measurable perplexity (docs/BENCHMARKS.md) and half the bytes
+    // of F16, and 4 bits only where 8 would leave the other layers too little.
+    uint64_t fixed = native_at(p.kv_codec);
+    if (p.kv_budget_bytes && p.kv_codec == KVFIT_KV_AUTO && groups_ok && !native_specs.empty()) {
+        fixed = native_at(KVFIT_KV_Q8);
+        if (fixed + least_rest > p.kv_budget_bytes) fixed = native_at(pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4);
     }
-    const uint64_t fixed = native_specs.empty() ? 0 : finish_plan(native_specs, native_plans, dense_capacity).total_bytes;
-    if (p.kv_budget_bytes && fixed >= p.kv_budget_bytes) {
-        // The least the other layers can do with: the default sinks and the
-        // shortest window at the smallest codec.
-        const uint32_t sinks = p.n_sink < 0 ? kDefaultSinks : uint32_t(p.n_sink);
-        const LayerPlan least = layout_of(groups_ok ? (pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4) : KVFIT_KV_F16);
-        const uint64_t rest = budgeted.empty() ? 0 : plan_bytes(budgeted, least, sinks, std::max(p.n_window, kMinWindow));
+    if (p.kv_budget_bytes && fixed + least_rest > p.kv_budget_bytes)
         fail(KVFIT_E_BUDGET,
              "a KV budget of %llu bytes cannot hold the model's own sliding windows (%zu layers, %llu bytes) and the "
              "other layers' sinks and window; the smallest budget that works is %llu bytes",
              (unsigned long long)p.kv_budget_bytes, native_specs.size(), (unsigned long long)fixed,
-             (unsigned long long)(fixed + rest));
-    }
+             (unsigned long long)(fixed + least_rest));
     const uint64_t budget = p.kv_budget_bytes ? p.kv_budget_bytes - fixed : 0;
 
     LayerPlan lp = layout_of(p.kv_codec);
