@@ -101,12 +101,14 @@ static void print_plan(const kvfit_session *s) {
     fprintf(stderr, "plan: %zu layers, %.2f MiB of KV state\n", n, total / 1048576.0);
     for (size_t i = 0; i < n && i < 256; i++) {
         size_t j = i;
-        while (j + 1 < n && lp[j + 1].codec == lp[i].codec && lp[j + 1].n_window == lp[i].n_window &&
-               lp[j + 1].n_sink == lp[i].n_sink)
+        while (j + 1 < n && lp[j + 1].kind == lp[i].kind && lp[j + 1].codec == lp[i].codec &&
+               lp[j + 1].n_window == lp[i].n_window && lp[j + 1].n_sink == lp[i].n_sink)
             j++;
-        fprintf(stderr, "  layers %zu-%zu: %s, %s, %u sinks + %u window, %.2f MiB each\n", i, j,
-                lp[i].kind == KVFIT_LAYER_STREAMING ? "streaming" : "dense", codec_name(lp[i].codec), lp[i].n_sink,
-                lp[i].n_window, lp[i].bytes / 1048576.0);
+        const char *kind = lp[i].kind == KVFIT_LAYER_STREAMING ? "streaming"
+                           : lp[i].kind == KVFIT_LAYER_WINDOW  ? "model's own window"
+                                                               : "dense";
+        fprintf(stderr, "  layers %zu-%zu: %s, %s, %u sinks + %u window, %.2f MiB each\n", i, j, kind,
+                codec_name(lp[i].codec), lp[i].n_sink, lp[i].n_window, lp[i].bytes / 1048576.0);
         i = j;
     }
 }

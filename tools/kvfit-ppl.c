@@ -79,6 +79,7 @@ static const char *kind_name(kvfit_layer_kind k) {
     switch (k) {
     case KVFIT_LAYER_DENSE: return "dense";
     case KVFIT_LAYER_STREAMING: return "streaming";
+    case KVFIT_LAYER_WINDOW: return "window";
     default: return "?";
     }
 }

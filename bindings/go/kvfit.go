@@ -680,15 +680,17 @@ func (s *Session) KVBytes() uint64 {
 	return n
 }
 
-// LayerKind says whether a layer attends to every token or to sinks + a window.
+// LayerKind says whether a layer attends to every token, to sinks + a
+// window, or to the model's own sliding window.
 type LayerKind int32
 
 const (
 	LayerDense     LayerKind = C.KVFIT_LAYER_DENSE
 	LayerStreaming LayerKind = C.KVFIT_LAYER_STREAMING
+	LayerWindow    LayerKind = C.KVFIT_LAYER_WINDOW
 )
 
-var layerKindNames = map[LayerKind]string{LayerDense: "dense", LayerStreaming: "streaming"}
+var layerKindNames = map[LayerKind]string{LayerDense: "dense", LayerStreaming: "streaming", LayerWindow: "window"}
 
 func (k LayerKind) String() string { return nameOf(layerKindNames, k, "layer kind") }
 

@@ -268,6 +268,7 @@ class KvCodec(enum.IntEnum):
 class LayerKind(enum.IntEnum):
     DENSE = 0  # attention over every token of the context
     STREAMING = 1  # attention over sinks + a sliding window
+    WINDOW = 2  # the model's own sliding window (Gemma 3's local layers)
 
     def __str__(self):
         return self.name.lower()

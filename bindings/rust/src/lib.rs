@@ -713,12 +713,14 @@ impl SessionParams {
     }
 }
 
-/// Whether a layer attends to every token or to sinks + a sliding window.
+/// Whether a layer attends to every token, to sinks + a sliding window, or
+/// to the model's own sliding window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LayerKind {
     Dense,
     Streaming,
+    Window,
     Unknown(i32),
 }
 
@@ -900,6 +902,7 @@ impl<'m> Session<'m> {
                 kind: match l.kind {
                     0 => LayerKind::Dense,
                     1 => LayerKind::Streaming,
+                    2 => LayerKind::Window,
                     other => LayerKind::Unknown(other),
                 },
                 codec: KvCodec::from_raw(l.codec),
