@@ -81,6 +81,24 @@ struct ForwardBuffers {
     size_t bytes = 0;
 };
 
+// The activations of a stack of attention + gated-FFN blocks, which every
+// architecture here has.
+struct TransformerBuffers : ForwardBuffers {
+    float *q = nullptr;     // [max_tokens][n_head * head_dim]
+    float *k = nullptr;     // [max_tokens][n_head_kv * head_dim]
+    float *v = nullptr;     // [max_tokens][n_head_kv * head_dim]
+    float *att = nullptr;   // [max_tokens][n_head * head_dim]
+    float *proj = nullptr;  // [max_tokens][n_embd]
+    float *gate = nullptr;  // [max_tokens][n_ff]
+    float *up = nullptr;    // [max_tokens][n_ff]
+};
+std::unique_ptr<TransformerBuffers> alloc_transformer_buffers(Stream &s, const HParams &hp, int max_tokens);
+// The widest activation row such a stack's matrix products read.
+int64_t transformer_max_cols(const HParams &hp);
+// Reads and checks the hyper-parameters such a stack has under llama.cpp's
+// usual keys (embedding_length, block_count, attention.head_count, ...).
+void read_transformer_hparams(const ArchMetadata &md, HParams &hp, int default_ctx, double default_eps);
+
 // Rows of logits computed at once when every position's logits are wanted
 // (perplexity), so the buffer stays small whatever the batch.
 constexpr int kLogitRows = 32;

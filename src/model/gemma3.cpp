@@ -31,15 +31,6 @@ struct Gemma3Layer {
     Weight ffn_post_norm;   // [n_embd]
 };
 
-struct Gemma3Buffers : ForwardBuffers {
-    float *q = nullptr;     // [max_tokens][n_head * head_dim]
-    float *k = nullptr;     // [max_tokens][n_head_kv * head_dim]
-    float *v = nullptr;     // [max_tokens][n_head_kv * head_dim]
-    float *att = nullptr;   // [max_tokens][n_head * head_dim]
-    float *proj = nullptr;  // [max_tokens][n_embd]
-    float *gate = nullptr;  // [max_tokens][n_ff]
-    float *up = nullptr;    // [max_tokens][n_ff]
-};
 
 // RoPE scaling as llama.cpp reads it: linear only.
 float linear_freq_scale(const ArchMetadata &md) {
@@ -53,22 +44,7 @@ float linear_freq_scale(const ArchMetadata &md) {
 class Gemma3 : public Architecture {
 public:
     void read_hparams(const ArchMetadata &md, HParams &hp) override {
-        hp.n_embd = int(md.require_int("embedding_length"));
-        hp.n_layer = int(md.require_int("block_count"));
-        hp.n_head = int(md.require_int("attention.head_count"));
-        hp.n_head_kv = int(md.get_int("attention.head_count_kv").value_or(hp.n_head));
-        hp.n_ff = int(md.require_int("feed_forward_length"));
-        hp.n_ctx_train = int(md.get_int("context_length").value_or(32768));
-        hp.head_dim = int(md.get_int("attention.key_length").value_or(hp.n_embd / hp.n_head));
-        hp.rms_eps = float(md.get_float("attention.layer_norm_rms_epsilon").value_or(1e-6));
-        if (hp.n_head_kv <= 0 || hp.n_head % hp.n_head_kv)
-            fail(KVFIT_E_FORMAT, "%d attention heads cannot share %d KV heads", hp.n_head, hp.n_head_kv);
-        if (hp.head_dim <= 0 || hp.head_dim > 512 || hp.head_dim % 2)
-            fail(KVFIT_E_UNSUPPORTED, "head dimension %d is not supported (even, at most 512)", hp.head_dim);
-        if (md.get_int("attention.value_length").value_or(hp.head_dim) != hp.head_dim)
-            fail(KVFIT_E_UNSUPPORTED, "keys and values of different sizes are not supported");
-        if (hp.n_layer > 4096 || hp.n_embd > (1 << 16) || hp.n_ff > (1 << 18) || hp.n_ctx_train <= 0)
-            fail(KVFIT_E_FORMAT, "implausible model dimensions");
+        read_transformer_hparams(md, hp, 32768, 1e-6);
         if (md.get_float("final_logit_softcapping").value_or(0.0) != 0.0)
             fail(KVFIT_E_UNSUPPORTED, "final logit soft-capping is not supported");
 
@@ -140,37 +116,15 @@ public:
         return specs;
     }
 
-    int64_t max_cols() const override {
-        return std::max<int64_t>({hp_.n_embd, hp_.n_ff, int64_t(hp_.n_head) * hp_.head_dim});
-    }
+    int64_t max_cols() const override { return transformer_max_cols(hp_); }
 
     std::unique_ptr<ForwardBuffers> alloc_buffers(Stream &s, int max_tokens) const override {
-        auto b = std::make_unique<Gemma3Buffers>();
-        b->max_tokens = max_tokens;
-        const size_t T = size_t(max_tokens);
-        const size_t qd = size_t(hp_.n_head) * hp_.head_dim, kvd = size_t(hp_.n_head_kv) * hp_.head_dim;
-        auto floats = [&](size_t n) {
-            b->bytes += n * 4;
-            return static_cast<float *>(s.alloc(n * 4));
-        };
-        b->ids = static_cast<int32_t *>(s.alloc(T * 4));
-        b->bytes += T * 4;
-        b->x = floats(T * hp_.n_embd);
-        b->xn = floats(T * hp_.n_embd);
-        b->q = floats(T * qd);
-        b->k = floats(T * kvd);
-        b->v = floats(T * kvd);
-        b->att = floats(T * qd);
-        b->proj = floats(T * hp_.n_embd);
-        b->gate = floats(T * hp_.n_ff);
-        b->up = floats(T * hp_.n_ff);
-        b->logits = floats(size_t(hp_.n_vocab));
-        return b;
+        return alloc_transformer_buffers(s, hp_, max_tokens);
     }
 
     void forward(Stream &s, SessionMemory &mem, ForwardBuffers &fb, const int32_t *tokens, int n, uint64_t pos0,
                  bool all_hidden) const override {
-        Gemma3Buffers &b = static_cast<Gemma3Buffers &>(fb);
+        TransformerBuffers &b = static_cast<TransformerBuffers &>(fb);
         if (n <= 0 || n > b.max_tokens) fail(KVFIT_E_INTERNAL, "forward batch of %d tokens (max %d)", n, b.max_tokens);
         s.upload(b.ids, tokens, size_t(n) * 4);
 
