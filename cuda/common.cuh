@@ -60,6 +60,37 @@ __device__ __forceinline__ float weight_elem(uint32_t type, const uint8_t *row, 
             const uint8_t *blk = row + b * 34;
             return float(int8_t(blk[2 + j])) * ld_half(blk);
         }
+        case kQ5_0:
+        case kQ5_1: {
+            const bool q50 = type == kQ5_0;
+            const uint8_t *blk = row + b * (q50 ? 22 : 24);
+            const uint8_t *qh = blk + (q50 ? 2 : 4), *qs = qh + 4;
+            const int q = (j < 16 ? (qs[j] & 0x0f) : (qs[j - 16] >> 4)) | int((ld_u32_a2(qh) >> j) & 1u) << 4;
+            if (q50) return float(q - 16) * ld_half(blk);
+            return __fadd_rn(__fmul_rn(float(q), ld_half(blk)), ld_half(blk + 2));
+        }
+        case kQ4_K:
+        case kQ5_K: {
+            // (d * sc) * q - dmin * m, two products and a difference, as the CPU
+            const bool q5 = type == kQ5_K;
+            const uint8_t *blk = row + (i / kSuper) * (q5 ? 176 : 144);
+            const int e = int(i % kSuper), sj = e / 32, l = e % 32;
+            const uint8_t *sc = blk + 4;
+            const int s = sj < 4 ? sc[sj] & 63 : (sc[sj + 4] & 0x0f) | (sc[sj - 4] >> 6) << 4;
+            const int m = sj < 4 ? sc[sj + 4] & 63 : (sc[sj + 4] >> 4) | (sc[sj] >> 6) << 4;
+            const uint8_t byte = blk[(q5 ? 48 : 16) + 32 * (sj / 2) + l];
+            int q = sj % 2 ? byte >> 4 : byte & 0x0f;
+            if (q5) q |= ((blk[16 + l] >> sj) & 1) << 4;
+            return __fsub_rn(__fmul_rn(__fmul_rn(ld_half(blk), float(s)), float(q)),
+                             __fmul_rn(ld_half(blk + 2), float(m)));
+        }
+        case kQ6_K: {
+            const uint8_t *blk = row + (i / kSuper) * 210;
+            const int e = int(i % kSuper), h = e / 128, k = (e % 128) / 32, l = e % 32;
+            const uint8_t lo = blk[64 * h + l + 32 * (k & 1)];
+            const int q = (k < 2 ? lo & 0x0f : lo >> 4) | ((blk[128 + 32 * h + l] >> (2 * k)) & 3) << 4;
+            return __fmul_rn(__fmul_rn(ld_half(blk + 208), float(int8_t(blk[192 + e / 16]))), float(q - 32));
+        }
         default: return __int_as_float(0x7fc00000);  // NaN, as dequantize_row
     }
 }

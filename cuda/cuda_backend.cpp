@@ -26,7 +26,9 @@ namespace {
 static_assert(cuda::kGroup == KV_GROUP && cuda::kGroup == QK && cuda::kChannelBlock == KV_CHANNEL_BLOCK,
               "kernel constants");
 static_assert(cuda::kF32 == TYPE_F32 && cuda::kF16 == TYPE_F16 && cuda::kQ4_0 == TYPE_Q4_0 &&
-                  cuda::kQ4_1 == TYPE_Q4_1 && cuda::kQ8_0 == TYPE_Q8_0 && cuda::kBF16 == TYPE_BF16,
+                  cuda::kQ4_1 == TYPE_Q4_1 && cuda::kQ8_0 == TYPE_Q8_0 && cuda::kBF16 == TYPE_BF16 &&
+                  cuda::kQ5_0 == TYPE_Q5_0 && cuda::kQ5_1 == TYPE_Q5_1 && cuda::kQ4_K == TYPE_Q4_K &&
+                  cuda::kQ5_K == TYPE_Q5_K && cuda::kQ6_K == TYPE_Q6_K && cuda::kSuper == QK_K,
               "type ids");
 static_assert(cuda::kCodecF16 == int(KVCodec::F16) && cuda::kCodecQ8 == int(KVCodec::Q8) &&
                   cuda::kCodecQ4 == int(KVCodec::Q4),
@@ -58,7 +60,8 @@ int device_count(std::string *why) {
 }
 
 bool weight_type_ok(uint32_t t) {
-    return t == TYPE_F32 || t == TYPE_F16 || t == TYPE_BF16 || t == TYPE_Q4_0 || t == TYPE_Q4_1 || t == TYPE_Q8_0;
+    return t == TYPE_F32 || t == TYPE_F16 || t == TYPE_BF16 || t == TYPE_Q4_0 || t == TYPE_Q4_1 || t == TYPE_Q8_0 ||
+           t == TYPE_Q5_0 || t == TYPE_Q5_1 || t == TYPE_Q4_K || t == TYPE_Q5_K || t == TYPE_Q6_K;
 }
 
 // The CPU's GELU table (cpu::gelu_f16_table) in device memory, copied at its
@@ -337,6 +340,10 @@ public:
         w.type = t.type;
         w.n_cols = t.ne[0];
         w.n_rows = t.ne[1] * t.ne[2] * t.ne[3];
+        const int block = type_info(t.type)->block_size;
+        if (w.n_cols % block)
+            fail(KVFIT_E_FORMAT, "tensor '%s' has rows of %lld values, not a multiple of %d", t.name.c_str(),
+                 (long long)w.n_cols, block);
         w.row_bytes = row_bytes(t.type, t.ne[0]);
         const size_t bytes = w.row_bytes * size_t(w.n_rows);
         if (bytes > t.nbytes) fail(KVFIT_E_FORMAT, "%s: tensor data is shorter than its shape", t.name.c_str());

@@ -19,7 +19,9 @@ constexpr int kChannelBlock = 32;  // tokens per per-channel key block (KV_CHANN
 constexpr int kMaxHadamardLog = 9; // Hadamard rotation of heads up to 512 values
 
 // ggml type ids (GgmlType) and KV codec ids (KVCodec).
-constexpr uint32_t kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kBF16 = 30;
+constexpr uint32_t kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kBF16 = 30;
+constexpr uint32_t kQ4_K = 12, kQ5_K = 13, kQ6_K = 14;
+constexpr int kSuper = 256;  // values per k-quant super-block (QK_K)
 constexpr int kCodecF16 = 1, kCodecQ8 = 2, kCodecQ4 = 3;
 
 // The scaled signs of the randomized Hadamard rotation for n = 2^0 .. 2^9
@@ -44,8 +46,10 @@ cudaError_t kv_encode(cudaStream_t s, int codec, bool hadamard, float *x, int ro
 cudaError_t kv_encode_channels(cudaStream_t s, const uint8_t *rows, int n_heads, int head_dim, uint8_t *dst);
 
 // Matrix products y[t][r] = dot(W row r, x[t]). Activations meet block-quantized
-// weights as 8-bit blocks quantized exactly as the CPU backend does (Q8_0, or
-// Q8_1 with its sum for Q4_1), so every block's integer sum is the CPU's.
+// weights as 8-bit blocks of 32 quantized exactly as the CPU backend quantizes
+// Q8_0 / Q8_1 (with the block's sum), so for Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0
+// every block's integer sum is the CPU's. The k-quants meet the same blocks
+// of 32 (the CPU uses Q8_K super-blocks), a close approximation.
 struct MatmulScratch {
     int8_t *q = nullptr;   // [n][n_cols] activation codes
     float *d = nullptr;    // [n][n_cols / 32] fp16-rounded block scales

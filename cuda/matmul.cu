@@ -1,13 +1,20 @@
 // Matrix products with weights in their GGUF layout.
-//   Q4_0 / Q4_1 / Q8_0 weights: activations are first quantized to 8-bit
+//   Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 weights: activations are first quantized to 8-bit
 //     blocks exactly as the CPU backend does; each block's integer sum is
 //     exact (dp4a for decode, int8 tensor cores through WMMA for batches), and
 //     the float side is the CPU's per-block formula.
+//   Q4_K / Q5_K / Q6_K weights: the same 8-bit blocks of 32 meet each 32-value
+//     chunk of a super-block (Q4_K / Q5_K as a Q4_1-style block with scale
+//     d * sc and minimum dmin * m; Q6_K with its two 16-value scales as
+//     integer factors). The CPU quantizes these activations to Q8_K
+//     super-blocks instead, so results agree to a tolerance, not bit for bit.
 //   F16 / BF16 / F32 weights: activations are rounded to the weight type as
 //     on the CPU and products summed in float.
 // Decode (n <= kMatvecMaxTokens) reads each weight row once for every token;
 // batches use tiles in shared memory so a weight tile serves many tokens.
 #include <mma.h>
+
+#include <algorithm>
 
 #include "common.cuh"
 
@@ -49,37 +56,97 @@ __device__ __forceinline__ float round_to(uint32_t type, float v) {
     return v;
 }
 
-// The 32 weights of block b of a row as 8 words of signed bytes: word k
-// holds values 4k .. 4k + 3.
-__device__ __forceinline__ void weight_block_i8(uint32_t type, const uint8_t *row, int64_t b, uint32_t w[8]) {
-    if (type == kQ8_0) {
-        const uint8_t *qs = row + b * 34 + 2;
-        for (int k = 0; k < 8; k++) w[k] = ld_u32_a2(qs + 4 * k);
-        return;
-    }
-    const uint8_t *qs = type == kQ4_0 ? row + b * 18 + 2 : row + b * 20 + 4;
-    for (int k = 0; k < 4; k++) {
-        const uint32_t v = ld_u32_a2(qs + 4 * k);
-        w[k] = v & 0x0f0f0f0fu;
-        w[4 + k] = (v >> 4) & 0x0f0f0f0fu;
-        if (type == kQ4_0) {
-            w[k] = __vsub4(w[k], 0x08080808u);  // nibble - 8 in each byte, as signed bytes
-            w[4 + k] = __vsub4(w[4 + k], 0x08080808u);
-        }
-    }
+// Weight types whose blocks carry a minimum (a term in the activations' sums).
+__device__ __forceinline__ bool has_min(uint32_t type) {
+    return type == kQ4_1 || type == kQ5_1 || type == kQ4_K || type == kQ5_K;
 }
 
-// Float scale and minimum of block b (minimum only for Q4_1).
-__device__ __forceinline__ void weight_block_scale(uint32_t type, const uint8_t *row, int64_t b, float &d, float &m) {
-    const uint8_t *p = row + b * (type == kQ8_0 ? 34 : type == kQ4_0 ? 18 : 20);
-    d = ld_half(p);
-    m = type == kQ4_1 ? ld_half(p + 2) : 0.0f;
+// The fifth bits of values 4k .. 4k+3 (bits 4k .. 4k+3 of qh) moved to bit 4
+// of each byte.
+__device__ __forceinline__ uint32_t fifth_bits(uint32_t qh, int k) {
+    const uint32_t h = qh >> (4 * k);
+    return ((h & 1u) << 4) | ((h & 2u) << 11) | ((h & 4u) << 18) | ((h & 8u) << 25);
+}
+
+// Block b (values 32b .. 32b + 31) of a weight row: w[k] holds values 4k ..
+// 4k + 3 as signed bytes; h0 / h1 are the integer factors of values 0..15 /
+// 16..31 (Q6_K's sub-block scales, else 1); with activation codes of scale dx
+// and sum term sx the block's dot is (dw * dx) * (h0 * sum0 + h1 * sum1) + mw * sx.
+// The k-quants' sub-blocks of 32 become blocks: Q4_K / Q5_K fold their
+// integer scale and minimum into dw = d * sc and mw = -(dmin * m).
+struct WBlock {
+    uint32_t w[8];
+    int h0, h1;
+    float dw, mw;
+};
+
+__device__ __forceinline__ void weight_block(uint32_t type, const uint8_t *row, int64_t b, WBlock &o) {
+    o.h0 = o.h1 = 1;
+    o.mw = 0.0f;
+    if (type == kQ8_0) {
+        const uint8_t *blk = row + b * 34;
+        for (int k = 0; k < 8; k++) o.w[k] = ld_u32_a2(blk + 2 + 4 * k);
+        o.dw = ld_half(blk);
+        return;
+    }
+    if (type == kQ4_K || type == kQ5_K) {
+        const bool q5 = type == kQ5_K;
+        const uint8_t *blk = row + (b / 8) * (q5 ? 176 : 144);
+        const int j = int(b % 8);
+        const uint8_t *sc = blk + 4;
+        const int s = j < 4 ? sc[j] & 63 : (sc[j + 4] & 0x0f) | (sc[j - 4] >> 6) << 4;
+        const int m = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | (sc[j] >> 6) << 4;
+        const uint8_t *qs = blk + (q5 ? 48 : 16) + 32 * (j / 2);
+        for (int k = 0; k < 8; k++) {
+            const uint32_t v = ld_u32_a2(qs + 4 * k);
+            o.w[k] = j % 2 ? (v >> 4) & 0x0f0f0f0fu : v & 0x0f0f0f0fu;
+            if (q5) o.w[k] |= ((ld_u32_a2(blk + 16 + 4 * k) >> j) & 0x01010101u) << 4;
+        }
+        o.dw = __fmul_rn(ld_half(blk), float(s));
+        o.mw = -__fmul_rn(ld_half(blk + 2), float(m));
+        return;
+    }
+    if (type == kQ6_K) {
+        const uint8_t *blk = row + (b / 8) * 210;
+        const int j = int(b % 8), h = j / 4, kk = j % 4;
+        for (int k = 0; k < 8; k++) {
+            const uint32_t lo = ld_u32_a2(blk + 64 * h + 32 * (kk & 1) + 4 * k);
+            const uint32_t hi = (ld_u32_a2(blk + 128 + 32 * h + 4 * k) >> (2 * kk)) & 0x03030303u;
+            const uint32_t q = (kk < 2 ? lo & 0x0f0f0f0fu : (lo >> 4) & 0x0f0f0f0fu) | hi << 4;
+            o.w[k] = __vsub4(q, 0x20202020u);  // q - 32 in each byte, as signed bytes
+        }
+        o.h0 = int(int8_t(blk[192 + 2 * j]));
+        o.h1 = int(int8_t(blk[193 + 2 * j]));
+        o.dw = ld_half(blk + 208);
+        return;
+    }
+    // Q4_0, Q4_1, Q5_0, Q5_1: d [m] [qh] then 16 bytes of nibbles
+    const bool q5 = type == kQ5_0 || type == kQ5_1;
+    const int head = (type == kQ4_1 || type == kQ5_1 ? 4 : 2) + (q5 ? 4 : 0);
+    const uint8_t *blk = row + b * (head + 16);
+    const uint32_t qh = q5 ? ld_u32_a2(blk + head - 4) : 0u;
+    for (int k = 0; k < 4; k++) {
+        const uint32_t v = ld_u32_a2(blk + head + 4 * k);
+        o.w[k] = v & 0x0f0f0f0fu;
+        o.w[4 + k] = (v >> 4) & 0x0f0f0f0fu;
+        if (q5) {
+            o.w[k] |= fifth_bits(qh, k);
+            o.w[4 + k] |= fifth_bits(qh, 4 + k);
+        }
+        if (type == kQ4_0 || type == kQ5_0) {
+            const uint32_t off = type == kQ4_0 ? 0x08080808u : 0x10101010u;  // the code's offset, per byte
+            o.w[k] = __vsub4(o.w[k], off);
+            o.w[4 + k] = __vsub4(o.w[4 + k], off);
+        }
+    }
+    o.dw = ld_half(blk);
+    if (has_min(type)) o.mw = ld_half(blk + 2);
 }
 
 // The CPU's block term: (dw * dx) * sum [+ mw * sx].
 __device__ __forceinline__ float block_term(uint32_t type, float dw, float mw, float dx, float sx, int si) {
     const float t = __fmul_rn(__fmul_rn(dw, dx), float(si));
-    return type == kQ4_1 ? __fadd_rn(t, __fmul_rn(mw, sx)) : t;
+    return has_min(type) ? __fadd_rn(t, __fmul_rn(mw, sx)) : t;
 }
 
 // ---------------------------------------------------------------------------
@@ -96,16 +163,15 @@ __global__ void matvec_q_kernel(uint32_t type, const uint8_t *W, size_t row_byte
     const int64_t nb = n_cols / kGroup;
     float sum[kMatvecMaxTokens] = {};
     for (int64_t b = lane; b < nb; b += 32) {
-        uint32_t w[8];
-        weight_block_i8(type, row, b, w);
-        float dw, mw;
-        weight_block_scale(type, row, b, dw, mw);
+        WBlock wb;
+        weight_block(type, row, b, wb);
         for (int t = 0; t < n; t++) {
             const int *xv = reinterpret_cast<const int *>(xq + size_t(t) * size_t(n_cols) + size_t(b) * kGroup);
-            int si = 0;
-            for (int k = 0; k < 8; k++) si = __dp4a(int(w[k]), xv[k], si);
+            int s0 = 0, s1 = 0;
+            for (int k = 0; k < 4; k++) s0 = __dp4a(int(wb.w[k]), xv[k], s0);
+            for (int k = 4; k < 8; k++) s1 = __dp4a(int(wb.w[k]), xv[k], s1);
             const size_t xb = size_t(t) * size_t(nb) + size_t(b);
-            sum[t] = __fadd_rn(sum[t], block_term(type, dw, mw, xd[xb], xs[xb], si));
+            sum[t] = __fadd_rn(sum[t], block_term(type, wb.dw, wb.mw, xd[xb], xs[xb], wb.h0 * s0 + wb.h1 * s1));
         }
     }
     for (int t = 0; t < n; t++) {
@@ -132,8 +198,8 @@ __global__ void matvec_f_kernel(uint32_t type, const uint8_t *W, size_t row_byte
 }
 
 // ---------------------------------------------------------------------------
-// Batches with block-quantized weights: tiles of 64 rows x 32 tokens, one
-// 32-value block of K at a time. The integer sums of a block come from int8
+// Batches with block-quantized weights whose blocks have one integer factor
+// (all but Q6_K): tiles of 64 rows x 32 tokens, one 32-value block of K at a time. The integer sums of a block come from int8
 // tensor cores (16x16x16 WMMA), are staged in shared memory and scaled per
 // row and token, so the float accumulation is the CPU's, block by block.
 
@@ -191,11 +257,11 @@ __global__ void __launch_bounds__(32 * kGemmWarps)
             uint32_t v[4] = {0, 0, 0, 0};
             float dw = 0.0f, mw = 0.0f;
             if (r < n_rows) {
-                const uint8_t *row = W + size_t(r) * row_bytes;
-                uint32_t w[8];
-                weight_block_i8(type, row, b, w);
-                for (int k = 0; k < 4; k++) v[k] = w[4 * hk + k];
-                weight_block_scale(type, row, b, dw, mw);
+                WBlock wb;
+                weight_block(type, W + size_t(r) * row_bytes, b, wb);
+                for (int k = 0; k < 4; k++) v[k] = wb.w[4 * hk + k];
+                dw = wb.dw;
+                mw = wb.mw;
             }
             *reinterpret_cast<uint4 *>(&s.a[hk][rr][0]) = make_uint4(v[0], v[1], v[2], v[3]);
             if (hk == 0) s.dw[rr] = dw, s.mw[rr] = mw;
@@ -271,7 +337,11 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-bool is_q(uint32_t type) { return type == kQ4_0 || type == kQ4_1 || type == kQ8_0; }
+bool is_q(uint32_t type) {
+    return type == kQ4_0 || type == kQ4_1 || type == kQ5_0 || type == kQ5_1 || type == kQ8_0 || type == kQ4_K ||
+           type == kQ5_K || type == kQ6_K;
+}
+bool is_k(uint32_t type) { return type == kQ4_K || type == kQ5_K || type == kQ6_K; }
 
 size_t align256(size_t v) { return (v + 255) & ~size_t(255); }
 
@@ -300,13 +370,21 @@ cudaError_t matmul(cudaStream_t s, uint32_t type, const void *w, size_t row_byte
     const uint8_t *W = static_cast<const uint8_t *>(w);
     if (n_rows > int64_t(65535) * kTileRows || n > 65535 * kTileTokens) return cudaErrorInvalidValue;
     if (is_q(type)) {
-        if (n_cols % kGroup) return cudaErrorInvalidValue;
+        if (n_cols % (is_k(type) ? kSuper : kGroup)) return cudaErrorInvalidValue;
         const int64_t blocks = n_cols / kGroup * n;
         quantize_kernel<<<unsigned((blocks + 7) / 8), 256, 0, s>>>(x, blocks, scratch.q, scratch.d, scratch.s);
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-        if (n <= kMatvecMaxTokens) {
-            matvec_q_kernel<<<unsigned((n_rows + kMatvecWarps - 1) / kMatvecWarps), 32 * kMatvecWarps, 0, s>>>(
-                type, W, row_bytes, n_rows, n_cols, n, scratch.q, scratch.d, scratch.s, y);
+        if (n <= kMatvecMaxTokens || type == kQ6_K) {
+            // Q6_K batches too, kMatvecMaxTokens tokens at a time (its two
+            // scales per block do not fit the tensor-core tile's single one)
+            const int64_t nb = n_cols / kGroup;
+            for (int t0 = 0; t0 < n; t0 += kMatvecMaxTokens) {
+                matvec_q_kernel<<<unsigned((n_rows + kMatvecWarps - 1) / kMatvecWarps), 32 * kMatvecWarps, 0, s>>>(
+                    type, W, row_bytes, n_rows, n_cols, std::min(n - t0, kMatvecMaxTokens),
+                    scratch.q + size_t(t0) * size_t(n_cols), scratch.d + size_t(t0) * size_t(nb),
+                    scratch.s + size_t(t0) * size_t(nb), y + size_t(t0) * size_t(n_rows));
+                if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+            }
         } else {
             const dim3 grid(unsigned((n_rows + kTileRows - 1) / kTileRows), unsigned((n + kTileTokens - 1) / kTileTokens));
             gemm_q_kernel<<<grid, 32 * kGemmWarps, 0, s>>>(type, W, row_bytes, n_rows, n_cols, n, scratch.q, scratch.d,

@@ -1,5 +1,6 @@
 // The CUDA backend op by op against the CPU backend (the reference) on random
-// inputs: matmul for every weight type in decode and batch shapes, get_rows,
+// inputs: matmul for every weight type in decode and batch shapes (Q5_0,
+// Q5_1 and the k-quants included), get_rows,
 // RMSNorm, SwiGLU, add, KV encoding in every codec (with and without
 // the Hadamard rotation, and per-channel key blocks), and attention over the
 // sink + window cache in every layout, driven through SessionMemory so that window
@@ -78,6 +79,30 @@ std::unique_ptr<TestWeight> make_weight(uint32_t type, const std::vector<float> 
             case TYPE_Q4_0: quantize_row_q4_0_ref(src, reinterpret_cast<BlockQ4_0 *>(dst), cols); break;
             case TYPE_Q4_1: quantize_row_q4_1_ref(src, reinterpret_cast<BlockQ4_1 *>(dst), cols); break;
             case TYPE_Q8_0: quantize_row_q8_0_ref(src, reinterpret_cast<BlockQ8_0 *>(dst), cols); break;
+            case TYPE_Q5_0: quantize_row_q5_0_ref(src, reinterpret_cast<BlockQ5_0 *>(dst), cols); break;
+            case TYPE_Q5_1: quantize_row_q5_1_ref(src, reinterpret_cast<BlockQ5_1 *>(dst), cols); break;
+            case TYPE_Q4_K:
+            case TYPE_Q5_K:
+            case TYPE_Q6_K: {
+                // no k-quant quantizer here: random super-blocks (any bytes make a
+                // valid block), the fp16 factors set so weights are a few hundredths
+                std::mt19937 rng(uint32_t(r) * 31u + type);
+                std::uniform_real_distribution<float> f(0.5f, 1.5f);
+                const size_t bs = type_info(type)->block_bytes;
+                for (int64_t b = 0; b < cols / QK_K; b++) {
+                    uint8_t *blk = dst + size_t(b) * bs;
+                    for (size_t i = 0; i < bs; i++) blk[i] = uint8_t(rng() >> 24);
+                    const uint16_t d = fp32_to_fp16(f(rng) * (type == TYPE_Q6_K ? 1.5e-5f : type == TYPE_Q4_K ? 1.2e-4f : 6e-5f));
+                    const uint16_t m = fp32_to_fp16(f(rng) * 7e-4f);
+                    if (type == TYPE_Q6_K) {
+                        std::memcpy(blk + offsetof(BlockQ6_K, d), &d, 2);
+                    } else {
+                        std::memcpy(blk, &d, 2);
+                        std::memcpy(blk + 2, &m, 2);
+                    }
+                }
+                break;
+            }
         }
     }
     w->t.name = "test";
@@ -167,6 +192,67 @@ void test_matmul(void **) {
             snprintf(what, sizeof what, "matmul %s n=%d", type_info(type)->name, n);
             expect_close(what, yc, got.data(), got.size(), scale, 1e-4f, 1e-6f);
         }
+    }
+}
+
+// Q5_0 / Q5_1 meet the CPU's own Q8_0 / Q8_1 activation blocks, so their
+// block sums are exact and the tolerance is test_matmul's. The k-quants meet
+// 8-bit blocks of 32 where the CPU quantizes activations to Q8_K super-blocks
+// of 256 (a coarser scale), so both are 8-bit approximations of the float
+// product and differ by the CPU's quantization error: a few 1e-4 of
+// sum |w| |x| for random inputs, held here to 3e-3.
+void test_matmul_more_types(void **) {
+    std::mt19937 rng(11);
+    Pair p;
+    for (uint32_t type : {TYPE_Q4_K, TYPE_Q6_K, TYPE_Q5_0, TYPE_Q5_K, TYPE_Q5_1}) {
+        const bool kq = type == TYPE_Q4_K || type == TYPE_Q5_K || type == TYPE_Q6_K;
+        const std::vector<int64_t> col_counts = kq ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{64, 352};
+        for (const int64_t c : col_counts) {
+            const int64_t rows = c == col_counts[0] ? 201 : 67;
+            auto w = make_weight(type, randn(size_t(c * rows), rng, 0.05f), c, rows);
+            std::vector<float> wf(size_t(c * rows));
+            for (int64_t r = 0; r < rows; r++)
+                dequantize_row(type, w->bytes.data() + size_t(r) * w->cpu.row_bytes, wf.data() + r * c, c);
+            for (int n : {1, 3, 9, 17, 64}) {
+                const std::vector<float> x = randn(size_t(n * c), rng);
+                auto [xc, xg] = p.put(x);
+                float *yc = static_cast<float *>(p.cpu->alloc(size_t(n * rows) * 4));
+                float *yg = static_cast<float *>(p.gpu->alloc(size_t(n * rows) * 4));
+                p.cpu->matmul(w->cpu, xc, n, yc);
+                p.gpu->matmul(w->gpu, xg, n, yg);
+                const std::vector<float> got = p.get_gpu(yg, size_t(n * rows));
+                std::vector<float> scale(size_t(n * rows));
+                for (int t = 0; t < n; t++)
+                    for (int64_t r = 0; r < rows; r++) {
+                        double s = 0;
+                        for (int64_t i = 0; i < c; i++) s += std::fabs(wf[size_t(r * c + i)] * x[size_t(t * c + i)]);
+                        scale[size_t(t * rows + r)] = float(s);
+                    }
+                char what[80];
+                snprintf(what, sizeof what, "matmul %s %lldx%lld n=%d", type_info(type)->name, (long long)rows,
+                         (long long)c, n);
+                expect_close(what, yc, got.data(), got.size(), scale, kq ? 3e-3f : 1e-4f, 1e-6f);
+            }
+        }
+    }
+}
+
+// Dequantized rows of the Q5_x and k-quant types: bit for bit.
+void test_get_rows_more_types(void **) {
+    std::mt19937 rng(12);
+    const int64_t cols = 512, rows = 40;
+    Pair p;
+    for (uint32_t type : {TYPE_Q4_K, TYPE_Q6_K, TYPE_Q5_0, TYPE_Q5_K, TYPE_Q5_1}) {
+        auto w = make_weight(type, randn(size_t(cols * rows), rng), cols, rows);
+        const std::vector<int32_t> ids = {3, 0, 39, 3, 17};
+        auto [ic, ig] = p.put(ids);
+        const size_t n = ids.size() * size_t(cols);
+        float *xc = static_cast<float *>(p.cpu->alloc(n * 4));
+        float *xg = static_cast<float *>(p.gpu->alloc(n * 4));
+        p.cpu->get_rows(w->cpu, ic, int(ids.size()), xc);
+        p.gpu->get_rows(w->gpu, ig, int(ids.size()), xg);
+        const std::vector<float> got = p.get_gpu(xg, n);
+        expect_close(type_info(type)->name, xc, got.data(), n, {}, 0.0f, 0.0f);
     }
 }
 
@@ -491,6 +577,7 @@ int main(void) {
     g_cpu = create_cpu_backend();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_get_rows),
+        cmocka_unit_test(test_matmul_more_types), cmocka_unit_test(test_get_rows_more_types),
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_kv_encode),       cmocka_unit_test(test_kv_encode_channels),
         cmocka_unit_test(test_attention),       cmocka_unit_test(test_native_window),

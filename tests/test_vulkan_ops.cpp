@@ -1,7 +1,7 @@
 // Every op of the Vulkan backend against the CPU backend (the reference) on
 // random inputs: get_rows and matmul (decode and batched) for every weight
-// type, rmsnorm, kv_encode in each codec with and without the Hadamard
-// rotation, cache_attention over dense and streaming caches (sinks filling,
+// type the CPU computes with (Q5_0, Q5_1 and the k-quants included),
+// rmsnorm, kv_encode in each codec with and without the Hadamard rotation, cache_attention over dense and streaming caches (sinks filling,
 // wrapped ring, batches, stream positions past 2^32, GQA, partial and NeoX
 // RoPE), attention over a layer with the model's own sliding window
 // (through SessionMemory, keys kept rotated in a ring), swiglu, geglu, scale,
@@ -45,6 +45,9 @@ using namespace kvfit;
 namespace {
 
 const uint32_t kWeightTypes[] = {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q8_0, TYPE_Q4_0, TYPE_Q4_1};
+// Q5_x (activations Q8_0 / Q8_1) and the k-quants (activations Q8_K).
+const uint32_t kMoreTypes[] = {TYPE_Q4_K, TYPE_Q6_K, TYPE_Q5_0, TYPE_Q5_K, TYPE_Q5_1};
+bool is_kquant(uint32_t t) { return t == TYPE_Q4_K || t == TYPE_Q5_K || t == TYPE_Q6_K; }
 const char *type_name(uint32_t t) { return type_info(t)->name; }
 bool is_float_type(uint32_t t) { return t == TYPE_F32 || t == TYPE_F16 || t == TYPE_BF16; }
 
@@ -58,8 +61,8 @@ struct Setup {
 };
 Setup *g;
 
-constexpr int kMaxTokens = 40;
-constexpr int64_t kMaxCols = 512;
+constexpr int kMaxTokens = 64;
+constexpr int64_t kMaxCols = 768;
 constexpr int kMaxKv = 1300;
 
 std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
@@ -79,10 +82,33 @@ struct HostWeight {
     GGUFTensor t;
 };
 
+// k-quant super-blocks of random bytes (any bytes make a valid block) with
+// fp16 factors chosen so that weights come out at a few hundredths.
+void random_kquant_row(uint32_t type, uint8_t *dst, int64_t cols, std::mt19937 &rng) {
+    const size_t bs = type_info(type)->block_bytes;
+    std::uniform_real_distribution<float> f(0.5f, 1.5f);
+    for (int64_t b = 0; b < cols / QK_K; b++) {
+        uint8_t *blk = dst + size_t(b) * bs;
+        for (size_t i = 0; i < bs; i++) blk[i] = uint8_t(rng() >> 24);
+        const uint16_t d = fp32_to_fp16(f(rng) * (type == TYPE_Q6_K ? 1.5e-5f : type == TYPE_Q4_K ? 1.2e-4f : 6e-5f));
+        if (type == TYPE_Q6_K) {
+            std::memcpy(blk + offsetof(BlockQ6_K, d), &d, 2);
+        } else {
+            const uint16_t m = fp32_to_fp16(f(rng) * 7e-4f);
+            std::memcpy(blk, &d, 2);
+            std::memcpy(blk + 2, &m, 2);
+        }
+    }
+}
+
 HostWeight make_weight(uint32_t type, int64_t rows, int64_t cols, uint32_t seed) {
     HostWeight w;
     const size_t rb = row_bytes(type, cols);
     w.bytes.resize(rb * size_t(rows));
+    if (type == TYPE_Q4_K || type == TYPE_Q5_K || type == TYPE_Q6_K) {
+        std::mt19937 rng(seed);
+        for (int64_t r = 0; r < rows; r++) random_kquant_row(type, w.bytes.data() + size_t(r) * rb, cols, rng);
+    }
     const std::vector<float> f = random_floats(size_t(rows * cols), seed, 0.05f);
     for (int64_t r = 0; r < rows; r++) {
         const float *x = f.data() + r * cols;
@@ -91,6 +117,11 @@ HostWeight make_weight(uint32_t type, int64_t rows, int64_t cols, uint32_t seed)
             case TYPE_Q4_0: quantize_row_q4_0_ref(x, reinterpret_cast<BlockQ4_0 *>(y), cols); break;
             case TYPE_Q4_1: quantize_row_q4_1_ref(x, reinterpret_cast<BlockQ4_1 *>(y), cols); break;
             case TYPE_Q8_0: quantize_row_q8_0_ref(x, reinterpret_cast<BlockQ8_0 *>(y), cols); break;
+            case TYPE_Q5_0: quantize_row_q5_0_ref(x, reinterpret_cast<BlockQ5_0 *>(y), cols); break;
+            case TYPE_Q5_1: quantize_row_q5_1_ref(x, reinterpret_cast<BlockQ5_1 *>(y), cols); break;
+            case TYPE_Q4_K:
+            case TYPE_Q5_K:
+            case TYPE_Q6_K: break;  // random blocks, above
             default: kernels_scalar().quantize_row(type, x, y, cols); break;
         }
     }
@@ -201,17 +232,20 @@ void compare_codes(const char *what, KVCodec c, const std::vector<uint8_t> &ref,
 
 void test_get_rows(void **) {
     each_backend([](Backend &cb, Backend &vb, Stream &cs, Stream &vs, const char *label) {
-        for (uint32_t type : kWeightTypes) {
+        std::vector<uint32_t> types(std::begin(kWeightTypes), std::end(kWeightTypes));
+        types.insert(types.end(), std::begin(kMoreTypes), std::end(kMoreTypes));
+        for (uint32_t type : types) {
             // 3000 rows: F32 needs more than one 1 MiB binding in the fallback configuration
-            HostWeight hw = make_weight(type, 3000, 96, 11 + type);
+            const size_t cols = is_kquant(type) ? 512 : 96;
+            HostWeight hw = make_weight(type, 3000, int64_t(cols), 11 + type);
             const Weight wc = cb.upload_weight(hw.t), wv = vb.upload_weight(hw.t);
             const std::vector<int32_t> ids = {0, 2999, 5, 5, 2017, 2};
             Pair pi = pair_of(cs, vs, ids);
-            Pair px = pair_of(cs, vs, nullptr, ids.size() * 96 * 4);
+            Pair px = pair_of(cs, vs, nullptr, ids.size() * cols * 4);
             cs.get_rows(wc, static_cast<int32_t *>(pi.c), int(ids.size()), static_cast<float *>(px.c));
             vs.get_rows(wv, static_cast<int32_t *>(pi.v), int(ids.size()), static_cast<float *>(px.v));
             // dequantization is exact: bit for bit
-            if (fetch<float>(cs, px.c, ids.size() * 96) != fetch<float>(vs, px.v, ids.size() * 96)) {
+            if (fetch<float>(cs, px.c, ids.size() * cols) != fetch<float>(vs, px.v, ids.size() * cols)) {
                 std::printf("%s: get_rows of %s differs\n", label, type_name(type));
                 fail();
             }
@@ -255,6 +289,34 @@ void test_matmul(void **) {
                 // quantized: the CPU's order of operations; float types: the same products summed in another order
                 expect_same(vb.reproduces_cpu() && !is_float_type(type), what.c_str(), fetch<float>(vs, py.v, size_t(n * rows)),
                             fetch<float>(cs, py.c, size_t(n * rows)), 2e-6);
+            }
+        }
+    });
+}
+
+// Q5_x and the k-quants: decode and batched products, odd row counts,
+// several row lengths; the CPU's bits where the device has doubles.
+void test_matmul_more_types(void **) {
+    each_backend([](Backend &cb, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        for (uint32_t type : kMoreTypes) {
+            const std::vector<int64_t> col_counts =
+                is_kquant(type) ? std::vector<int64_t>{256, 768} : std::vector<int64_t>{96, 352};
+            for (int64_t cols : col_counts) {
+                const int64_t rows = cols == col_counts[0] ? 67 : 29;
+                HostWeight hw = make_weight(type, rows, cols, 31 + type + uint32_t(cols));
+                const Weight wc = cb.upload_weight(hw.t), wv = vb.upload_weight(hw.t);
+                for (int n : {1, 3, 9, 17, 64}) {
+                    std::vector<float> x = random_floats(size_t(n * cols), uint32_t(n * 13 + type + cols));
+                    const int64_t block = is_kquant(type) ? QK_K : QK;
+                    if (n == 3) std::fill(x.begin() + cols, x.begin() + cols + block, 0.0f);  // an all-zero block
+                    Pair px = pair_of(cs, vs, x), py = pair_of(cs, vs, nullptr, size_t(n * rows) * 4);
+                    cs.matmul(wc, static_cast<float *>(px.c), n, static_cast<float *>(py.c));
+                    vs.matmul(wv, static_cast<float *>(px.v), n, static_cast<float *>(py.v));
+                    const std::string what = std::string(label) + " matmul " + type_name(type) + " " +
+                                             std::to_string(rows) + "x" + std::to_string(cols) + " n=" + std::to_string(n);
+                    expect_same(vb.reproduces_cpu(), what.c_str(), fetch<float>(vs, py.v, size_t(n * rows)),
+                                fetch<float>(cs, py.c, size_t(n * rows)), 2e-6);
+                }
             }
         }
     });
@@ -790,10 +852,11 @@ void test_errors(void **) {
         }
         vs.synchronize();  // the stream still works
     });
-    // Weight types the CPU computes with but the shaders do not are refused
-    // at upload, naming tensor and type, rather than read as another type.
+    // Weight types the shaders do not compute with (activation-only block
+    // types) are refused at upload, naming tensor and type, rather than read
+    // as another type.
     each_backend([](Backend &, Backend &vb, Stream &, Stream &, const char *) {
-        for (uint32_t type : {TYPE_Q5_0, TYPE_Q5_1, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K}) {
+        for (uint32_t type : {TYPE_Q8_1, TYPE_Q8_K}) {
             HostWeight w;
             w.bytes.assign(row_bytes(type, 256) * 4, 0);
             w.t.name = "blk.0.ffn_up.weight";
@@ -881,7 +944,7 @@ int main() {
     g->cpu = create_cpu_backend();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_devices),  cmocka_unit_test(test_get_rows),    cmocka_unit_test(test_rmsnorm),
-        cmocka_unit_test(test_matmul),   cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_matmul),   cmocka_unit_test(test_matmul_more_types), cmocka_unit_test(test_kv_encode),   cmocka_unit_test(test_attention),
         cmocka_unit_test(test_rotated_keys),     cmocka_unit_test(test_channel_keys),
         cmocka_unit_test(test_elementwise), cmocka_unit_test(test_transfers),
         cmocka_unit_test(test_rotated_keys),     cmocka_unit_test(test_native_window),

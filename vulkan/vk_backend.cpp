@@ -38,11 +38,16 @@ constexpr uint32_t kAttnChunk = 256;      // keys per chunk of kvfit's attention
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 uint32_t ceil_div(uint64_t a, uint64_t b) { return uint32_t((a + b - 1) / b); }
 
-bool is_quant(uint32_t type) { return type == TYPE_Q4_0 || type == TYPE_Q4_1 || type == TYPE_Q8_0; }
+// Weights in blocks of 32 (activations as Q8_0 / Q8_1 blocks: matmul_q.comp).
+bool is_quant(uint32_t type) {
+    return type == TYPE_Q4_0 || type == TYPE_Q4_1 || type == TYPE_Q5_0 || type == TYPE_Q5_1 || type == TYPE_Q8_0;
+}
+// Weights in super-blocks of 256 (activations as Q8_K blocks: matmul_k.comp).
+bool is_kquant(uint32_t type) { return type == TYPE_Q4_K || type == TYPE_Q5_K || type == TYPE_Q6_K; }
 
 // Weight types the shaders (matmul, get_rows) compute with.
 bool weight_type_ok(uint32_t type) {
-    return is_quant(type) || type == TYPE_F32 || type == TYPE_F16 || type == TYPE_BF16;
+    return is_quant(type) || is_kquant(type) || type == TYPE_F32 || type == TYPE_F16 || type == TYPE_BF16;
 }
 
 // Bytes of one weight row in the device layout.
@@ -55,6 +60,11 @@ size_t weight_stride(uint32_t type, int64_t n) {
         case TYPE_Q8_0: b = size_t(n) + size_t(n / QK) * 2; break;
         case TYPE_Q4_0: b = size_t(n) / 2 + size_t(n / QK) * 2; break;
         case TYPE_Q4_1: b = size_t(n) / 2 + size_t(n / QK) * 4; break;
+        case TYPE_Q5_0: b = size_t(n) / 2 + size_t(n / QK) * 6; break;
+        case TYPE_Q5_1: b = size_t(n) / 2 + size_t(n / QK) * 8; break;
+        case TYPE_Q4_K: b = size_t(n / QK_K) * sizeof(BlockQ4_K); break;
+        case TYPE_Q5_K: b = size_t(n / QK_K) * sizeof(BlockQ5_K); break;
+        case TYPE_Q6_K: b = size_t(n / QK_K) * sizeof(BlockQ6_K); break;
         default: {
             const TypeInfo *ti = type_info(type);
             fail(KVFIT_E_UNSUPPORTED, "the Vulkan backend cannot compute with %s weights", ti ? ti->name : "unknown");
@@ -82,6 +92,30 @@ void repack_row(uint32_t type, const uint8_t *src, uint8_t *dst, int64_t n, size
                 const uint8_t *blk = src + size_t(b) * block;
                 std::memcpy(dst + size_t(b) * codes, blk + head, codes);
                 std::memcpy(dst + size_t(nb) * codes + size_t(b) * head, blk, head);
+            }
+            return;
+        }
+        case TYPE_Q5_0:
+        case TYPE_Q5_1: {
+            // codes of all blocks, then their words of fifth bits, then their scale bytes
+            const size_t block = type_info(type)->block_bytes, head = type == TYPE_Q5_0 ? 2 : 4;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = src + size_t(b) * block;
+                std::memcpy(dst + size_t(b) * (QK / 2), blk + head + 4, QK / 2);
+                std::memcpy(dst + size_t(nb) * (QK / 2) + size_t(b) * 4, blk + head, 4);
+                std::memcpy(dst + size_t(nb) * (QK / 2 + 4) + size_t(b) * head, blk, head);
+            }
+            return;
+        }
+        case TYPE_Q4_K:
+        case TYPE_Q5_K: std::memcpy(dst, src, row_bytes(type, n)); return;
+        case TYPE_Q6_K: {
+            // ql, qh, scales of each super-block (208 bytes), then the fp16 factors
+            const int64_t nk = n / QK_K;
+            for (int64_t b = 0; b < nk; b++) {
+                const uint8_t *blk = src + size_t(b) * sizeof(BlockQ6_K);
+                std::memcpy(dst + size_t(b) * 208, blk, 208);
+                std::memcpy(dst + size_t(nk) * 208 + size_t(b) * 2, blk + 208, 2);
             }
             return;
         }
@@ -166,8 +200,8 @@ public:
     bool reproduces_cpu() const override { return dev_.use_fp64(); }
 
     Weight upload_weight(const GGUFTensor &t) override {
-        // Types the CPU computes with but these shaders do not (the k-quants,
-        // Q5_0, Q5_1) must not reach a matmul that would read them as another type.
+        // Types these shaders do not compute with must not reach a matmul
+        // that would read them as another type.
         if (!weight_type_ok(t.type)) {
             const TypeInfo *ti = type_info(t.type);
             fail(KVFIT_E_UNSUPPORTED, "%s: the Vulkan backend cannot compute with %s weights", t.name.c_str(),
@@ -180,6 +214,9 @@ public:
         if (is_quant(t.type) && w.n_cols % QK)
             fail(KVFIT_E_FORMAT, "tensor '%s' has rows of %lld values, not a multiple of %d", t.name.c_str(),
                  (long long)w.n_cols, QK);
+        if (is_kquant(t.type) && w.n_cols % QK_K)
+            fail(KVFIT_E_FORMAT, "tensor '%s' has rows of %lld values, not a multiple of %d", t.name.c_str(),
+                 (long long)w.n_cols, QK_K);
         w.row_bytes = weight_stride(t.type, w.n_cols);
         const size_t src_row = row_bytes(t.type, w.n_cols);
         w.data = place(w.row_bytes * size_t(w.n_rows), [&](uint8_t *dst, size_t first, size_t rows) {
@@ -477,7 +514,7 @@ public:
         if (n > max_tokens_ || w.n_cols > max_cols_)
             fail(KVFIT_E_INTERNAL, "Vulkan: matmul of %d x %lld exceeds the stream's scratch", n, (long long)w.n_cols);
         const size_t ncols = size_t(w.n_cols), nrows = size_t(w.n_rows);
-        const bool q = is_quant(w.type);
+        const bool q = is_quant(w.type), kq = is_kquant(w.type);
         Span xs;
         uint32_t x_stride;
         if (w.type == TYPE_F32) {
@@ -485,13 +522,19 @@ public:
             x_stride = uint32_t(ncols);
         } else {
             // Activations first become what the CPU multiplies this weight type with.
-            const uint32_t mode = w.type == TYPE_Q4_1 ? 1 : q ? 0 : w.type == TYPE_F16 ? 2 : 3;
+            const uint32_t mode = kq ? 4
+                                  : w.type == TYPE_Q4_1 || w.type == TYPE_Q5_1 ? 1
+                                  : q ? 0
+                                  : w.type == TYPE_F16 ? 2 : 3;
             // rows 16-byte aligned: matmul loads them 16 bytes at a time
-            x_stride = uint32_t(round_up(q ? ncols / 4 + 2 * (ncols / QK) : (ncols + 1) / 2, 4));
+            x_stride = uint32_t(round_up(kq  ? ncols / 4 + 17 * (ncols / QK_K)
+                                         : q ? ncols / 4 + 2 * (ncols / QK)
+                                             : (ncols + 1) / 2,
+                                         4));
             const Span in = d_.span(x, size_t(n) * ncols * 4);
             xs = d_.span(act_, size_t(n) * x_stride * 4);
             QuantizePush p{mode, uint32_t(ncols), uint32_t(in.rel / 4), uint32_t(xs.rel / 4), x_stride};
-            const uint32_t items = q ? uint32_t(ncols / QK) : x_stride;
+            const uint32_t items = kq ? uint32_t(ncols / QK_K) : q ? uint32_t(ncols / QK) : x_stride;
             run("quantize", d_.pipeline(variant("quantize"), 2, {kWG}), {{in, false}, {xs, true}}, &p, sizeof p,
                 ceil_div(items, kWG), uint32_t(n));
         }
@@ -502,8 +545,8 @@ public:
         // where there are subgroups, else a workgroup.
         std::string shader;
         uint32_t wg = kWG, rows_per_wg = 1;
-        if (q) {
-            shader = variant("matmul_q");
+        if (q || kq) {
+            shader = variant(kq ? "matmul_k" : "matmul_q");
             rows_per_wg = kWG / 8;
         } else if (d_.use_subgroup()) {
             shader = "matmul_f_sg";

@@ -33,6 +33,8 @@ if(KVFIT_WITH_VULKAN)
     "rmsnorm_f64|rmsnorm.comp|-DUSE_FP64"
     "matmul_q|matmul_q.comp|"
     "matmul_q_f64|matmul_q.comp|-DUSE_FP64"
+    "matmul_k|matmul_k.comp|"
+    "matmul_k_f64|matmul_k.comp|-DUSE_FP64"
     "matmul_f|matmul_f.comp|"
     "matmul_f_sg|matmul_f.comp|-DUSE_SUBGROUP"
     "kv_encode|kv_encode.comp|"
