@@ -30,7 +30,7 @@ Session::Session(const Model &model, const kvfit_session_params &p) : model_(mod
     const MemoryPlan plan = plan_memory(specs, p, uint32_t(hp.n_ctx_train));
     // A streaming batch may not exceed the window (its tokens must not evict
     // each other before they are attended); a dense one, the capacity.
-    n_batch_ = int(p.n_batch ? std::min<uint32_t>(p.n_batch, 4096) : 512);
+    n_batch_ = int(plan_batch(p));
     n_batch_ = int(std::min<uint64_t>({uint64_t(n_batch_), plan.max_batch(), plan.capacity()}));
     const int n_threads = p.n_threads > 0 ? std::min(p.n_threads, 256) : default_threads();
 

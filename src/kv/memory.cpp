@@ -68,8 +68,8 @@ size_t AttentionMemory::staged_row_bytes(const LayerSpec &spec, const LayerPlan 
 }
 
 AttentionMemory::AttentionMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan, const float *rope_cs,
-                                 bool stores_rotated_keys, const AttentionStaging &staging)
-    : LayerMemory(plan), spec_(spec), rope_cs_(rope_cs), staging_(staging) {
+                                 uint32_t rope_positions, bool stores_rotated_keys, const AttentionStaging &staging)
+    : LayerMemory(plan), spec_(spec), rope_cs_(rope_cs), rope_positions_(rope_positions), staging_(staging) {
     v_row_bytes_ = size_t(spec.n_head_kv) * codec_row_bytes(plan.codec, spec.head_dim);
     k_row_bytes_ = plan.channel_keys ? size_t(spec.n_head_kv) * size_t(spec.head_dim) * 2 : v_row_bytes_;  // F16 if per channel
     const std::array<uint64_t, 4> sizes = attention_buffer_bytes(spec, plan);
@@ -96,6 +96,11 @@ void AttentionMemory::attend(Stream &s, const float *q, float *k, const float *v
     const bool streaming = lp.ring();
     if (!streaming && pos0 + uint64_t(n) > lp.n_window) fail(KVFIT_E_INTERNAL, "dense cache overflow");
     if (streaming && uint32_t(n) > lp.n_window) fail(KVFIT_E_INTERNAL, "batch larger than the window");
+    // The positions this batch rotates to must be in the layer's table.
+    const uint64_t last = keys_rotated_ ? pos0 + uint64_t(n) : uint64_t(lp.n_sink) + lp.n_window + uint64_t(n);
+    if (streaming && last > rope_positions_)
+        fail(KVFIT_E_INTERNAL, "a batch of %d tokens reaches RoPE position %llu of a table of %u", n,
+             (unsigned long long)last, rope_positions_);
     // Encode the new rows (keys before RoPE, unless the layer keeps them
     // rotated), attend, then move them into their slots.
     CacheAttention a;
@@ -166,8 +171,10 @@ SessionMemory::SessionMemory(Stream &s, const std::vector<LayerSpec> &specs, con
     std::vector<const float *> tables;
     for (const RopeTablePlan &t : plan.rope_tables) tables.push_back(make_rope_table(s, t));
     for (size_t l = 0; l < specs.size(); l++) {
-        const float *cs = tables[size_t(plan.layer_table[l])];
-        layers_.push_back(std::make_unique<AttentionMemory>(s, specs[l], plan.layers[l], cs, s.stores_rotated_keys(), staging));
+        const size_t t = size_t(plan.layer_table[l]);
+        layers_.push_back(std::make_unique<AttentionMemory>(s, specs[l], plan.layers[l], tables[t],
+                                                            plan.rope_tables[t].positions, s.stores_rotated_keys(),
+                                                            staging));
     }
     allocated_ = s.allocated_bytes() - before;
 }

@@ -104,6 +104,10 @@ std::array<uint64_t, 4> attention_buffer_bytes(const LayerSpec &spec, const Laye
 // What one layer allocates: its buffers, each rounded to kAllocUnit.
 uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp);
 
+// The most tokens a session with these parameters runs through the model at
+// once (before the plan's own limits: MemoryPlan::max_batch, the capacity).
+uint32_t plan_batch(const kvfit_session_params &params);
+
 // Chooses the plan for a session (throws KVFIT_E_BUDGET with the smallest
 // workable budget in the message, or KVFIT_E_ARG for contradictory pins).
 MemoryPlan plan_memory(const std::vector<LayerSpec> &layers, const kvfit_session_params &params,
@@ -141,7 +145,7 @@ struct AttentionStaging {
 class AttentionMemory : public LayerMemory {
 public:
     AttentionMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan, const float *rope_cs,
-                    bool stores_rotated_keys, const AttentionStaging &staging);
+                    uint32_t rope_positions, bool stores_rotated_keys, const AttentionStaging &staging);
     std::vector<std::pair<uint8_t *, size_t>> parts() const override;
     // Whether this layer stores its keys after RoPE (part of the state's layout).
     bool keys_rotated() const { return keys_rotated_; }
@@ -159,6 +163,7 @@ public:
 private:
     LayerSpec spec_;
     const float *rope_cs_;      // [positions][rope.n_dims / 2][2] cos, sin of each cache position
+    uint32_t rope_positions_;   // how many positions that table holds
     bool keys_rotated_;         // a dense F16 layer keeping keys after RoPE (Stream::stores_rotated_keys)
     AttentionStaging staging_;
     uint8_t *k_ = nullptr;      // (S + W) encoded rows, or W / 32 channel blocks

@@ -13,14 +13,22 @@ namespace {
 constexpr uint32_t kDefaultSinks = 4;
 constexpr uint32_t kMinWindow = 16;  // below this a streaming layer sees too little to be useful
 
-// Positions a layer's cos/sin table holds: a ring's batch of up to W new
-// tokens rotates its window keys to positions up to S + 2W (see the CPU
-// attention), a dense cache to its capacity; a native window whose keys may
-// stay rotated at stream positions, to the session's capacity.
-uint32_t rope_positions(const LayerPlan &lp, uint32_t capacity) {
+// What bounds the positions a table must hold: a dense session's capacity,
+// and the most tokens a session runs at once.
+struct TableBounds {
+    uint32_t capacity = 0;
+    uint32_t batch = 0;
+};
+
+// Positions a layer's cos/sin table holds: a ring's batch of n new tokens
+// rotates its window keys to positions below S + W + n (see the CPU
+// attention), and n is at most the session's batch and the window; a dense
+// cache rotates to its capacity, and so does a native window whose keys stay
+// rotated at stream positions.
+uint32_t rope_positions(const LayerPlan &lp, const TableBounds &b) {
     if (!lp.ring()) return lp.n_window;
-    const uint32_t ring = lp.n_sink + 2 * lp.n_window;
-    return lp.absolute_positions ? std::max(ring, capacity) : ring;
+    const uint32_t ring = lp.n_sink + lp.n_window + std::min(b.batch, lp.n_window);
+    return lp.absolute_positions ? std::max(ring, b.capacity) : ring;
 }
 
 bool same_rotation(const RopeParams &a, const RopeParams &b) {
@@ -30,11 +38,11 @@ bool same_rotation(const RopeParams &a, const RopeParams &b) {
 
 // The tables a set of layer plans needs (one per distinct rotation and
 // number of positions), and which one each layer uses.
-void plan_tables(const std::vector<LayerSpec> &specs, MemoryPlan &plan, uint32_t capacity) {
+void plan_tables(const std::vector<LayerSpec> &specs, MemoryPlan &plan, const TableBounds &bounds) {
     plan.rope_tables.clear();
     plan.layer_table.assign(specs.size(), -1);
     for (size_t l = 0; l < specs.size(); l++) {
-        const uint32_t positions = rope_positions(plan.layers[l], capacity);
+        const uint32_t positions = rope_positions(plan.layers[l], bounds);
         int found = -1;
         for (size_t t = 0; t < plan.rope_tables.size() && found < 0; t++)
             if (plan.rope_tables[t].positions == positions && same_rotation(plan.rope_tables[t].rope, specs[l].rope))
@@ -68,47 +76,55 @@ LayerPlan layout_of(kvfit_kv_codec c) {
 uint32_t window_step(const LayerPlan &lp) { return lp.channel_keys ? uint32_t(KV_CHANNEL_BLOCK) : 1u; }
 
 // The layers' plans with their bytes filled in, and the shared tables.
-MemoryPlan finish_plan(const std::vector<LayerSpec> &specs, std::vector<LayerPlan> layers, uint32_t capacity) {
+MemoryPlan finish_plan(const std::vector<LayerSpec> &specs, std::vector<LayerPlan> layers, const TableBounds &bounds) {
     MemoryPlan plan;
     plan.layers = std::move(layers);
     for (size_t l = 0; l < specs.size(); l++) {
         plan.layers[l].bytes = layer_state_bytes(specs[l], plan.layers[l]);
         plan.total_bytes += plan.layers[l].bytes;
     }
-    plan_tables(specs, plan, capacity);
+    plan_tables(specs, plan, bounds);
     for (const RopeTablePlan &t : plan.rope_tables) plan.total_bytes += t.bytes;
     return plan;
 }
 
 // Every layer with this layout.
-MemoryPlan uniform_plan(const std::vector<LayerSpec> &specs, const LayerPlan &lp) {
-    return finish_plan(specs, std::vector<LayerPlan>(specs.size(), lp), 0);
+MemoryPlan uniform_plan(const std::vector<LayerSpec> &specs, const LayerPlan &lp, const TableBounds &bounds) {
+    return finish_plan(specs, std::vector<LayerPlan>(specs.size(), lp), bounds);
 }
 
 // Bytes of a streaming plan with this layout in every layer.
-uint64_t plan_bytes(const std::vector<LayerSpec> &specs, LayerPlan lp, uint32_t sinks, uint32_t window) {
+uint64_t plan_bytes(const std::vector<LayerSpec> &specs, LayerPlan lp, uint32_t sinks, uint32_t window,
+                    const TableBounds &bounds) {
     lp.kind = KVFIT_LAYER_STREAMING;
     lp.n_sink = sinks;
     lp.n_window = window;
-    return uniform_plan(specs, lp).total_bytes;
+    return uniform_plan(specs, lp, bounds).total_bytes;
 }
 
 // Largest window (a whole number of steps) that fits the budget with this
 // layout (0 if none). Bytes grow with the window (by whole allocation units),
 // so a binary search finds it.
-uint32_t max_window(const std::vector<LayerSpec> &specs, const LayerPlan &lp, uint32_t sinks, uint64_t budget) {
+uint32_t max_window(const std::vector<LayerSpec> &specs, const LayerPlan &lp, uint32_t sinks, uint64_t budget,
+                    const TableBounds &bounds) {
     const uint32_t step = window_step(lp);
-    if (plan_bytes(specs, lp, sinks, step) > budget) return 0;
+    if (plan_bytes(specs, lp, sinks, step, bounds) > budget) return 0;
     uint64_t lo = 1, hi = (1u << 30) / step;  // in steps: lo fits, above hi is never considered
-    if (plan_bytes(specs, lp, sinks, uint32_t(hi * step)) <= budget) return uint32_t(hi * step);
+    if (plan_bytes(specs, lp, sinks, uint32_t(hi * step), bounds) <= budget) return uint32_t(hi * step);
     while (hi - lo > 1) {
         const uint64_t mid = (lo + hi) / 2;
-        (plan_bytes(specs, lp, sinks, uint32_t(mid * step)) <= budget ? lo : hi) = mid;
+        (plan_bytes(specs, lp, sinks, uint32_t(mid * step), bounds) <= budget ? lo : hi) = mid;
     }
     return uint32_t(lo * step);
 }
 
 uint32_t round_up(uint32_t x, uint32_t step) { return (x + step - 1) / step * step; }
+
+}  // namespace
+
+uint32_t plan_batch(const kvfit_session_params &p) { return p.n_batch ? std::min<uint32_t>(p.n_batch, 4096) : 512; }
+
+namespace {
 
 }  // namespace
 
@@ -182,6 +198,8 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
     const bool streaming = p.kv_budget_bytes > 0 || p.n_window > 0;
     if (!streaming && p.n_sink > 0) fail(KVFIT_E_ARG, "n_sink needs a streaming session (set n_window or kv_budget_bytes)");
     const uint32_t dense_capacity = round_up(target, p.kv_codec == KVFIT_KV_Q4_CHANNEL ? KV_CHANNEL_BLOCK : 1);
+    // The session runs at most this many tokens at once (see Session).
+    const TableBounds bounds{dense_capacity, plan_batch(p)};
 
     // Layers with a native window keep exactly it (no sinks), at the pinned
     // codec or F16; per-channel key blocks need whole blocks, so such a
@@ -211,14 +229,18 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
             native_specs.push_back(specs[l]);
             native_plans.push_back(w);
         }
-        return native_specs.empty() ? uint64_t(0) : finish_plan(native_specs, native_plans, dense_capacity).total_bytes;
+        return native_specs.empty() ? uint64_t(0) : finish_plan(native_specs, native_plans, bounds).total_bytes;
     };
     // The least the other layers can do with: the default sinks and the
     // shortest window at the smallest codec.
     const uint32_t least_sinks = p.n_sink < 0 ? kDefaultSinks : uint32_t(p.n_sink);
-    const LayerPlan least = layout_of(groups_ok ? (pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4) : KVFIT_KV_F16);
+    const LayerPlan least = layout_of(p.kv_codec != KVFIT_KV_AUTO ? p.kv_codec
+                                      : groups_ok                 ? (pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4)
+                                                                  : KVFIT_KV_F16);
     const uint64_t least_rest =
-        budgeted.empty() || !streaming ? 0 : plan_bytes(budgeted, least, least_sinks, std::max(p.n_window, kMinWindow));
+        budgeted.empty() || !streaming
+            ? 0
+            : plan_bytes(budgeted, least, least_sinks, std::max(p.n_window, round_up(kMinWindow, window_step(least))), bounds);
     // Without a budget (or with a pinned codec) the windows take the session's
     // codec, F16 by default. Within a budget they take 8 bits, which cost
     // Gemma 3 no measurable perplexity (docs/BENCHMARKS.md) and half the bytes
@@ -228,7 +250,7 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
         fixed = native_at(KVFIT_KV_Q8);
         if (fixed + least_rest > p.kv_budget_bytes) fixed = native_at(pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4);
     }
-    if (p.kv_budget_bytes && fixed + least_rest > p.kv_budget_bytes)
+    if (p.kv_budget_bytes && !native_specs.empty() && fixed + least_rest > p.kv_budget_bytes)
         fail(KVFIT_E_BUDGET,
              "a KV budget of %llu bytes cannot hold the model's own sliding windows (%zu layers, %llu bytes) and the "
              "other layers' sinks and window; the smallest budget that works is %llu bytes",
@@ -260,11 +282,11 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
                 LayerPlan l = layout_of(c);
                 l.n_window = p.n_window ? p.n_window
                                         : std::min(round_up(want, window_step(l)),
-                                                   max_window(budgeted, l, sinks, budget));
+                                                   max_window(budgeted, l, sinks, budget, bounds));
                 return l;
             };
             auto covers = [&](const LayerPlan &l) {
-                return p.n_window ? plan_bytes(budgeted, l, sinks, l.n_window) <= budget : l.n_window >= want;
+                return p.n_window ? plan_bytes(budgeted, l, sinks, l.n_window, bounds) <= budget : l.n_window >= want;
             };
             if (p.kv_codec != KVFIT_KV_AUTO) {
                 lp = fit(p.kv_codec);
@@ -289,13 +311,13 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
             }
             // Nothing covered the target: the last codec tried, with its longest window.
             const uint32_t min_window = std::max(p.n_window, round_up(kMinWindow, window_step(lp)));
-            if (lp.n_window < min_window || plan_bytes(budgeted, lp, sinks, lp.n_window) > budget)
+            if (lp.n_window < min_window || plan_bytes(budgeted, lp, sinks, lp.n_window, bounds) > budget)
                 fail(KVFIT_E_BUDGET,
                      "a KV budget of %llu bytes cannot hold %u sinks and a window of %u tokens in %zu layers%s; the "
                      "smallest budget that works is %llu bytes",
                      (unsigned long long)p.kv_budget_bytes, sinks, min_window, budgeted.size(),
                      fixed ? " besides the model's own sliding windows" : "",
-                     (unsigned long long)(fixed + plan_bytes(budgeted, lp, sinks, min_window)));
+                     (unsigned long long)(fixed + plan_bytes(budgeted, lp, sinks, min_window, bounds)));
         }
         lp.kind = KVFIT_LAYER_STREAMING;
         lp.n_sink = sinks;
@@ -303,7 +325,7 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
     }
     for (size_t l = 0; l < specs.size(); l++)
         if (!specs[l].native_window) layers[l] = lp;
-    MemoryPlan plan = finish_plan(specs, layers, dense_capacity);
+    MemoryPlan plan = finish_plan(specs, layers, bounds);
     if (p.kv_budget_bytes && plan.total_bytes > p.kv_budget_bytes)
         fail(KVFIT_E_BUDGET, "the plan needs %llu bytes, more than the budget of %llu bytes",
              (unsigned long long)plan.total_bytes, (unsigned long long)p.kv_budget_bytes);
