@@ -8,7 +8,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 # vocabulary); fetched by `make models` beside the default one.
 GEMMA3 ?= models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: all deps build models run test test-unit asan bench peer format clean install
+.PHONY: all deps build models run test test-unit asan fuzz bench peer format clean install
 
 all: build
 
@@ -48,6 +48,24 @@ asan: deps models
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest --output-on-failure
 
+# The libFuzzer targets of tests/fuzz (clang), each run for FUZZ_SECONDS after
+# replaying its seeds; what they find goes to $(FUZZ_BUILD)/corpus-<target>.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_NAMES = $(patsubst tests/fuzz/fuzz_%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
+# The models and vocabularies the targets load (the tests' default place).
+KVFIT_TEST_DATA ?= $(abspath $(CURDIR)/../shared/data)
+export KVFIT_TEST_DATA
+fuzz:
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVFIT_FUZZ=ON \
+	  -DKVFIT_BUILD_SAMPLES=OFF -DKVFIT_VULKAN=OFF -DKVFIT_CUDA=OFF \
+	  -DCMAKE_C_FLAGS=-fno-sanitize-recover=undefined -DCMAKE_CXX_FLAGS=-fno-sanitize-recover=undefined
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_NAMES))
+	@for t in $(FUZZ_NAMES); do \
+	  sh tests/fuzz/run.sh $(FUZZ_BUILD)/fuzz/fuzz_$$t tests/fuzz/$$t $(FUZZ_SECONDS) $(FUZZ_BUILD)/corpus-$$t; \
+	  rc=$$?; [ $$rc -eq 77 ] && echo "fuzz_$$t skipped"; [ $$rc -ne 0 ] && [ $$rc -ne 77 ] && exit $$rc; \
+	done; true
+
 bench: build models
 	$(BUILD)/tools/kvfit-bench -m $(MODEL)
 
@@ -67,4 +85,4 @@ format:
 	clang-format -i include/*.h src/*.h src/*.cpp src/*/*.h src/*/*.cpp src/*/*/*.h src/*/*/*.cpp samples/*.c tools/*.cpp tests/*.c tests/*.cpp
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan $(FUZZ_BUILD)

@@ -112,14 +112,15 @@ void Session::run(const int32_t *tokens, size_t n, float *nll) {
 
 namespace {
 
-// Saved session state, format 4:
+// Saved session state, format 5:
 //   StateHeader
 //   LayerRecord x n_layer   what each layer keeps and how (kind, codec, window)
 //   float logits[n_vocab]
 //   each layer's buffers, layer after layer (LayerMemory::parts order)
 // The header carries a fingerprint of the model (architecture, shapes and the
-// tensor table) and a checksum of everything after the header, so a state of
-// another model, a truncated buffer or a flipped byte is refused.
+// tensor table) and a checksum of the whole state (the header with its
+// checksum field zero, then everything after it), so a state of another
+// model, a truncated buffer or a flipped byte anywhere is refused.
 struct StateHeader {
     char magic[8];  // "KVFITSS\0"
     uint32_t version;
@@ -129,7 +130,7 @@ struct StateHeader {
     uint64_t n_past;
     uint64_t model_fingerprint;
     uint64_t payload_bytes;  // records + logits + layer buffers
-    uint64_t payload_checksum;
+    uint64_t checksum;       // FNV-1a of the header (this field 0) and the payload
 };
 struct LayerRecord {
     uint32_t kind;      // kvfit_layer_kind
@@ -141,8 +142,9 @@ struct LayerRecord {
     uint64_t bytes;     // this layer's buffers
 };
 // 2: codec holds the public kvfit_kv_codec; 3: keys_rotated; 4: a record per
-// layer, model fingerprint and payload checksum.
-constexpr uint32_t kStateVersion = 4;
+// layer, model fingerprint and payload checksum; 5: the checksum covers the
+// header too (n_past and has_logits were unprotected), has_logits is 0 or 1.
+constexpr uint32_t kStateVersion = 5;
 
 // FNV-1a, 64 bits: a checksum against damage, not an authenticator.
 uint64_t fnv1a(const void *data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
@@ -225,7 +227,8 @@ void Session::save(uint8_t *dst, size_t size) const {
     std::memcpy(p, logits_.data(), logits_.size() * sizeof(float));
     p += logits_.size() * sizeof(float);
     memory_->save(*stream_, p);
-    h.payload_checksum = fnv1a(dst + sizeof h, h.payload_bytes);
+    h.checksum = 0;
+    h.checksum = fnv1a(dst + sizeof h, h.payload_bytes, fnv1a(&h, sizeof h));
     std::memcpy(dst, &h, sizeof h);
 }
 
@@ -243,8 +246,11 @@ void Session::load(const uint8_t *src, size_t size) {
     if (h.payload_bytes != size - sizeof h)
         fail(KVFIT_E_FORMAT, "session state is %zu bytes, its header says %llu%s", size,
              (unsigned long long)(h.payload_bytes + sizeof h), size < h.payload_bytes + sizeof h ? " (truncated)" : "");
-    if (fnv1a(src + sizeof h, size - sizeof h) != h.payload_checksum)
+    StateHeader unsummed = h;
+    unsummed.checksum = 0;
+    if (fnv1a(src + sizeof h, size - sizeof h, fnv1a(&unsummed, sizeof unsummed)) != h.checksum)
         fail(KVFIT_E_FORMAT, "session state is damaged (checksum mismatch)");
+    if (h.has_logits > 1) fail(KVFIT_E_FORMAT, "session state is damaged (has_logits is %u)", h.has_logits);
     const uint8_t *p = src + sizeof h;
     for (int l = 0; l < memory_->n_layer(); l++, p += sizeof(LayerRecord)) {
         LayerRecord r;

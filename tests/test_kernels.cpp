@@ -827,8 +827,24 @@ void test_ggml_order_ops(void **) {
 
 }  // namespace
 
+// exp of NaN is NaN, with no float-to-int conversion of the NaN on the way
+// (undefined behaviour; found by fuzzing session states whose cache held NaN).
+static void test_exp_ggml_nan(void **) {
+    assert_true(std::isnan(kvfit::cpu::exp_ggml(NAN)));
+    assert_true(std::isnan(kvfit::cpu::exp_ggml(-NAN)));
+    assert_true(kvfit::cpu::exp_ggml(INFINITY) == INFINITY);
+    assert_true(kvfit::cpu::exp_ggml(-INFINITY) == 0.0f);
+    std::vector<float> x(37, 0.5f), out(37);
+    x[3] = NAN;
+    x[36] = NAN;
+    kvfit::cpu::exp_ggml_n(x.data(), int(x.size()), out.data());
+    assert_true(std::isnan(out[3]) && std::isnan(out[36]));
+    assert_true(out[0] == kvfit::cpu::exp_ggml(0.5f));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exp_ggml_nan),
         cmocka_unit_test(test_vec_dot_type),
         cmocka_unit_test(test_quantize_roundtrip),
         cmocka_unit_test(test_quantize_matches_scalar),

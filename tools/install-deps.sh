@@ -3,10 +3,11 @@
 # which .ci/run runs), only what is missing: Debian packages through apt-get
 # (the package lists are updated first when something is to be installed),
 # pytest for the Python binding's tests and gguf + numpy for the tiny test
-# models through pip. Rust is not a Debian
-# package here: install it with rustup; without cargo the Rust tests skip.
+# models through pip. clang (with its libFuzzer and sanitizer runtimes)
+# builds the suite's sanitizer build and fuzz targets; without libFuzzer the
+# fuzz tests skip. Rust is not a Debian package here: install it with rustup; without cargo the Rust tests skip.
 set -e
-PKGS="cmake g++ make pkg-config libpcre2-dev libcmocka-dev python3 python3-pip unzip libstb-dev golang-go mesa-vulkan-drivers libvulkan-dev glslc vulkan-validationlayers"
+PKGS="cmake g++ clang make pkg-config libpcre2-dev libcmocka-dev python3 python3-pip unzip libstb-dev golang-go mesa-vulkan-drivers libvulkan-dev glslc vulkan-validationlayers"
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo

@@ -1,5 +1,5 @@
 // libFuzzer entry for the chat template renderer (src/chat_template.cpp and
-// the Jinja interpreter, src/jinja*.cpp). Not part of the build; see
+// the Jinja interpreter, src/jinja*.cpp). Built with -DKVFIT_FUZZ=ON; see
 // tests/fuzz/README.md for how to build and run it.
 //
 // Input: a Jinja template, optionally followed by NUL-separated messages

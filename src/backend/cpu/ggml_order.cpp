@@ -263,6 +263,7 @@ float exp_ggml(float x) {
     const float u = b * b;
     const float j = std::fma(std::fma(std::fma(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, std::fma(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
                              u, std::fma(0x1.ffffecp-1f, b, 1.0f));
+    if (std::isnan(n)) return n;  // exp(NaN); int(NaN) below would be undefined
     if (std::fabs(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
     return std::ldexp(j, int(n));
 }
