@@ -150,7 +150,7 @@ KVFIT_API void kvfit_set_log_callback(kvfit_log_fn fn, kvfit_log_level min_level
  * or on the number of threads.
  *
  * kvfit_set_thread_limit sets the limit for the process: 1..256, or 0 for the
- * default, the number of cores (at most 16). It applies at once to running
+ * default, the number of cores the process may run on (at most 16). It applies at once to running
  * sessions: a lower limit idles the surplus workers, a higher one starts
  * workers if any session is running. Thread-safe. Errors: KVFIT_E_ARG (n out
  * of range; nothing changes), KVFIT_E_NOMEM (the system refused new threads;

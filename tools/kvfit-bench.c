@@ -2,6 +2,7 @@
  *
  *   kvfit-bench -m model.gguf [-t threads] [-p 128,1024] [-n 128] [-r 3] [-f text.txt]
  *   kvfit-bench -m model.gguf --budget 8MiB --positions 1000,10000,100000 [-n 128] [-r 3] [-f text.txt]
+ *   kvfit-bench -m model.gguf --sessions 1,2,4 [-t threads] [-p 32] [-n 64] [-r 3] [--thread-limit N]
  *
  * For each prompt length P: a fresh session ingests P tokens in one prefill
  * (tokens/s = P / time), then decodes N tokens greedily one at a time
@@ -19,16 +20,26 @@
  * driven by its own application thread, prefill P tokens (the first of -p)
  * and then decode N tokens greedily; the row gives the aggregate decode
  * tok/s (S * N / the time from the common start until the last session is
- * done) and the slowest session's own tok/s, medians of R runs. -t is each
- * session's n_threads. */
+ * done), the slowest session's own tok/s and the process's CPU time per
+ * decoded token (all threads, user + system: what spinning or idle workers
+ * burn shows here), medians of R runs. -t is each session's n_threads;
+ * --thread-limit calls kvfit_set_thread_limit first. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <pthread.h>
+#include <sys/resource.h>
 
 #include "kvfit.h"
 #include "cli_args.h"
+
+static double cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -103,9 +114,9 @@ static void *sess_main(void *arg) {
 
 static int bench_sessions(kvfit_model *model, const char *counts, const int32_t *src, int P, int threads, int n_gen,
                           int reps) {
-    printf("sessions: one application thread each, n_threads %d per session, prompt %d tokens, %d decode tokens each, "
-           "median of %d runs\n\n", threads, P, n_gen, reps);
-    printf("| sessions | aggregate decode tok/s | slowest session tok/s |\n|---:|---:|---:|\n");
+    printf("sessions: one application thread each, n_threads %d per session, thread limit %d, prompt %d tokens, "
+           "%d decode tokens each, median of %d runs\n\n", threads, kvfit_get_thread_limit(), P, n_gen, reps);
+    printf("| sessions | aggregate decode tok/s | slowest session tok/s | CPU ms per token |\n|---:|---:|---:|---:|\n");
     char *list = strdup(counts);
     for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
         const int S = atoi(tok);
@@ -122,10 +133,10 @@ static int bench_sessions(kvfit_model *model, const char *counts, const int32_t 
             kvfit_status st = kvfit_session_create(model, &sp, &ss[i]);
             if (st) return die("creating a session", st);
         }
-        double agg[64], slow[64];
+        double agg[64], slow[64], cpu[64];
         for (int r = 0; r < reps; r++) {
             pthread_barrier_t bar;
-            pthread_barrier_init(&bar, NULL, (unsigned)S);
+            pthread_barrier_init(&bar, NULL, (unsigned)S + 1); /* and this thread, to read the CPU time */
             for (int i = 0; i < S; i++) {
                 /* each session its own prompt, so they do not decode in lockstep */
                 jobs[i] = (sess_job){ss[i], src + (size_t)i * (size_t)P, P, n_gen, &bar, 0, 0, KVFIT_OK};
@@ -134,6 +145,8 @@ static int bench_sessions(kvfit_model *model, const char *counts, const int32_t 
                     return 1;
                 }
             }
+            pthread_barrier_wait(&bar);
+            const double c0 = cpu_s();
             double t0 = 1e300, t1 = 0, slowest = 1e300;
             for (int i = 0; i < S; i++) {
                 pthread_join(tids[i], NULL);
@@ -143,11 +156,12 @@ static int bench_sessions(kvfit_model *model, const char *counts, const int32_t 
                 const double own = n_gen / (jobs[i].t_end - jobs[i].t_start);
                 if (own < slowest) slowest = own;
             }
+            cpu[r] = 1e3 * (cpu_s() - c0) / ((double)S * n_gen);
             pthread_barrier_destroy(&bar);
             agg[r] = (double)S * n_gen / (t1 - t0);
             slow[r] = slowest;
         }
-        printf("| %d | %.1f | %.1f |\n", S, median(agg, reps), median(slow, reps));
+        printf("| %d | %.1f | %.1f | %.1f |\n", S, median(agg, reps), median(slow, reps), median(cpu, reps));
         fflush(stdout);
         for (int i = 0; i < S; i++) kvfit_session_free(ss[i]);
     }
@@ -157,7 +171,7 @@ static int bench_sessions(kvfit_model *model, const char *counts, const int32_t 
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *text_path = NULL, *plist = "128,1024", *positions = NULL, *sessions = NULL;
-    int threads = 0, n_gen = 128, reps = 3, sinks = -1;
+    int threads = 0, n_gen = 128, reps = 3, sinks = -1, thread_limit = -1;
     uint64_t budget = 0;
     uint32_t window = 0;
     kvfit_kv_codec codec = KVFIT_KV_AUTO;
@@ -172,6 +186,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-f")) text_path = v;
         else if (!strcmp(a, "--positions")) positions = v;
         else if (!strcmp(a, "--sessions")) sessions = v;
+        else if (!strcmp(a, "--thread-limit")) thread_limit = atoi(v);
         else if (!strcmp(a, "--budget")) {
             if (!parse_size(v, &budget)) { fprintf(stderr, "kvfit-bench: bad size '%s'\n", v); return 2; }
         }
@@ -183,7 +198,7 @@ int main(int argc, char **argv) {
         else {
             fprintf(stderr, "usage: kvfit-bench -m MODEL [-t THREADS] [-p 128,1024] [-n 128] [-r 3] [-f TEXT]\n"
                             "                   [--positions 1000,10000] [--budget 8MiB] [--window N] [--sinks N] [--codec f16|q8|q4|q4h|q4c]\n"
-                            "                   [--sessions 1,2,4]\n");
+                            "                   [--sessions 1,2,4] [--thread-limit N]\n");
             return 2;
         }
         i++;
@@ -192,7 +207,9 @@ int main(int argc, char **argv) {
     if (reps < 1 || reps > 64 || n_gen < 1) { fprintf(stderr, "kvfit-bench: -r must be 1..64 and -n positive\n"); return 2; }
 
     kvfit_model *model;
-    kvfit_status st = kvfit_model_load(model_path, NULL, &model);
+    kvfit_status st;
+    if (thread_limit >= 0 && (st = kvfit_set_thread_limit(thread_limit))) return die("--thread-limit", st);
+    st = kvfit_model_load(model_path, NULL, &model);
     if (st) return die("loading", st);
     kvfit_model_info info;
     memset(&info, 0, sizeof info);

@@ -34,6 +34,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 namespace kvfit {
 
@@ -65,8 +68,14 @@ inline void cpu_relax() {
 }  // namespace
 
 int default_thread_count() {
-    const unsigned hc = std::thread::hardware_concurrency();
-    return int(std::clamp(hc, 1u, 16u));
+    // The cores this process may run on (taskset, cpusets), else all of them.
+    unsigned n = 0;
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = unsigned(CPU_COUNT(&set));
+#endif
+    if (n == 0) n = std::thread::hardware_concurrency();
+    return int(std::clamp(n, 1u, 16u));
 }
 
 struct ThreadPool::Shared {
@@ -89,13 +98,23 @@ struct ThreadPool::Shared {
     alignas(64) std::atomic<int> n_slots{0};      // slots ever handed out: workers scan [0, n_slots)
     alignas(64) std::atomic<uint64_t> generation{0};
     alignas(64) std::atomic<int> sleepers{0};
+    // Workers not asleep (spinning for a job or in one), and how many the
+    // live pools could use at once: the sum of their nth - 1, at most the
+    // active workers. Surplus workers sleep instead of spinning, and run()
+    // wakes a sleeper only while fewer are awake than that.
+    alignas(64) std::atomic<int> awake{0};
+    std::atomic<int> wanted{0};
     std::atomic<int> active{0};  // workers allowed to join jobs (ids below it)
     std::atomic<bool> stop{false};
 
-    std::mutex mu;  // guards workers, free_slots; the condition variable's
-    std::condition_variable cv;
+    std::mutex mu;  // guards workers, free_slots, demand; the condition variables'
+    std::condition_variable cv;       // sleepers waiting for a job
+    std::condition_variable park_cv;  // workers beyond the limit
     std::vector<std::thread> workers;
     std::vector<int> free_slots;
+    int demand = 0;  // sum of nth - 1 over the pools holding a slot
+
+    void update_wanted() { wanted.store(std::min(demand, active.load())); }
 
     ~Shared() {
         {
@@ -103,6 +122,7 @@ struct ThreadPool::Shared {
             stop.store(true);
         }
         cv.notify_all();
+        park_cv.notify_all();
         for (auto &t : workers) t.join();
     }
 
@@ -110,6 +130,7 @@ struct ThreadPool::Shared {
     void resize(int limit) {
         const int want = std::max(0, limit - 1);
         active.store(want);
+        update_wanted();
         try {
             while (int(workers.size()) < want) {
                 const int id = int(workers.size());
@@ -117,25 +138,32 @@ struct ThreadPool::Shared {
             }
         } catch (const std::system_error &e) {
             active.store(int(workers.size()));
+            update_wanted();
             fail(KVFIT_E_NOMEM, "cannot start %d CPU worker threads: %s", want, e.what());
         }
     }
 
-    int take_slot() {
+    int take_slot(int nth) {
         std::lock_guard<std::mutex> lk(mu);
+        int s = -1;
         if (!free_slots.empty()) {
-            const int s = free_slots.back();
+            s = free_slots.back();
             free_slots.pop_back();
-            return s;
+        } else if (n_slots.load() < kMaxSlots) {
+            s = n_slots.load();
+            n_slots.store(s + 1);
         }
-        const int n = n_slots.load();
-        if (n == kMaxSlots) return -1;
-        n_slots.store(n + 1);
-        return n;
+        if (s >= 0) {
+            demand += nth - 1;
+            update_wanted();
+        }
+        return s;
     }
-    void give_slot(int s) {
+    void give_slot(int s, int nth) {
         std::lock_guard<std::mutex> lk(mu);
         free_slots.push_back(s);
+        demand -= nth - 1;
+        update_wanted();
     }
 
     // Publishes a job in slot s and wakes the workers.
@@ -147,12 +175,12 @@ struct ThreadPool::Shared {
         j.done.store(0, std::memory_order_relaxed);
         const uint64_t room = uint64_t(std::min(nth - 1, int(kRoomMask)));
         j.entry.store(uint64_t(seq) << 32 | room << kRoomShift, std::memory_order_release);
-        generation.fetch_add(1);  // seq_cst: ordered before the sleepers load
-        if (sleepers.load() > 0) {
+        generation.fetch_add(1);  // seq_cst: ordered before the sleepers and awake loads
+        if (sleepers.load() > 0 && awake.load() < wanted.load()) {
             // Taking the mutex ensures a worker between its predicate check
             // and its wait cannot miss the notification.
             { std::lock_guard<std::mutex> lk(mu); }
-            cv.notify_all();
+            cv.notify_one();
         }
     }
 
@@ -183,10 +211,13 @@ struct ThreadPool::Shared {
     void worker_main(int id) {
         uint64_t seen = 0;
         int cursor = id;  // where the next scan starts, so workers spread over the jobs
+        awake.fetch_add(1);
         for (;;) {
             if (id >= active.load(std::memory_order_relaxed)) {
                 std::unique_lock<std::mutex> lk(mu);
-                cv.wait(lk, [&] { return id < active.load() || stop.load(); });
+                awake.fetch_sub(1);
+                park_cv.wait(lk, [&] { return id < active.load() || stop.load(); });
+                awake.fetch_add(1);
             }
             const uint64_t g = wait_for_job(seen);
             if (stop.load(std::memory_order_acquire)) return;
@@ -213,7 +244,9 @@ struct ThreadPool::Shared {
     // Returns the newest generation once it differs from seen (or stop is set).
     uint64_t wait_for_job(uint64_t seen) {
         const auto start = std::chrono::steady_clock::now();
-        for (int i = 0;; i++) {
+        // More workers awake than the pools could use: this one sleeps at once.
+        const bool spin = awake.load(std::memory_order_relaxed) <= wanted.load(std::memory_order_relaxed);
+        for (int i = 0; spin; i++) {
             const uint64_t g = generation.load(std::memory_order_acquire);
             if (g != seen || stop.load(std::memory_order_relaxed)) return g;
             cpu_relax();
@@ -224,9 +257,14 @@ struct ThreadPool::Shared {
         // sleepers is incremented before the predicate is checked (both
         // seq_cst) and open() bumps the generation before reading sleepers:
         // either open() sees this sleeper and notifies under the mutex, or the
-        // predicate sees the new generation.
+        // predicate sees the new generation. The same holds for awake: open()
+        // skips the notification only if it reads awake >= wanted after its
+        // generation bump, and this worker no longer counts in awake when it
+        // checks the predicate.
         sleepers.fetch_add(1);
+        awake.fetch_sub(1);
         cv.wait(lk, [&] { return generation.load() != seen || stop.load(); });
+        awake.fetch_add(1);
         sleepers.fetch_sub(1);
         return generation.load(std::memory_order_acquire);
     }
@@ -266,7 +304,8 @@ void set_thread_limit(int n) {
             std::lock_guard<std::mutex> plk(p->mu);
             p->resize(effective_limit(r));
         }
-        p->cv.notify_all();  // parked workers recheck their id against the new limit
+        p->park_cv.notify_all();  // parked workers recheck their id against the new limit
+        p->cv.notify_all();
     }
 }
 
@@ -286,11 +325,11 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
             shared_ = std::move(p);
         }
     }
-    slot_ = shared_->take_slot();
+    slot_ = shared_->take_slot(n_threads_);
 }
 
 ThreadPool::~ThreadPool() {
-    if (shared_ && slot_ >= 0) shared_->give_slot(slot_);
+    if (shared_ && slot_ >= 0) shared_->give_slot(slot_, n_threads_);
     // The last pool's reference stops and joins the workers.
 }
 

@@ -46,13 +46,13 @@ private:
 
 // The process-wide cap on threads computing one loop: the caller plus at most
 // limit - 1 shared workers (so limit - 1 worker threads in the process).
-// Default: the number of cores, at most 16. set_thread_limit(0) restores the
+// Default: default_thread_count(). set_thread_limit(0) restores the
 // default; n must be 0..256 (KVFIT_E_ARG otherwise). Workers beyond a lowered
 // limit go idle; a raised limit starts workers at once if the pool is
 // running (KVFIT_E_NOMEM if the system refuses). Thread-safe.
 int thread_limit();
 void set_thread_limit(int n);
-int default_thread_count();  // the cores, clamped to 1..16
+int default_thread_count();  // the cores this process may use (its CPU affinity), clamped to 1..16
 
 // Splits [0, n) into nth nearly equal parts; returns part ith as [begin, end).
 inline void split_range(int64_t n, int ith, int nth, int64_t &begin, int64_t &end) {
