@@ -8,7 +8,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 # vocabulary); fetched by `make models` beside the default one.
 GEMMA3 ?= models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: all deps build models run test test-unit asan fuzz bench peer format clean install
+.PHONY: all deps build models run test test-unit asan tsan tsan-build fuzz bench peer format clean install
 
 all: build
 
@@ -34,9 +34,10 @@ $(GEMMA3):
 run: deps build models
 	$(BUILD)/samples/kvfit-chat -m $(MODEL)
 
-# Everything: unit tests, tests on real model files, peer comparisons.
-test: deps build models
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+# Everything: unit tests, tests on real model files, peer comparisons, and
+# the concurrency test under ThreadSanitizer (ctest's `tsan` test runs it).
+test: deps build models tsan-build
+	cd $(BUILD) && KVFIT_TSAN_BUILD=$(abspath $(TSAN_BUILD)) ctest --output-on-failure -j $(JOBS)
 
 # Only the tests that need no model files.
 test-unit: build
@@ -66,6 +67,17 @@ fuzz:
 	  rc=$$?; [ $$rc -eq 77 ] && echo "fuzz_$$t skipped"; [ $$rc -ne 0 ] && [ $$rc -ne 77 ] && exit $$rc; \
 	done; true
 
+# ThreadSanitizer build of the library and test_concurrency only (TSan and
+# ASan cannot share a build), and that test run under it.
+TSAN_BUILD ?= build-tsan
+tsan-build: deps
+	cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVFIT_TSAN=ON -DKVFIT_BUILD_SAMPLES=OFF \
+	  -DKVFIT_VULKAN=OFF -DKVFIT_CUDA=OFF
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency
+
+tsan: tsan-build
+	KVFIT_TSAN_BUILD=$(abspath $(TSAN_BUILD)) sh tests/tsan_check.sh $(TSAN_BUILD) .
+
 bench: build models
 	$(BUILD)/tools/kvfit-bench -m $(MODEL)
 
@@ -85,4 +97,4 @@ format:
 	clang-format -i include/*.h src/*.h src/*.cpp src/*/*.h src/*/*.cpp src/*/*/*.h src/*/*/*.cpp samples/*.c tools/*.cpp tests/*.c tests/*.cpp
 
 clean:
-	rm -rf $(BUILD) build-asan $(FUZZ_BUILD)
+	rm -rf $(BUILD) build-asan $(FUZZ_BUILD) $(TSAN_BUILD)

@@ -134,6 +134,31 @@ typedef void (*kvfit_log_fn)(kvfit_log_level level, const char *message, void *u
  * valid during the call only. */
 KVFIT_API void kvfit_set_log_callback(kvfit_log_fn fn, kvfit_log_level min_level, void *user_data);
 
+/* ---- CPU threads ----------------------------------------------------------- */
+
+/* The CPU backend splits each of a session's parallel loops into the
+ * session's n_threads parts (kvfit_session_params). The parts run on the
+ * thread that called kvfit and on worker threads that the whole process
+ * shares: one set of workers for all models and sessions, started when the
+ * first session with n_threads > 1 is created and stopped when the last one
+ * is freed, so concurrent sessions share workers instead of each starting
+ * its own. The thread limit caps the threads computing one loop: the caller
+ * plus at most limit - 1 shared workers, which is also the number of workers
+ * in the process. Sessions on several application threads add those threads,
+ * each computing its own session's loops; every session makes progress even
+ * when all workers are busy with others. Results do not depend on the limit
+ * or on the number of threads.
+ *
+ * kvfit_set_thread_limit sets the limit for the process: 1..256, or 0 for the
+ * default, the number of cores the process may run on (at most 16). It applies at once to running
+ * sessions: a lower limit idles the surplus workers, a higher one starts
+ * workers if any session is running. Thread-safe. Errors: KVFIT_E_ARG (n out
+ * of range; nothing changes), KVFIT_E_NOMEM (the system refused new threads;
+ * the limit is set and the workers that could start are used). */
+KVFIT_API kvfit_status kvfit_set_thread_limit(int32_t limit);
+/* The thread limit in effect (the default resolved). Thread-safe. */
+KVFIT_API int32_t kvfit_get_thread_limit(void);
+
 /* ---- Models ---------------------------------------------------------------- */
 
 typedef struct kvfit_model kvfit_model;
@@ -337,7 +362,8 @@ typedef struct kvfit_session_params {
     uint32_t n_ctx;           /* dense: tokens the cache holds; streaming: the context the planner aims to cover.
                                  0 = the model's training context */
     uint32_t n_batch;         /* tokens per prefill step; 0 = 512 */
-    int32_t n_threads;        /* CPU threads; 0 = all cores (at most 16) */
+    int32_t n_threads;        /* CPU parts per loop; 0 = all cores (at most 16); the threads that run them:
+                                 see kvfit_set_thread_limit */
     uint64_t kv_budget_bytes; /* 0 = no budget (dense unless n_window is set) */
     int32_t n_sink;           /* sink tokens per attention layer; -1 (default) = 4 when streaming */
     uint32_t n_window;        /* ring size in tokens; 0 = the planner decides (dense without a budget) */

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 
+#include "backend/cpu/threadpool.h"
 #include "chat_template.h"
 #include "common.h"
 #include "gguf/gguf.h"
@@ -131,6 +132,18 @@ KVFIT_API const char *kvfit_last_error(void) { return t_last_error.c_str(); }
 
 KVFIT_API void kvfit_set_log_callback(kvfit_log_fn fn, kvfit_log_level min_level, void *user_data) {
     kvfit::set_log_callback(fn, min_level, user_data);
+}
+
+KVFIT_API kvfit_status kvfit_set_thread_limit(int32_t limit) {
+    return guard([&] { kvfit::set_thread_limit(limit); });
+}
+
+KVFIT_API int32_t kvfit_get_thread_limit(void) {
+    try {
+        return kvfit::thread_limit();
+    } catch (...) {
+        return 1;
+    }
 }
 
 /* ---- models ---- */

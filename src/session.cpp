@@ -5,6 +5,7 @@
 #include <cstring>
 #include <thread>
 
+#include "backend/cpu/threadpool.h"
 #include "common.h"
 #include "gguf/gguf.h"
 #include "sampler.h"
@@ -14,10 +15,7 @@ namespace kvfit {
 
 namespace {
 
-int default_threads() {
-    unsigned hc = std::thread::hardware_concurrency();
-    return int(std::clamp(hc, 1u, 16u));
-}
+int default_threads() { return default_thread_count(); }
 
 }  // namespace
 

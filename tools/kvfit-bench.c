@@ -2,6 +2,7 @@
  *
  *   kvfit-bench -m model.gguf [-t threads] [-p 128,1024] [-n 128] [-r 3] [-f text.txt]
  *   kvfit-bench -m model.gguf --budget 8MiB --positions 1000,10000,100000 [-n 128] [-r 3] [-f text.txt]
+ *   kvfit-bench -m model.gguf --sessions 1,2,4 [-t threads] [-p 32] [-n 64] [-r 3] [--thread-limit N]
  *
  * For each prompt length P: a fresh session ingests P tokens in one prefill
  * (tokens/s = P / time), then decodes N tokens greedily one at a time
@@ -13,14 +14,32 @@
  * --codec) ingests the token source (cycled) up to each stream position and
  * decodes N tokens there R times, printing the median decode tok/s (and the
  * range), the process RSS and the KV bytes, to show that speed and memory
- * stay flat however long the stream. */
+ * stay flat however long the stream.
+ *
+ * With --sessions 1,2,4, for each count S: S sessions on the one model, each
+ * driven by its own application thread, prefill P tokens (the first of -p)
+ * and then decode N tokens greedily; the row gives the aggregate decode
+ * tok/s (S * N / the time from the common start until the last session is
+ * done), the slowest session's own tok/s and the process's CPU time per
+ * decoded token (all threads, user + system: what spinning or idle workers
+ * burn shows here), medians of R runs. -t is each session's n_threads;
+ * --thread-limit calls kvfit_set_thread_limit first. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
+#include <sys/resource.h>
 
 #include "kvfit.h"
 #include "cli_args.h"
+
+static double cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -72,9 +91,87 @@ static kvfit_status decode_greedy(kvfit_session *s, int n) {
     return KVFIT_OK;
 }
 
+/* --sessions: one application thread per session, started together. */
+typedef struct {
+    kvfit_session *s;
+    const int32_t *prompt;
+    int n_prompt, n_gen;
+    pthread_barrier_t *start;
+    double t_start, t_end; /* decode begin and end */
+    kvfit_status st;
+} sess_job;
+
+static void *sess_main(void *arg) {
+    sess_job *j = arg;
+    j->st = kvfit_session_reset(j->s);
+    if (!j->st) j->st = kvfit_session_prefill(j->s, j->prompt, (size_t)j->n_prompt);
+    pthread_barrier_wait(j->start);
+    j->t_start = now_s();
+    if (!j->st) j->st = decode_greedy(j->s, j->n_gen);
+    j->t_end = now_s();
+    return NULL;
+}
+
+static int bench_sessions(kvfit_model *model, const char *counts, const int32_t *src, int P, int threads, int n_gen,
+                          int reps) {
+    printf("sessions: one application thread each, n_threads %d per session, thread limit %d, prompt %d tokens, "
+           "%d decode tokens each, median of %d runs\n\n", threads, kvfit_get_thread_limit(), P, n_gen, reps);
+    printf("| sessions | aggregate decode tok/s | slowest session tok/s | CPU ms per token |\n|---:|---:|---:|---:|\n");
+    char *list = strdup(counts);
+    for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
+        const int S = atoi(tok);
+        if (S < 1 || S > 64) { fprintf(stderr, "kvfit-bench: --sessions counts must be 1..64\n"); return 2; }
+        kvfit_session *ss[64];
+        sess_job jobs[64];
+        pthread_t tids[64];
+        for (int i = 0; i < S; i++) {
+            kvfit_session_params sp;
+            kvfit_session_params_init(&sp);
+            sp.n_ctx = (uint32_t)(P + n_gen + 1);
+            sp.n_batch = (uint32_t)P;
+            sp.n_threads = threads;
+            kvfit_status st = kvfit_session_create(model, &sp, &ss[i]);
+            if (st) return die("creating a session", st);
+        }
+        double agg[64], slow[64], cpu[64];
+        for (int r = 0; r < reps; r++) {
+            pthread_barrier_t bar;
+            pthread_barrier_init(&bar, NULL, (unsigned)S + 1); /* and this thread, to read the CPU time */
+            for (int i = 0; i < S; i++) {
+                /* each session its own prompt, so they do not decode in lockstep */
+                jobs[i] = (sess_job){ss[i], src + (size_t)i * (size_t)P, P, n_gen, &bar, 0, 0, KVFIT_OK};
+                if (pthread_create(&tids[i], NULL, sess_main, &jobs[i])) {
+                    fprintf(stderr, "kvfit-bench: cannot start a thread\n");
+                    return 1;
+                }
+            }
+            pthread_barrier_wait(&bar);
+            const double c0 = cpu_s();
+            double t0 = 1e300, t1 = 0, slowest = 1e300;
+            for (int i = 0; i < S; i++) {
+                pthread_join(tids[i], NULL);
+                if (jobs[i].st) return die("decode", jobs[i].st);
+                if (jobs[i].t_start < t0) t0 = jobs[i].t_start;
+                if (jobs[i].t_end > t1) t1 = jobs[i].t_end;
+                const double own = n_gen / (jobs[i].t_end - jobs[i].t_start);
+                if (own < slowest) slowest = own;
+            }
+            cpu[r] = 1e3 * (cpu_s() - c0) / ((double)S * n_gen);
+            pthread_barrier_destroy(&bar);
+            agg[r] = (double)S * n_gen / (t1 - t0);
+            slow[r] = slowest;
+        }
+        printf("| %d | %.1f | %.1f | %.1f |\n", S, median(agg, reps), median(slow, reps), median(cpu, reps));
+        fflush(stdout);
+        for (int i = 0; i < S; i++) kvfit_session_free(ss[i]);
+    }
+    free(list);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    const char *model_path = NULL, *text_path = NULL, *plist = "128,1024", *positions = NULL;
-    int threads = 0, n_gen = 128, reps = 3, sinks = -1;
+    const char *model_path = NULL, *text_path = NULL, *plist = "128,1024", *positions = NULL, *sessions = NULL;
+    int threads = 0, n_gen = 128, reps = 3, sinks = -1, thread_limit = -1;
     uint64_t budget = 0;
     uint32_t window = 0;
     kvfit_kv_codec codec = KVFIT_KV_AUTO;
@@ -88,6 +185,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-r")) reps = atoi(v);
         else if (!strcmp(a, "-f")) text_path = v;
         else if (!strcmp(a, "--positions")) positions = v;
+        else if (!strcmp(a, "--sessions")) sessions = v;
+        else if (!strcmp(a, "--thread-limit")) thread_limit = atoi(v);
         else if (!strcmp(a, "--budget")) {
             if (!parse_size(v, &budget)) { fprintf(stderr, "kvfit-bench: bad size '%s'\n", v); return 2; }
         }
@@ -98,7 +197,8 @@ int main(int argc, char **argv) {
         }
         else {
             fprintf(stderr, "usage: kvfit-bench -m MODEL [-t THREADS] [-p 128,1024] [-n 128] [-r 3] [-f TEXT]\n"
-                            "                   [--positions 1000,10000] [--budget 8MiB] [--window N] [--sinks N] [--codec f16|q8|q4|q4h|q4c]\n");
+                            "                   [--positions 1000,10000] [--budget 8MiB] [--window N] [--sinks N] [--codec f16|q8|q4|q4h|q4c]\n"
+                            "                   [--sessions 1,2,4] [--thread-limit N]\n");
             return 2;
         }
         i++;
@@ -107,7 +207,9 @@ int main(int argc, char **argv) {
     if (reps < 1 || reps > 64 || n_gen < 1) { fprintf(stderr, "kvfit-bench: -r must be 1..64 and -n positive\n"); return 2; }
 
     kvfit_model *model;
-    kvfit_status st = kvfit_model_load(model_path, NULL, &model);
+    kvfit_status st;
+    if (thread_limit >= 0 && (st = kvfit_set_thread_limit(thread_limit))) return die("--thread-limit", st);
+    st = kvfit_model_load(model_path, NULL, &model);
     if (st) return die("loading", st);
     kvfit_model_info info;
     memset(&info, 0, sizeof info);
@@ -138,6 +240,14 @@ int main(int argc, char **argv) {
 
     printf("model: %s (%s, %.1fM params, %.1f MiB), kvfit %s\n", model_path, info.arch, info.n_params / 1e6,
            info.weight_bytes / 1048576.0, kvfit_version());
+    if (sessions) {
+        const int P = atoi(plist);
+        if (P < 1 || (size_t)P * 64 > n_src) { fprintf(stderr, "kvfit-bench: bad prompt length %s\n", plist); return 2; }
+        const int rc = bench_sessions(model, sessions, src, P, threads, n_gen, reps);
+        free(src);
+        kvfit_model_free(model);
+        return rc;
+    }
     if (positions) {
         kvfit_session_params sp;
         kvfit_session_params_init(&sp);

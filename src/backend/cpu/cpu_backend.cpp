@@ -1,6 +1,7 @@
 // The CPU backend: the reference implementation of the backend interface.
 // Weights stay in the model's memory map (zero copy); ops run synchronously on
-// the session's thread pool, so synchronize() has nothing to wait for.
+// the calling thread and the process's shared CPU workers (threadpool.h), so
+// synchronize() has nothing to wait for.
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
