@@ -22,9 +22,16 @@ unset LD_LIBRARY_PATH KVFIT_LIB_DIR GOFLAGS
 export CGO_ENABLED=1 GOPROXY=off GOTOOLCHAIN=local
 tmp=$(mktemp -d) || fail "mktemp"
 trap 'rm -rf "$tmp"' EXIT
-# Go needs a cache; without a home folder keep it in the scratch folder.
-[ -n "${HOME:-}" ] || export GOCACHE="$tmp/go-cache" GOPATH="$tmp/go-path"
+[ -n "${HOME:-}" ] || export GOPATH="$tmp/go-path"
 cd "$repo/bindings/go" || fail "cd bindings/go"
+
+# Go's build cache keys a cgo package by its #cgo lines and CGO_* variables,
+# not by what pkg-config answers, so a cached package built against another
+# libkvfit would be reused with that library's flags. Each part below has a
+# build cache of its own: one kept in the build tree for the build tree, a
+# fresh one for the installed prefix.
+export GOCACHE="$build/bindings/install-go/go-cache"
+mkdir -p "$GOCACHE" || fail "mkdir $GOCACHE"
 
 # The build tree.
 export PKG_CONFIG_PATH="$build"
@@ -36,6 +43,7 @@ echo "go test -race against the build tree took $(($(date +%s) - start)) s"
 
 # An installed prefix.
 prefix="$tmp/prefix"
+export GOCACHE="$tmp/go-cache"
 "$cmake" --install "$build" --prefix "$prefix" >"$tmp/install.log" 2>&1 || { cat "$tmp/install.log"; fail "cmake --install"; }
 pc=$(find "$prefix" -name kvfit.pc) && [ -n "$pc" ] || fail "no kvfit.pc installed"
 export PKG_CONFIG_PATH="$(dirname "$pc")"
