@@ -35,8 +35,9 @@ fresh_venv() {
 
 venv="$dir/venv"
 fresh_venv "$venv"
-"$venv/bin/python" -m pip index versions scikit-build-core --timeout 15 --retries 1 >>"$log" 2>&1 \
-    || { cat "$log"; skip "pip cannot reach PyPI (scikit-build-core, the build backend, comes from there)"; }
+rm -rf "$dir/probe"
+"$venv/bin/python" -m pip download --no-deps --dest "$dir/probe" --timeout 15 --retries 1 scikit-build-core \
+    >>"$log" 2>&1 || { cat "$log"; skip "pip cannot reach PyPI (scikit-build-core, the build backend, comes from there)"; }
 
 start=$(date +%s)
 case "$mode" in
