@@ -3,11 +3,11 @@
 # KVFIT_LIB_DIR, no PKG_CONFIG_PATH and no LD_LIBRARY_PATH, in its own
 # CARGO_TARGET_DIR (WORK/target), so build.rs must build libkvfit with the
 # project's CMake into its OUT_DIR and the test binaries must run against that
-# library through their run path. Also checks that KVFIT_SYSTEM=1 does not
-# build. Exits 77 (ctest's skip) without cargo, when an installed kvfit is on
-# pkg-config's path (build.rs would rightly link that one instead), and, after
-# the tests passed, when the default model is missing (the tests that
-# generate then only said so).
+# library through their run path. Also checks that KVFIT_SYSTEM=1 and the
+# feature `system` do not build. Exits 77 (ctest's skip) without cargo, when
+# an installed kvfit is on pkg-config's path (build.rs would rightly link that
+# one instead), and, after the tests passed, when the default model is
+# missing (the tests that generate then only said so).
 #   rust.sh WORK REPO MODEL   (KVFIT_MODEL overrides MODEL)
 set -u
 work="$1" repo="$2"
@@ -30,6 +30,11 @@ KVFIT_SYSTEM=1 cargo build --offline -vv >"$work/system.log" 2>&1 || { cat "$wor
 grep -q 'neither KVFIT_LIB_DIR nor pkg-config found libkvfit' "$work/system.log" \
     || { cat "$work/system.log"; fail "KVFIT_SYSTEM=1 did not report the missing system library"; }
 grep -q 'cmake-configure.log\|kvfit-build' "$work/system.log" && { cat "$work/system.log"; fail "KVFIT_SYSTEM=1 built the library"; }
+# The crate feature `system` does the same.
+cargo build --offline -vv --features system >"$work/system.log" 2>&1 || { cat "$work/system.log"; fail "cargo build --features system"; }
+grep -q 'neither KVFIT_LIB_DIR nor pkg-config found libkvfit' "$work/system.log" \
+    || { cat "$work/system.log"; fail "--features system did not report the missing system library"; }
+grep -q 'cmake-configure.log\|kvfit-build' "$work/system.log" && { cat "$work/system.log"; fail "--features system built the library"; }
 
 start=$(date +%s)
 cargo test --offline -- --test-threads=2 >"$work/test.log" 2>&1 || { cat "$work/test.log"; fail "cargo test"; }
