@@ -46,7 +46,8 @@ prefix="$tmp/prefix"
 export GOCACHE="$tmp/go-cache"
 "$cmake" --install "$build" --prefix "$prefix" >"$tmp/install.log" 2>&1 || { cat "$tmp/install.log"; fail "cmake --install"; }
 pc=$(find "$prefix" -name kvfit.pc) && [ -n "$pc" ] || fail "no kvfit.pc installed"
-export PKG_CONFIG_PATH="$(dirname "$pc")"
+PKG_CONFIG_PATH=$(dirname "$pc")
+export PKG_CONFIG_PATH
 libdir=$(pkg-config --variable=libdir kvfit) || fail "pkg-config kvfit (installed)"
 go build ./... || fail "go build (installed)"
 go vet ./... || fail "go vet (installed)"
