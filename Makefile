@@ -8,7 +8,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 # vocabulary); fetched by `make models` beside the default one.
 GEMMA3 ?= models/gemma-3-270m-q4_k_m.gguf
 
-.PHONY: all deps build models run test test-unit asan tsan tsan-build fuzz bench peer format clean install
+.PHONY: all deps build models run test test-unit asan tsan tsan-build fuzz bench peer format clean install package
 
 all: build
 
@@ -92,6 +92,10 @@ peer: models
 
 install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
+
+# A Debian package of what install installs, for /usr: $(BUILD)/kvfit_*.deb
+package: build
+	cmake --build $(BUILD) --target package
 
 format:
 	clang-format -i include/*.h src/*.h src/*.cpp src/*/*.h src/*/*.cpp src/*/*/*.h src/*/*/*.cpp samples/*.c tools/*.cpp tests/*.c tests/*.cpp

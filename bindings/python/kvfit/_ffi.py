@@ -1,8 +1,9 @@
 """The C ABI of kvfit.h declared for ctypes, one declaration per function.
 
 The library is looked up in this order: $KVFIT_LIB (a file), $KVFIT_LIB_DIR
-(a folder holding libkvfit.so.0), the dynamic loader's search path, and the
-libdir that `pkg-config kvfit` names.
+(a folder holding libkvfit.so.0), the copy bundled in this package (what
+`pip install` builds), the dynamic loader's search path, and the libdir that
+`pkg-config kvfit` names.
 """
 import ctypes
 import os
@@ -30,6 +31,9 @@ def _candidates():
     if os.environ.get("KVFIT_LIB_DIR"):
         yield os.path.join(os.environ["KVFIT_LIB_DIR"], SONAME)
         return
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), SONAME)
+    if os.path.exists(bundled):
+        yield bundled
     yield SONAME
     libdir = _pkg_config_libdir()
     if libdir:
