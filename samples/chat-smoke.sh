@@ -50,6 +50,22 @@ printf 'Hi!\nWhat is two plus two?\n' | chat -m "$KVFIT_MODEL" -n 6 -t 2 --temp 
     >"$tmp/turns" 2>"$tmp/err" || { cat "$tmp/turns" "$tmp/err"; fail "two turns from stdin"; }
 [ "$(grep -c '[^[:space:]]' "$tmp/turns")" -ge 2 ] || { cat "$tmp/turns" "$tmp/err"; fail "expected two replies"; }
 
+if [ "$1" = c ]; then
+    # A conversation saved after its first turn and continued by a new
+    # process gives the second reply the single process gave.
+    printf 'Hi!\n' | chat -m "$KVFIT_MODEL" -n 6 -t 2 --temp 0 --budget 64MiB --save "$tmp/conv" \
+        >"$tmp/first" 2>"$tmp/err" || { cat "$tmp/err"; fail "first turn with --save"; }
+    printf 'What is two plus two?\n' | chat -m "$KVFIT_MODEL" -n 6 -t 2 --temp 0 --budget 64MiB --load "$tmp/conv" \
+        >"$tmp/second" 2>"$tmp/err" || { cat "$tmp/err"; fail "second turn with --load"; }
+    [ "$(sed -n 2p "$tmp/turns")" = "$(sed -n 1p "$tmp/second")" ] ||
+        { cat "$tmp/turns" "$tmp/second"; fail "the restored conversation answered differently"; }
+    # Another session plan: refused with a message, nothing generated.
+    printf 'Hello\n' | chat -m "$KVFIT_MODEL" -n 6 -t 2 --temp 0 --budget 32MiB --load "$tmp/conv" \
+        >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 1 ] && grep -q 'loading the saved session' "$tmp/err" || { cat "$tmp/err"; fail "a state of another plan loaded"; }
+fi
+
 chat -m "$KVFIT_MODEL" -p "Hi" --budget 1KiB >"$tmp/out" 2>"$tmp/err"
 rc=$?
 [ "$rc" -eq 1 ] || { cat "$tmp/out" "$tmp/err"; fail "a 1KiB budget exited $rc, expected 1"; }

@@ -5,11 +5,17 @@
  *              [--temp 0.7] [--top-k 40] [--top-p 0.95] [--min-p 0.05]
  *              [--repeat-penalty 1.1] [--seed N] [-t threads] [-c n_ctx] [-n max_tokens]
  *              [--template chatml|llama3|llama2|gemma] [--budget 64MiB] [--plan]
+ *              [--load FILE] [--save FILE]
  *
  * Each turn renders the whole conversation with the chat template and feeds
  * the session only the part it has not seen yet, so earlier turns are never
  * recomputed. With --budget the session streams: its KV memory is fixed and
- * old turns fade out of the window instead of filling the context. */
+ * old turns fade out of the window instead of filling the context.
+ *
+ * --save FILE writes the conversation (its messages and the session's state)
+ * at the end, and --load FILE continues one: a conversation survives a
+ * restart, for hybrid and windowed models too, as long as the model and the
+ * session parameters are the same (kvfit refuses another model's state). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,11 +77,77 @@ static int die(const char *what, kvfit_status st) {
     return 1;
 }
 
+/* A saved conversation: "KVFITCHAT1\n", the message count, each message as
+ * role and content (u64 length + bytes), the rendered bytes the session has
+ * seen, then the session state (u64 size + bytes). Host byte order. */
+static const char k_chat_magic[] = "KVFITCHAT1\n";
+
+static bool write_blob(FILE *f, const void *p, uint64_t n) {
+    return fwrite(&n, sizeof n, 1, f) == 1 && (n == 0 || fwrite(p, 1, (size_t)n, f) == (size_t)n);
+}
+
+static char *read_blob(FILE *f, uint64_t *n, uint64_t limit) {
+    if (fread(n, sizeof *n, 1, f) != 1 || *n > limit) return NULL;
+    char *p = malloc((size_t)*n + 1);
+    if (!p) return NULL;
+    if (*n && fread(p, 1, (size_t)*n, f) != (size_t)*n) { free(p); return NULL; }
+    p[*n] = 0;
+    return p;
+}
+
+static int save_chat(const char *path, kvfit_session *s, const history *h, size_t seen) {
+    size_t size = 0;
+    kvfit_status st = kvfit_session_state_size(s, &size);
+    void *state = st ? NULL : malloc(size ? size : 1);
+    if (!st && !state) st = KVFIT_E_NOMEM;
+    if (!st) st = kvfit_session_save(s, state, size, NULL);
+    if (st) { free(state); return die("saving the session", st); }
+    FILE *f = fopen(path, "wb");
+    bool ok = f && fwrite(k_chat_magic, 1, sizeof k_chat_magic - 1, f) == sizeof k_chat_magic - 1;
+    const uint64_t n = h->n, seen64 = seen;
+    ok = ok && fwrite(&n, sizeof n, 1, f) == 1;
+    for (size_t i = 0; ok && i < h->n; i++)
+        ok = write_blob(f, h->items[i].role, strlen(h->items[i].role)) &&
+             write_blob(f, h->items[i].content, strlen(h->items[i].content));
+    ok = ok && fwrite(&seen64, sizeof seen64, 1, f) == 1 && write_blob(f, state, size);
+    if (f && fclose(f)) ok = false;
+    free(state);
+    if (!ok) { fprintf(stderr, "kvfit-chat: cannot write %s: %s\n", path, strerror(errno)); return 1; }
+    return 0;
+}
+
+static int load_chat(const char *path, kvfit_session *s, history *h, size_t *seen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "kvfit-chat: cannot open %s: %s\n", path, strerror(errno)); return 1; }
+    char magic[sizeof k_chat_magic - 1];
+    uint64_t n = 0, seen64 = 0, len = 0;
+    bool ok = fread(magic, 1, sizeof magic, f) == sizeof magic && !memcmp(magic, k_chat_magic, sizeof magic) &&
+              fread(&n, sizeof n, 1, f) == 1 && n < (1u << 20);
+    for (uint64_t i = 0; ok && i < n; i++) {
+        char *role = read_blob(f, &len, 64), *content = role ? read_blob(f, &len, 1u << 30) : NULL;
+        ok = role && content;
+        if (ok) history_push(h, role, content);
+        free(role);
+        free(content);
+    }
+    char *state = NULL;
+    ok = ok && fread(&seen64, sizeof seen64, 1, f) == 1 && (state = read_blob(f, &len, (uint64_t)1 << 40)) != NULL;
+    fclose(f);
+    if (!ok) { free(state); fprintf(stderr, "kvfit-chat: %s is not a saved conversation (or is damaged)\n", path); return 1; }
+    kvfit_status st = kvfit_session_load(s, state, (size_t)len);
+    free(state);
+    if (st) return die("loading the saved session (same model and session options needed)", st);
+    *seen = (size_t)seen64;
+    return 0;
+}
+
+
 static void usage(void) {
     fprintf(stderr,
             "usage: kvfit-chat -m MODEL.gguf [-s SYSTEM] [-p PROMPT] [--temp T] [--top-k K] [--top-p P]\n"
             "                  [--min-p P] [--repeat-penalty R] [--seed N] [-t THREADS] [-c N_CTX]\n"
             "                  [-n MAX_TOKENS] [--template NAME] [--budget 64MiB] [--plan] [-v]\n"
+            "                  [--load FILE] [--save FILE]\n"
             "Without -p it reads one user message per line from stdin until EOF.\n");
 }
 
@@ -120,7 +192,7 @@ static void log_to_stderr(kvfit_log_level level, const char *msg, void *user) {
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = NULL, *system = NULL, *prompt = NULL, *tmpl = NULL;
+    const char *model_path = NULL, *system = NULL, *prompt = NULL, *tmpl = NULL, *save_path = NULL, *load_path = NULL;
     kvfit_sampler_params sp;
     kvfit_sampler_params_init(&sp);
     sp.temperature = 0.7f;
@@ -141,6 +213,8 @@ int main(int argc, char **argv) {
         else if (ARG("-s") || ARG("--system")) system = v;
         else if (ARG("-p") || ARG("--prompt")) prompt = v;
         else if (ARG("--template")) tmpl = v;
+        else if (ARG("--save")) save_path = v;
+        else if (ARG("--load")) load_path = v;
         else if (ARG("--temp")) sp.temperature = strtof(v, NULL);
         else if (ARG("--top-k")) sp.top_k = atoi(v);
         else if (ARG("--top-p")) sp.top_p = strtof(v, NULL);
@@ -177,8 +251,14 @@ int main(int argc, char **argv) {
 
     history h = {0};
     size_t base = 0;
-    if (system) history_push(&h, "system", system), base = 1;
     size_t seen = 0; /* bytes of the rendered conversation already in the session */
+    if (load_path) {
+        if (load_chat(load_path, session, &h, &seen)) return 1;
+        base = h.n && !strcmp(h.items[0].role, "system") ? 1 : 0;
+        fprintf(stderr, "[continuing the conversation in %s: %zu messages]\n", load_path, h.n);
+    } else if (system) {
+        history_push(&h, "system", system), base = 1;
+    }
     strbuf reply = {0};
     char line[8192];
     int rc = 0;
@@ -231,6 +311,7 @@ int main(int argc, char **argv) {
         }
         if (prompt) break;
     }
+    if (save_path && !rc) rc = save_chat(save_path, session, &h, seen);
     history_clear(&h, 0);
     free(h.items);
     free(reply.buf);
