@@ -181,6 +181,38 @@ static void test_budgeted(void **state) {
     assert_int_equal(g_validation_errors, 0);
 }
 
+/* The budget holds on the device as on the CPU: for every codec, the bytes
+ * the Vulkan stream really allocated for the layers (kvfit_session_kv_bytes
+ * counts the driver's memory requirements) stay within the budget and equal
+ * the plan's count. */
+static void test_budget_on_device(void **state) {
+    (void)state;
+    const kvfit_kv_codec codecs[] = {KVFIT_KV_AUTO, KVFIT_KV_F16, KVFIT_KV_Q8, KVFIT_KV_Q4, KVFIT_KV_Q4_HADAMARD,
+                                     KVFIT_KV_Q4_CHANNEL};
+    const uint64_t budgets[] = {1u << 20, 3u << 20};
+    int tried = 0;
+    for (size_t c = 0; c < sizeof codecs / sizeof codecs[0]; c++)
+        for (size_t b = 0; b < 2; b++) {
+            kvfit_session_params sp;
+            kvfit_session_params_init(&sp);
+            sp.kv_budget_bytes = budgets[b];
+            sp.kv_codec = codecs[c];
+            sp.n_threads = 1;
+            kvfit_session *s = NULL;
+            const kvfit_status st = kvfit_session_create(g_vk[1], &sp, &s);
+            if (st == KVFIT_E_BUDGET) continue; /* the windows alone do not fit at this codec */
+            assert_int_equal(st, KVFIT_OK);
+            uint64_t total = 0;
+            assert_int_equal(kvfit_session_plan(s, NULL, 0, NULL, &total), KVFIT_OK);
+            assert_true(kvfit_session_kv_bytes(s) <= budgets[b]);
+            assert_int_equal(kvfit_session_kv_bytes(s), total);
+            kvfit_session_free(s);
+            tried++;
+        }
+    printf("%d budgeted Vulkan sessions allocated within their budget\n", tried);
+    assert_true(tried >= 8);
+}
+
 static int setup(void **state) {
     (void)state;
     for (int m = 0; m < N_MODELS; m++) {
@@ -233,6 +265,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense),
         cmocka_unit_test(test_budgeted),
+        cmocka_unit_test(test_budget_on_device),
     };
     const int r = test_run(tests, setup, teardown);
     kvfit_set_log_callback(NULL, KVFIT_LOG_WARN, NULL);
