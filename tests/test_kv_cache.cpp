@@ -1,11 +1,15 @@
-// The budgeted attention memory (src/kv/memory.*) on the CPU backend against a plain
-// reference written from the layout's definition: for every KV codec, random
-// queries, keys and values are streamed through sinks + a ring in batches of
-// mixed sizes (ring wrap, batches that straddle blocks), and every attention
-// output must match softmax(q . K^T) V over the keys the query may see, each
-// key as the layout stores it, rotated to its cache position. For per-channel
-// keys that means: sinks and the unfinished block in F16, finished blocks
-// quantized per channel, exactly as of the batch's start.
+// The attention memory (src/kv/memory.*) on the CPU backend against a plain
+// reference written from the layout's definition: for every KV codec, in
+// streaming sessions (sinks + ring) and dense ones, on two layers of four query
+// heads over two KV heads (GQA) with two threads, random queries, keys and
+// values are streamed through in batches of mixed sizes (ring wrap, batches
+// that straddle blocks), and every layer's attention output must match
+// softmax(q . K^T) V over the keys the query may see, each key as the layout
+// stores it, rotated to its cache position. For per-channel keys that means:
+// sinks and the unfinished block in F16, finished blocks quantized per
+// channel, exactly as of the batch's start. The reference quantizes with its
+// own codecs, written from the formats' definitions (fp16 conversion, Q8, Q4,
+// the randomized Hadamard rotation), not with the code under test.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +21,7 @@
 #include "backend/backend.h"
 #include "common.h"
 #include "kv/codec.h"
+#include "gguf/ggml_types.h"
 #include "kv/memory.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail.
@@ -43,13 +48,114 @@ struct Rng {
     }
 };
 
-std::vector<float> roundtrip(KVCodec c, const float *x) {
-    std::vector<uint8_t> code(codec_row_bytes(c, HD));
+// ---------------------------------------------------------------------------
+// The reference codecs, written from the formats' definitions (src/kv/codec.h)
+// without calling the code under test. Where the definition leaves a rounding
+// open, codec.cpp documents the choice: fp16 round to nearest even (values
+// saturated at +-65504), scales rounded up and minima down to fp16, codes
+// round to nearest even after clamping, quotients computed in float.
+
+// fp16 of v rounded to nearest even (dir 0), towards +inf (dir 1) or -inf
+// (dir -1); all arithmetic exact in double. Magnitudes past 65504 give inf.
+uint16_t ref_to_half(double v, int dir) {
+    const uint16_t sign = std::signbit(v) ? 0x8000 : 0;
+    const double a = std::fabs(v);
+    // Rounding the magnitude up: towards +inf for positives, -inf for negatives.
+    const int mdir = dir == 0 ? 0 : ((dir > 0) == !sign ? 1 : -1);
+    auto rnd = [mdir](double x) { return mdir == 0 ? std::nearbyint(x) : mdir > 0 ? std::ceil(x) : std::floor(x); };
+    uint32_t h;
+    if (a < std::ldexp(1.0, -14)) {
+        h = uint32_t(rnd(std::ldexp(a, 24)));  // subnormal units of 2^-24 (1024 is the smallest normal)
+    } else {
+        int e;
+        std::frexp(a, &e);  // a = f * 2^e, f in [0.5, 1): exponent e - 1
+        const double mant = rnd((std::ldexp(a, -(e - 1)) - 1.0) * 1024.0);  // may carry into the exponent
+        h = uint32_t(e - 1 + 15) * 1024u + uint32_t(mant);
+    }
+    if (h >= 0x7c00) h = 0x7c00;
+    return uint16_t(sign | h);
+}
+
+float ref_from_half(uint16_t h) {
+    const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    double a;
+    if (e == 0) a = std::ldexp(double(m), -24);
+    else if (e == 31) a = m ? NAN : INFINITY;
+    else a = std::ldexp(double(1024 + m), e - 25);
+    return float(h & 0x8000 ? -a : a);
+}
+
+float ref_half_round(float v) {  // F16 storage: saturate, then nearest even
+    return ref_from_half(ref_to_half(std::min(65504.0f, std::max(-65504.0f, v)), 0));
+}
+float ref_scale(float v) {  // smallest fp16 >= v (v >= 0), at most 65504
+    return v > 0.0f ? ref_from_half(ref_to_half(std::min(v, 65504.0f), 1)) : 0.0f;
+}
+float ref_min(float v) {  // largest fp16 <= v, within +-65504
+    return ref_from_half(ref_to_half(std::min(65504.0f, std::max(-65504.0f, v)), -1));
+}
+float ref_code(float v, float lo, float hi) {  // clamped, rounded to nearest even
+    return std::nearbyint(std::min(hi, std::max(lo, v)));
+}
+
+void ref_q8(const float *x, float *y, int n) {  // symmetric int8, fp16 scale per group of 32
+    for (int g = 0; g < n; g += 32) {
+        float amax = 0.0f;
+        for (int i = g; i < g + 32; i++) amax = std::max(amax, std::fabs(x[i]));
+        const float d = ref_scale(amax / 127.0f);
+        for (int i = g; i < g + 32; i++) y[i] = d > 0.0f ? ref_code(x[i] / d, -127.0f, 127.0f) * d : 0.0f;
+    }
+}
+
+void ref_q4(const float *x, float *y, int n) {  // asymmetric int4, fp16 scale and minimum per group of 32
+    for (int g = 0; g < n; g += 32) {
+        float lo = x[g], hi = x[g];
+        for (int i = g; i < g + 32; i++) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+        const float m = ref_min(lo), d = ref_scale((hi - m) / 15.0f);  // d from the stored minimum
+        for (int i = g; i < g + 32; i++) y[i] = (d > 0.0f ? ref_code((x[i] - m) / d, 0.0f, 15.0f) : 0.0f) * d + m;
+    }
+}
+
+std::vector<float> ref_roundtrip(KVCodec c, const float *x) {
     std::vector<float> y(HD);
-    codec_encode(c, x, code.data(), HD);
-    codec_decode(c, code.data(), y.data(), HD);
+    if (c == KVCodec::Q8) ref_q8(x, y.data(), HD);
+    else if (c == KVCodec::Q4) ref_q4(x, y.data(), HD);
+    else for (int i = 0; i < HD; i++) y[size_t(i)] = ref_half_round(x[i]);
     return y;
 }
+
+// The randomized Hadamard rotation's signs for a power of two n: a 64-bit LCG
+// (Knuth's MMIX constants) seeded from n, one step per sign, top bit set = -1.
+std::vector<float> ref_signs(int n) {
+    std::vector<float> s(static_cast<size_t>(n));
+    uint64_t st = 0x6b76666974ull ^ (uint64_t(n) * 0x9e3779b97f4a7c15ull);
+    for (int i = 0; i < n; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        s[size_t(i)] = (st >> 63) ? -1.0f : 1.0f;
+    }
+    return s;
+}
+
+// x <- H diag(s) x / sqrt(n), or its transpose diag(s) H x / sqrt(n), in
+// float as codec.cpp documents its order: signs pre-scaled by 1/sqrt(n), then
+// the Walsh-Hadamard butterflies with strides 1, 2, 4, ... (Sylvester order).
+void ref_hadamard(float *x, int n, bool inverse) {
+    const std::vector<float> s = ref_signs(n);
+    const float scale = float(1.0 / std::sqrt(double(n)));
+    if (!inverse)
+        for (int i = 0; i < n; i++) x[i] *= s[size_t(i)] * scale;
+    for (int h = 1; h < n; h *= 2)
+        for (int i = 0; i < n; i++)
+            if (!(i & h)) {
+                const float a = x[i], b = x[i + h];
+                x[i] = a + b;
+                x[i + h] = a - b;
+            }
+    if (inverse)
+        for (int i = 0; i < n; i++) x[i] *= s[size_t(i)] * scale;
+}
+
+// ---------------------------------------------------------------------------
 
 void rope(float *v, uint32_t pos) {
     for (int i = 0; i < HD / 2; i++) {
@@ -67,109 +173,230 @@ std::vector<LayerSpec> one_kv_head(int n_layer) {
     return uniform_attention_layers(n_layer, N_HEAD, 1, HD, rp);
 }
 
-// Key j as the layout holds it when a batch starting at p0 is attended.
-std::vector<float> stored_key(kvfit_kv_codec codec, const std::vector<float> &k, int j, uint64_t p0) {
-    const float *x = k.data() + size_t(j) * HD;
-    switch (codec) {
-        case KVFIT_KV_Q8: return roundtrip(KVCodec::Q8, x);
-        case KVFIT_KV_Q4: return roundtrip(KVCodec::Q4, x);
-        case KVFIT_KV_Q4_HADAMARD: {
-            std::vector<float> h(x, x + HD);
-            hadamard_rotate(h.data(), HD);
-            std::vector<float> y = roundtrip(KVCodec::Q4, h.data());
-            hadamard_rotate_inv(y.data(), HD);
-            return y;
-        }
-        case KVFIT_KV_Q4_CHANNEL: {
-            const uint64_t res0 = p0 > SINKS ? SINKS + (p0 - SINKS) / KV_CHANNEL_BLOCK * KV_CHANNEL_BLOCK : p0;
-            if (uint64_t(j) < SINKS || uint64_t(j) >= res0) return roundtrip(KVCodec::F16, x);
-            const int b0 = SINKS + (j - SINKS) / KV_CHANNEL_BLOCK * KV_CHANNEL_BLOCK;
-            std::vector<float> rows(size_t(KV_CHANNEL_BLOCK) * HD), y(HD);
-            for (int t = 0; t < KV_CHANNEL_BLOCK; t++) {
-                std::vector<float> r = roundtrip(KVCodec::F16, k.data() + size_t(b0 + t) * HD);
-                std::copy(r.begin(), r.end(), rows.begin() + size_t(t) * HD);
+// The attention check's shape: several layers, GQA with several KV heads.
+constexpr int A_LAYERS = 2, A_HEAD = 4, A_KV = 2, A_THREADS = 2;
+constexpr int A_Q = A_HEAD * HD, A_K = A_KV * HD;
+
+// One KV head's keys (rows of stride A_K in k) as the layout holds them when
+// a batch starting at p0 is attended, for tokens 0 .. upto - 1, before RoPE.
+// S is the layer's sinks (0 for a dense layer).
+std::vector<std::vector<float>> stored_keys(kvfit_kv_codec codec, const std::vector<float> &k, int kvh, int upto,
+                                            uint64_t p0, int S) {
+    std::vector<std::vector<float>> out(static_cast<size_t>(upto));
+    auto row = [&](int j) { return k.data() + size_t(j) * A_K + size_t(kvh) * HD; };
+    if (codec != KVFIT_KV_Q4_CHANNEL) {
+        for (int j = 0; j < upto; j++) {
+            if (codec == KVFIT_KV_Q4_HADAMARD) {
+                std::vector<float> h(row(j), row(j) + HD);
+                ref_hadamard(h.data(), HD, false);
+                out[size_t(j)] = ref_roundtrip(KVCodec::Q4, h.data());
+                ref_hadamard(out[size_t(j)].data(), HD, true);
+            } else {
+                out[size_t(j)] = ref_roundtrip(codec == KVFIT_KV_Q8 ? KVCodec::Q8 : codec == KVFIT_KV_Q4 ? KVCodec::Q4
+                                                                                                     : KVCodec::F16,
+                                               row(j));
             }
-            std::vector<uint8_t> block(channel_block_bytes(HD));
-            channel_block_encode(rows.data(), HD, block.data(), HD);
-            channel_block_decode(block.data(), HD, j - b0, 1, y.data());
-            return y;
         }
-        default: return roundtrip(KVCodec::F16, x);
+        return out;
     }
+    // Per-channel keys: sinks and the unfinished block in F16; every block of
+    // 32 tokens finished before p0, one Q4 group per channel along the tokens
+    // (of the F16 rows the residual block held).
+    const uint64_t res0 = p0 > uint64_t(S) ? S + (p0 - S) / KV_CHANNEL_BLOCK * KV_CHANNEL_BLOCK : p0;
+    for (int j = 0; j < upto; j++)
+        if (j < S || uint64_t(j) >= res0) out[size_t(j)] = ref_roundtrip(KVCodec::F16, row(j));
+    for (uint64_t b0 = uint64_t(S); b0 + KV_CHANNEL_BLOCK <= res0; b0 += KV_CHANNEL_BLOCK) {
+        for (int t = 0; t < KV_CHANNEL_BLOCK && b0 + uint64_t(t) < uint64_t(upto); t++)
+            out[size_t(b0) + size_t(t)].assign(HD, 0.0f);
+        for (int c = 0; c < HD; c++) {
+            float col[KV_CHANNEL_BLOCK], q[KV_CHANNEL_BLOCK];
+            for (int t = 0; t < KV_CHANNEL_BLOCK; t++) col[t] = ref_half_round(row(int(b0) + t)[c]);
+            ref_q4(col, q, KV_CHANNEL_BLOCK);
+            for (int t = 0; t < KV_CHANNEL_BLOCK && b0 + uint64_t(t) < uint64_t(upto); t++)
+                out[size_t(b0) + size_t(t)][size_t(c)] = q[t];
+        }
+    }
+    return out;
 }
 
-void check_codec(kvfit_kv_codec codec) {
-    const std::vector<LayerSpec> shape = one_kv_head(1);
+// Every KV codec, streaming (sinks + ring) or dense, on A_LAYERS layers of
+// A_HEAD query heads over A_KV KV heads, with A_THREADS threads. Each layer
+// gets its own queries, keys and values; every layer's output is checked.
+void check_attention(kvfit_kv_codec codec, bool dense) {
+    RopeParams rp;
+    rp.n_dims = HD;
+    const std::vector<LayerSpec> shape = uniform_attention_layers(A_LAYERS, A_HEAD, A_KV, HD, rp);
     kvfit_session_params p;
     std::memset(&p, 0, sizeof p);
-    p.n_sink = SINKS;
-    p.n_window = WINDOW;
     p.kv_codec = codec;
+    if (dense) {
+        p.n_ctx = TOKENS;
+    } else {
+        p.n_sink = SINKS;
+        p.n_window = WINDOW;
+    }
     const MemoryPlan plan = plan_memory(shape, p, 512);
-    assert_true(plan.unbounded());
-    assert_int_equal(layer_codec(plan.layers[0]), codec);
+    const int S = dense ? 0 : SINKS;
+    for (const LayerPlan &lp : plan.layers) {
+        assert_int_equal(layer_codec(lp), codec);
+        assert_int_equal(lp.kind, dense ? KVFIT_LAYER_DENSE : KVFIT_LAYER_STREAMING);
+        assert_int_equal(lp.n_sink, S);
+    }
+    if (dense) assert_true(plan.capacity() >= TOKENS);
+    else assert_true(plan.unbounded());
+    constexpr int MAX_BATCH = 64;
     auto backend = create_cpu_backend();
-    auto stream = backend->create_stream(1, WINDOW, N_HEAD * HD, SINKS + WINDOW);
-    SessionMemory cache(*stream, shape, plan, WINDOW);
+    auto stream = backend->create_stream(A_THREADS, MAX_BATCH, A_Q, dense ? int(plan.capacity()) : SINKS + WINDOW);
+    SessionMemory cache(*stream, shape, plan, MAX_BATCH);
+    const bool rotated = cache.attention(0).keys_rotated();
+    assert_true(!rotated || (dense && codec == KVFIT_KV_F16));
 
-    Rng rng(uint64_t(codec) + 7);
-    std::vector<float> q(size_t(TOKENS) * N_HEAD * HD), k(size_t(TOKENS) * HD), v(size_t(TOKENS) * HD);
-    for (float &x : q) x = rng.uniform();
-    for (size_t i = 0; i < k.size(); i++) k[i] = rng.uniform() * (i % HD == 5 ? 8.0f : 1.0f);  // an outlier channel
-    for (float &x : v) x = rng.uniform();
+    Rng rng(uint64_t(codec) * 2 + (dense ? 1 : 0) + 7);
+    std::vector<std::vector<float>> q(A_LAYERS), k(A_LAYERS), v(A_LAYERS), sv(A_LAYERS * A_KV);
+    for (int l = 0; l < A_LAYERS; l++) {
+        q[size_t(l)].resize(size_t(TOKENS) * A_Q);
+        k[size_t(l)].resize(size_t(TOKENS) * A_K);
+        v[size_t(l)].resize(size_t(TOKENS) * A_K);
+        for (float &x : q[size_t(l)]) x = rng.uniform();
+        for (size_t i = 0; i < k[size_t(l)].size(); i++)  // an outlier channel per KV head
+            k[size_t(l)][i] = rng.uniform() * (i % HD == size_t(5 + 7 * l) ? 8.0f : 1.0f);
+        for (float &x : v[size_t(l)]) x = rng.uniform() * (l ? 2.0f : 1.0f);
+    }
     const KVCodec vc = codec == KVFIT_KV_Q8 ? KVCodec::Q8 : codec == KVFIT_KV_F16 ? KVCodec::F16 : KVCodec::Q4;
+    std::vector<std::vector<std::vector<float>>> vals(size_t(A_LAYERS * A_KV));  // values as stored
+    for (int l = 0; l < A_LAYERS; l++)
+        for (int g = 0; g < A_KV; g++)
+            for (int j = 0; j < TOKENS; j++)
+                vals[size_t(l * A_KV + g)].push_back(ref_roundtrip(vc, v[size_t(l)].data() + size_t(j) * A_K + size_t(g) * HD));
 
     const int batches[] = {1, 1, 3, 32, 7, 64, 1, 29, 40, 1, 2, 64, 33};
-    std::vector<float> out(size_t(WINDOW) * N_HEAD * HD), kscratch(size_t(WINDOW) * HD);
-    float worst = 0.0f;
+    std::vector<float> out(size_t(MAX_BATCH) * A_Q), kscratch(size_t(MAX_BATCH) * A_K);
+    float worst[A_LAYERS] = {};
+    const float tol = rotated ? 4e-3f : 1e-5f;  // rotated keys: llama.cpp's F16 query and accumulator
     uint64_t pos = 0;
     for (int b = 0; pos < TOKENS; b = (b + 1) % int(sizeof batches / sizeof *batches)) {
         const int n = int(std::min<uint64_t>(uint64_t(batches[b]), TOKENS - pos));
-        std::memcpy(kscratch.data(), k.data() + pos * HD, size_t(n) * HD * 4);  // attend uses k as scratch
-        cache.attend(*stream, 0, q.data() + pos * N_HEAD * HD, kscratch.data(), v.data() + pos * HD, n, pos,
-                     out.data());
-        stream->synchronize();
-        for (int i = 0; i < n; i++) {
-            const uint64_t t = pos + uint64_t(i);
-            std::vector<int> vis;  // visible keys in cache-position order
-            for (uint64_t j = 0; j < std::min<uint64_t>(SINKS, t + 1); j++) vis.push_back(int(j));
-            for (uint64_t j = std::max<uint64_t>(SINKS, t + 1 > WINDOW ? t + 1 - WINDOW : 0); j <= t; j++)
-                vis.push_back(int(j));
-            for (int h = 0; h < N_HEAD; h++) {
-                std::vector<float> qr(q.begin() + long((t * N_HEAD + h) * HD), q.begin() + long((t * N_HEAD + h + 1) * HD));
-                rope(qr.data(), uint32_t(vis.size() - 1));
-                std::vector<double> sc(vis.size());
-                double mx = -1e300, sum = 0;
-                for (size_t c = 0; c < vis.size(); c++) {
-                    std::vector<float> key = stored_key(codec, k, vis[c], pos);
-                    rope(key.data(), uint32_t(c));
-                    double d = 0;
-                    for (int x = 0; x < HD; x++) d += double(key[size_t(x)]) * qr[size_t(x)];
-                    sc[c] = d / std::sqrt(double(HD));
-                    mx = std::max(mx, sc[c]);
+        for (int l = 0; l < A_LAYERS; l++) {
+            const std::vector<float> &ql = q[size_t(l)], &kl = k[size_t(l)];
+            std::memcpy(kscratch.data(), kl.data() + pos * A_K, size_t(n) * A_K * 4);  // attend uses k as scratch
+            cache.attend(*stream, l, ql.data() + pos * A_Q, kscratch.data(), v[size_t(l)].data() + pos * A_K, n, pos,
+                         out.data());
+            stream->synchronize();
+            std::vector<std::vector<std::vector<float>>> keys(A_KV);
+            for (int g = 0; g < A_KV; g++) keys[size_t(g)] = stored_keys(codec, kl, g, int(pos) + n, pos, S);
+            for (int i = 0; i < n; i++) {
+                const uint64_t t = pos + uint64_t(i);
+                std::vector<int> vis;  // visible keys in cache-position order
+                if (dense) {
+                    for (uint64_t j = 0; j <= t; j++) vis.push_back(int(j));
+                } else {
+                    for (uint64_t j = 0; j < std::min<uint64_t>(SINKS, t + 1); j++) vis.push_back(int(j));
+                    for (uint64_t j = std::max<uint64_t>(SINKS, t + 1 > WINDOW ? t + 1 - WINDOW : 0); j <= t; j++)
+                        vis.push_back(int(j));
                 }
-                std::vector<double> o(HD, 0.0);
-                for (size_t c = 0; c < vis.size(); c++) {
-                    const double e = std::exp(sc[c] - mx);
-                    sum += e;
-                    std::vector<float> val = roundtrip(vc, v.data() + size_t(vis[c]) * HD);
-                    for (int x = 0; x < HD; x++) o[size_t(x)] += e * val[size_t(x)];
-                }
-                for (int x = 0; x < HD; x++) {
-                    const float want = float(o[size_t(x)] / sum);
-                    const float got = out[(size_t(i) * N_HEAD + h) * HD + size_t(x)];
-                    if (std::fabs(got - want) > 1e-5f && worst <= 1e-5f)
-                        printf("  first difference: token %llu (batch at %llu of %d), head %d: %g vs %g\n",
-                               (unsigned long long)t, (unsigned long long)pos, n, h, double(got), double(want));
-                    worst = std::max(worst, std::fabs(got - want));
+                for (int g = 0; g < A_KV; g++) {
+                    std::vector<std::vector<float>> rk(vis.size());  // keys rotated to their cache positions
+                    for (size_t c = 0; c < vis.size(); c++) {
+                        rk[c] = keys[size_t(g)][size_t(vis[c])];
+                        rope(rk[c].data(), uint32_t(c));
+                    }
+                    for (int h = g * (A_HEAD / A_KV); h < (g + 1) * (A_HEAD / A_KV); h++) {
+                        std::vector<float> qr(ql.begin() + long(t * A_Q + size_t(h) * HD),
+                                              ql.begin() + long(t * A_Q + size_t(h + 1) * HD));
+                        rope(qr.data(), uint32_t(vis.size() - 1));
+                        std::vector<double> sc(vis.size());
+                        double mx = -1e300, sum = 0;
+                        for (size_t c = 0; c < vis.size(); c++) {
+                            double d = 0;
+                            for (int x = 0; x < HD; x++) d += double(rk[c][size_t(x)]) * qr[size_t(x)];
+                            sc[c] = d / std::sqrt(double(HD));
+                            mx = std::max(mx, sc[c]);
+                        }
+                        std::vector<double> o(HD, 0.0);
+                        for (size_t c = 0; c < vis.size(); c++) {
+                            const double e = std::exp(sc[c] - mx);
+                            sum += e;
+                            const std::vector<float> &val = vals[size_t(l * A_KV + g)][size_t(vis[c])];
+                            for (int x = 0; x < HD; x++) o[size_t(x)] += e * val[size_t(x)];
+                        }
+                        for (int x = 0; x < HD; x++) {
+                            const float want = float(o[size_t(x)] / sum);
+                            const float got = out[size_t(i) * A_Q + size_t(h) * HD + size_t(x)];
+                            if (std::fabs(got - want) > tol && worst[l] <= tol)
+                                printf("  layer %d first difference: token %llu (batch at %llu of %d), head %d: %g vs %g\n",
+                                       l, (unsigned long long)t, (unsigned long long)pos, n, h, double(got), double(want));
+                            worst[l] = std::max(worst[l], std::fabs(got - want));
+                        }
+                    }
                 }
             }
         }
         pos += uint64_t(n);
     }
-    printf("codec %d: largest difference from the reference %.2e over %d tokens\n", int(codec), double(worst), TOKENS);
-    assert_true(worst < 1e-5f);
+    for (int l = 0; l < A_LAYERS; l++) {
+        printf("codec %d %s layer %d: largest difference from the reference %.2e over %d tokens\n", int(codec),
+               dense ? "dense" : "streaming", l, double(worst[l]), TOKENS);
+        assert_true(worst[l] < tol);
+    }
 }
+
+// The reference's fp16 conversion agrees with the library's (checked against
+// known values in test_gguf) on every half and on the floats around each
+// rounding boundary; its directed roundings bracket the value.
+void test_reference_fp16(void **) {
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        const float f = ref_from_half(uint16_t(h));
+        if (std::isnan(f)) continue;
+        const float lib = fp16_to_fp32(uint16_t(h));
+        assert_memory_equal(&f, &lib, 4);
+        if (std::isinf(f) || (h & 0x7fff) == 0x7bff) continue;
+        const float next = ref_from_half(uint16_t(h + 1));  // away from zero
+        const float mid = (f + next) / 2;                    // exact: halves have 11 bits
+        const float probes[] = {f, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 2 * mid), (f + 3 * next) / 4};
+        for (float x : probes) {
+            assert_int_equal(ref_to_half(x, 0), fp32_to_fp16(x));
+            const float up = ref_from_half(ref_to_half(x, 1)), down = ref_from_half(ref_to_half(x, -1));
+            assert_true(down <= x && x <= up);
+            const uint16_t hu = ref_to_half(x, 1), hd = ref_to_half(x, -1);
+            if (up == down) assert_true(up == x);
+            else assert_int_equal(x > 0 ? hu - hd : hd - hu, 1);  // neighbours
+        }
+    }
+    assert_true(ref_from_half(ref_to_half(1e-9, -1)) == 0.0f && ref_to_half(-1e-9, -1) == 0x8001);
+    assert_true(ref_scale(1e-9f) == ref_from_half(1) && ref_scale(1e6f) == 65504.0f && ref_min(-1e6f) == -65504.0f);
+}
+
+// The reference rotation is the definition's matrix H diag(s) / sqrt(n)
+// (H[i][j] = (-1)^popcount(i & j)), and its inverse undoes it.
+void test_reference_hadamard(void **) {
+    for (int n : {1, 2, 8, 64, 128}) {
+        const std::vector<float> s = ref_signs(n);
+        Rng rng(static_cast<uint64_t>(n));
+        std::vector<float> x(static_cast<size_t>(n)), y;
+        for (float &a : x) a = rng.uniform();
+        y = x;
+        ref_hadamard(y.data(), n, false);
+        for (int i = 0; i < n; i++) {
+            double want = 0;
+            for (int j = 0; j < n; j++)
+                want += (__builtin_popcount(unsigned(i & j)) & 1 ? -1.0 : 1.0) * s[size_t(j)] * x[size_t(j)];
+            assert_true(std::fabs(y[size_t(i)] - want / std::sqrt(double(n))) < 1e-5);
+        }
+        ref_hadamard(y.data(), n, true);
+        for (int i = 0; i < n; i++) assert_true(std::fabs(y[size_t(i)] - x[size_t(i)]) < 1e-5f);
+    }
+}
+
+void test_f16(void **) { check_attention(KVFIT_KV_F16, false); }
+void test_q8(void **) { check_attention(KVFIT_KV_Q8, false); }
+void test_q4(void **) { check_attention(KVFIT_KV_Q4, false); }
+void test_q4_hadamard(void **) { check_attention(KVFIT_KV_Q4_HADAMARD, false); }
+void test_q4_channel(void **) { check_attention(KVFIT_KV_Q4_CHANNEL, false); }
+void test_dense_f16(void **) { check_attention(KVFIT_KV_F16, true); }
+void test_dense_q8(void **) { check_attention(KVFIT_KV_Q8, true); }
+void test_dense_q4(void **) { check_attention(KVFIT_KV_Q4, true); }
+void test_dense_q4_hadamard(void **) { check_attention(KVFIT_KV_Q4_HADAMARD, true); }
+void test_dense_q4_channel(void **) { check_attention(KVFIT_KV_Q4_CHANNEL, true); }
 
 // A layer with the model's own sliding window of NW tokens: every query sees
 // exactly the NW most recent tokens (itself included), with RoPE at stream
@@ -218,7 +445,7 @@ void check_native_window(bool dense) {
                 std::vector<double> sc;
                 double mx = -1e300, sum = 0;
                 for (uint64_t j = first; j <= t; j++) {
-                    std::vector<float> key = roundtrip(KVCodec::F16, k.data() + j * HD);
+                    std::vector<float> key = ref_roundtrip(KVCodec::F16, k.data() + j * HD);
                     rope(key.data(), uint32_t(j));
                     double d = 0;
                     for (int x = 0; x < HD; x++) d += double(key[size_t(x)]) * qr[size_t(x)];
@@ -229,7 +456,7 @@ void check_native_window(bool dense) {
                 for (uint64_t j = first; j <= t; j++) {
                     const double e = std::exp(sc[size_t(j - first)] - mx);
                     sum += e;
-                    std::vector<float> val = roundtrip(KVCodec::F16, v.data() + j * HD);
+                    std::vector<float> val = ref_roundtrip(KVCodec::F16, v.data() + j * HD);
                     for (int x = 0; x < HD; x++) o[size_t(x)] += e * val[size_t(x)];
                 }
                 for (int x = 0; x < HD; x++)
@@ -246,12 +473,6 @@ void check_native_window(bool dense) {
 
 void test_native_window_dense(void **) { check_native_window(true); }
 void test_native_window_streaming(void **) { check_native_window(false); }
-
-void test_f16(void **) { check_codec(KVFIT_KV_F16); }
-void test_q8(void **) { check_codec(KVFIT_KV_Q8); }
-void test_q4(void **) { check_codec(KVFIT_KV_Q4); }
-void test_q4_hadamard(void **) { check_codec(KVFIT_KV_Q4_HADAMARD); }
-void test_q4_channel(void **) { check_codec(KVFIT_KV_Q4_CHANNEL); }
 
 // Channel blocks: an outlier channel keeps its own scale, so the other
 // channels round as finely as they would alone.
@@ -420,6 +641,10 @@ int main(void) {
         cmocka_unit_test(test_q4_channel),   cmocka_unit_test(test_channel_block_roundtrip),
         cmocka_unit_test(test_channel_plan_bytes), cmocka_unit_test(test_native_window_plan),
         cmocka_unit_test(test_native_window_dense), cmocka_unit_test(test_native_window_streaming),
+        cmocka_unit_test(test_reference_fp16),     cmocka_unit_test(test_reference_hadamard),
+        cmocka_unit_test(test_dense_f16),          cmocka_unit_test(test_dense_q8),
+        cmocka_unit_test(test_dense_q4),           cmocka_unit_test(test_dense_q4_hadamard),
+        cmocka_unit_test(test_dense_q4_channel),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
 }
