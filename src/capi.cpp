@@ -6,7 +6,7 @@
 #include <string>
 
 #include "backend/cpu/threadpool.h"
-#include "chat_template.h"
+#include "chat/chat_template.h"
 #include "common.h"
 #include "gguf/gguf.h"
 #include "kvfit.h"

@@ -1,8 +1,8 @@
-// Unit tests of the chat templates (src/chat_template.cpp): each family
+// Unit tests of the chat templates (src/chat/chat_template.cpp): each family
 // renders a conversation byte for byte as expected, families are recognised
 // from their Jinja text, SmolLM2's built-in system prompt is found and
 // reproduced exactly, and unknown names are refused. Then the Jinja
-// interpreter (src/jinja*.cpp): real models' templates and a set of
+// interpreter (src/chat/jinja*.cpp): real models' templates and a set of
 // snippets render byte for byte as jinja2 does (tests/data/
 // chat_template_cases.txt, recorded by tests/peer/render_templates.py),
 // errors come back as statuses with clear messages, hostile templates end
@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "chat_template.h"
+#include "chat/chat_template.h"
 #include "common.h"
 #include "gguf/gguf.h"
-#include "jinja.h"
+#include "chat/jinja.h"
 #include "kvfit.h"
 #include "testutil.h"
 

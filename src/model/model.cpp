@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "chat_template.h"
+#include "chat/chat_template.h"
 #include "common.h"
 #include "gguf/gguf.h"
 #include "tokenizer/tokenizer.h"

@@ -1,5 +1,5 @@
-// libFuzzer entry for the chat template renderer (src/chat_template.cpp and
-// the Jinja interpreter, src/jinja*.cpp). Built with -DKVFIT_FUZZ=ON; see
+// libFuzzer entry for the chat template renderer (src/chat/chat_template.cpp and
+// the Jinja interpreter, src/chat/jinja*.cpp). Built with -DKVFIT_FUZZ=ON; see
 // tests/fuzz/README.md for how to build and run it.
 //
 // Input: a Jinja template, optionally followed by NUL-separated messages
@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "chat_template.h"
+#include "chat/chat_template.h"
 #include "common.h"
-#include "jinja.h"
+#include "chat/jinja.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const std::string input(reinterpret_cast<const char *>(data), size);

@@ -1,10 +1,10 @@
-#include "chat_template.h"
+#include "chat/chat_template.h"
 
 #include <cctype>
 #include <cstring>
 
 #include "common.h"
-#include "jinja.h"
+#include "chat/jinja.h"
 
 namespace kvfit {
 

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "jinja_impl.h"
+#include "chat/jinja_impl.h"
 
 namespace kvfit {
 namespace jinja {

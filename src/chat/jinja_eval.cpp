@@ -5,7 +5,7 @@
 #include <climits>
 #include <cmath>
 
-#include "jinja_impl.h"
+#include "chat/jinja_impl.h"
 
 namespace kvfit {
 namespace jinja {

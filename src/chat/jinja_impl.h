@@ -1,4 +1,4 @@
-// Internals of the Jinja interpreter (src/jinja.h): value objects, text
+// Internals of the Jinja interpreter (src/chat/jinja.h): value objects, text
 // helpers, the syntax tree and the render state shared by jinja_*.cpp.
 #pragma once
 
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common.h"
-#include "jinja.h"
+#include "chat/jinja.h"
 
 namespace kvfit {
 namespace jinja {

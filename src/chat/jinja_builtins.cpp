@@ -7,7 +7,7 @@
 #include <cstring>
 #include <ctime>
 
-#include "jinja_impl.h"
+#include "chat/jinja_impl.h"
 
 namespace kvfit {
 namespace jinja {

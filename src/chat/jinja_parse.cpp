@@ -6,7 +6,7 @@
 #include <cstring>
 #include <initializer_list>
 
-#include "jinja_impl.h"
+#include "chat/jinja_impl.h"
 
 namespace kvfit {
 namespace jinja {

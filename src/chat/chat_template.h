@@ -1,5 +1,5 @@
 // Chat templates: a model's own Jinja template (tokenizer.chat_template)
-// rendered by kvfit's Jinja interpreter (src/jinja.h) exactly as Hugging
+// rendered by kvfit's Jinja interpreter (src/chat/jinja.h) exactly as Hugging
 // Face transformers renders it, and built-in renderings of the common
 // families, chosen by name or recognised in a template's text.
 #pragma once

@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "jinja_impl.h"
+#include "chat/jinja_impl.h"
 
 namespace kvfit {
 namespace jinja {
