@@ -301,16 +301,25 @@ void quantize_row_q8_1_ref(const float *x, BlockQ8_1 *y, int64_t n) {
     }
 }
 
+namespace {
+// The value of largest magnitude among a block's QK, with its sign (the first
+// of equals), which Q4_0 and Q5_0 scale by.
+float signed_absmax(const float *xb) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < QK; j++) {
+        if (std::fabs(xb[j]) > amax) {
+            amax = std::fabs(xb[j]);
+            max = xb[j];
+        }
+    }
+    return max;
+}
+}  // namespace
+
 void quantize_row_q4_0_ref(const float *x, BlockQ4_0 *y, int64_t n) {
     for (int64_t i = 0; i < n / QK; i++) {
         const float *xb = x + i * QK;
-        float amax = 0, max = 0;
-        for (int j = 0; j < QK; j++) {
-            if (std::fabs(xb[j]) > amax) {
-                amax = std::fabs(xb[j]);
-                max = xb[j];
-            }
-        }
+        const float max = signed_absmax(xb);
         float d = max / -8.0f;
         float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[i].d = fp32_to_fp16(d);
@@ -347,13 +356,7 @@ void quantize_row_q4_1_ref(const float *x, BlockQ4_1 *y, int64_t n) {
 void quantize_row_q5_0_ref(const float *x, BlockQ5_0 *y, int64_t n) {
     for (int64_t i = 0; i < n / QK; i++) {
         const float *xb = x + i * QK;
-        float amax = 0, max = 0;
-        for (int j = 0; j < QK; j++) {
-            if (std::fabs(xb[j]) > amax) {
-                amax = std::fabs(xb[j]);
-                max = xb[j];
-            }
-        }
+        const float max = signed_absmax(xb);
         const float d = max / -16.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[i].d = fp32_to_fp16(d);

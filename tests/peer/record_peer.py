@@ -101,6 +101,24 @@ def gemma_turn(user):
     return "<start_of_turn>user\n%s<end_of_turn>\n<start_of_turn>model\n" % user
 
 
+# The instruction models' prompts: four raw ones, and three user turns in the
+# model's own chat format.
+CHAT_MESSAGES = {
+    "chat_capital": "What is the capital of France?",
+    "chat_haiku": "Write a haiku about autumn.",
+    "chat_hash": "Explain what a hash table is in one paragraph.",
+}
+
+
+def instruct_gen(turn):
+    return [
+        ("capital", 0, "The capital of France is"),
+        ("fibonacci", 0, "def fibonacci(n):"),
+        ("poem_sea", 0, "Here is a short poem about the sea:"),
+        ("counting", 0, "1, 2, 3, 4, 5,"),
+    ] + [(case, 1, turn(user)) for case, user in CHAT_MESSAGES.items()]
+
+
 def tiny_path(name):
     """Tiny random-weight models are generated (tools/make-tiny-model.py) into the build
     tree by ctest's tiny_models fixture; $KVFIT_TINY_DIR overrides where they are."""
@@ -134,33 +152,13 @@ MODELS = {
     "smollm2": {
         "path": pc.default_smollm2_path,
         "n_ctx": 2048,
-        "gen": [
-            ("capital", 0, "The capital of France is"),
-            ("fibonacci", 0, "def fibonacci(n):"),
-            ("poem_sea", 0, "Here is a short poem about the sea:"),
-            ("counting", 0, "1, 2, 3, 4, 5,"),
-            ("chat_capital", 1, chatml("What is the capital of France?")),
-            ("chat_haiku", 1, chatml("Write a haiku about autumn.")),
-            ("chat_hash", 1, chatml("Explain what a hash table is in one paragraph.")),
-        ],
-        "chat_messages": {
-            "chat_capital": "What is the capital of France?",
-            "chat_haiku": "Write a haiku about autumn.",
-            "chat_hash": "Explain what a hash table is in one paragraph.",
-        },
+        "gen": instruct_gen(chatml),
+        "chat_messages": CHAT_MESSAGES,
     },
     "gemma3": {
         "path": lambda: os.path.join(pc.REPO_ROOT, "models", "gemma-3-270m-q4_k_m.gguf"),
         "n_ctx": 2048,
-        "gen": [
-            ("capital", 0, "The capital of France is"),
-            ("fibonacci", 0, "def fibonacci(n):"),
-            ("poem_sea", 0, "Here is a short poem about the sea:"),
-            ("counting", 0, "1, 2, 3, 4, 5,"),
-            ("chat_capital", 1, gemma_turn("What is the capital of France?")),
-            ("chat_haiku", 1, gemma_turn("Write a haiku about autumn.")),
-            ("chat_hash", 1, gemma_turn("Explain what a hash table is in one paragraph.")),
-        ],
+        "gen": instruct_gen(gemma_turn),
     },
     # Sliding window 24: the local layers' ring wraps within the prompt and generation.
     "tiny-gemma3": {"path": tiny_path("tiny-gemma3"), "n_ctx": 512, "gen": TINY_GEN},
