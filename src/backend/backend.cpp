@@ -54,6 +54,34 @@ void Stream::geglu(const float *, const float *, size_t, float *) {
     fail(KVFIT_E_UNSUPPORTED, "this backend has no GELU op yet");
 }
 
+// The RWKV-7 ops: a backend that has not implemented them says which and
+// where (the CPU backend has them all).
+namespace {
+[[noreturn]] void no_rwkv_op(const char *op) {
+    fail(KVFIT_E_UNSUPPORTED, "the %s op (RWKV-7) is not implemented on this backend yet (only on the CPU)", op);
+}
+}  // namespace
+
+void Stream::norm_affine(const float *, const float *, const float *, float, int, int, int, float *) {
+    no_rwkv_op("norm_affine");
+}
+void Stream::token_shift_mix(const float *, float *, const float *, int, int, int, float *) {
+    no_rwkv_op("token_shift_mix");
+}
+void Stream::activate(Activation, float *, size_t) { no_rwkv_op("activate"); }
+void Stream::rwkv7_prepare(float *, const float *, float *, const float *, float *, const float *, const float *,
+                           const float *, float *, const float *, const float *, int, int, int, float *, float *) {
+    no_rwkv_op("rwkv7_prepare");
+}
+void Stream::wkv7(const float *, const float *, const float *, const float *, const float *, const float *, int, int,
+                  int, float *, float *) {
+    no_rwkv_op("wkv7");
+}
+void Stream::rwkv7_bonus_gate(float *, const float *, const float *, const float *, const float *, const float *, int,
+                              int, int) {
+    no_rwkv_op("rwkv7_bonus_gate");
+}
+
 #if !defined(KVFIT_WITH_VULKAN)
 uint64_t vulkan_validation_errors() { return 0; }
 #endif

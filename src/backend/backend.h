@@ -131,6 +131,46 @@ public:
     // out = gelu(gate) * up, n floats, GELU in its tanh form through ggml's
     // F16 table (see cpu::gelu_f16_table); out may be gate.
     virtual void geglu(const float *gate, const float *up, size_t n, float *out);
+
+    // ---- RWKV-7 (linear-state layers). Every op below has a default that
+    // throws KVFIT_E_UNSUPPORTED naming the op and the backend, so a backend
+    // without them compiles and fails clearly. Rows are [n][d] floats.
+
+    // y = (x - mean) / sqrt(var + eps) * w + b over each group of d / groups
+    // consecutive floats of each of n rows (groups = 1: LayerNorm; one group
+    // per head: RWKV's GroupNorm); w and b are d floats. y may be x.
+    virtual void norm_affine(const float *x, const float *w, const float *b, float eps, int n, int d, int groups,
+                             float *y);
+    // Token shift and interpolation: with prev[0] = state and prev[t] =
+    // x[t - 1], out[j][t] = x[t] + (prev[t] - x[t]) * mix[j] for j < n_mix
+    // (out is [n_mix][n][d], mix [n_mix][d]); then state = x[n - 1].
+    virtual void token_shift_mix(const float *x, float *state, const float *mix, int n_mix, int n, int d, float *out);
+    enum class Activation { Tanh, Sigmoid, ReluSquare };
+    // x = f(x), n floats.
+    virtual void activate(Activation f, float *x, size_t n);
+    // The RWKV-7 time-mix inputs from the projections, n rows of d = n_head *
+    // head_size floats each, in place:
+    //   w     = exp(-exp(-1/2) * sigmoid(w + w0))                  (decay)
+    //   a     = sigmoid(a + a0)                                     (in-context rate)
+    //   v     = v + (v_first - v) * sigmoid(vmix + v0)  if vmix (not layer 0)
+    //   kk    = l2-normalised (k * k_k) per head; then
+    //   k     = k + (a * (k * k_a) - k * k_a)
+    //   a_out = -kk, b_out = kk * a                                 (for wkv7)
+    virtual void rwkv7_prepare(float *w, const float *w0, float *a, const float *a0, float *v, const float *v_first,
+                               const float *vmix, const float *v0, float *k, const float *k_k, const float *k_a,
+                               int n, int n_head, int head_size, float *a_out, float *b_out);
+    // The RWKV-7 recurrence over n tokens, per head h and token t, with the
+    // state S[h] (head_size x head_size, row i = value channel, column j = key
+    // channel; [n_head][head_size][head_size] floats, updated in place):
+    //   S[i][j] = S[i][j] * w[j] + v[i] * k[j] + (sum_j' S[i][j'] a[j']) * b[j]
+    //   out[i]  = sum_j S[i][j] * r[j]                   (the updated S)
+    // All vectors are [n][n_head * head_size].
+    virtual void wkv7(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
+                      int n, int n_head, int head_size, float *state, float *out);
+    // y = (y + v * sum_head(r * k * r_k)) * g per head, n rows of n_head *
+    // head_size floats (r_k is [n_head * head_size]).
+    virtual void rwkv7_bonus_gate(float *y, const float *r, const float *k, const float *v, const float *r_k,
+                                  const float *g, int n, int n_head, int head_size);
 };
 
 class Backend {

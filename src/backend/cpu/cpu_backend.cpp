@@ -19,6 +19,7 @@
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/ggml_order.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/rwkv_ops.h"
 #include "backend/cpu/threadpool.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
@@ -479,6 +480,81 @@ public:
     }
 
     void geglu(const float *gate, const float *up, size_t n, float *out) override { geglu_ggml(gate, up, n, out); }
+
+    // ---- RWKV-7 (backend/cpu/rwkv_ops.h); rows, or heads, over the workers.
+    template <typename F>
+    void rows(int n, F &&f) {
+        if (n <= 1) return f(0, n);
+        pool_.run([&](int ith, int nth) {
+            int64_t b, e;
+            split_range(n, ith, nth, b, e);
+            if (b < e) f(int(b), int(e));
+        });
+    }
+
+    void norm_affine(const float *x, const float *w, const float *b, float eps, int n, int d, int groups,
+                     float *y) override {
+        if (groups <= 0 || d % groups) fail(KVFIT_E_INTERNAL, "norm_affine: %d groups in rows of %d", groups, d);
+        rows(n, [&](int t0, int t1) {
+            for (int t = t0; t < t1; t++)
+                cpu::norm_affine_row(x + size_t(t) * size_t(d), w, b, eps, d, groups, y + size_t(t) * size_t(d));
+        });
+    }
+
+    void token_shift_mix(const float *x, float *state, const float *mix, int n_mix, int n, int d, float *out) override {
+        if (n <= 0) return;
+        rows(n, [&](int t0, int t1) { cpu::token_shift_mix_rows(x, state, mix, n_mix, n, d, t0, t1, out); });
+        std::memcpy(state, x + size_t(n - 1) * size_t(d), size_t(d) * 4);
+    }
+
+    void activate(Activation f, float *x, size_t n) override {
+        switch (f) {
+        case Activation::Tanh:
+            for (size_t i = 0; i < n; i++) x[i] = std::tanh(x[i]);
+            break;
+        case Activation::Sigmoid:
+            for (size_t i = 0; i < n; i++) x[i] = 1.0f / (1.0f + std::exp(-x[i]));
+            break;
+        case Activation::ReluSquare:
+            for (size_t i = 0; i < n; i++) {
+                const float r = x[i] > 0.0f ? x[i] : 0.0f;
+                x[i] = r * r;
+            }
+            break;
+        }
+    }
+
+    void rwkv7_prepare(float *w, const float *w0, float *a, const float *a0, float *v, const float *v_first,
+                       const float *vmix, const float *v0, float *k, const float *k_k, const float *k_a, int n,
+                       int n_head, int head_size, float *a_out, float *b_out) override {
+        rows(n, [&](int t0, int t1) {
+            cpu::rwkv7_prepare_rows(w, w0, a, a0, v, v_first, vmix, v0, k, k_k, k_a, n_head, head_size, t0, t1, a_out,
+                                    b_out);
+        });
+    }
+
+    void wkv7(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b, int n,
+              int n_head, int head_size, float *state, float *out) override {
+        if (n <= 0) return;
+        if (n_head == 1) return cpu::wkv7_head_best(r, w, k, v, a, b, n, n_head, head_size, 0, state, out);
+        pool_.run([&](int ith, int nth) {
+            int64_t h0, h1;
+            split_range(n_head, ith, nth, h0, h1);
+            for (int64_t h = h0; h < h1; h++)
+                cpu::wkv7_head_best(r, w, k, v, a, b, n, n_head, head_size, int(h), state, out);
+        });
+    }
+
+    void rwkv7_bonus_gate(float *y, const float *r, const float *k, const float *v, const float *r_k, const float *g,
+                          int n, int n_head, int head_size) override {
+        const size_t d = size_t(n_head) * size_t(head_size);
+        rows(n, [&](int t0, int t1) {
+            for (int t = t0; t < t1; t++) {
+                const size_t o = size_t(t) * d;
+                cpu::rwkv7_bonus_gate_row(y + o, r + o, k + o, v + o, r_k, g + o, n_head, head_size);
+            }
+        });
+    }
 
 private:
     ThreadPool pool_;
