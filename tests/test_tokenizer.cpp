@@ -508,6 +508,58 @@ void test_bpe_merge_rank(void **) {
     assert_ids(t->tokenize("abc", true, false), {3, 2});
 }
 
+
+// llama.cpp's "rwkv" model: escaped token texts, greedy longest match over
+// the unescaped bytes (expected ids worked out by hand from that rule).
+void test_rwkv_greedy(void **) {
+    VocabSpec s;
+    s.model = "rwkv";
+    s.tokens = {"<s>", "a", "b", "ab", "abc", "\\n", "\\xff", "\\\\", "\\t\\x41", "c", "\\'", "bca"};
+    s.token_types = {TOKEN_CONTROL, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    auto t = Tokenizer::create(s);
+    assert_false(t->spec().add_bos);
+    // "abc" beats "ab"; then "ab" + "ca"? no "ca": "c", "a"
+    assert_ids(t->tokenize("abcab", false, false), {4, 3});
+    assert_ids(t->tokenize("abca", false, false), {4, 1});
+    assert_ids(t->tokenize("bcab", false, false), {11, 2});
+    assert_ids(t->tokenize("a\n\\'", false, false), {1, 5, 7, 10});
+    assert_ids(t->tokenize("\tA", false, false), {8});
+    assert_ids(t->tokenize("<s>a", false, true), {0, 1});
+    assert_string_equal(t->token_to_piece(8, false).c_str(), "\tA");
+    assert_string_equal(t->token_to_piece(7, false).c_str(), "\\");
+    assert_int_equal(t->token_to_piece(6, false).size(), 1);
+    assert_int_equal((unsigned char)t->token_to_piece(6, false)[0], 0xff);
+    assert_string_equal(t->token_to_piece(0, false).c_str(), "");
+    assert_string_equal(t->token_to_piece(0, true).c_str(), "<s>");
+    // A byte no token starts with, and no unknown token: an error, not a crash.
+    try {
+        t->tokenize("z", false, false);
+        fail_msg("'z' was tokenized");
+    } catch (const Error &e) {
+        assert_int_equal(e.status(), KVFIT_E_TOKEN);
+    }
+
+    // A byte-level vocabulary as tools/rwkv-to-gguf.py writes it: id = byte.
+    VocabSpec bytes;
+    bytes.model = "rwkv";
+    for (int b = 0; b < 256; b++) {
+        char buf[8];
+        if (b == '\\') snprintf(buf, sizeof buf, "\\\\");
+        else if (b == '\n') snprintf(buf, sizeof buf, "\\n");
+        else if (b == '\t') snprintf(buf, sizeof buf, "\\t");
+        else if (b == '\r') snprintf(buf, sizeof buf, "\\r");
+        else if (b < 32 || b >= 127) snprintf(buf, sizeof buf, "\\x%02x", b);
+        else snprintf(buf, sizeof buf, "%c", b);
+        bytes.tokens.push_back(buf);
+    }
+    auto tb = Tokenizer::create(bytes);
+    const std::string text = "\"in \\ the\n\xc3\xa9t\xc3\xa9";
+    const auto ids = tb->tokenize(text, true, false);
+    assert_int_equal(ids.size(), text.size());
+    for (size_t i = 0; i < text.size(); i++) assert_int_equal(ids[i], (unsigned char)text[i]);
+    assert_true(tb->detokenize(ids.data(), ids.size(), false) == text);
+}
+
 // ---- errors, UTF-8, streaming --------------------------------------------------
 
 void test_errors(void **) {
@@ -768,6 +820,7 @@ int main(void) {
         cmocka_unit_test(test_gemma3_llamacpp),
         cmocka_unit_test(test_bpe_smollm),
         cmocka_unit_test(test_bpe_merge_rank),
+        cmocka_unit_test(test_rwkv_greedy),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_utf8_rejection),
         cmocka_unit_test(test_utf8_stream),

@@ -140,6 +140,7 @@ bool Tokenizer::is_control(int32_t id) const {
 
 std::unique_ptr<Tokenizer> Tokenizer::create(VocabSpec spec) {
     if (spec.model == "llama") return make_spm_tokenizer(std::move(spec));
+    if (spec.model == "rwkv") return make_rwkv_tokenizer(std::move(spec));
     if (spec.model == "gpt2") {
         if (!bpe_pre_supported(spec.pre))
             fail(KVFIT_E_UNSUPPORTED, "unsupported pre-tokenizer '%s' for the gpt2 tokenizer", spec.pre.c_str());

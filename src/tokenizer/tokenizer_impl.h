@@ -109,6 +109,7 @@ private:
 
 std::unique_ptr<Tokenizer> make_spm_tokenizer(VocabSpec spec);
 std::unique_ptr<Tokenizer> make_bpe_tokenizer(VocabSpec spec);
+std::unique_ptr<Tokenizer> make_rwkv_tokenizer(VocabSpec spec);  // rwkv.cpp
 
 // Whether a GPT-2 style pre-tokenizer name is known (see bpe.cpp).
 bool bpe_pre_supported(const std::string &pre);
