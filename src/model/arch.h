@@ -61,6 +61,10 @@ public:
     Weight get_vector(const std::string &name, int64_t n);
     // get_vector's floats with f applied to each (e.g. Gemma's 1 + w norms).
     Weight get_vector_mapped(const std::string &name, int64_t n, const std::function<float(float)> &f);
+    // A float tensor of shape ne (ggml order, up to 4 dimensions; trailing
+    // ones may be left out in the file), F32 on the device whatever the file
+    // stores: n_cols = ne[0], n_rows = the product of the others.
+    Weight get_floats(const std::string &name, std::initializer_list<int64_t> ne);
     bool has(const std::string &name) const;
     Backend &backend() const { return b_; }
 
@@ -137,5 +141,6 @@ std::unique_ptr<Architecture> create_llama();
 std::unique_ptr<Architecture> create_gemma3();
 std::unique_ptr<Architecture> create_qwen2();
 std::unique_ptr<Architecture> create_qwen3();
+std::unique_ptr<Architecture> create_rwkv7();
 
 }  // namespace kvfit

@@ -23,6 +23,7 @@ const ArchEntry kArchitectures[] = {
     {"gemma3", create_gemma3},
     {"qwen2", create_qwen2},
     {"qwen3", create_qwen3},
+    {"rwkv7", create_rwkv7},
 };
 
 }  // namespace
@@ -53,11 +54,17 @@ std::optional<std::string> ArchMetadata::get_string(const char *key) const { ret
 
 namespace {
 
+void check_type(const GGUFTensor &t);
+
 void check_tensor(const GGUFTensor &t, int64_t ne0, int64_t ne1) {
     if (t.ne[0] != ne0 || t.ne[1] != ne1 || t.ne[2] != 1 || t.ne[3] != 1)
         fail(KVFIT_E_FORMAT, "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]", t.name.c_str(),
              (long long)t.ne[0], (long long)t.ne[1], (long long)t.ne[2], (long long)t.ne[3], (long long)ne0,
              (long long)ne1);
+    check_type(t);
+}
+
+void check_type(const GGUFTensor &t) {
     const TypeInfo *ti = type_info(t.type);
     if (!ti || !ti->supported) {
         std::string names;
@@ -101,6 +108,34 @@ Weight WeightLoader::get_vector_mapped(const std::string &name, int64_t n, const
     w.n_cols = n;
     w.n_rows = 1;
     w.row_bytes = size_t(n) * 4;
+    return w;
+}
+
+Weight WeightLoader::get_floats(const std::string &name, std::initializer_list<int64_t> ne) {
+    const GGUFTensor &t = require_tensor(f_, name);
+    int64_t want[4] = {1, 1, 1, 1};
+    size_t i = 0;
+    for (int64_t v : ne) {
+        if (i == 4) fail(KVFIT_E_INTERNAL, "tensor '%s': more than 4 dimensions asked for", name.c_str());
+        want[i++] = v;
+    }
+    for (int j = 0; j < 4; j++)
+        if (t.ne[j] != want[j])
+            fail(KVFIT_E_FORMAT, "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, %lld]",
+                 t.name.c_str(), (long long)t.ne[0], (long long)t.ne[1], (long long)t.ne[2], (long long)t.ne[3],
+                 (long long)want[0], (long long)want[1], (long long)want[2], (long long)want[3]);
+    const int64_t rows = want[1] * want[2] * want[3];
+    check_type(t);
+    std::vector<float> tmp(size_t(want[0] * rows));
+    for (int64_t r = 0; r < rows; r++)
+        dequantize_row(t.type, static_cast<const uint8_t *>(t.data) + size_t(r) * row_bytes(t.type, want[0]),
+                       tmp.data() + size_t(r * want[0]), want[0]);
+    Weight w;
+    w.data = b_.upload_floats(tmp.data(), tmp.size());
+    w.type = TYPE_F32;
+    w.n_cols = want[0];
+    w.n_rows = rows;
+    w.row_bytes = size_t(want[0]) * 4;
     return w;
 }
 
