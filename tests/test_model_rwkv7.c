@@ -89,7 +89,7 @@ static int argmax(const float *l) {
     return best;
 }
 
-static void check_expected(const float *l, const char *how) {
+static void check_logits(const float *l, const char *how) {
     double sum = 0, sum_abs = 0, max_abs = 0;
     float diff_sum = 0.0f; /* as rwkv.cpp sums it: in float, in order */
     for (int i = 0; i < N_VOCAB; i++) {
@@ -110,11 +110,11 @@ static void test_expected_logits(void **state) {
     (void)state;
     kvfit_session *s = new_session(512);
     assert_int_equal(kvfit_session_prefill(s, kPrompt, 3), KVFIT_OK);
-    check_expected(logits_of(s), "one batch of 3");
+    check_logits(logits_of(s), "one batch of 3");
     kvfit_session_free(s);
     s = new_session(512);
     for (int i = 0; i < 3; i++) assert_int_equal(kvfit_session_decode(s, kPrompt[i]), KVFIT_OK);
-    check_expected(logits_of(s), "one token at a time");
+    check_logits(logits_of(s), "one token at a time");
     kvfit_session_free(s);
 }
 
