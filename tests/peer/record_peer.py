@@ -164,6 +164,14 @@ MODELS = {
     "tiny-gemma3": {"path": tiny_path("tiny-gemma3"), "n_ctx": 512, "gen": TINY_GEN},
     "tiny-qwen2": {"path": tiny_path("tiny-qwen2"), "n_ctx": 512, "gen": TINY_GEN},
     "tiny-qwen3": {"path": tiny_path("tiny-qwen3"), "n_ctx": 512, "gen": TINY_GEN},
+    # rwkv.cpp's tiny trained RWKV-7 (byte-level, Shakespeare-like text),
+    # converted by tools/rwkv-to-gguf.py (ctest's rwkv7_model fixture).
+    "tiny-rwkv7": {"path": tiny_path("tiny-rwkv7-834K"), "n_ctx": 512, "gen": [
+        ("in", 0, '"in'),
+        ("citizen", 0, "First Citizen:\nBefore we proceed any further, hear me speak.\n"),
+        ("king", 0, "KING RICHARD III:\n"),
+        ("love", 0, "O, my love, "),
+    ]},
 }
 
 
