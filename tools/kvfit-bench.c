@@ -254,6 +254,22 @@ int main(int argc, char **argv) {
 
     printf("model: %s (%s, %.1fM params, %.1f MiB), kvfit %s\n", model_path, info.arch, info.n_params / 1e6,
            info.weight_bytes / 1048576.0, kvfit_version());
+    { /* the devices there are to choose from (KVFIT_BACKEND / KVFIT_DEVICE pick one) */
+        static const char *const backends[] = {"auto", "cpu", "cuda", "vulkan"};
+        size_t nd = 0;
+        kvfit_device_count(&nd);
+        printf("devices:");
+        for (size_t i = 0; i < nd; i++) {
+            kvfit_device_info di;
+            memset(&di, 0, sizeof di);
+            di.struct_size = sizeof di;
+            if (kvfit_device_get_info(i, &di) == KVFIT_OK)
+                printf("%s %s %d: %s", i ? ";" : "", (unsigned)di.backend < 4 ? backends[di.backend] : "?", di.index,
+                       di.name ? di.name : "?");
+        }
+        const char *env = getenv("KVFIT_BACKEND");
+        printf(" (KVFIT_BACKEND=%s)\n", env && *env ? env : "auto");
+    }
     if (sessions) {
         const int P = atoi(plist);
         if (P < 1 || (size_t)P * 64 > n_src) { fprintf(stderr, "kvfit-bench: bad prompt length %s\n", plist); return 2; }
