@@ -67,7 +67,10 @@ prepare() {
     cp "$shared/models/stories260K.gguf" "$DATA/data/models/"
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    sh "$ROOT/tests/make_tiny_models.sh" "$tmp/tiny" "$shared/vocab" >/dev/null
+    if ! sh "$ROOT/tests/make_tiny_models.sh" "$tmp/tiny" "$shared/vocab"; then
+        echo "gpu-check --prepare: the tiny models need the gguf and numpy Python packages and $shared/vocab" >&2
+        exit 1
+    fi
     cp "$tmp/tiny/tiny-gemma3.gguf" "$tmp/tiny/tiny-gemma3-w100.gguf" "$DATA/tiny/"
 
     # llama.cpp from the pinned sdist, pruned, as a tar.gz.
