@@ -3,12 +3,21 @@
  *   kvfit-bench -m model.gguf [-t threads] [-p 128,1024] [-n 128] [-r 3] [-f text.txt]
  *   kvfit-bench -m model.gguf --budget 8MiB --positions 1000,10000,100000 [-n 128] [-r 3] [-f text.txt]
  *   kvfit-bench -m model.gguf --sessions 1,2,4 [-t threads] [-p 32] [-n 64] [-r 3] [--thread-limit N]
+ *   kvfit-bench -m model.gguf --ceiling 2GiB [-t threads] [-p 128] [-n 128] [-r 7]
  *
  * For each prompt length P: a fresh session ingests P tokens in one prefill
  * (tokens/s = P / time), then decodes N tokens greedily one at a time
  * (tokens/s = N / time). Each measurement is repeated R times and the median
  * is printed as a markdown table row. Prompt tokens come from a text file
  * (-f) when given, else from a fixed pseudo-random sequence.
+ *
+ * With --ceiling SIZE, each repetition first measures the memory read
+ * bandwidth (one sweep over a SIZE buffer by the session's thread count, as
+ * kvfit-bandwidth does; "auto" = four times the last-level cache, at least
+ * 1 GiB), so the probe and the decode runs alternate on a noisy machine; the
+ * rows gain the ceiling (median bandwidth / the bytes of weights a decoded
+ * token reads, from the GGUF's tensor table) and the median decode tok/s as a
+ * fraction of it. Meant for the CPU backend.
  *
  * With --positions, one streaming session (--budget, or --window/--sinks/
  * --codec) ingests the token source (cycled) up to each stream position and
@@ -32,6 +41,7 @@
 #include <sys/resource.h>
 
 #include "kvfit.h"
+#include "bandwidth.h"
 #include "cli_args.h"
 
 static double cpu_s(void) {
@@ -172,7 +182,7 @@ static int bench_sessions(kvfit_model *model, const char *counts, const int32_t 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *text_path = NULL, *plist = "128,1024", *positions = NULL, *sessions = NULL;
     int threads = 0, n_gen = 128, reps = 3, sinks = -1, thread_limit = -1;
-    uint64_t budget = 0;
+    uint64_t budget = 0, ceiling = 0;
     uint32_t window = 0;
     kvfit_kv_codec codec = KVFIT_KV_AUTO;
     for (int i = 1; i < argc; i++) {
@@ -190,6 +200,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--budget")) {
             if (!parse_size(v, &budget)) { fprintf(stderr, "kvfit-bench: bad size '%s'\n", v); return 2; }
         }
+        else if (!strcmp(a, "--ceiling")) {
+            if (!strcmp(v, "auto")) ceiling = bw_default_bytes();
+            else if (!parse_size(v, &ceiling)) { fprintf(stderr, "kvfit-bench: bad size '%s'\n", v); return 2; }
+        }
         else if (!strcmp(a, "--window")) window = (uint32_t)strtoul(v, NULL, 10);
         else if (!strcmp(a, "--sinks")) sinks = atoi(v);
         else if (!strcmp(a, "--codec")) {
@@ -198,7 +212,7 @@ int main(int argc, char **argv) {
         else {
             fprintf(stderr, "usage: kvfit-bench -m MODEL [-t THREADS] [-p 128,1024] [-n 128] [-r 3] [-f TEXT]\n"
                             "                   [--positions 1000,10000] [--budget 8MiB] [--window N] [--sinks N] [--codec f16|q8|q4|q4h|q4c]\n"
-                            "                   [--sessions 1,2,4] [--thread-limit N]\n");
+                            "                   [--sessions 1,2,4] [--thread-limit N] [--ceiling auto|SIZE]\n");
             return 2;
         }
         i++;
@@ -240,6 +254,22 @@ int main(int argc, char **argv) {
 
     printf("model: %s (%s, %.1fM params, %.1f MiB), kvfit %s\n", model_path, info.arch, info.n_params / 1e6,
            info.weight_bytes / 1048576.0, kvfit_version());
+    { /* the devices there are to choose from (KVFIT_BACKEND / KVFIT_DEVICE pick one) */
+        static const char *const backends[] = {"auto", "cpu", "cuda", "vulkan"};
+        size_t nd = 0;
+        kvfit_device_count(&nd);
+        printf("devices:");
+        for (size_t i = 0; i < nd; i++) {
+            kvfit_device_info di;
+            memset(&di, 0, sizeof di);
+            di.struct_size = sizeof di;
+            if (kvfit_device_get_info(i, &di) == KVFIT_OK)
+                printf("%s %s %d: %s", i ? ";" : "", (unsigned)di.backend < 4 ? backends[di.backend] : "?", di.index,
+                       di.name ? di.name : "?");
+        }
+        const char *env = getenv("KVFIT_BACKEND");
+        printf(" (KVFIT_BACKEND=%s)\n", env && *env ? env : "auto");
+    }
     if (sessions) {
         const int P = atoi(plist);
         if (P < 1 || (size_t)P * 64 > n_src) { fprintf(stderr, "kvfit-bench: bad prompt length %s\n", plist); return 2; }
@@ -295,8 +325,24 @@ int main(int argc, char **argv) {
         kvfit_model_free(model);
         return 0;
     }
+    bw_model_bytes mbytes;
+    bw_probe probe = {0};
+    if (ceiling) {
+        char err[512];
+        if (!bw_model_read(model_path, &mbytes, err, sizeof err)) { fprintf(stderr, "kvfit-bench: %s\n", err); return 1; }
+        if (!bw_probe_init(&probe, threads, ceiling)) { fprintf(stderr, "kvfit-bench: cannot allocate the probe buffer\n"); return 1; }
+        double warm;
+        bw_probe_run(&probe, 1, &warm);
+        printf("ceiling: a decoded token reads %.2f MB of weights%s; read bandwidth: %d threads over %.0f MiB, one sweep "
+               "before each repetition\n", mbytes.bytes_per_token / 1e6, mbytes.tied_output ? " (tied output)" : "",
+               probe.threads, probe.bytes / 1048576.0);
+    }
     printf("threads: %d, decode tokens: %d, repetitions: %d (median)\n\n", threads, n_gen, reps);
-    printf("| prompt tokens | prefill tok/s | decode tok/s |\n|---:|---:|---:|\n");
+    if (ceiling)
+        printf("| prompt tokens | prefill tok/s | decode tok/s | read GB/s | ceiling tok/s | decode / ceiling |\n"
+               "|---:|---:|---:|---:|---:|---:|\n");
+    else
+        printf("| prompt tokens | prefill tok/s | decode tok/s |\n|---:|---:|---:|\n");
     char *list = strdup(plist);
     for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
         int P = atoi(tok);
@@ -309,7 +355,9 @@ int main(int argc, char **argv) {
         kvfit_session *s;
         if ((st = kvfit_session_create(model, &sp, &s))) return die("creating a session", st);
         double *pre = malloc(sizeof(double) * reps), *dec = malloc(sizeof(double) * reps);
+        double *bw = malloc(sizeof(double) * reps);
         for (int r = 0; r < reps; r++) {
+            if (ceiling) bw_probe_run(&probe, 1, &bw[r]);
             kvfit_session_reset(s);
             double t0 = now_s();
             if ((st = kvfit_session_prefill(s, src, (size_t)P))) return die("prefill", st);
@@ -319,14 +367,21 @@ int main(int argc, char **argv) {
             pre[r] = P / (t1 - t0);
             dec[r] = n_gen / (t2 - t1);
         }
-        printf("| %d | %.1f | %.1f |\n", P, median(pre, reps), median(dec, reps));
+        if (ceiling) {
+            const double d = median(dec, reps), g = median(bw, reps), c = g * 1e9 / (double)mbytes.bytes_per_token;
+            printf("| %d | %.1f | %.1f | %.2f | %.1f | %.2f |\n", P, median(pre, reps), d, g, c, d / c);
+        } else {
+            printf("| %d | %.1f | %.1f |\n", P, median(pre, reps), median(dec, reps));
+        }
         fflush(stdout);
+        free(bw);
         free(pre);
         free(dec);
         kvfit_session_free(s);
     }
     free(list);
     free(src);
+    if (ceiling) bw_probe_free(&probe);
     kvfit_model_free(model);
     return 0;
 }
