@@ -164,6 +164,9 @@ MODELS = {
     "tiny-gemma3": {"path": tiny_path("tiny-gemma3"), "n_ctx": 512, "gen": TINY_GEN},
     "tiny-qwen2": {"path": tiny_path("tiny-qwen2"), "n_ctx": 512, "gen": TINY_GEN},
     "tiny-qwen3": {"path": tiny_path("tiny-qwen3"), "n_ctx": 512, "gen": TINY_GEN},
+    # Gated DeltaNet hybrid: llama.cpp runs its recurrent layers with the fused
+    # gated_delta_net op, one token after another, in prefill and decode alike.
+    "tiny-qwen35": {"path": tiny_path("tiny-qwen35"), "n_ctx": 512, "gen": TINY_GEN},
 }
 
 
