@@ -339,6 +339,8 @@ typedef enum kvfit_kv_codec {
     KVFIT_KV_Q4_CHANNEL = 5,  /* Q4 with keys grouped per channel over blocks of 32 tokens (values per
                                * token); the sinks' keys and the newest, unfinished block's keys stay F16.
                                * Windows are multiples of 32. */
+    KVFIT_KV_F32 = 6,         /* 32-bit floats: how recurrent layers keep their state (reported by
+                               * kvfit_session_plan; not a codec a session can ask for) */
     KVFIT_KV_CODEC_MAX_ENUM = 0x7FFFFFFF
 } kvfit_kv_codec;
 
@@ -383,7 +385,8 @@ KVFIT_API kvfit_status kvfit_session_create(kvfit_model *model, const kvfit_sess
 /* Release a session and all its memory. NULL is a no-op. */
 KVFIT_API void kvfit_session_free(kvfit_session *session);
 
-/* Forget all tokens; the memory stays allocated. Errors: KVFIT_E_ARG. */
+/* Forget all tokens (recurrent layers' states go back to zero); the memory
+ * stays allocated. Errors: KVFIT_E_ARG. */
 KVFIT_API kvfit_status kvfit_session_reset(kvfit_session *session);
 
 /* Append tokens to the session (batched), computing the logits of the last one.
@@ -409,7 +412,7 @@ KVFIT_API uint64_t kvfit_session_n_past(const kvfit_session *session);
  *
  * kvfit_session_kv_bytes: everything the session keeps per token or per
  * sequence (KV codes, scales, minima, F16 sink keys and residual rows, RoPE
- * tables, later recurrent states), which is what kv_budget_bytes bounds:
+ * tables, recurrent layers' states), which is what kv_budget_bytes bounds:
  * it never exceeds the budget.
  *
  * kvfit_session_scratch_bytes: the rest, which the budget does not cover:
@@ -427,6 +430,8 @@ typedef enum kvfit_layer_kind {
     KVFIT_LAYER_STREAMING = 1, /* attention over sinks + a sliding window */
     KVFIT_LAYER_WINDOW = 2,    /* the model's own sliding window (e.g. Gemma 3's local layers): exactly its
                                 * n_window most recent tokens, no sinks, whatever the budget */
+    KVFIT_LAYER_RECURRENT = 3, /* a fixed-size state instead of a list of tokens (Gated DeltaNet, RWKV):
+                                * its bytes do not grow with the context; n_sink and n_window are 0 */
     KVFIT_LAYER_KIND_MAX_ENUM = 0x7FFFFFFF
 } kvfit_layer_kind;
 
@@ -435,7 +440,7 @@ typedef struct kvfit_layer_plan {
     kvfit_kv_codec codec;
     uint32_t n_sink;
     uint32_t n_window; /* dense layers: the tokens they hold */
-    uint64_t bytes;    /* everything this layer keeps: codes, scales, minima */
+    uint64_t bytes;    /* everything this layer keeps: codes, scales, minima; a recurrent layer's state */
 } kvfit_layer_plan;
 
 /* The session's plan: up to capacity layers into layers (may be NULL with

@@ -176,6 +176,12 @@ static void print_plan(const kvfit_session *s) {
         while (j + 1 < n && lp[j + 1].kind == lp[i].kind && lp[j + 1].codec == lp[i].codec &&
                lp[j + 1].n_window == lp[i].n_window && lp[j + 1].n_sink == lp[i].n_sink)
             j++;
+        if (lp[i].kind == KVFIT_LAYER_RECURRENT) {
+            fprintf(stderr, "  layers %zu-%zu: recurrent state, %s, %.2f MiB each\n", i, j, codec_name(lp[i].codec),
+                    lp[i].bytes / 1048576.0);
+            i = j;
+            continue;
+        }
         const char *kind = lp[i].kind == KVFIT_LAYER_STREAMING ? "streaming"
                            : lp[i].kind == KVFIT_LAYER_WINDOW  ? "model's own window"
                                                                : "dense";

@@ -41,6 +41,8 @@ Session::Session(const Model &model, const kvfit_session_params &p) : model_(mod
 }
 
 void Session::reset() {
+    memory_->clear(*stream_);
+    stream_->synchronize();
     n_past_ = 0;
     has_logits_ = false;
 }
@@ -182,6 +184,8 @@ const char *kind_name(uint32_t k) {
     switch (k) {
         case KVFIT_LAYER_DENSE: return "dense";
         case KVFIT_LAYER_STREAMING: return "streaming";
+        case KVFIT_LAYER_WINDOW: return "window";
+        case KVFIT_LAYER_RECURRENT: return "recurrent";
         default: return "unknown";
     }
 }
@@ -193,6 +197,7 @@ const char *codec_name(uint32_t c) {
         case KVFIT_KV_Q4: return "Q4";
         case KVFIT_KV_Q4_HADAMARD: return "Q4_HADAMARD";
         case KVFIT_KV_Q4_CHANNEL: return "Q4_CHANNEL";
+        case KVFIT_KV_F32: return "F32";
         default: return "unknown";
     }
 }

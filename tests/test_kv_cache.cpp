@@ -632,6 +632,164 @@ void test_native_window_plan(void **) {
     assert_true(refused);
 }
 
+// The smallest budget a KVFIT_E_BUDGET message names (0 if none was refused).
+uint64_t named_budget(const std::vector<LayerSpec> &specs, const kvfit_session_params &p) {
+    try {
+        plan_memory(specs, p, 4096);
+    } catch (const Error &e) {
+        assert_int_equal(e.status(), KVFIT_E_BUDGET);
+        const char *at = std::strstr(e.what(), "smallest budget that works is ");
+        assert_non_null(at);
+        return std::strtoull(at + std::strlen("smallest budget that works is "), nullptr, 10);
+    }
+    return 0;
+}
+
+bool budget_refused(const std::vector<LayerSpec> &specs, const kvfit_session_params &p) {
+    try {
+        plan_memory(specs, p, 4096);
+    } catch (const Error &e) {
+        return e.status() == KVFIT_E_BUDGET;
+    }
+    return false;
+}
+
+// Recurrent state buffers of odd sizes, so that the allocation unit shows.
+const std::vector<uint64_t> kStateParts = {4 * 64 * 64 * 2 + 12, 3 * 4 * 96};
+
+uint64_t rounded(const std::vector<uint64_t> &parts) {
+    uint64_t n = 0;
+    for (uint64_t b : parts) n += (b + kAllocUnit - 1) / kAllocUnit * kAllocUnit;
+    return n;
+}
+
+// Three recurrent layers to one attention layer (Qwen3.5's pattern): the
+// states are fixed bytes, off the budget first, and the attention layers
+// share what is left.
+void test_recurrent_plan(void **) {
+    RopeParams rope;
+    rope.n_dims = HD;
+    std::vector<LayerSpec> specs;
+    for (int l = 0; l < 8; l++)
+        specs.push_back(l % 4 < 3 ? recurrent_layer(kStateParts) : uniform_attention_layers(1, N_HEAD, 1, HD, rope)[0]);
+    const uint64_t state = rounded(kStateParts);
+    kvfit_session_params p;
+    std::memset(&p, 0, sizeof p);
+    p.n_sink = -1;
+    p.n_ctx = 1000;
+    MemoryPlan plan = plan_memory(specs, p, 4096);
+    uint64_t sum = 0;
+    for (int l = 0; l < 8; l++) {
+        const LayerPlan &lp = plan.layers[size_t(l)];
+        if (l % 4 < 3) {
+            assert_int_equal(lp.kind, KVFIT_LAYER_RECURRENT);
+            assert_int_equal(layer_codec(lp), KVFIT_KV_F32);
+            assert_int_equal(lp.bytes, state);
+            assert_int_equal(lp.n_sink + lp.n_window, 0);
+            assert_int_equal(plan.layer_table[size_t(l)], -1);
+        } else {
+            assert_int_equal(lp.kind, KVFIT_LAYER_DENSE);
+            assert_int_equal(lp.n_window, 1000);
+        }
+        sum += lp.bytes;
+    }
+    assert_int_equal(plan.rope_tables.size(), 1);
+    assert_int_equal(plan.total_bytes, sum + plan.rope_tables[0].bytes);
+    assert_int_equal(plan.capacity(), 1000);
+
+    // Budgeted: the states whole, the attention layers streaming in the rest.
+    p.n_ctx = 100000;
+    p.kv_budget_bytes = 300000;
+    plan = plan_memory(specs, p, 4096);
+    assert_true(plan.total_bytes <= p.kv_budget_bytes);
+    assert_true(plan.unbounded());
+    for (int l = 0; l < 8; l++) {
+        const LayerPlan &lp = plan.layers[size_t(l)];
+        if (l % 4 < 3) {
+            assert_int_equal(lp.kind, KVFIT_LAYER_RECURRENT);
+            assert_int_equal(lp.bytes, state);
+        } else {
+            assert_int_equal(lp.kind, KVFIT_LAYER_STREAMING);
+            assert_int_equal(lp.n_sink, 4);
+            assert_true(lp.n_window >= 16);
+        }
+    }
+    assert_int_equal(plan.max_batch(), plan.layers[3].n_window);
+
+    // Too small for the states and a minimal window: the named budget works,
+    // one byte less does not.
+    p.kv_budget_bytes = 6 * state;
+    const uint64_t named = named_budget(specs, p);
+    assert_true(named > 6 * state);
+    p.kv_budget_bytes = named;
+    assert_true(plan_memory(specs, p, 4096).total_bytes <= named);
+    p.kv_budget_bytes = named - 1;
+    assert_true(budget_refused(specs, p));
+    // Smaller than the states alone.
+    p.kv_budget_bytes = state;
+    assert_int_equal(named_budget(specs, p), named);
+}
+
+// A model that is recurrent in every layer (RWKV): no tokens are kept, so no
+// capacity or batch limit, and the budget is the states' bytes.
+void test_all_recurrent_plan(void **) {
+    const std::vector<LayerSpec> specs(4, recurrent_layer(kStateParts));
+    const uint64_t state = rounded(kStateParts);
+    kvfit_session_params p;
+    std::memset(&p, 0, sizeof p);
+    p.n_sink = -1;
+    MemoryPlan plan = plan_memory(specs, p, 4096);
+    assert_true(plan.unbounded());
+    assert_int_equal(plan.max_batch(), UINT32_MAX);
+    assert_int_equal(plan.total_bytes, 4 * state);
+    assert_true(plan.rope_tables.empty());
+    p.kv_budget_bytes = 4 * state;
+    assert_int_equal(plan_memory(specs, p, 4096).total_bytes, 4 * state);
+    p.kv_budget_bytes = 4 * state - 1;
+    assert_int_equal(named_budget(specs, p), 4 * state);
+}
+
+// A recurrent layer's memory: zero at creation, saved and loaded whole,
+// zero again after clear, and allocated as planned.
+void test_recurrent_memory(void **) {
+    RopeParams rope;
+    rope.n_dims = HD;
+    const std::vector<LayerSpec> specs = {recurrent_layer(kStateParts), uniform_attention_layers(1, N_HEAD, 1, HD, rope)[0]};
+    kvfit_session_params p;
+    std::memset(&p, 0, sizeof p);
+    p.n_sink = -1;
+    p.n_ctx = 64;
+    const MemoryPlan plan = plan_memory(specs, p, 4096);
+    auto backend = create_cpu_backend();
+    auto stream = backend->create_stream(1, 8, N_HEAD * HD, 64);
+    SessionMemory mem(*stream, specs, plan, 8);
+    assert_int_equal(mem.allocated_bytes(), plan.total_bytes);
+    RecurrentMemory &r = mem.recurrent(0);
+    assert_int_equal(r.n_parts(), 2);
+    assert_int_equal(r.state_bytes(), kStateParts[0] + kStateParts[1]);
+    for (size_t i = 0; i < 2; i++) {
+        const float *f = r.f32(i);
+        for (size_t j = 0; j < kStateParts[i] / 4; j++) assert_true(f[j] == 0.0f);
+    }
+    for (size_t i = 0; i < 2; i++)
+        for (size_t j = 0; j < kStateParts[i] / 4; j++) r.f32(i)[j] = float(i * 1000 + j) * 0.5f;
+    std::vector<uint8_t> saved(mem.state_bytes());
+    mem.save(*stream, saved.data());
+    mem.clear(*stream);
+    for (size_t i = 0; i < 2; i++)
+        for (size_t j = 0; j < kStateParts[i] / 4; j++) assert_true(r.f32(i)[j] == 0.0f);
+    mem.load(*stream, saved.data());
+    for (size_t i = 0; i < 2; i++)
+        for (size_t j = 0; j < kStateParts[i] / 4; j++) assert_true(r.f32(i)[j] == float(i * 1000 + j) * 0.5f);
+    bool wrong_kind = false;
+    try {
+        mem.attention(0);
+    } catch (const Error &e) {
+        wrong_kind = e.status() == KVFIT_E_INTERNAL;
+    }
+    assert_true(wrong_kind);
+}
+
 }  // namespace
 
 int main(void) {
@@ -640,6 +798,8 @@ int main(void) {
         cmocka_unit_test(test_q4),           cmocka_unit_test(test_q4_hadamard),
         cmocka_unit_test(test_q4_channel),   cmocka_unit_test(test_channel_block_roundtrip),
         cmocka_unit_test(test_channel_plan_bytes), cmocka_unit_test(test_native_window_plan),
+        cmocka_unit_test(test_recurrent_plan),     cmocka_unit_test(test_all_recurrent_plan),
+        cmocka_unit_test(test_recurrent_memory),
         cmocka_unit_test(test_native_window_dense), cmocka_unit_test(test_native_window_streaming),
         cmocka_unit_test(test_reference_fp16),     cmocka_unit_test(test_reference_hadamard),
         cmocka_unit_test(test_dense_f16),          cmocka_unit_test(test_dense_q8),

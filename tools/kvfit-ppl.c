@@ -80,6 +80,7 @@ static const char *kind_name(kvfit_layer_kind k) {
     case KVFIT_LAYER_DENSE: return "dense";
     case KVFIT_LAYER_STREAMING: return "streaming";
     case KVFIT_LAYER_WINDOW: return "window";
+    case KVFIT_LAYER_RECURRENT: return "recurrent";
     default: return "?";
     }
 }

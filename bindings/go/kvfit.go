@@ -520,13 +520,14 @@ const (
 	KVQ4         KVCodec = C.KVFIT_KV_Q4
 	KVQ4Hadamard KVCodec = C.KVFIT_KV_Q4_HADAMARD // Q4 with Hadamard-rotated keys
 	KVQ4Channel  KVCodec = C.KVFIT_KV_Q4_CHANNEL  // Q4 with keys grouped per channel; windows are multiples of 32
+	KVF32        KVCodec = C.KVFIT_KV_F32         // recurrent layers' state (reported only, not requested)
 )
 
 var codecNames = map[KVCodec]string{
-	KVAuto: "auto", KVF16: "f16", KVQ8: "q8", KVQ4: "q4", KVQ4Hadamard: "q4h", KVQ4Channel: "q4c",
+	KVAuto: "auto", KVF16: "f16", KVQ8: "q8", KVQ4: "q4", KVQ4Hadamard: "q4h", KVQ4Channel: "q4c", KVF32: "f32",
 }
 
-// String gives the names kvfit's tools use: auto, f16, q8, q4, q4h, q4c.
+// String gives the names kvfit's tools use: auto, f16, q8, q4, q4h, q4c, f32.
 func (c KVCodec) String() string { return nameOf(codecNames, c, "codec") }
 
 // SessionOptions size a session's KV memory; see kvfit_session_params in
@@ -688,9 +689,10 @@ const (
 	LayerDense     LayerKind = C.KVFIT_LAYER_DENSE
 	LayerStreaming LayerKind = C.KVFIT_LAYER_STREAMING
 	LayerWindow    LayerKind = C.KVFIT_LAYER_WINDOW
+	LayerRecurrent LayerKind = C.KVFIT_LAYER_RECURRENT // a fixed-size state (Gated DeltaNet, RWKV)
 )
 
-var layerKindNames = map[LayerKind]string{LayerDense: "dense", LayerStreaming: "streaming", LayerWindow: "window"}
+var layerKindNames = map[LayerKind]string{LayerDense: "dense", LayerStreaming: "streaming", LayerWindow: "window", LayerRecurrent: "recurrent"}
 
 func (k LayerKind) String() string { return nameOf(layerKindNames, k, "layer kind") }
 

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -46,6 +47,13 @@ void Stream::rope_keys(float *, int, int, int, uint64_t, const CacheAttention &)
 
 void Stream::add_rows(float *y, const float *b, int n, size_t d) {
     for (int t = 0; t < n; t++) add(y + size_t(t) * d, b, d);
+}
+
+void Stream::zero(void *dst, size_t bytes) {
+    // A static block: uploads may complete after this returns.
+    static const std::vector<uint8_t> zeros(size_t(1) << 16);
+    for (size_t o = 0; o < bytes; o += zeros.size())
+        upload(static_cast<uint8_t *>(dst) + o, zeros.data(), std::min(zeros.size(), bytes - o));
 }
 
 void Stream::scale(float *, size_t, float) { fail(KVFIT_E_UNSUPPORTED, "this backend has no scale op yet"); }

@@ -144,6 +144,9 @@ public:
     virtual void rope_keys(float *k, int n, int n_heads, int head_dim, uint64_t pos0, const CacheAttention &a);
     // Device-to-device copy.
     virtual void copy(void *dst, const void *src, size_t bytes) = 0;
+    // dst[0, bytes) = 0 (recurrent states at the start of a stream). The
+    // default uploads zeros.
+    virtual void zero(void *dst, size_t bytes);
     // out = silu(gate) * up, n floats.
     virtual void swiglu(const float *gate, const float *up, size_t n, float *out) = 0;
     // y += x, n floats.

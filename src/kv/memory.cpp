@@ -61,6 +61,23 @@ void LayerMemory::load(Stream &s, const uint8_t *src) {
     }
 }
 
+RecurrentMemory::RecurrentMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan) : LayerMemory(plan) {
+    for (uint64_t bytes : spec.state_parts) parts_.emplace_back(alloc_bytes(s, size_t(bytes)), size_t(bytes));
+    clear(s);
+}
+
+std::vector<std::pair<uint8_t *, size_t>> RecurrentMemory::parts() const { return parts_; }
+
+void RecurrentMemory::clear(Stream &s) {
+    for (auto [p, size] : parts_)
+        if (size) s.zero(p, size);
+}
+
+float *RecurrentMemory::f32(size_t i) const {
+    if (i >= parts_.size()) fail(KVFIT_E_INTERNAL, "recurrent state part %zu of %zu", i, parts_.size());
+    return reinterpret_cast<float *>(parts_[i].first);
+}
+
 size_t AttentionMemory::staged_row_bytes(const LayerSpec &spec, const LayerPlan &plan) {
     const size_t v_row = size_t(spec.n_head_kv) * codec_row_bytes(plan.codec, spec.head_dim);
     const size_t k_row = plan.channel_keys ? size_t(spec.n_head_kv) * size_t(spec.head_dim) * 2 : v_row;
@@ -162,15 +179,21 @@ SessionMemory::SessionMemory(Stream &s, const std::vector<LayerSpec> &specs, con
     // like the activation buffers; not state kept per token).
     size_t max_row = 0;
     for (size_t l = 0; l < specs.size(); l++)
-        max_row = std::max(max_row, AttentionMemory::staged_row_bytes(specs[l], plan.layers[l]));
+        if (!specs[l].recurrent()) max_row = std::max(max_row, AttentionMemory::staged_row_bytes(specs[l], plan.layers[l]));
     AttentionStaging staging;
-    staging.k_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
-    staging.v_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
+    if (max_row) {
+        staging.k_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
+        staging.v_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
+    }
     // What the layers keep, counted as the stream allocates it.
     const uint64_t before = s.allocated_bytes();
     std::vector<const float *> tables;
     for (const RopeTablePlan &t : plan.rope_tables) tables.push_back(make_rope_table(s, t));
     for (size_t l = 0; l < specs.size(); l++) {
+        if (specs[l].recurrent()) {
+            layers_.push_back(std::make_unique<RecurrentMemory>(s, specs[l], plan.layers[l]));
+            continue;
+        }
         const size_t t = size_t(plan.layer_table[l]);
         layers_.push_back(std::make_unique<AttentionMemory>(s, specs[l], plan.layers[l], tables[t],
                                                             plan.rope_tables[t].positions, s.stores_rotated_keys(),
@@ -183,6 +206,16 @@ AttentionMemory &SessionMemory::attention(int l) {
     auto *a = dynamic_cast<AttentionMemory *>(layers_.at(size_t(l)).get());
     if (!a) fail(KVFIT_E_INTERNAL, "layer %d has no attention cache", l);
     return *a;
+}
+
+RecurrentMemory &SessionMemory::recurrent(int l) {
+    auto *r = dynamic_cast<RecurrentMemory *>(layers_.at(size_t(l)).get());
+    if (!r) fail(KVFIT_E_INTERNAL, "layer %d has no recurrent state", l);
+    return *r;
+}
+
+void SessionMemory::clear(Stream &s) {
+    for (const auto &m : layers_) m->clear(s);
 }
 
 size_t SessionMemory::state_bytes() const {

@@ -2,8 +2,8 @@
 // byte budget.
 //
 // An architecture describes what each of its layers keeps per session (a
-// LayerSpec: attention with its heads, RoPE and scale; later recurrent
-// state). The planner turns the specs and the session's parameters into a
+// LayerSpec: attention with its heads, RoPE and scale, or a recurrent layer's
+// fixed-size state). The planner turns the specs and the session's parameters into a
 // LayerPlan per layer (kind, codec, sinks, window, bytes). SessionMemory then
 // allocates one memory object per layer (LayerMemory), each knowing its bytes
 // and how to save and load itself, so nothing here assumes that all layers are
@@ -34,8 +34,13 @@ namespace kvfit {
 
 // What one layer of a model keeps per session, as its architecture defines it.
 struct LayerSpec {
-    enum class Kind { Attention };
+    // Attention keeps a list of tokens' keys and values; a recurrent layer
+    // (Gated DeltaNet, RWKV) a state whose size does not depend on the context.
+    enum class Kind { Attention, Recurrent };
     Kind kind = Kind::Attention;
+    // Recurrent: the bytes of each buffer of its state (F32), in the order the
+    // architecture addresses them (RecurrentMemory::f32).
+    std::vector<uint64_t> state_parts;
     int n_head = 0;
     int n_head_kv = 0;  // GQA: query head h reads KV head h / (n_head / n_head_kv)
     int head_dim = 0;
@@ -45,7 +50,11 @@ struct LayerSpec {
     // native_window most recent tokens, itself included.
     uint32_t native_window = 0;
     float attn_scale() const;
+    bool recurrent() const { return kind == Kind::Recurrent; }
 };
+
+// A recurrent layer with these state buffers (bytes each).
+LayerSpec recurrent_layer(std::vector<uint64_t> state_parts);
 
 // The same attention layer n_layer times (every llama-style model).
 std::vector<LayerSpec> uniform_attention_layers(int n_layer, int n_head, int n_head_kv, int head_dim,
@@ -64,7 +73,9 @@ struct LayerPlan {
     bool absolute_positions = false;
     uint64_t bytes = 0;         // what the layer's memory object allocates
     // A ring that evicts (sinks + window, or a native window).
-    bool ring() const { return kind != KVFIT_LAYER_DENSE; }
+    bool ring() const { return kind == KVFIT_LAYER_STREAMING || kind == KVFIT_LAYER_WINDOW; }
+    // Whether the layer keeps keys and values (not a recurrent state).
+    bool attention() const { return kind != KVFIT_LAYER_RECURRENT; }
 };
 
 // A cos/sin table of cache positions, shared by the layers with the same
@@ -78,10 +89,10 @@ struct RopeTablePlan {
 struct MemoryPlan {
     std::vector<LayerPlan> layers;
     std::vector<RopeTablePlan> rope_tables;
-    std::vector<int> layer_table;  // rope_tables index of each layer
+    std::vector<int> layer_table;  // rope_tables index of each layer (-1: a recurrent layer)
     uint64_t total_bytes = 0;      // everything allocated per session for layer memory
     // Tokens the session can hold: the smallest dense layer's capacity (no
-    // limit if every layer streams).
+    // limit if every layer streams or is recurrent).
     uint64_t capacity() const;
     bool unbounded() const;
     // The largest batch every layer can take at once (a streaming layer's
@@ -103,6 +114,8 @@ inline uint64_t alloc_size(uint64_t bytes) { return (bytes + kAllocUnit - 1) / k
 std::array<uint64_t, 4> attention_buffer_bytes(const LayerSpec &spec, const LayerPlan &lp);
 // What one layer allocates: its buffers, each rounded to kAllocUnit.
 uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp);
+// A recurrent layer's state buffers, each rounded to kAllocUnit.
+uint64_t recurrent_state_bytes(const LayerSpec &spec);
 
 // The most tokens a session with these parameters runs through the model at
 // once (before the plan's own limits: MemoryPlan::max_batch, the capacity).
@@ -129,6 +142,9 @@ public:
     size_t state_bytes() const;
     void save(Stream &s, uint8_t *dst) const;
     void load(Stream &s, const uint8_t *src);
+    // Back to the state of a new session (a reset). Attention layers need
+    // nothing: the session's position says which of their rows are valid.
+    virtual void clear(Stream &s) { (void)s; }
 
 protected:
     explicit LayerMemory(const LayerPlan &plan) : plan_(plan) {}
@@ -174,6 +190,21 @@ private:
     size_t k_bytes_ = 0, v_bytes_ = 0, k_sink_bytes_ = 0, k_res_bytes_ = 0;
 };
 
+// A recurrent layer's state: fixed-size F32 buffers, zero at the start of a
+// stream, carried from token to token by the architecture's ops.
+class RecurrentMemory : public LayerMemory {
+public:
+    RecurrentMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan);
+    std::vector<std::pair<uint8_t *, size_t>> parts() const override;
+    void clear(Stream &s) override;
+    // Buffer i of the state, as the layer's spec lists them (device memory).
+    float *f32(size_t i) const;
+    size_t n_parts() const { return parts_.size(); }
+
+private:
+    std::vector<std::pair<uint8_t *, size_t>> parts_;
+};
+
 // All layers' memory of one session, and what they share (RoPE tables, the
 // staging rows).
 class SessionMemory {
@@ -185,6 +216,10 @@ public:
     const LayerMemory &layer(int l) const { return *layers_[size_t(l)]; }
     // Layer l's attention cache (KVFIT_E_INTERNAL if it is of another kind).
     AttentionMemory &attention(int l);
+    // Layer l's recurrent state (KVFIT_E_INTERNAL if it is of another kind).
+    RecurrentMemory &recurrent(int l);
+    // Every layer back to a new session's state (recurrent states to zero).
+    void clear(Stream &s);
     // Shorthand for attention(layer).attend(...).
     void attend(Stream &s, int layer, const float *q, float *k, const float *v, int n, uint64_t pos0, float *out) {
         attention(layer).attend(s, q, k, v, n, pos0, out);

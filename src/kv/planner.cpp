@@ -42,6 +42,7 @@ void plan_tables(const std::vector<LayerSpec> &specs, MemoryPlan &plan, const Ta
     plan.rope_tables.clear();
     plan.layer_table.assign(specs.size(), -1);
     for (size_t l = 0; l < specs.size(); l++) {
+        if (specs[l].recurrent()) continue;  // no positions, no table
         const uint32_t positions = rope_positions(plan.layers[l], bounds);
         int found = -1;
         for (size_t t = 0; t < plan.rope_tables.size() && found < 0; t++)
@@ -130,6 +131,13 @@ namespace {
 
 float LayerSpec::attn_scale() const { return scale > 0.0f ? scale : 1.0f / std::sqrt(float(head_dim)); }
 
+LayerSpec recurrent_layer(std::vector<uint64_t> state_parts) {
+    LayerSpec s;
+    s.kind = LayerSpec::Kind::Recurrent;
+    s.state_parts = std::move(state_parts);
+    return s;
+}
+
 std::vector<LayerSpec> uniform_attention_layers(int n_layer, int n_head, int n_head_kv, int head_dim,
                                                 const RopeParams &rope) {
     LayerSpec s;
@@ -143,7 +151,7 @@ std::vector<LayerSpec> uniform_attention_layers(int n_layer, int n_head, int n_h
 uint64_t MemoryPlan::capacity() const {
     uint64_t c = UINT64_MAX;
     for (const LayerPlan &lp : layers)
-        if (!lp.ring()) c = std::min<uint64_t>(c, lp.n_window);
+        if (lp.kind == KVFIT_LAYER_DENSE) c = std::min<uint64_t>(c, lp.n_window);
     return c;
 }
 
@@ -166,7 +174,14 @@ std::array<uint64_t, 4> attention_buffer_bytes(const LayerSpec &spec, const Laye
             uint64_t(lp.n_sink) * f16_row, uint64_t(KV_CHANNEL_BLOCK) * f16_row};
 }
 
+uint64_t recurrent_state_bytes(const LayerSpec &spec) {
+    uint64_t n = 0;
+    for (uint64_t b : spec.state_parts) n += b ? alloc_size(b) : 0;
+    return n;
+}
+
 uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp) {
+    if (spec.recurrent()) return recurrent_state_bytes(spec);
     uint64_t n = 0;
     for (uint64_t b : attention_buffer_bytes(spec, lp)) n += b ? alloc_size(b) : 0;
     return n;
@@ -183,6 +198,7 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
     bool groups_ok = true, pow2 = true;
     int odd_head = 0;
     for (const LayerSpec &s : specs) {
+        if (s.recurrent()) continue;
         if (s.head_dim % 32) groups_ok = false, odd_head = s.head_dim;
         if (s.head_dim & (s.head_dim - 1)) pow2 = false, odd_head = odd_head ? odd_head : s.head_dim;
     }
@@ -205,18 +221,30 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
     // codec or F16; per-channel key blocks need whole blocks, so such a
     // window takes per-token 4-bit keys instead. Their bytes come off the
     // budget first; the other layers share the rest.
+    // Recurrent layers keep a state of fixed size, in F32; it comes off the
+    // budget before anything else.
     std::vector<LayerSpec> budgeted;
     std::vector<LayerPlan> layers(specs.size());
     std::vector<LayerSpec> native_specs;
     std::vector<LayerPlan> native_plans;
-    for (const LayerSpec &spec : specs)
-        if (!spec.native_window) budgeted.push_back(spec);
+    uint64_t recurrent_bytes = 0;
+    size_t n_recurrent = 0;
+    for (size_t l = 0; l < specs.size(); l++) {
+        if (specs[l].recurrent()) {
+            layers[l].kind = KVFIT_LAYER_RECURRENT;
+            recurrent_bytes += recurrent_state_bytes(specs[l]);
+            n_recurrent++;
+        } else if (!specs[l].native_window) {
+            budgeted.push_back(specs[l]);
+        }
+    }
+
     // The native windows at one codec, and what they cost.
     auto native_at = [&](kvfit_kv_codec codec) {
         native_specs.clear();
         native_plans.clear();
         for (size_t l = 0; l < specs.size(); l++) {
-            if (!specs[l].native_window) continue;
+            if (specs[l].recurrent() || !specs[l].native_window) continue;
             kvfit_kv_codec c = codec;
             const uint32_t window = streaming ? specs[l].native_window : std::min(specs[l].native_window, dense_capacity);
             if (c == KVFIT_KV_Q4_CHANNEL && window % KV_CHANNEL_BLOCK) c = pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4;
@@ -229,7 +257,8 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
             native_specs.push_back(specs[l]);
             native_plans.push_back(w);
         }
-        return native_specs.empty() ? uint64_t(0) : finish_plan(native_specs, native_plans, bounds).total_bytes;
+        return recurrent_bytes +
+               (native_specs.empty() ? uint64_t(0) : finish_plan(native_specs, native_plans, bounds).total_bytes);
     };
     // The least the other layers can do with: the default sinks and the
     // shortest window at the smallest codec.
@@ -250,11 +279,16 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
         fixed = native_at(KVFIT_KV_Q8);
         if (fixed + least_rest > p.kv_budget_bytes) fixed = native_at(pow2 ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4);
     }
-    if (p.kv_budget_bytes && !native_specs.empty() && fixed + least_rest > p.kv_budget_bytes)
+    // What the fixed layers are, for messages.
+    const char *fixed_what = native_specs.empty() ? "the model's recurrent states"
+                             : n_recurrent        ? "the model's recurrent states and own sliding windows"
+                                                  : "the model's own sliding windows";
+    if (p.kv_budget_bytes && fixed && fixed + least_rest > p.kv_budget_bytes)
         fail(KVFIT_E_BUDGET,
-             "a KV budget of %llu bytes cannot hold the model's own sliding windows (%zu layers, %llu bytes) and the "
-             "other layers' sinks and window; the smallest budget that works is %llu bytes",
-             (unsigned long long)p.kv_budget_bytes, native_specs.size(), (unsigned long long)fixed,
+             "a KV budget of %llu bytes cannot hold %s (%zu layers, %llu bytes)%s; the smallest budget that works is "
+             "%llu bytes",
+             (unsigned long long)p.kv_budget_bytes, fixed_what, n_recurrent + native_specs.size(),
+             (unsigned long long)fixed, budgeted.empty() ? "" : " and the other layers' sinks and window",
              (unsigned long long)(fixed + least_rest));
     const uint64_t budget = p.kv_budget_bytes ? p.kv_budget_bytes - fixed : 0;
 
@@ -313,10 +347,10 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
             const uint32_t min_window = std::max(p.n_window, round_up(kMinWindow, window_step(lp)));
             if (lp.n_window < min_window || plan_bytes(budgeted, lp, sinks, lp.n_window, bounds) > budget)
                 fail(KVFIT_E_BUDGET,
-                     "a KV budget of %llu bytes cannot hold %u sinks and a window of %u tokens in %zu layers%s; the "
+                     "a KV budget of %llu bytes cannot hold %u sinks and a window of %u tokens in %zu layers%s%s; the "
                      "smallest budget that works is %llu bytes",
-                     (unsigned long long)p.kv_budget_bytes, sinks, min_window, budgeted.size(),
-                     fixed ? " besides the model's own sliding windows" : "",
+                     (unsigned long long)p.kv_budget_bytes, sinks, min_window, budgeted.size(), fixed ? " besides " : "",
+                     fixed ? fixed_what : "",
                      (unsigned long long)(fixed + plan_bytes(budgeted, lp, sinks, min_window, bounds)));
         }
         lp.kind = KVFIT_LAYER_STREAMING;
@@ -324,7 +358,7 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
         if (lp.n_window == 0) fail(KVFIT_E_ARG, "a streaming session needs n_window > 0");
     }
     for (size_t l = 0; l < specs.size(); l++)
-        if (!specs[l].native_window) layers[l] = lp;
+        if (!specs[l].recurrent() && !specs[l].native_window) layers[l] = lp;
     MemoryPlan plan = finish_plan(specs, layers, bounds);
     if (p.kv_budget_bytes && plan.total_bytes > p.kv_budget_bytes)
         fail(KVFIT_E_BUDGET, "the plan needs %llu bytes, more than the budget of %llu bytes",
@@ -333,6 +367,7 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
 }
 
 kvfit_kv_codec layer_codec(const LayerPlan &lp) {
+    if (lp.kind == KVFIT_LAYER_RECURRENT) return KVFIT_KV_F32;
     switch (lp.codec) {
         case KVCodec::Q8: return KVFIT_KV_Q8;
         case KVCodec::Q4: return lp.channel_keys ? KVFIT_KV_Q4_CHANNEL : lp.hadamard ? KVFIT_KV_Q4_HADAMARD : KVFIT_KV_Q4;

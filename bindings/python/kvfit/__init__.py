@@ -259,9 +259,10 @@ class KvCodec(enum.IntEnum):
     Q4 = 3
     Q4_HADAMARD = 4  # Q4 with keys rotated by a fixed randomized Hadamard transform first
     Q4_CHANNEL = 5  # Q4 with keys grouped per channel over blocks of 32 tokens; windows are multiples of 32
+    F32 = 6  # recurrent layers' state (reported by plans, not requested)
 
     def __str__(self):
-        """The names kvfit's tools use: auto, f16, q8, q4, q4h, q4c."""
+        """The names kvfit's tools use: auto, f16, q8, q4, q4h, q4c, f32."""
         return {KvCodec.Q4_HADAMARD: "q4h", KvCodec.Q4_CHANNEL: "q4c"}.get(self, self.name.lower())
 
 
@@ -269,6 +270,7 @@ class LayerKind(enum.IntEnum):
     DENSE = 0  # attention over every token of the context
     STREAMING = 1  # attention over sinks + a sliding window
     WINDOW = 2  # the model's own sliding window (Gemma 3's local layers)
+    RECURRENT = 3  # a fixed-size state instead of a list of tokens (Gated DeltaNet, RWKV)
 
     def __str__(self):
         return self.name.lower()

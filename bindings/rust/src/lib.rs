@@ -607,6 +607,8 @@ pub enum KvCodec {
     Q4Hadamard,
     /// Q4 with keys grouped per channel over blocks of 32 tokens; windows are multiples of 32.
     Q4Channel,
+    /// 32-bit floats: recurrent layers' state (reported by plans, not requested).
+    F32,
     /// A codec this binding does not know (from a newer library).
     Unknown(i32),
 }
@@ -620,6 +622,7 @@ impl KvCodec {
             3 => KvCodec::Q4,
             4 => KvCodec::Q4Hadamard,
             5 => KvCodec::Q4Channel,
+            6 => KvCodec::F32,
             other => KvCodec::Unknown(other),
         }
     }
@@ -632,13 +635,14 @@ impl KvCodec {
             KvCodec::Q4 => 3,
             KvCodec::Q4Hadamard => 4,
             KvCodec::Q4Channel => 5,
+            KvCodec::F32 => 6,
             KvCodec::Unknown(v) => v,
         }
     }
 }
 
 impl fmt::Display for KvCodec {
-    /// The names kvfit's command-line tools use: auto, f16, q8, q4, q4h, q4c.
+    /// The names kvfit's command-line tools use: auto, f16, q8, q4, q4h, q4c, f32.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KvCodec::Auto => f.write_str("auto"),
@@ -647,6 +651,7 @@ impl fmt::Display for KvCodec {
             KvCodec::Q4 => f.write_str("q4"),
             KvCodec::Q4Hadamard => f.write_str("q4h"),
             KvCodec::Q4Channel => f.write_str("q4c"),
+            KvCodec::F32 => f.write_str("f32"),
             KvCodec::Unknown(v) => write!(f, "codec {v}"),
         }
     }
@@ -713,14 +718,15 @@ impl SessionParams {
     }
 }
 
-/// Whether a layer attends to every token, to sinks + a sliding window, or
-/// to the model's own sliding window.
+/// Whether a layer attends to every token, to sinks + a sliding window or
+/// to the model's own sliding window, or keeps a fixed-size recurrent state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum LayerKind {
     Dense,
     Streaming,
     Window,
+    Recurrent,
     Unknown(i32),
 }
 
@@ -903,6 +909,7 @@ impl<'m> Session<'m> {
                     0 => LayerKind::Dense,
                     1 => LayerKind::Streaming,
                     2 => LayerKind::Window,
+                    3 => LayerKind::Recurrent,
                     other => LayerKind::Unknown(other),
                 },
                 codec: KvCodec::from_raw(l.codec),

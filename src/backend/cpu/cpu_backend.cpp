@@ -226,6 +226,7 @@ public:
     }
 
     void copy(void *dst, const void *src, size_t bytes) override { std::memmove(dst, src, bytes); }
+    void zero(void *dst, size_t bytes) override { std::memset(dst, 0, bytes); }
 
     // One new token (decode), in kvfit's attention order (attention_order.h):
     // the visible keys (sinks, then the window in order, indexed by cache
