@@ -23,6 +23,7 @@ const ArchEntry kArchitectures[] = {
     {"gemma3", create_gemma3},
     {"qwen2", create_qwen2},
     {"qwen3", create_qwen3},
+    {"qwen35", create_qwen35},
 };
 
 }  // namespace
