@@ -312,11 +312,33 @@ static void test_plan_and_budget(void **state) {
     }
 }
 
+/* On a backend without the recurrent ops (Vulkan here; CUDA alike) the model
+ * loads and fails its first batch with KVFIT_E_UNSUPPORTED naming the op and
+ * the backend, never aborting. */
+static void test_vulkan_unsupported(void **state) {
+    (void)state;
+    kvfit_model_params mp;
+    kvfit_model_params_init(&mp);
+    mp.backend = KVFIT_BACKEND_VULKAN;
+    kvfit_model *m = NULL;
+    if (kvfit_model_load(test_tiny_model("tiny-qwen35.gguf"), &mp, &m) != KVFIT_OK)
+        test_skip("no Vulkan backend or device: %s", kvfit_last_error());
+    kvfit_session *s = new_session(m, 0, 0, 0);
+    assert_int_equal(kvfit_session_prefill(s, g_tokens, 8), KVFIT_E_UNSUPPORTED);
+    const char *msg = kvfit_last_error();
+    printf("Vulkan: %s\n", msg);
+    assert_non_null(strstr(msg, "Vulkan"));
+    assert_non_null(strstr(msg, " op"));
+    kvfit_session_free(s);
+    kvfit_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefill_vs_decode),  cmocka_unit_test(test_chunked_prefill),
         cmocka_unit_test(test_save_restore_dense), cmocka_unit_test(test_save_restore_streaming),
         cmocka_unit_test(test_reset),              cmocka_unit_test(test_plan_and_budget),
+        cmocka_unit_test(test_vulkan_unsupported),
     };
     return test_run(tests, setup, teardown);
 }
