@@ -101,6 +101,7 @@ private:
 
 class CudaStream final : public Stream {
 public:
+    const char *backend_name() const override { return "CUDA"; }
     CudaStream(int device, int n_sm, int max_tokens, int64_t max_cols, GeluTable &gelu)
         : device_(device), n_sm_(n_sm), max_tokens_(max_tokens), max_cols_(max_cols), gelu_(gelu) {
         use_device(device_);

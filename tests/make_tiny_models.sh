@@ -22,4 +22,5 @@ python3 "$GEN" gemma3 --vocab "$VOCAB/ggml-vocab-llama-spm.gguf" -o "$OUT/tiny-g
 python3 "$GEN" gemma3 --window 100 --vocab "$VOCAB/ggml-vocab-llama-spm.gguf" -o "$OUT/tiny-gemma3-w100.gguf"
 python3 "$GEN" qwen2 --vocab "$VOCAB/ggml-vocab-gpt-2.gguf" -o "$OUT/tiny-qwen2.gguf"
 python3 "$GEN" qwen3 --vocab "$VOCAB/ggml-vocab-gpt-2.gguf" -o "$OUT/tiny-qwen3.gguf"
+python3 "$GEN" qwen35 --vocab "$VOCAB/ggml-vocab-gpt-2.gguf" -o "$OUT/tiny-qwen35.gguf"
 echo "tiny models in $OUT"

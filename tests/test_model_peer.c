@@ -233,6 +233,10 @@ static void run_tiny(const char *file, const char *peer_name) {
 static void test_tiny_gemma3(void **state) { (void)state; run_tiny("tiny-gemma3.gguf", "peer-tiny-gemma3.txt"); }
 static void test_tiny_qwen2(void **state) { (void)state; run_tiny("tiny-qwen2.gguf", "peer-tiny-qwen2.txt"); }
 static void test_tiny_qwen3(void **state) { (void)state; run_tiny("tiny-qwen3.gguf", "peer-tiny-qwen3.txt"); }
+/* Gated DeltaNet hybrid: llama.cpp's CPU build runs the delta rule token by
+ * token (its fused gated_delta_net op) in prefill and decode, and kvfit's CPU
+ * backend follows that arithmetic, so the check is as strict as the others. */
+static void test_tiny_qwen35(void **state) { (void)state; run_tiny("tiny-qwen35.gguf", "peer-tiny-qwen35.txt"); }
 
 /* rwkv.cpp's tiny trained RWKV-7 (F32), converted by tools/rwkv-to-gguf.py.
  * The arithmetic is not llama.cpp's operation for operation (its F32 matrix
@@ -253,6 +257,7 @@ int main(void) {
         cmocka_unit_test(test_stories260K), cmocka_unit_test(test_smollm2),    cmocka_unit_test(test_gemma3),
         cmocka_unit_test(test_tiny_gemma3), cmocka_unit_test(test_tiny_qwen2), cmocka_unit_test(test_tiny_qwen3),
         cmocka_unit_test(test_tiny_rwkv7),
+        cmocka_unit_test(test_tiny_qwen35),
     };
     return test_run(tests, NULL, NULL);
 }

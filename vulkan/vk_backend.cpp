@@ -361,6 +361,7 @@ private:
 
 class VulkanStream final : public Stream {
 public:
+    const char *backend_name() const override { return "Vulkan"; }
     VulkanStream(VulkanBackend &b, int max_tokens, int64_t max_cols, int max_kv)
         : b_(b), d_(b.device()), f_(b.device().fn()), max_tokens_(max_tokens), max_cols_(max_cols), max_kv_(max_kv) {
         profile_ = env_flag("KVFIT_VULKAN_PROFILE") && d_.physical().timestamp_bits > 0;

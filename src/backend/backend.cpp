@@ -62,32 +62,46 @@ void Stream::geglu(const float *, const float *, size_t, float *) {
     fail(KVFIT_E_UNSUPPORTED, "this backend has no GELU op yet");
 }
 
-// The RWKV-7 ops: a backend that has not implemented them says which and
-// where (the CPU backend has them all).
+// The ops of recurrent layers (RWKV-7, Gated DeltaNet): a backend that has
+// not implemented one says which and where.
 namespace {
-[[noreturn]] void no_rwkv_op(const char *op) {
-    fail(KVFIT_E_UNSUPPORTED, "the %s op (RWKV-7) is not implemented on this backend yet (only on the CPU)", op);
+[[noreturn]] void no_op(const Stream &s, const char *op) {
+    fail(KVFIT_E_UNSUPPORTED, "the %s backend has no %s op yet (recurrent layers run on the CPU backend)", s.backend_name(), op);
 }
 }  // namespace
 
 void Stream::norm_affine(const float *, const float *, const float *, float, int, int, int, float *) {
-    no_rwkv_op("norm_affine");
+    no_op(*this, "norm_affine");
 }
 void Stream::token_shift_mix(const float *, float *, const float *, int, int, int, float *) {
-    no_rwkv_op("token_shift_mix");
+    no_op(*this, "token_shift_mix");
 }
-void Stream::activate(Activation, float *, size_t) { no_rwkv_op("activate"); }
+void Stream::activate(Activation, float *, size_t) { no_op(*this, "activate"); }
 void Stream::rwkv7_prepare(float *, const float *, float *, const float *, float *, const float *, const float *,
                            const float *, float *, const float *, const float *, int, int, int, float *, float *) {
-    no_rwkv_op("rwkv7_prepare");
+    no_op(*this, "rwkv7_prepare");
 }
 void Stream::wkv7(const float *, const float *, const float *, const float *, const float *, const float *, int, int,
                   int, float *, float *) {
-    no_rwkv_op("wkv7");
+    no_op(*this, "wkv7");
 }
 void Stream::rwkv7_bonus_gate(float *, const float *, const float *, const float *, const float *, const float *, int,
                               int, int) {
-    no_rwkv_op("rwkv7_bonus_gate");
+    no_op(*this, "rwkv7_bonus_gate");
+}
+
+void Stream::ssm_conv(const float *, int, int, int, const float *, float *, float *) { no_op(*this, "ssm_conv"); }
+void Stream::silu(const float *, size_t, float *) { no_op(*this, "silu"); }
+void Stream::sigmoid_mul(float *, const float *, size_t) { no_op(*this, "sigmoid_mul"); }
+void Stream::delta_gates(float *, float *, const float *, const float *, int, int) { no_op(*this, "delta_gates"); }
+void Stream::l2norm(float *, int, int, int, size_t, float) { no_op(*this, "l2norm"); }
+void Stream::gated_rmsnorm(const float *, const Weight &, const float *, float, int, float *) { no_op(*this, "gated_rmsnorm"); }
+void Stream::delta_net(const DeltaNetArgs &) { no_op(*this, "delta_net"); }
+void Stream::delta_net_chunked(const DeltaNetArgs &, int) { no_op(*this, "delta_net_chunked"); }
+
+void Stream::copy_2d(void *dst, size_t dst_stride, const void *src, size_t src_stride, size_t rows, size_t width) {
+    for (size_t r = 0; r < rows; r++)
+        copy(static_cast<uint8_t *>(dst) + r * dst_stride, static_cast<const uint8_t *>(src) + r * src_stride, width);
 }
 
 #if !defined(KVFIT_WITH_VULKAN)

@@ -82,9 +82,34 @@ struct CacheAttention {
     bool keys_rotated = false;
 };
 
+// One batch of the gated delta rule (Gated DeltaNet, Qwen3-Next / Qwen3.5
+// linear attention), per value head h with state S_h (head_dim x head_dim):
+//   S <- exp(g_t) S;  d = beta_t (v_t - S k_t);  S <- S + d k_t^T;  o_t = scale * S q_t
+// i.e. S <- a S (I - b k k^T) + b v k^T with a = exp(g), b = beta. Value head
+// h reads query/key head h % n_k_heads (llama.cpp's tiled order).
+struct DeltaNetArgs {
+    int n = 0;                // tokens
+    int n_k_heads = 0;        // heads of q and k
+    int n_v_heads = 0;        // heads of v, g, beta, the state and the output
+    int head_dim = 0;         // of keys and values alike
+    // Token t's query head i starts at q + t * qk_stride + i * head_dim (k the
+    // same), its value head h at v + t * v_stride + h * head_dim.
+    const float *q = nullptr, *k = nullptr, *v = nullptr;
+    size_t qk_stride = 0, v_stride = 0;  // floats
+    const float *g = nullptr;     // [n][n_v_heads] log of the decay
+    const float *beta = nullptr;  // [n][n_v_heads]
+    // [n_v_heads][head_dim][head_dim]: row j of head h holds S[j][0..head_dim),
+    // j indexing values, the columns keys; updated in place.
+    float *state = nullptr;
+    float *out = nullptr;         // [n][n_v_heads][head_dim]
+    float scale = 1.0f;
+};
+
 class Stream {
 public:
     virtual ~Stream() = default;
+    // For messages: "CPU", "Vulkan", "CUDA".
+    virtual const char *backend_name() const { return "this"; }
 
     // Device memory owned by this stream, freed with it. Throws KVFIT_E_NOMEM.
     virtual void *alloc(size_t bytes) = 0;
@@ -174,6 +199,43 @@ public:
     // head_size floats (r_k is [n_head * head_size]).
     virtual void rwkv7_bonus_gate(float *y, const float *r, const float *k, const float *v, const float *r_k,
                                   const float *g, int n, int n_head, int head_size);
+    // --- Recurrent (linear-state) layers. The defaults throw
+    // KVFIT_E_UNSUPPORTED naming the op and the backend.
+    // Causal depthwise convolution over time, one step per token: token t's
+    // channel c is sum_i w[c][i] * in(t + i, c) for i < kernel, where the
+    // inputs are the kernel - 1 previous ones (state, [kernel - 1][channels],
+    // oldest first) followed by x ([n][channels]); the products are summed in
+    // order with fused multiply-adds (as llama.cpp's ssm_conv compiles). The
+    // state then holds the last kernel - 1 inputs. w: channels rows of kernel
+    // floats (F32). y: [n][channels].
+    virtual void ssm_conv(const float *x, int n, int channels, int kernel, const float *w, float *state, float *y);
+    // y = x * sigmoid(x), n floats (y may be x); as ggml_vec_silu_f32 with the
+    // vector exp for each whole group of 16 from x.
+    virtual void silu(const float *x, size_t n, float *y);
+    // x *= sigmoid(gate), n floats, sigmoid = 1 / (1 + expf(-gate)).
+    virtual void sigmoid_mul(float *x, const float *gate, size_t n);
+    // The gates of a Gated DeltaNet layer for n tokens of n_heads heads:
+    // g = softplus(alpha + dt_bias) * a (softplus(x) = x above 20) and
+    // beta = sigmoid(beta), in place. dt_bias, a: [n_heads] on the device.
+    virtual void delta_gates(float *alpha, float *beta, const float *dt_bias, const float *a, int n, int n_heads);
+    // L2 normalisation of rows of dim floats in place: for t < n and r < rows,
+    // the row at x + t * stride + r * dim becomes x / sqrt(sum x^2 + eps),
+    // computed as llama.cpp's Gated DeltaNet graph does: RMS-normalised with
+    // eps / dim, then scaled by 1 / sqrt(dim).
+    virtual void l2norm(float *x, int n, int rows, int dim, size_t stride, float eps);
+    // y = rmsnorm(x) * w * silu(z) for rows of w.n_cols floats (the gated
+    // RMSNorm of Gated DeltaNet's output); y may be x.
+    virtual void gated_rmsnorm(const float *x, const Weight &w, const float *z, float eps, int rows, float *y);
+    // The gated delta rule token by token (the recurrent form; decode).
+    virtual void delta_net(const DeltaNetArgs &a);
+    // The same in chunks of `chunk` tokens (the chunked / WY form: per chunk,
+    // the triangular system of the chunk's writes is solved, then the outputs
+    // and the state follow from matrix products). Equal to delta_net up to
+    // rounding.
+    virtual void delta_net_chunked(const DeltaNetArgs &a, int chunk);
+    // rows rows of width bytes from src (rows src_stride bytes apart) to dst
+    // (dst_stride apart). The default copies row by row.
+    virtual void copy_2d(void *dst, size_t dst_stride, const void *src, size_t src_stride, size_t rows, size_t width);
 };
 
 class Backend {

@@ -142,5 +142,6 @@ std::unique_ptr<Architecture> create_gemma3();
 std::unique_ptr<Architecture> create_qwen2();
 std::unique_ptr<Architecture> create_qwen3();
 std::unique_ptr<Architecture> create_rwkv7();
+std::unique_ptr<Architecture> create_qwen35();
 
 }  // namespace kvfit

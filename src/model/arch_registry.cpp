@@ -24,6 +24,7 @@ const ArchEntry kArchitectures[] = {
     {"qwen2", create_qwen2},
     {"qwen3", create_qwen3},
     {"rwkv7", create_rwkv7},
+    {"qwen35", create_qwen35},
 };
 
 }  // namespace

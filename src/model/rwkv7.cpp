@@ -90,7 +90,6 @@ public:
     void bind_weights(WeightLoader &ld, const std::function<void(float)> &progress) override {
         const HParams &hp = hp_;
         const int64_t d = hp.n_embd, V = hp.n_vocab;
-        backend_name_ = ld.backend().name();
         tok_embd_ = ld.get("token_embd.weight", d, V);
         tok_norm_ = ld.get_vector("token_embd_norm.weight", d);
         tok_norm_b_ = ld.get_vector("token_embd_norm.bias", d);
@@ -179,13 +178,7 @@ public:
 
     void forward(Stream &s, SessionMemory &mem, ForwardBuffers &fb, const int32_t *tokens, int n, uint64_t,
                  bool all_hidden) const override {
-        try {
-            run(s, mem, static_cast<Rwkv7Buffers &>(fb), tokens, n, all_hidden);
-        } catch (const Error &e) {
-            // Name the backend that lacks an op (the ops cannot).
-            if (e.status() == KVFIT_E_UNSUPPORTED) fail(e.status(), "%s backend: %s", backend_name_.c_str(), e.what());
-            throw;
-        }
+        run(s, mem, static_cast<Rwkv7Buffers &>(fb), tokens, n, all_hidden);
     }
 
     void output_logits(Stream &s, const float *hidden, int n, float *logits) const override {
@@ -254,7 +247,6 @@ private:
     int n_head_ = 0, head_size_ = 0;
     int lora_decay_ = 0, lora_iclr_ = 0, lora_mix_ = 0, lora_gate_ = 0;
     float eps_ = 1e-5f;
-    std::string backend_name_;
     Weight tok_embd_, tok_norm_, tok_norm_b_;
     Weight output_norm_, output_norm_b_, output_;
     std::vector<Rwkv7Layer> layers_;

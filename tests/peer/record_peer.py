@@ -172,6 +172,9 @@ MODELS = {
         ("king", 0, "KING RICHARD III:\n"),
         ("love", 0, "O, my love, "),
     ]},
+    # Gated DeltaNet hybrid: llama.cpp runs its recurrent layers with the fused
+    # gated_delta_net op, one token after another, in prefill and decode alike.
+    "tiny-qwen35": {"path": tiny_path("tiny-qwen35"), "n_ctx": 512, "gen": TINY_GEN},
 }
 
 

@@ -20,6 +20,7 @@
 #include "backend/cpu/ggml_order.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/rwkv_ops.h"
+#include "backend/cpu/recurrent_ops.h"
 #include "backend/cpu/threadpool.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
@@ -557,7 +558,93 @@ public:
         });
     }
 
+    // --- recurrent layers (recurrent_ops.h)
+    const char *backend_name() const override { return "CPU"; }
+
+    void ssm_conv(const float *x, int n, int channels, int kernel, const float *w, float *state, float *y) override {
+        if (n <= 0 || channels <= 0 || kernel < 1) fail(KVFIT_E_INTERNAL, "ssm_conv of %d x %d, kernel %d", n, channels, kernel);
+        pool_.run([&](int ith, int nth) {
+            int64_t b, e;
+            split_range(channels, ith, nth, b, e);
+            if (b < e) cpu::ssm_conv_channels(x, n, channels, kernel, w, state, y, int(b), int(e));
+        });
+    }
+
+    void silu(const float *x, size_t n, float *y) override { cpu::silu_ggml(x, n, y); }
+
+    void sigmoid_mul(float *x, const float *gate, size_t n) override {
+        for (size_t i = 0; i < n; i++) x[i] = x[i] * (1.0f / (1.0f + std::exp(-gate[i])));
+    }
+
+    void delta_gates(float *alpha, float *beta, const float *dt_bias, const float *a, int n, int n_heads) override {
+        for (int t = 0; t < n; t++)
+            for (int h = 0; h < n_heads; h++) {
+                const size_t i = size_t(t) * size_t(n_heads) + size_t(h);
+                const float x = alpha[i] + dt_bias[h];
+                const float sp = x > 20.0f ? x : std::log(1.0f + std::exp(x));
+                alpha[i] = sp * a[h];
+                beta[i] = 1.0f / (1.0f + std::exp(-beta[i]));
+            }
+    }
+
+    void l2norm(float *x, int n, int rows, int dim, size_t stride, float eps) override {
+        const float eps_n = eps / float(dim), inv_sqrt = 1.0f / std::sqrt(float(dim));
+        for (int t = 0; t < n; t++)
+            for (int r = 0; r < rows; r++) {
+                float *v = x + size_t(t) * stride + size_t(r) * size_t(dim);
+                double ss = 0;
+                for (int i = 0; i < dim; i++) ss += double(v[i] * v[i]);
+                const float scale = 1.0f / std::sqrt(float(ss / double(dim)) + eps_n);
+                for (int i = 0; i < dim; i++) v[i] = v[i] * scale;
+                for (int i = 0; i < dim; i++) v[i] = v[i] * inv_sqrt;
+            }
+    }
+
+    void gated_rmsnorm(const float *x, const Weight &w, const float *z, float eps, int rows, float *y) override {
+        rmsnorm(x, w, eps, rows, y);
+        const size_t d = size_t(w.n_cols);
+        std::vector<float> sz(d);
+        for (int r = 0; r < rows; r++) {
+            float *yr = y + size_t(r) * d;
+            cpu::silu_ggml(z + size_t(r) * d, d, sz.data());
+            for (size_t i = 0; i < d; i++) yr[i] = yr[i] * sz[i];
+        }
+    }
+
+    void delta_net(const DeltaNetArgs &a) override {
+        check_delta(a);
+        pool_.run([&](int ith, int nth) {
+            int64_t b, e;
+            split_range(a.n_v_heads, ith, nth, b, e);
+            for (int64_t h = b; h < e; h++) cpu::delta_net_head(a, int(h));
+        });
+    }
+
+    void delta_net_chunked(const DeltaNetArgs &a, int chunk) override {
+        check_delta(a);
+        if (chunk < 1 || chunk > 1024) fail(KVFIT_E_INTERNAL, "delta_net chunk of %d", chunk);
+        const size_t per = cpu::delta_net_chunk_scratch(a.head_dim, chunk);
+        pool_.run([&](int ith, int nth) {
+            int64_t b, e;
+            split_range(a.n_v_heads, ith, nth, b, e);
+            if (b >= e) return;
+            std::vector<float> scratch(per);
+            for (int64_t h = b; h < e; h++) cpu::delta_net_head_chunked(a, int(h), chunk, scratch.data());
+        });
+    }
+
+    void copy_2d(void *dst, size_t dst_stride, const void *src, size_t src_stride, size_t rows, size_t width) override {
+        for (size_t r = 0; r < rows; r++)
+            std::memcpy(static_cast<uint8_t *>(dst) + r * dst_stride, static_cast<const uint8_t *>(src) + r * src_stride, width);
+    }
+
 private:
+    static void check_delta(const DeltaNetArgs &a) {
+        if (a.n <= 0 || a.n_k_heads <= 0 || a.n_v_heads <= 0 || a.head_dim <= 0 || !a.q || !a.k || !a.v || !a.g ||
+            !a.beta || !a.state || !a.out)
+            fail(KVFIT_E_INTERNAL, "delta_net: incomplete arguments");
+    }
+
     ThreadPool pool_;
     const KernelTable &k_;
     RotateFn rotate_norm_;
