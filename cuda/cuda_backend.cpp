@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -239,6 +240,41 @@ public:
         const uint16_t *table = gelu_.get();
         use_device(device_);
         check(cuda::geglu(s_, gate, up, n, table, out), "geglu");
+    }
+
+    // ---- RWKV-7 (cuda/rwkv.cu)
+    void norm_affine(const float *x, const float *w, const float *b, float eps, int n, int d, int groups,
+                     float *y) override {
+        if (groups <= 0 || d % groups) fail(KVFIT_E_INTERNAL, "norm_affine: %d groups in rows of %d", groups, d);
+        use_device(device_);
+        check(cuda::norm_affine(s_, x, w, b, eps, n, d, groups, y), "norm_affine");
+    }
+    void token_shift_mix(const float *x, float *state, const float *mix, int n_mix, int n, int d, float *out) override {
+        use_device(device_);
+        check(cuda::token_shift_mix(s_, x, state, mix, n_mix, n, d, out), "token_shift_mix");
+    }
+    void activate(Activation f, float *x, size_t n) override {
+        use_device(device_);
+        const int code = f == Activation::Tanh ? 0 : f == Activation::Sigmoid ? 1 : 2;
+        check(cuda::activate(s_, code, x, n), "activate");
+    }
+    void rwkv7_prepare(float *w, const float *w0, float *a, const float *a0, float *v, const float *v_first,
+                       const float *vmix, const float *v0, float *k, const float *k_k, const float *k_a, int n,
+                       int n_head, int head_size, float *a_out, float *b_out) override {
+        use_device(device_);
+        check(cuda::rwkv7_prepare(s_, w, w0, a, a0, v, v_first, vmix, v0, k, k_k, k_a, n, n_head, head_size,
+                                  -std::exp(-0.5f), a_out, b_out),
+              "rwkv7_prepare");
+    }
+    void wkv7(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b, int n,
+              int n_head, int head_size, float *state, float *out) override {
+        use_device(device_);
+        check(cuda::wkv7(s_, r, w, k, v, a, b, n, n_head, head_size, state, out), "wkv7");
+    }
+    void rwkv7_bonus_gate(float *y, const float *r, const float *k, const float *v, const float *r_k, const float *g,
+                          int n, int n_head, int head_size) override {
+        use_device(device_);
+        check(cuda::rwkv7_bonus_gate(s_, y, r, k, v, r_k, g, n, n_head, head_size), "rwkv7_bonus_gate");
     }
 
 private:

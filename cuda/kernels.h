@@ -81,5 +81,22 @@ size_t attention_scratch_floats(const AttnParams &p, int splits);
 // Fails with cudaErrorInvalidValue when a head does not fit in shared memory.
 cudaError_t attention(cudaStream_t s, const AttnParams &p, int splits, const float *q, float *partials, float *out);
 
+// RWKV-7 (cuda/rwkv.cu): the Stream ops of the same names in backend.h.
+// token_shift_mix also copies the last row into the state, in stream order;
+// activate's f is 0 tanh, 1 sigmoid, 2 squared ReLU; rwkv7_prepare takes the
+// decay factor -exp(-1/2) from the host (the C library's value).
+cudaError_t norm_affine(cudaStream_t s, const float *x, const float *w, const float *b, float eps, int n, int d,
+                        int groups, float *y);
+cudaError_t token_shift_mix(cudaStream_t s, const float *x, float *state, const float *mix, int n_mix, int n, int d,
+                            float *out);
+cudaError_t activate(cudaStream_t s, int f, float *x, size_t n);
+cudaError_t rwkv7_prepare(cudaStream_t s, float *w, const float *w0, float *a, const float *a0, float *v,
+                          const float *v_first, const float *vmix, const float *v0, float *k, const float *k_k,
+                          const float *k_a, int n, int n_head, int head_size, float decay, float *a_out, float *b_out);
+cudaError_t wkv7(cudaStream_t s, const float *r, const float *w, const float *k, const float *v, const float *a,
+                 const float *b, int n, int n_head, int head_size, float *state, float *out);
+cudaError_t rwkv7_bonus_gate(cudaStream_t s, float *y, const float *r, const float *k, const float *v,
+                             const float *r_k, const float *g, int n, int n_head, int head_size);
+
 }  // namespace cuda
 }  // namespace kvfit

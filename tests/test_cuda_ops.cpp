@@ -6,8 +6,10 @@
 // sink + window cache in every layout, driven through SessionMemory so that window
 // wrap-around, the residual key block and long windows (split over blocks)
 // are all reached, and over a layer with the model's own sliding window; scale
-// and GEGLU bit for bit. Exits 77 (ctest's skip) when the CUDA backend is not
+// and GEGLU bit for bit; the RWKV-7 ops (norm_affine, token_shift_mix,
+// activate, rwkv7_prepare, wkv7, rwkv7_bonus_gate). Exits 77 (ctest's skip) when the CUDA backend is not
 // built or has no device.
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -15,6 +17,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -362,6 +365,180 @@ void test_scale_geglu(void **) {
     }
 }
 
+// ---- RWKV-7 ops against the CPU. token_shift_mix, wkv7, rwkv7_bonus_gate,
+// the squared ReLU and norm_affine are float (and double) arithmetic in the
+// CPU's order: bit for bit. tanh and exp are CUDA's (within 2 ulp of the C
+// library's): tanh and the sigmoid within 4 ulp of the CPU's value, and
+// rwkv7_prepare's outputs within 1e-6 of the largest magnitude. Each
+// comparison prints its measured maximum difference.
+
+std::vector<float> cpu_floats(Stream &s, const float *p, size_t n) {
+    s.synchronize();
+    return std::vector<float>(p, p + n);
+}
+
+double max_abs_diff(const std::vector<float> &ref, const std::vector<float> &got) {
+    double md = 0;
+    for (size_t i = 0; i < ref.size(); i++)
+        if (!std::isnan(ref[i]) || !std::isnan(got[i])) md = std::max(md, double(std::fabs(got[i] - ref[i])));
+    return md;
+}
+
+void expect_rwkv_bits(const std::string &what, const std::vector<float> &ref, const std::vector<float> &got) {
+    printf("%s: max |cuda - cpu| = %.3g over %zu values (bits required)\n", what.c_str(), max_abs_diff(ref, got),
+           ref.size());
+    expect_bits(what.c_str(), ref, got);
+}
+
+// max |got - ref| <= tol * max |ref|
+void expect_rwkv_rel(const std::string &what, const std::vector<float> &ref, const std::vector<float> &got, double tol) {
+    double den = 0;
+    for (float v : ref) den = std::max(den, double(std::fabs(v)));
+    const double md = max_abs_diff(ref, got);
+    printf("%s: max |cuda - cpu| = %.3g over %zu values (bounded: %.3g of the largest, %.3g)\n", what.c_str(), md,
+           ref.size(), tol, den);
+    if (!(md <= tol * den)) fail();
+}
+
+std::vector<float> uniform(size_t n, std::mt19937 &rng, float lo, float hi) {
+    std::uniform_real_distribution<float> u(lo, hi);
+    std::vector<float> v(n);
+    for (float &x : v) x = u(rng);
+    return v;
+}
+
+void test_rwkv_norm_shift(void **) {
+    std::mt19937 rng(21);
+    Pair p;
+    const int n = 7;
+    for (int d : {192, 1000})
+        for (int groups : {1, 4}) {
+            std::vector<float> x = randn(size_t(n) * size_t(d), rng, 2.0f);
+            for (int i = 0; i < d; i++) x[size_t(i)] += 30.0f;
+            auto [xc, xg] = p.put(x);
+            auto [wc, wg] = p.put(randn(size_t(d), rng));
+            auto [bc, bg] = p.put(randn(size_t(d), rng));
+            const float eps = groups == 1 ? 1e-5f : 64e-5f;
+            p.cpu->norm_affine(xc, wc, bc, eps, n, d, groups, xc);  // in place, as the model calls it
+            p.gpu->norm_affine(xg, wg, bg, eps, n, d, groups, xg);
+            char what[96];
+            snprintf(what, sizeof what, "norm_affine d=%d groups=%d", d, groups);
+            expect_rwkv_bits(what, cpu_floats(*p.cpu, xc, x.size()), p.get_gpu(xg, x.size()));
+        }
+    const int d = 200;
+    for (int n_mix : {6, 1}) {
+        auto [sc, sg] = p.put(randn(size_t(d), rng));
+        auto [mc, mg] = p.put(uniform(size_t(n_mix) * d, rng, 0, 1));
+        for (int nt : {1, 9, 1}) {
+            const std::vector<float> x = randn(size_t(nt) * d, rng);
+            auto [xc, xg] = p.put(x);
+            auto [oc, og] = p.put(std::vector<float>(size_t(n_mix) * x.size(), 0.0f));
+            p.cpu->token_shift_mix(xc, sc, mc, n_mix, nt, d, oc);
+            p.gpu->token_shift_mix(xg, sg, mg, n_mix, nt, d, og);
+            char what[96];
+            snprintf(what, sizeof what, "token_shift_mix n_mix=%d n=%d", n_mix, nt);
+            expect_rwkv_bits(what, cpu_floats(*p.cpu, oc, size_t(n_mix) * x.size()), p.get_gpu(og, size_t(n_mix) * x.size()));
+            expect_rwkv_bits(std::string(what) + " state", cpu_floats(*p.cpu, sc, size_t(d)), p.get_gpu(sg, size_t(d)));
+        }
+    }
+}
+
+void test_rwkv_activate(void **) {
+    std::mt19937 rng(22);
+    Pair p;
+    // every 1021st float bit pattern (all exponents, subnormals, infinities, NaNs), then random floats
+    std::vector<float> x;
+    for (uint64_t u = 0; u <= 0xffffffffull; u += 1021) {
+        const uint32_t b = uint32_t(u);
+        float f;
+        std::memcpy(&f, &b, 4);
+        x.push_back(f);
+    }
+    const std::vector<float> r = randn(20001, rng, 3.0f);
+    x.insert(x.end(), r.begin(), r.end());
+    const size_t n = x.size();
+    const std::pair<Stream::Activation, const char *> fs[] = {
+        {Stream::Activation::Tanh, "tanh"}, {Stream::Activation::Sigmoid, "sigmoid"}, {Stream::Activation::ReluSquare, "relu^2"}};
+    for (const auto &f : fs) {
+        auto [xc, xg] = p.put(x);
+        p.cpu->activate(f.first, xc, n);
+        p.gpu->activate(f.first, xg, n);
+        const std::vector<float> ref = cpu_floats(*p.cpu, xc, n), got = p.get_gpu(xg, n);
+        const std::string what = std::string("activate ") + f.second;
+        if (f.first == Stream::Activation::ReluSquare) {
+            expect_rwkv_bits(what, ref, got);
+            continue;
+        }
+        // 4 ulp of the CPU's value (and the smallest normal float near zero)
+        std::vector<float> ulp(n);
+        for (size_t i = 0; i < n; i++) ulp[i] = std::isfinite(ref[i]) ? std::fabs(ref[i]) : 0.0f;
+        printf("%s: max |cuda - cpu| = %.3g over %zu values (bounded: 4 ulp)\n", what.c_str(), max_abs_diff(ref, got), n);
+        expect_close(what.c_str(), ref.data(), got.data(), n, ulp, 4.0f * FLT_EPSILON, FLT_MIN);
+    }
+}
+
+void test_rwkv_time_mix(void **) {
+    std::mt19937 rng(23);
+    Pair p;
+    for (int N : {64, 12}) {
+        const int H = N == 64 ? 3 : 2;
+        const size_t d = size_t(H) * size_t(N);
+        // rwkv7_prepare, with and without the value mix
+        for (bool vmix : {false, true})
+            for (int n : {1, 11}) {
+                const size_t nd = size_t(n) * d;
+                auto w = p.put(randn(nd, rng, 2.0f)), w0 = p.put(randn(d, rng)), a = p.put(randn(nd, rng)),
+                     a0 = p.put(randn(d, rng, 0.5f)), v = p.put(randn(nd, rng)), vf = p.put(randn(nd, rng)),
+                     vm = p.put(randn(nd, rng)), v0 = p.put(randn(d, rng, 0.5f)), k = p.put(randn(nd, rng)),
+                     kk = p.put(randn(d, rng)), ka = p.put(randn(d, rng)), ao = p.put(std::vector<float>(nd, 0.0f)),
+                     bo = p.put(std::vector<float>(nd, 0.0f));
+                p.cpu->rwkv7_prepare(w.first, w0.first, a.first, a0.first, v.first, vf.first, vmix ? vm.first : nullptr,
+                                     vmix ? v0.first : nullptr, k.first, kk.first, ka.first, n, H, N, ao.first, bo.first);
+                p.gpu->rwkv7_prepare(w.second, w0.second, a.second, a0.second, v.second, vf.second,
+                                     vmix ? vm.second : nullptr, vmix ? v0.second : nullptr, k.second, kk.second, ka.second,
+                                     n, H, N, ao.second, bo.second);
+                char what[96];
+                snprintf(what, sizeof what, "rwkv7_prepare %dx%d n=%d%s", H, N, n, vmix ? " with the value mix" : "");
+                const std::pair<std::pair<float *, float *> *, const char *> outs[] = {
+                    {&w, "w"}, {&a, "a"}, {&v, "v"}, {&k, "k"}, {&ao, "a_out"}, {&bo, "b_out"}};
+                for (const auto &o : outs)
+                    expect_rwkv_rel(std::string(what) + " " + o.second, cpu_floats(*p.cpu, o.first->first, nd),
+                                    p.get_gpu(o.first->second, nd), 1e-6);
+            }
+        // wkv7 over decode steps and batches, the state carried through
+        auto st = p.put(randn(d * size_t(N), rng, 0.5f));
+        int step = 0;
+        for (int n : {1, 1, 17, 1, 40, 2}) {
+            const size_t nd = size_t(n) * d;
+            const std::vector<float> kk = randn(nd, rng), rate = uniform(nd, rng, 0, 1);
+            std::vector<float> av(nd), bv(nd);
+            for (size_t h0 = 0; h0 < nd; h0 += size_t(N)) {
+                double ss = 0;
+                for (int i = 0; i < N; i++) ss += double(kk[h0 + size_t(i)]) * kk[h0 + size_t(i)];
+                for (int i = 0; i < N; i++) {
+                    const float u = float(kk[h0 + size_t(i)] / std::sqrt(ss));
+                    av[h0 + size_t(i)] = -u;
+                    bv[h0 + size_t(i)] = u * rate[h0 + size_t(i)];
+                }
+            }
+            auto r = p.put(randn(nd, rng)), w = p.put(uniform(nd, rng, 0.545f, 1.0f)), k = p.put(randn(nd, rng)),
+                 v = p.put(randn(nd, rng)), a = p.put(av), b = p.put(bv), o = p.put(std::vector<float>(nd, 0.0f));
+            p.cpu->wkv7(r.first, w.first, k.first, v.first, a.first, b.first, n, H, N, st.first, o.first);
+            p.gpu->wkv7(r.second, w.second, k.second, v.second, a.second, b.second, n, H, N, st.second, o.second);
+            char what[96];
+            snprintf(what, sizeof what, "wkv7 %dx%d step %d (n=%d)", H, N, step++, n);
+            expect_rwkv_bits(what, cpu_floats(*p.cpu, o.first, nd), p.get_gpu(o.second, nd));
+            expect_rwkv_bits(std::string(what) + " state", cpu_floats(*p.cpu, st.first, d * size_t(N)),
+                             p.get_gpu(st.second, d * size_t(N)));
+            // the bonus and gate on the recurrence's output
+            auto rk = p.put(randn(d, rng)), g = p.put(uniform(nd, rng, -1, 1));
+            p.cpu->rwkv7_bonus_gate(o.first, r.first, k.first, v.first, rk.first, g.first, n, H, N);
+            p.gpu->rwkv7_bonus_gate(o.second, r.second, k.second, v.second, rk.second, g.second, n, H, N);
+            expect_rwkv_bits(std::string(what) + " bonus_gate", cpu_floats(*p.cpu, o.first, nd), p.get_gpu(o.second, nd));
+        }
+    }
+}
+
 // Encoded rows are compared by their decoded values: within one step of the
 // CPU's codes (they are expected to be identical).
 void test_kv_encode(void **) {
@@ -582,6 +759,8 @@ int main(void) {
         cmocka_unit_test(test_kv_encode),       cmocka_unit_test(test_kv_encode_channels),
         cmocka_unit_test(test_attention),       cmocka_unit_test(test_native_window),
         cmocka_unit_test(test_scale_geglu),     cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_rwkv_norm_shift), cmocka_unit_test(test_rwkv_activate),
+        cmocka_unit_test(test_rwkv_time_mix),
     };
     return test_run(tests, nullptr, teardown);
 }

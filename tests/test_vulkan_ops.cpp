@@ -5,7 +5,8 @@
 // wrapped ring, batches, stream positions past 2^32, GQA, partial and NeoX
 // RoPE), attention over a layer with the model's own sliding window
 // (through SessionMemory, keys kept rotated in a ring), swiglu, geglu, scale,
-// add, copy and large transfers. Each runs on the
+// add, copy and large transfers, and the RWKV-7 ops (norm_affine,
+// token_shift_mix, activate, rwkv7_prepare, wkv7, rwkv7_bonus_gate). Each runs on the
 // device's preferred paths and again with subgroup operations and doubles
 // switched off (the fallbacks). The Vulkan validation layer runs throughout
 // (when installed) and must report no error. Exits 77 (ctest's skip) when the
@@ -780,6 +781,255 @@ void test_native_window(void **) {
     });
 }
 
+// ---- RWKV-7 ops (Stream::norm_affine, token_shift_mix, activate,
+// rwkv7_prepare, wkv7, rwkv7_bonus_gate) against the CPU. token_shift_mix,
+// wkv7, rwkv7_bonus_gate and the squared ReLU are float arithmetic in the
+// CPU's order in every configuration: bit for bit always. norm_affine, tanh,
+// the sigmoid and rwkv7_prepare take the C library's tanh and exp, correctly
+// rounded divisions and square roots, and sums in double: bit for bit where
+// the device has doubles (reproduces_cpu), else within the stated bounds
+// (relative to the largest magnitude, as rel_error). Every comparison
+// prints its measured maximum difference.
+
+// Bits where `exact`, else within tol; prints the maximum absolute difference either way.
+void expect_rwkv(bool exact, const std::string &what, const std::vector<float> &got, const std::vector<float> &ref,
+                 double tol) {
+    double md = 0;
+    for (size_t i = 0; i < ref.size(); i++)
+        if (!std::isnan(ref[i]) || !std::isnan(got[i])) md = std::max(md, double(std::fabs(got[i] - ref[i])));
+    std::printf("%s: max |vulkan - cpu| = %.3g over %zu values (%s)\n", what.c_str(), md, ref.size(),
+                exact ? "bits required" : "bounded");
+    if (exact) return expect_bits(what.c_str(), got, ref);
+    expect_close(what.c_str(), got, ref, tol);
+}
+
+std::vector<float> uniform_floats(size_t n, uint32_t seed, float lo, float hi) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(lo, hi);
+    std::vector<float> v(n);
+    for (float &x : v) x = u(rng);
+    return v;
+}
+
+// Head shapes: the tiny model's (64), and one the CPU computes on its scalar path (12).
+struct RwkvShape {
+    int n_head, head_size;
+};
+const RwkvShape kRwkvShapes[] = {{3, 64}, {2, 12}};
+
+void test_rwkv_norm_affine(void **) {
+    each_backend([](Backend &, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        const bool exact = vb.reproduces_cpu();
+        const int n = 7;
+        for (int d : {192, 24, 1000})
+            for (int groups : {1, 4, d == 192 ? 12 : 8}) {
+                std::vector<float> x = random_floats(size_t(n) * size_t(d), uint32_t(50 + d + groups), 2.0f);
+                for (size_t i = 0; i < size_t(d); i++) x[i] += 30.0f;  // a row far from zero mean
+                const std::vector<float> w = random_floats(size_t(d), 51), b = random_floats(size_t(d), 52);
+                Pair px = pair_of(cs, vs, x), pw = pair_of(cs, vs, w), pb = pair_of(cs, vs, b);
+                Pair py = pair_of(cs, vs, nullptr, x.size() * 4);
+                const float eps = groups == 1 ? 1e-5f : 64e-5f;
+                cs.norm_affine(static_cast<float *>(px.c), static_cast<float *>(pw.c), static_cast<float *>(pb.c), eps, n,
+                               d, groups, static_cast<float *>(py.c));
+                vs.norm_affine(static_cast<float *>(px.v), static_cast<float *>(pw.v), static_cast<float *>(pb.v), eps, n,
+                               d, groups, static_cast<float *>(py.v));
+                char what[160];
+                std::snprintf(what, sizeof what, "%s norm_affine d=%d groups=%d", label, d, groups);
+                expect_rwkv(exact, what, fetch<float>(vs, py.v, x.size()), fetch<float>(cs, py.c, x.size()), 2e-6);
+                // in place, as the forward pass calls it
+                cs.norm_affine(static_cast<float *>(px.c), static_cast<float *>(pw.c), static_cast<float *>(pb.c), eps, n,
+                               d, groups, static_cast<float *>(px.c));
+                vs.norm_affine(static_cast<float *>(px.v), static_cast<float *>(pw.v), static_cast<float *>(pb.v), eps, n,
+                               d, groups, static_cast<float *>(px.v));
+                expect_rwkv(exact, std::string(what) + " in place", fetch<float>(vs, px.v, x.size()),
+                            fetch<float>(cs, px.c, x.size()), 2e-6);
+            }
+    });
+}
+
+void test_rwkv_token_shift(void **) {
+    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
+        const int d = 200;
+        for (int n_mix : {6, 1}) {
+            const std::vector<float> st0 = random_floats(size_t(d), 60), mix = uniform_floats(size_t(n_mix) * d, 61, 0, 1);
+            Pair ps = pair_of(cs, vs, st0), pm = pair_of(cs, vs, mix);
+            // batches of 1, 9 and 1 tokens: the state carries over
+            uint32_t seed = 62;
+            for (int n : {1, 9, 1}) {
+                const std::vector<float> x = random_floats(size_t(n) * d, seed++);
+                Pair px = pair_of(cs, vs, x), po = pair_of(cs, vs, nullptr, size_t(n_mix) * x.size() * 4);
+                cs.token_shift_mix(static_cast<float *>(px.c), static_cast<float *>(ps.c), static_cast<float *>(pm.c),
+                                   n_mix, n, d, static_cast<float *>(po.c));
+                vs.token_shift_mix(static_cast<float *>(px.v), static_cast<float *>(ps.v), static_cast<float *>(pm.v),
+                                   n_mix, n, d, static_cast<float *>(po.v));
+                char what[160];
+                std::snprintf(what, sizeof what, "%s token_shift_mix n_mix=%d n=%d", label, n_mix, n);
+                expect_rwkv(true, what, fetch<float>(vs, po.v, size_t(n_mix) * x.size()),
+                            fetch<float>(cs, po.c, size_t(n_mix) * x.size()), 0);
+                expect_rwkv(true, std::string(what) + " state", fetch<float>(vs, ps.v, size_t(d)),
+                            fetch<float>(cs, ps.c, size_t(d)), 0);
+                assert_true(fetch<float>(vs, ps.v, size_t(d)) == std::vector<float>(x.end() - d, x.end()));
+            }
+        }
+    });
+}
+
+// Activation inputs: every 1021st float bit pattern (all exponents: zeros,
+// subnormals, the ranges where tanh's algorithm changes, infinities, NaNs),
+// tanh's and the sigmoid's thresholds and their neighbours, and random floats.
+std::vector<float> activation_inputs() {
+    std::vector<float> x;
+    for (uint64_t u = 0; u <= 0xffffffffull; u += 1021) {
+        uint32_t b = uint32_t(u);
+        float f;
+        std::memcpy(&f, &b, 4);
+        x.push_back(f);
+    }
+    for (float e : {22.0f, 1.0f, 0.34657359f, 1.03972077f, 18.7149f, 88.7228f, 103.97f, 0.0f, 1e-38f, 2.7755576e-17f})
+        for (float s : {1.0f, -1.0f}) {
+            float v = s * e;
+            for (int k = 0; k < 4; k++) {
+                x.push_back(v);
+                v = std::nextafter(v, 2 * v + s);
+            }
+        }
+    const std::vector<float> r = random_floats(20001, 70, 3.0f);
+    x.insert(x.end(), r.begin(), r.end());
+    return x;
+}
+
+void test_rwkv_activate(void **) {
+    each_backend([](Backend &, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        const std::vector<float> x = activation_inputs();
+        const size_t n = x.size();
+        const std::pair<Stream::Activation, const char *> fs[] = {{Stream::Activation::Tanh, "tanh"},
+                                                                  {Stream::Activation::Sigmoid, "sigmoid"},
+                                                                  {Stream::Activation::ReluSquare, "relu^2"}};
+        for (const auto &f : fs) {
+            Pair px = pair_of(cs, vs, x);
+            cs.activate(f.first, static_cast<float *>(px.c), n);
+            vs.activate(f.first, static_cast<float *>(px.v), n);
+            const bool exact = vb.reproduces_cpu() || f.first == Stream::Activation::ReluSquare;
+            // (without doubles the shader's exp and division: a few ulp)
+            expect_rwkv(exact, std::string(label) + " activate " + f.second, fetch<float>(vs, px.v, n),
+                        fetch<float>(cs, px.c, n), 1e-6);
+        }
+        vs.activate(Stream::Activation::Tanh, static_cast<float *>(pair_of(cs, vs, x).v), 0);  // nothing to do
+        vs.synchronize();
+    });
+}
+
+void test_rwkv_prepare(void **) {
+    each_backend([](Backend &, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        const bool exact = vb.reproduces_cpu();
+        for (const RwkvShape &sh : kRwkvShapes)
+            for (bool vmix : {false, true})
+                for (int n : {1, 11}) {
+                    const size_t d = size_t(sh.n_head) * size_t(sh.head_size), nd = size_t(n) * d;
+                    uint32_t seed = 80 + uint32_t(n) + (vmix ? 7 : 0);
+                    auto rows = [&](float scale) { return random_floats(nd, seed++, scale); };
+                    auto vec = [&](float scale) { return random_floats(d, seed++, scale); };
+                    const std::vector<float> w = rows(2.0f), w0 = vec(1.0f), a = rows(1.0f), a0 = vec(0.5f), v = rows(1.0f),
+                                             vf = rows(1.0f), vm = rows(1.0f), v0 = vec(0.5f), k = rows(1.0f),
+                                             k_k = vec(1.0f), k_a = vec(1.0f);
+                    Pair pw = pair_of(cs, vs, w), pw0 = pair_of(cs, vs, w0), pa = pair_of(cs, vs, a),
+                         pa0 = pair_of(cs, vs, a0), pv = pair_of(cs, vs, v), pvf = pair_of(cs, vs, vf),
+                         pvm = pair_of(cs, vs, vm), pv0 = pair_of(cs, vs, v0), pk = pair_of(cs, vs, k),
+                         pkk = pair_of(cs, vs, k_k), pka = pair_of(cs, vs, k_a), pao = pair_of(cs, vs, nullptr, nd * 4),
+                         pbo = pair_of(cs, vs, nullptr, nd * 4);
+                    auto f = [](const Pair &p, bool gpu) { return static_cast<float *>(gpu ? p.v : p.c); };
+                    for (bool gpu : {false, true})
+                        (gpu ? vs : cs)
+                            .rwkv7_prepare(f(pw, gpu), f(pw0, gpu), f(pa, gpu), f(pa0, gpu), f(pv, gpu), f(pvf, gpu),
+                                           vmix ? f(pvm, gpu) : nullptr, vmix ? f(pv0, gpu) : nullptr, f(pk, gpu),
+                                           f(pkk, gpu), f(pka, gpu), n, sh.n_head, sh.head_size, f(pao, gpu), f(pbo, gpu));
+                    char what[160];
+                    std::snprintf(what, sizeof what, "%s rwkv7_prepare %dx%d n=%d%s", label, sh.n_head, sh.head_size, n,
+                                  vmix ? " with the value mix" : "");
+                    const std::pair<const Pair *, const char *> outs[] = {{&pw, "w"}, {&pa, "a"},      {&pv, "v"},
+                                                                         {&pk, "k"}, {&pao, "a_out"}, {&pbo, "b_out"}};
+                    for (const auto &o : outs)
+                        expect_rwkv(exact, std::string(what) + " " + o.second, fetch<float>(vs, o.first->v, nd),
+                                    fetch<float>(cs, o.first->c, nd), 2e-6);
+                }
+    });
+}
+
+// Realistic recurrence inputs, as rwkv7_prepare makes them: w in (0.54, 1),
+// a = -kk and b = kk * rate with kk unit per head.
+struct Wkv7Inputs {
+    std::vector<float> r, w, k, v, a, b;
+};
+Wkv7Inputs wkv7_inputs(int n, const RwkvShape &sh, uint32_t seed) {
+    const size_t N = size_t(sh.head_size), nd = size_t(n) * size_t(sh.n_head) * N;
+    Wkv7Inputs in;
+    in.r = random_floats(nd, seed);
+    in.k = random_floats(nd, seed + 1);
+    in.v = random_floats(nd, seed + 2);
+    in.w = uniform_floats(nd, seed + 3, 0.545f, 1.0f);
+    const std::vector<float> kk = random_floats(nd, seed + 4), rate = uniform_floats(nd, seed + 5, 0.0f, 1.0f);
+    in.a.resize(nd);
+    in.b.resize(nd);
+    for (size_t h0 = 0; h0 < nd; h0 += N) {
+        double ss = 0;
+        for (size_t i = 0; i < N; i++) ss += double(kk[h0 + i]) * kk[h0 + i];
+        for (size_t i = 0; i < N; i++) {
+            const float u = float(kk[h0 + i] / std::sqrt(ss));
+            in.a[h0 + i] = -u;
+            in.b[h0 + i] = u * rate[h0 + i];
+        }
+    }
+    return in;
+}
+
+void test_rwkv_wkv7(void **) {
+    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
+        for (const RwkvShape &sh : kRwkvShapes) {
+            const size_t N = size_t(sh.head_size), d = size_t(sh.n_head) * N, sn = d * N;
+            Pair ps = pair_of(cs, vs, random_floats(sn, 90, 0.5f));
+            // decode steps and batches, the state carried through all of them
+            uint32_t seed = 91;
+            int step = 0;
+            for (int n : {1, 1, 17, 1, 40, 2}) {
+                const Wkv7Inputs in = wkv7_inputs(n, sh, seed);
+                seed += 10;
+                Pair pr = pair_of(cs, vs, in.r), pw = pair_of(cs, vs, in.w), pk = pair_of(cs, vs, in.k),
+                     pv = pair_of(cs, vs, in.v), pa = pair_of(cs, vs, in.a), pb = pair_of(cs, vs, in.b),
+                     po = pair_of(cs, vs, nullptr, size_t(n) * d * 4);
+                auto f = [](const Pair &p, bool gpu) { return static_cast<float *>(gpu ? p.v : p.c); };
+                for (bool gpu : {false, true})
+                    (gpu ? vs : cs)
+                        .wkv7(f(pr, gpu), f(pw, gpu), f(pk, gpu), f(pv, gpu), f(pa, gpu), f(pb, gpu), n, sh.n_head,
+                              sh.head_size, f(ps, gpu), f(po, gpu));
+                char what[160];
+                std::snprintf(what, sizeof what, "%s wkv7 %dx%d step %d (n=%d)", label, sh.n_head, sh.head_size, step++, n);
+                expect_rwkv(true, what, fetch<float>(vs, po.v, size_t(n) * d), fetch<float>(cs, po.c, size_t(n) * d), 0);
+                expect_rwkv(true, std::string(what) + " state", fetch<float>(vs, ps.v, sn), fetch<float>(cs, ps.c, sn), 0);
+            }
+        }
+    });
+}
+
+void test_rwkv_bonus_gate(void **) {
+    each_backend([](Backend &, Backend &, Stream &cs, Stream &vs, const char *label) {
+        for (const RwkvShape &sh : kRwkvShapes)
+            for (int n : {1, 13}) {
+                const size_t d = size_t(sh.n_head) * size_t(sh.head_size), nd = size_t(n) * d;
+                Pair py = pair_of(cs, vs, random_floats(nd, 100)), pr = pair_of(cs, vs, random_floats(nd, 101)),
+                     pk = pair_of(cs, vs, random_floats(nd, 102)), pv = pair_of(cs, vs, random_floats(nd, 103)),
+                     prk = pair_of(cs, vs, random_floats(d, 104)), pg = pair_of(cs, vs, uniform_floats(nd, 105, -1, 1));
+                auto f = [](const Pair &p, bool gpu) { return static_cast<float *>(gpu ? p.v : p.c); };
+                for (bool gpu : {false, true})
+                    (gpu ? vs : cs)
+                        .rwkv7_bonus_gate(f(py, gpu), f(pr, gpu), f(pk, gpu), f(pv, gpu), f(prk, gpu), f(pg, gpu), n,
+                                          sh.n_head, sh.head_size);
+                char what[160];
+                std::snprintf(what, sizeof what, "%s rwkv7_bonus_gate %dx%d n=%d", label, sh.n_head, sh.head_size, n);
+                expect_rwkv(true, what, fetch<float>(vs, py.v, nd), fetch<float>(cs, py.c, nd), 0);
+            }
+    });
+}
+
 // Transfers larger than the staging buffers, interleaved with compute.
 void test_transfers(void **) {
     each_backend([](Backend &, Backend &, Stream &, Stream &vs, const char *) {
@@ -951,6 +1201,9 @@ int main() {
         cmocka_unit_test(test_channel_keys),     cmocka_unit_test(test_scale_geglu),
         cmocka_unit_test(test_elementwise), cmocka_unit_test(test_transfers),
         cmocka_unit_test(test_concurrent_streams), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_rwkv_norm_affine), cmocka_unit_test(test_rwkv_token_shift),
+        cmocka_unit_test(test_rwkv_activate),    cmocka_unit_test(test_rwkv_prepare),
+        cmocka_unit_test(test_rwkv_wkv7),        cmocka_unit_test(test_rwkv_bonus_gate),
     };
     return test_run(tests, setup, teardown);
 }

@@ -177,6 +177,30 @@ struct ScalePush {
 struct GegluPush {
     uint32_t g_off, u_off, o_off, n, stride, t_off;
 };
+// RWKV-7
+struct NormAffinePush {
+    uint32_t x_off, w_off, b_off, y_off, d, gs;
+    float eps;
+};
+struct TokenShiftPush {
+    uint32_t x_off, s_off, m_off, o_off, n, d, total, stride;
+};
+struct ActivatePush {
+    uint32_t x_off, n, stride, f;
+};
+struct Rwkv7DecayPush {
+    uint32_t w_off, w0_off, a_off, a0_off, v_off, vf_off, vm_off, v0_off, d, total, stride, has_vmix;
+    float decay;
+};
+struct Rwkv7KkPush {
+    uint32_t k_off, kk_off, ka_off, a_off, ao_off, bo_off, n_head, head_size;
+};
+struct Wkv7Push {
+    uint32_t r_off, w_off, k_off, v_off, a_off, b_off, s_off, o_off, n, n_head, head_size;
+};
+struct BonusPush {
+    uint32_t y_off, r_off, k_off, v_off, rk_off, g_off, n_head, head_size;
+};
 static_assert(sizeof(AttentionPush) <= kPushBytes, "push constants");
 
 class VulkanStream;
@@ -821,7 +845,112 @@ public:
             gx);
     }
 
+    // ---- RWKV-7 (vulkan/shaders/norm_affine, token_shift, activate,
+    // rwkv7_prepare, wkv7, rwkv7_bonus).
+    void norm_affine(const float *x, const float *w, const float *b, float eps, int n, int d, int groups,
+                     float *y) override {
+        if (n <= 0) return;
+        if (groups <= 0 || d % groups) fail(KVFIT_E_INTERNAL, "norm_affine: %d groups in rows of %d", groups, d);
+        const size_t nd = size_t(n) * size_t(d);
+        const Span xs = d_.span(x, nd * 4), ws = d_.span(w, size_t(d) * 4), bs = d_.span(b, size_t(d) * 4),
+                   ys = d_.span(y, nd * 4);
+        NormAffinePush p{uint32_t(xs.rel / 4), uint32_t(ws.rel / 4), uint32_t(bs.rel / 4), uint32_t(ys.rel / 4),
+                         uint32_t(d), uint32_t(d / groups), eps};
+        run("norm_affine", d_.pipeline(variant("norm_affine"), 4, {kWG}), {{xs, false}, {ws, false}, {bs, false}, {ys, true}},
+            &p, sizeof p, uint32_t(groups), dim_y(n));
+    }
+
+    void token_shift_mix(const float *x, float *state, const float *mix, int n_mix, int n, int d, float *out) override {
+        if (n <= 0) return;
+        const size_t nd = size_t(n) * size_t(d), total = size_t(n_mix) * nd;
+        if (total > 0xffffffffu) fail(KVFIT_E_INTERNAL, "Vulkan: token_shift_mix over %zu values", total);
+        const Span xs = d_.span(x, nd * 4), ss = d_.span(state, size_t(d) * 4),
+                   ms = d_.span(mix, size_t(n_mix) * size_t(d) * 4), os = d_.span(out, total * 4);
+        const uint32_t gx = std::min<uint32_t>(ceil_div(total, kWG), d_.limits().maxComputeWorkGroupCount[0]);
+        TokenShiftPush p{uint32_t(xs.rel / 4), uint32_t(ss.rel / 4), uint32_t(ms.rel / 4), uint32_t(os.rel / 4),
+                         uint32_t(n), uint32_t(d), uint32_t(total), gx * kWG};
+        run("token_shift", d_.pipeline("token_shift", 4, {kWG}), {{xs, false}, {ss, false}, {ms, false}, {os, true}}, &p,
+            sizeof p, gx);
+        copy(state, x + nd - size_t(d), size_t(d) * 4);  // ordered after the shader's reads of the state
+    }
+
+    void activate(Activation f, float *x, size_t n) override {
+        const uint32_t code = f == Activation::Tanh ? 0u : f == Activation::Sigmoid ? 1u : 2u;
+        const Pipeline &pl = d_.pipeline(variant("activate"), 1, {kWG});
+        // in pieces that each fit one storage-buffer binding
+        const size_t per = size_t((d_.max_range() - d_.offset_align()) / 4);
+        for (size_t i0 = 0; i0 < n; i0 += per) {
+            const size_t m = std::min(per, n - i0);
+            const Span xs = d_.span(x + i0, m * 4);
+            const uint32_t gx = std::min<uint32_t>(ceil_div(m, kWG), d_.limits().maxComputeWorkGroupCount[0]);
+            ActivatePush p{uint32_t(xs.rel / 4), uint32_t(m), gx * kWG, code};
+            run("activate", pl, {{xs, true}}, &p, sizeof p, gx);
+        }
+    }
+
+    void rwkv7_prepare(float *w, const float *w0, float *a, const float *a0, float *v, const float *v_first,
+                       const float *vmix, const float *v0, float *k, const float *k_k, const float *k_a, int n,
+                       int n_head, int head_size, float *a_out, float *b_out) override {
+        if (n <= 0) return;
+        const size_t d = size_t(n_head) * size_t(head_size), nd = size_t(n) * d;
+        auto rows = [&](const void *ptr) { return d_.span(ptr, nd * 4); };
+        auto vec = [&](const void *ptr) { return d_.span(ptr, d * 4); };
+        const Span ws = rows(w), w0s = vec(w0), as = rows(a), a0s = vec(a0), vs = rows(v), ks = rows(k),
+                   kks = vec(k_k), kas = vec(k_a), aos = rows(a_out), bos = rows(b_out);
+        // Without the value mix (layer 0) its operands are not read: v stands in for them.
+        const Span vfs = vmix ? rows(v_first) : vs, vms = vmix ? rows(vmix) : vs, v0s = vmix ? vec(v0) : vs;
+        if (nd > 0xffffffffu) fail(KVFIT_E_INTERNAL, "Vulkan: rwkv7_prepare over %zu values", nd);
+        const uint32_t gx = std::min<uint32_t>(ceil_div(nd, kWG), d_.limits().maxComputeWorkGroupCount[0]);
+        Rwkv7DecayPush dp{uint32_t(ws.rel / 4), uint32_t(w0s.rel / 4), uint32_t(as.rel / 4), uint32_t(a0s.rel / 4),
+                          uint32_t(vs.rel / 4), uint32_t(vfs.rel / 4), uint32_t(vms.rel / 4), uint32_t(v0s.rel / 4),
+                          uint32_t(d),          uint32_t(nd),          gx * kWG,              vmix ? 1u : 0u,
+                          -std::exp(-0.5f)};
+        run("rwkv7_decay", d_.pipeline(variant("rwkv7_decay"), 8, {kWG}),
+            {{ws, true}, {w0s, false}, {as, true}, {a0s, false}, {vs, true}, {vfs, false}, {vms, false}, {v0s, false}},
+            &dp, sizeof dp, gx);
+        Rwkv7KkPush kp{uint32_t(ks.rel / 4), uint32_t(kks.rel / 4), uint32_t(kas.rel / 4), uint32_t(as.rel / 4),
+                       uint32_t(aos.rel / 4), uint32_t(bos.rel / 4), uint32_t(n_head), uint32_t(head_size)};
+        run("rwkv7_kk", d_.pipeline(variant("rwkv7_kk"), 6, {kWG}),
+            {{ks, true}, {kks, false}, {kas, false}, {as, false}, {aos, true}, {bos, true}}, &kp, sizeof kp,
+            uint32_t(n_head), dim_y(n));
+    }
+
+    void wkv7(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b, int n,
+              int n_head, int head_size, float *state, float *out) override {
+        if (n <= 0) return;
+        const size_t d = size_t(n_head) * size_t(head_size), nd = size_t(n) * d;
+        const Span rs = d_.span(r, nd * 4), ws = d_.span(w, nd * 4), ks = d_.span(k, nd * 4), vs = d_.span(v, nd * 4),
+                   as = d_.span(a, nd * 4), bs = d_.span(b, nd * 4), ss = d_.span(state, d * size_t(head_size) * 4),
+                   os = d_.span(out, nd * 4);
+        Wkv7Push p{uint32_t(rs.rel / 4), uint32_t(ws.rel / 4), uint32_t(ks.rel / 4), uint32_t(vs.rel / 4),
+                   uint32_t(as.rel / 4), uint32_t(bs.rel / 4), uint32_t(ss.rel / 4), uint32_t(os.rel / 4),
+                   uint32_t(n),          uint32_t(n_head),     uint32_t(head_size)};
+        run("wkv7", d_.pipeline("wkv7", 8, {kWG}),
+            {{rs, false}, {ws, false}, {ks, false}, {vs, false}, {as, false}, {bs, false}, {ss, true}, {os, true}}, &p,
+            sizeof p, ceil_div(d, kWG));
+    }
+
+    void rwkv7_bonus_gate(float *y, const float *r, const float *k, const float *v, const float *r_k, const float *g,
+                          int n, int n_head, int head_size) override {
+        if (n <= 0) return;
+        const size_t d = size_t(n_head) * size_t(head_size), nd = size_t(n) * d;
+        const Span ys = d_.span(y, nd * 4), rs = d_.span(r, nd * 4), ks = d_.span(k, nd * 4), vs = d_.span(v, nd * 4),
+                   rks = d_.span(r_k, d * 4), gs = d_.span(g, nd * 4);
+        BonusPush p{uint32_t(ys.rel / 4), uint32_t(rs.rel / 4),  uint32_t(ks.rel / 4), uint32_t(vs.rel / 4),
+                    uint32_t(rks.rel / 4), uint32_t(gs.rel / 4), uint32_t(n_head),     uint32_t(head_size)};
+        run("rwkv7_bonus", d_.pipeline("rwkv7_bonus", 6, {kWG}),
+            {{ys, true}, {rs, false}, {ks, false}, {vs, false}, {rks, false}, {gs, false}}, &p, sizeof p,
+            uint32_t(n_head), dim_y(n));
+    }
+
 private:
+    // Workgroups along y for n rows (the device's limit is at least 65535).
+    uint32_t dim_y(int n) const {
+        if (uint32_t(n) > d_.limits().maxComputeWorkGroupCount[1])
+            fail(KVFIT_E_INTERNAL, "Vulkan: %d rows exceed the device's workgroup count", n);
+        return uint32_t(n);
+    }
+
     struct Readback {
         void *dst;
         size_t off, bytes;

@@ -54,7 +54,19 @@ if(KVFIT_WITH_VULKAN)
     "add|add.comp|"
     "scale|scale.comp|"
     "geglu|geglu.comp|"
-    "fma_probe|fma_probe.comp|")
+    "fma_probe|fma_probe.comp|"
+    # RWKV-7 (linear-state layers)
+    "norm_affine|norm_affine.comp|"
+    "norm_affine_f64|norm_affine.comp|-DUSE_FP64"
+    "token_shift|token_shift.comp|"
+    "activate|activate.comp|"
+    "activate_f64|activate.comp|-DUSE_FP64"
+    "rwkv7_decay|rwkv7_decay.comp|"
+    "rwkv7_decay_f64|rwkv7_decay.comp|-DUSE_FP64"
+    "rwkv7_kk|rwkv7_kk.comp|"
+    "rwkv7_kk_f64|rwkv7_kk.comp|-DUSE_FP64"
+    "wkv7|wkv7.comp|"
+    "rwkv7_bonus|rwkv7_bonus.comp|")
   set(vk_spv)
   set(vk_names)
   foreach(v ${vk_variants})
