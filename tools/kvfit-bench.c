@@ -289,12 +289,19 @@ int main(int argc, char **argv) {
         if (!budget && !window) { fprintf(stderr, "kvfit-bench: --positions needs --budget or --window\n"); return 2; }
         kvfit_session *s;
         if ((st = kvfit_session_create(model, &sp, &s))) return die("creating a session", st);
-        kvfit_layer_plan lp;
-        size_t nl;
-        uint64_t total;
-        kvfit_session_plan(s, &lp, 1, &nl, &total);
-        printf("plan: %zu layers, codec %s, %u sinks + %u window, KV %.2f MiB; threads %d, %d decode tokens per row\n\n",
-               nl, codec_name(lp.codec), lp.n_sink, lp.n_window, total / 1048576.0, threads, n_gen);
+        kvfit_layer_plan plan[512];
+        size_t nl = 0, n_recurrent = 0;
+        uint64_t total = 0;
+        kvfit_session_plan(s, plan, 512, &nl, &total);
+        /* The attention layers' sinks and window (the first one's), and how many layers are recurrent. */
+        kvfit_layer_plan lp = plan[0];
+        for (size_t l = nl < 512 ? nl : 512; l-- > 0;) {
+            if (plan[l].kind == KVFIT_LAYER_RECURRENT) n_recurrent++;
+            else lp = plan[l];
+        }
+        printf("plan: %zu layers (%zu recurrent), codec %s, %u sinks + %u window, KV %.2f MiB; threads %d, %d decode "
+               "tokens per row\n\n",
+               nl, n_recurrent, codec_name(lp.codec), lp.n_sink, lp.n_window, total / 1048576.0, threads, n_gen);
         printf("| stream position | decode tok/s, median of %d (range) | RSS MiB | KV MiB |\n|---:|---:|---:|---:|\n", reps);
         char *plist2 = strdup(positions);
         size_t next = 0;
