@@ -5,8 +5,10 @@
 // wrapped ring, batches, stream positions past 2^32, GQA, partial and NeoX
 // RoPE), attention over a layer with the model's own sliding window
 // (through SessionMemory, keys kept rotated in a ring), swiglu, geglu, scale,
-// add, copy and large transfers, and the RWKV-7 ops (norm_affine,
-// token_shift_mix, activate, rwkv7_prepare, wkv7, rwkv7_bonus_gate). Each runs on the
+// add, copy and large transfers; the RWKV-7 ops (norm_affine,
+// token_shift_mix, activate, rwkv7_prepare, wkv7, rwkv7_bonus_gate) and the
+// Gated DeltaNet ops (silu, sigmoid_mul, gated_rmsnorm, l2norm, delta_gates,
+// ssm_conv, copy_2d, delta_net and delta_net_chunked). Each runs on the
 // device's preferred paths and again with subgroup operations and doubles
 // switched off (the fallbacks). The Vulkan validation layer runs throughout
 // (when installed) and must report no error. Exits 77 (ctest's skip) when the
@@ -81,6 +83,13 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
 struct HostWeight {
     std::vector<uint8_t> bytes;
     GGUFTensor t;
+};
+
+// An F32 vector uploaded as a weight (norm weights).
+struct F32Weight {
+    std::vector<uint8_t> bytes;
+    GGUFTensor t;
+    Weight w;
 };
 
 // k-quant super-blocks of random bytes (any bytes make a valid block) with
@@ -710,6 +719,213 @@ void test_scale_geglu(void **) {
     });
 }
 
+
+// ---------------------------------------------------------------------------
+// Gated DeltaNet (qwen35): the recurrent layers' ops against the CPU's. Where
+// the device reproduces the CPU (doubles), bit for bit, except the gates'
+// softplus (the shader's logarithm; within 2e-6 relative). Without doubles
+// (fma not fused, float exp and division), within the stated bounds.
+
+F32Weight f32_weight(Backend &b, const std::vector<float> &v) {
+    F32Weight w;
+    w.bytes.resize(v.size() * 4);
+    std::memcpy(w.bytes.data(), v.data(), w.bytes.size());
+    w.t.type = TYPE_F32;
+    w.t.n_dims = 1;
+    w.t.ne[0] = int64_t(v.size());
+    w.t.nbytes = w.bytes.size();
+    w.t.data = w.bytes.data();
+    w.w = b.upload_weight(w.t);
+    return w;
+}
+
+// Reports the op's relative error (for the record), then compares.
+void expect_gdn(bool exact, const std::string &what, const std::vector<float> &got, const std::vector<float> &ref,
+                double tol) {
+    std::printf("  %s: relative error %.3g%s\n", what.c_str(), rel_error(got, ref), exact ? " (must be 0)" : "");
+    if (exact) expect_bits(what.c_str(), got, ref);
+    else expect_close(what.c_str(), got, ref, tol);
+}
+
+void test_gdn_pointwise(void **) {
+    each_backend([](Backend &cb, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        const bool exact = vb.reproduces_cpu();
+        const std::string L(label);
+        // silu over 1000 values (the last 8 take the C library's exp), with extremes; out of place and in place
+        const size_t n = 1000;
+        std::vector<float> x = random_floats(n, 51, 4.0f), gte = random_floats(n, 52, 3.0f);
+        const float extremes[] = {0.0f, -0.0f, 88.0f, -88.0f, 104.0f, -104.0f, 200.0f, -200.0f, 1e-30f, -1e-30f};
+        for (size_t i = 0; i < 10; i++) x[100 + i] = x[990 + i] = gte[200 + i] = gte[991 + i / 2] = extremes[i];
+        Pair px = pair_of(cs, vs, x), py = pair_of(cs, vs, nullptr, n * 4);
+        cs.silu(static_cast<float *>(px.c), n, static_cast<float *>(py.c));
+        vs.silu(static_cast<float *>(px.v), n, static_cast<float *>(py.v));
+        expect_gdn(exact, L + " silu", fetch<float>(vs, py.v, n), fetch<float>(cs, py.c, n), 1e-6);
+        cs.silu(static_cast<float *>(px.c), n, static_cast<float *>(px.c));
+        vs.silu(static_cast<float *>(px.v), n, static_cast<float *>(px.v));
+        expect_gdn(exact, L + " silu in place", fetch<float>(vs, px.v, n), fetch<float>(cs, px.c, n), 1e-6);
+        // sigmoid_mul
+        Pair pa = pair_of(cs, vs, x), pg = pair_of(cs, vs, gte);
+        cs.sigmoid_mul(static_cast<float *>(pa.c), static_cast<float *>(pg.c), n);
+        vs.sigmoid_mul(static_cast<float *>(pa.v), static_cast<float *>(pg.v), n);
+        expect_gdn(exact, L + " sigmoid_mul", fetch<float>(vs, pa.v, n), fetch<float>(cs, pa.c, n), 1e-6);
+        // gated_rmsnorm: rows of 72 (four whole groups of 16 and 8 more) and of 128; out of place and in place
+        for (int d : {72, 128}) {
+            const int rows = 7;
+            const size_t m = size_t(rows) * size_t(d);
+            const std::vector<float> xs = random_floats(m, 53 + d), zs = random_floats(m, 54 + d, 2.0f),
+                                     ws = random_floats(size_t(d), 55 + d);
+            const F32Weight wc = f32_weight(cb, ws), wv = f32_weight(vb, ws);
+            Pair qx = pair_of(cs, vs, xs), qz = pair_of(cs, vs, zs), qy = pair_of(cs, vs, nullptr, m * 4);
+            cs.gated_rmsnorm(static_cast<float *>(qx.c), wc.w, static_cast<float *>(qz.c), 1e-6f, rows, static_cast<float *>(qy.c));
+            vs.gated_rmsnorm(static_cast<float *>(qx.v), wv.w, static_cast<float *>(qz.v), 1e-6f, rows, static_cast<float *>(qy.v));
+            expect_gdn(exact, L + " gated_rmsnorm of " + std::to_string(d), fetch<float>(vs, qy.v, m),
+                       fetch<float>(cs, qy.c, m), 2e-6);
+            cs.gated_rmsnorm(static_cast<float *>(qx.c), wc.w, static_cast<float *>(qz.c), 1e-6f, rows, static_cast<float *>(qx.c));
+            vs.gated_rmsnorm(static_cast<float *>(qx.v), wv.w, static_cast<float *>(qz.v), 1e-6f, rows, static_cast<float *>(qx.v));
+            expect_gdn(exact, L + " gated_rmsnorm in place", fetch<float>(vs, qx.v, m), fetch<float>(cs, qx.c, m), 2e-6);
+        }
+    });
+}
+
+void test_gdn_norm_gates_conv(void **) {
+    each_backend([](Backend &cb, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        const bool exact = vb.reproduces_cpu();
+        const std::string L(label);
+        // l2norm of q and k heads inside rows of channels (the rest untouched): 9 tokens, 6 heads of 32, stride 300
+        {
+            const int n = 9, rows = 6, dim = 32;
+            const size_t stride = 300, m = size_t(n) * stride;
+            std::vector<float> x = random_floats(m, 61);
+            for (int i = 0; i < dim; i++) x[stride + size_t(dim) + size_t(i)] = 0.0f;  // a zero row: eps keeps it finite
+            Pair px = pair_of(cs, vs, x);
+            cs.l2norm(static_cast<float *>(px.c), n, rows, dim, stride, 1e-6f);
+            vs.l2norm(static_cast<float *>(px.v), n, rows, dim, stride, 1e-6f);
+            expect_gdn(exact, L + " l2norm", fetch<float>(vs, px.v, m), fetch<float>(cs, px.c, m), 2e-6);
+        }
+        // gates: 11 tokens of 6 heads, softplus arguments on both sides of 20
+        {
+            const int n = 11, H = 6;
+            const size_t m = size_t(n) * H;
+            std::vector<float> al = random_floats(m, 62, 3.0f), be = random_floats(m, 63, 3.0f), dt = random_floats(H, 64),
+                               aa = random_floats(H, 65);
+            al[3] = 25.0f;
+            al[4] = -30.0f;
+            be[5] = 90.0f;
+            be[6] = -90.0f;
+            dt[3 % H] = 0.5f;
+            Pair pal = pair_of(cs, vs, al), pbe = pair_of(cs, vs, be), pdt = pair_of(cs, vs, dt), paa = pair_of(cs, vs, aa);
+            cs.delta_gates(static_cast<float *>(pal.c), static_cast<float *>(pbe.c), static_cast<float *>(pdt.c),
+                           static_cast<float *>(paa.c), n, H);
+            vs.delta_gates(static_cast<float *>(pal.v), static_cast<float *>(pbe.v), static_cast<float *>(pdt.v),
+                           static_cast<float *>(paa.v), n, H);
+            // the decay through the shader's log: a stated bound on every backend
+            expect_gdn(false, L + " delta_gates g", fetch<float>(vs, pal.v, m), fetch<float>(cs, pal.c, m), 2e-6);
+            expect_gdn(exact, L + " delta_gates beta", fetch<float>(vs, pbe.v, m), fetch<float>(cs, pbe.c, m), 1e-6);
+        }
+        // the causal convolution: kernel 4 over 200 channels, batches of 1, 2, 13 and 1 carrying the state
+        {
+            const int C = 200, K = 4;
+            const std::vector<float> w = random_floats(size_t(C) * K, 66), st0 = random_floats(size_t(K - 1) * C, 67);
+            Pair pw = pair_of(cs, vs, w), pst = pair_of(cs, vs, st0);
+            uint32_t seed = 68;
+            for (int n : {1, 2, 13, 1}) {
+                const std::vector<float> x = random_floats(size_t(n) * C, seed++);
+                Pair px = pair_of(cs, vs, x), py = pair_of(cs, vs, nullptr, x.size() * 4);
+                cs.ssm_conv(static_cast<float *>(px.c), n, C, K, static_cast<float *>(pw.c), static_cast<float *>(pst.c),
+                            static_cast<float *>(py.c));
+                vs.ssm_conv(static_cast<float *>(px.v), n, C, K, static_cast<float *>(pw.v), static_cast<float *>(pst.v),
+                            static_cast<float *>(py.v));
+                expect_gdn(exact, L + " ssm_conv of " + std::to_string(n), fetch<float>(vs, py.v, x.size()),
+                           fetch<float>(cs, py.c, x.size()), 1e-6);
+                expect_gdn(exact, L + " ssm_conv state", fetch<float>(vs, pst.v, st0.size()), fetch<float>(cs, pst.c, st0.size()),
+                           1e-6);
+            }
+        }
+        // copy_2d: the q and gate halves of interleaved rows
+        {
+            const size_t rows = 37, hd = 24;
+            const std::vector<float> src = random_floats(rows * 2 * hd, 69);
+            Pair ps = pair_of(cs, vs, src), pd = pair_of(cs, vs, nullptr, rows * hd * 4);
+            vs.copy_2d(pd.v, hd * 4, static_cast<float *>(ps.v) + hd, 2 * hd * 4, rows, hd * 4);
+            const std::vector<float> got = fetch<float>(vs, pd.v, rows * hd);
+            for (size_t r = 0; r < rows; r++) assert_memory_equal(&got[r * hd], &src[r * 2 * hd + hd], hd * 4);
+        }
+    });
+}
+
+// The delta rule over q, k, v laid out as the model's channels (q heads, k
+// heads, v heads per token), unit-norm q and k, decays in (0.13, 1) and
+// betas in (0, 1); batches carried through the state. Vulkan's recurrent form
+// against the CPU's (bit for bit with doubles); its chunked entry (the
+// recurrent kernel) against the CPU's recurrent form likewise, and the CPU's
+// chunked scan within 2e-5.
+void test_gdn_delta_net(void **) {
+    each_backend([](Backend &, Backend &vb, Stream &cs, Stream &vs, const char *label) {
+        const bool exact = vb.reproduces_cpu();
+        struct Shape { int hk, hv, D; };
+        for (const Shape sh : {Shape{2, 4, 16}, Shape{1, 2, 64}, Shape{2, 2, 128}, Shape{3, 6, 40}}) {
+            const int D = sh.D, hk = sh.hk, hv = sh.hv;
+            const size_t ch = size_t(2 * hk + hv) * size_t(D), S = size_t(hv) * D * D;
+            std::mt19937 rng(uint32_t(D * 7 + hv));
+            std::uniform_real_distribution<float> ug(-2.0f, -0.002f), ub(0.02f, 0.98f);
+            const std::vector<float> s0 = random_floats(S, uint32_t(70 + D), 0.1f);
+            Pair st_c = pair_of(cs, vs, s0), st_k = pair_of(cs, vs, s0), st_r = pair_of(cs, vs, s0);
+            char what[160];
+            for (int n : {1, 37, 1, 64, 3}) {
+                std::vector<float> qkv = random_floats(size_t(n) * ch, uint32_t(rng()));
+                for (int t = 0; t < n; t++)
+                    for (int r = 0; r < 2 * hk; r++) {
+                        float *v = &qkv[size_t(t) * ch + size_t(r) * D];
+                        double ss = 0;
+                        for (int i = 0; i < D; i++) ss += double(v[i]) * v[i];
+                        for (int i = 0; i < D; i++) v[i] = float(v[i] / std::sqrt(ss + 1e-6));
+                    }
+                std::vector<float> g(size_t(n) * hv), b(size_t(n) * hv);
+                for (float &x : g) x = ug(rng);
+                for (float &x : b) x = ub(rng);
+                Pair px = pair_of(cs, vs, qkv), pg = pair_of(cs, vs, g), pb = pair_of(cs, vs, b);
+                const size_t no = size_t(n) * hv * D;
+                Pair o1 = pair_of(cs, vs, nullptr, no * 4), o2 = pair_of(cs, vs, nullptr, no * 4),
+                     o3 = pair_of(cs, vs, nullptr, no * 4);
+                auto args = [&](bool dev, Pair &st, Pair &o) {
+                    DeltaNetArgs a;
+                    const float *base = static_cast<const float *>(dev ? px.v : px.c);
+                    a.n = n;
+                    a.n_k_heads = hk;
+                    a.n_v_heads = hv;
+                    a.head_dim = D;
+                    a.q = base;
+                    a.k = base + size_t(hk) * D;
+                    a.v = base + size_t(2 * hk) * D;
+                    a.qk_stride = a.v_stride = ch;
+                    a.g = static_cast<const float *>(dev ? pg.v : pg.c);
+                    a.beta = static_cast<const float *>(dev ? pb.v : pb.c);
+                    a.state = static_cast<float *>(dev ? st.v : st.c);
+                    a.out = static_cast<float *>(dev ? o.v : o.c);
+                    a.scale = 1.0f / std::sqrt(float(D));
+                    return a;
+                };
+                cs.delta_net(args(false, st_r, o1));
+                vs.delta_net(args(true, st_r, o1));
+                cs.delta_net_chunked(args(false, st_k, o2), 16);
+                vs.delta_net_chunked(args(true, st_k, o2), 16);
+                const std::vector<float> ref = fetch<float>(cs, o1.c, no), sref = fetch<float>(cs, st_r.c, S);
+                std::snprintf(what, sizeof what, "%s delta_net (%d k heads, %d v heads of %d) batch of %d", label, hk, hv, D, n);
+                expect_gdn(exact, what, fetch<float>(vs, o1.v, no), ref, 2e-5);
+                expect_gdn(exact, std::string(what) + " state", fetch<float>(vs, st_r.v, S), sref, 2e-5);
+                std::snprintf(what, sizeof what, "%s delta_net_chunked (%d, %d, %d) batch of %d vs the CPU's recurrent form",
+                              label, hk, hv, D, n);
+                expect_gdn(exact, what, fetch<float>(vs, o2.v, no), ref, 2e-5);
+                std::snprintf(what, sizeof what, "%s delta_net_chunked (%d, %d, %d) batch of %d vs the CPU's chunked scan",
+                              label, hk, hv, D, n);
+                expect_gdn(false, what, fetch<float>(vs, o2.v, no), fetch<float>(cs, o2.c, no), 2e-5);
+                expect_gdn(false, std::string(what) + ", state", fetch<float>(vs, st_k.v, S), fetch<float>(cs, st_k.c, S), 2e-5);
+            }
+            (void)st_c;
+        }
+    });
+}
+
 // A layer with the model's own sliding window (layer 0; layer 1 is global)
 // through SessionMemory on both backends, the same queries, keys and values:
 // a dense session keeps the window's keys rotated at their stream positions
@@ -1204,6 +1420,9 @@ int main() {
         cmocka_unit_test(test_rwkv_norm_affine), cmocka_unit_test(test_rwkv_token_shift),
         cmocka_unit_test(test_rwkv_activate),    cmocka_unit_test(test_rwkv_prepare),
         cmocka_unit_test(test_rwkv_wkv7),        cmocka_unit_test(test_rwkv_bonus_gate),
+        // Gated DeltaNet
+        cmocka_unit_test(test_gdn_pointwise), cmocka_unit_test(test_gdn_norm_gates_conv),
+        cmocka_unit_test(test_gdn_delta_net),
     };
     return test_run(tests, setup, teardown);
 }

@@ -201,7 +201,26 @@ struct Wkv7Push {
 struct BonusPush {
     uint32_t y_off, r_off, k_off, v_off, rk_off, g_off, n_head, head_size;
 };
+// Gated DeltaNet
+struct GdnPointwisePush {
+    uint32_t a_off, b_off, c_off, n, stride, mode, width;
+};
+struct DeltaGatesPush {
+    uint32_t al_off, be_off, dt_off, a_off, n_heads, total;
+};
+struct L2normPush {
+    uint32_t x_off, stride, dim;
+    float eps_n, inv_sqrt;
+};
+struct SsmConvPush {
+    uint32_t x_off, w_off, s_off, y_off, n, channels, kernel;
+};
+struct DeltaNetPush {
+    uint32_t q_off, k_off, v_off, qk_stride, v_stride, g_off, b_off, s_off, o_off, n, n_k_heads, n_v_heads;
+    float scale;
+};
 static_assert(sizeof(AttentionPush) <= kPushBytes, "push constants");
+static_assert(sizeof(DeltaNetPush) <= kPushBytes, "push constants");
 
 class VulkanStream;
 
@@ -943,6 +962,100 @@ public:
             uint32_t(n_head), dim_y(n));
     }
 
+    // --- Gated DeltaNet (qwen35). With doubles the CPU reference's
+    // arithmetic operation for operation (the shaders' comments), except the
+    // logarithm of delta_gates' softplus. delta_net_chunked runs the
+    // recurrent kernel: see delta_net.comp.
+    void ssm_conv(const float *x, int n, int channels, int kernel, const float *w, float *state, float *y) override {
+        if (n <= 0 || channels <= 0 || kernel < 1) fail(KVFIT_E_INTERNAL, "ssm_conv of %d x %d, kernel %d", n, channels, kernel);
+        const size_t C = size_t(channels), K1 = size_t(kernel - 1);
+        const Span xs = d_.span(x, size_t(n) * C * 4), ws = d_.span(w, C * size_t(kernel) * 4),
+                   ss = d_.span(state, std::max<size_t>(K1, 1) * C * 4), ys = d_.span(y, size_t(n) * C * 4);
+        SsmConvPush p{uint32_t(xs.rel / 4), uint32_t(ws.rel / 4), uint32_t(ss.rel / 4), uint32_t(ys.rel / 4),
+                      uint32_t(n), uint32_t(channels), uint32_t(kernel)};
+        run("ssm_conv", d_.pipeline(variant("ssm_conv"), 4, {kWG}), {{xs, false}, {ws, false}, {ss, true}, {ys, true}},
+            &p, sizeof p, ceil_div(C, kWG));
+    }
+
+    void silu(const float *x, size_t n, float *y) override { gdn_pointwise(0, x, nullptr, y, n, n); }
+
+    void sigmoid_mul(float *x, const float *gate, size_t n) override { gdn_pointwise(1, x, gate, x, n, n); }
+
+    void delta_gates(float *alpha, float *beta, const float *dt_bias, const float *a, int n, int n_heads) override {
+        if (n <= 0 || n_heads <= 0) return;
+        const size_t total = size_t(n) * size_t(n_heads);
+        if (total > 0xffffffffu) fail(KVFIT_E_INTERNAL, "Vulkan: delta_gates over %zu values", total);
+        const Span as = d_.span(alpha, total * 4), bs = d_.span(beta, total * 4), ds = d_.span(dt_bias, size_t(n_heads) * 4),
+                   gs = d_.span(a, size_t(n_heads) * 4);
+        DeltaGatesPush p{uint32_t(as.rel / 4), uint32_t(bs.rel / 4), uint32_t(ds.rel / 4), uint32_t(gs.rel / 4),
+                         uint32_t(n_heads), uint32_t(total)};
+        run("delta_gates", d_.pipeline(variant("delta_gates"), 4, {kWG}),
+            {{as, true}, {bs, true}, {ds, false}, {gs, false}}, &p, sizeof p, ceil_div(total, kWG));
+    }
+
+    void l2norm(float *x, int n, int rows, int dim, size_t stride, float eps) override {
+        if (n <= 0 || rows <= 0) return;
+        if (dim <= 0) fail(KVFIT_E_INTERNAL, "l2norm of rows of %d", dim);
+        const size_t span = size_t(n - 1) * stride + size_t(rows) * size_t(dim);
+        const Span xs = d_.span(x, span * 4);
+        L2normPush p{uint32_t(xs.rel / 4), uint32_t(stride), uint32_t(dim), eps / float(dim), 1.0f / std::sqrt(float(dim))};
+        run("l2norm", d_.pipeline(variant("l2norm"), 1, {kWG}), {{xs, true}}, &p, sizeof p, uint32_t(rows), uint32_t(n));
+    }
+
+    void gated_rmsnorm(const float *x, const Weight &w, const float *z, float eps, int rows, float *y) override {
+        if (rows <= 0) return;
+        rmsnorm(x, w, eps, rows, y);
+        gdn_pointwise(2, y, z, y, size_t(rows) * size_t(w.n_cols), size_t(w.n_cols));
+    }
+
+    void delta_net(const DeltaNetArgs &a) override {
+        if (a.n <= 0 || a.n_k_heads <= 0 || a.n_v_heads <= 0 || a.head_dim <= 0 || !a.q || !a.k || !a.v || !a.g ||
+            !a.beta || !a.state || !a.out)
+            fail(KVFIT_E_INTERNAL, "delta_net: incomplete arguments");
+        const uint32_t D = uint32_t(a.head_dim);
+        if (D > 256 || D > d_.limits().maxComputeWorkGroupSize[0] || D > d_.limits().maxComputeWorkGroupInvocations)
+            fail(KVFIT_E_UNSUPPORTED, "the Vulkan backend does not support delta-rule heads of %u values", D);
+        const size_t n = size_t(a.n), hd = size_t(D), hv = size_t(a.n_v_heads);
+        const size_t qk = (n - 1) * a.qk_stride + size_t(a.n_k_heads) * hd, vv = (n - 1) * a.v_stride + hv * hd;
+        const Span qs = d_.span(a.q, qk * 4), ks = d_.span(a.k, qk * 4), vs = d_.span(a.v, vv * 4),
+                   gs = d_.span(a.g, n * hv * 4), bs = d_.span(a.beta, n * hv * 4), ss = d_.span(a.state, hv * hd * hd * 4),
+                   os = d_.span(a.out, n * hv * hd * 4);
+        DeltaNetPush p{uint32_t(qs.rel / 4), uint32_t(ks.rel / 4), uint32_t(vs.rel / 4), uint32_t(a.qk_stride),
+                       uint32_t(a.v_stride),  uint32_t(gs.rel / 4), uint32_t(bs.rel / 4), uint32_t(ss.rel / 4),
+                       uint32_t(os.rel / 4),  uint32_t(a.n),        uint32_t(a.n_k_heads), uint32_t(a.n_v_heads),
+                       a.scale};
+        run("delta_net", d_.pipeline(variant("delta_net"), 7, {D, D}),
+            {{qs, false}, {ks, false}, {vs, false}, {gs, false}, {bs, false}, {ss, true}, {os, true}}, &p, sizeof p,
+            uint32_t(a.n_v_heads));
+    }
+
+    // The chunked (WY) form pays where a chunk's products run on matrix
+    // units; here every state row is already one invocation's serial work
+    // over the batch, so the recurrent kernel serves prefill too (its result
+    // is the CPU's recurrent form, within rounding of the CPU's chunked one).
+    void delta_net_chunked(const DeltaNetArgs &a, int chunk) override {
+        if (chunk < 1 || chunk > 1024) fail(KVFIT_E_INTERNAL, "delta_net chunk of %d", chunk);
+        delta_net(a);
+    }
+
+    // One copy command with a region per row.
+    void copy_2d(void *dst, size_t dst_stride, const void *src, size_t src_stride, size_t rows, size_t width) override {
+        live();
+        if (!rows || !width) return;
+        const size_t sb = (rows - 1) * src_stride + width, db = (rows - 1) * dst_stride + width;
+        const Span ss = d_.span(src, sb, false), ds = d_.span(dst, db, false);
+        if (ss.buf == ds.buf && ss.begin < ds.end && ds.begin < ss.end)
+            fail(KVFIT_E_INTERNAL, "Vulkan: overlapping device-to-device copy");
+        std::vector<VkBufferCopy> regions(rows);
+        for (size_t r = 0; r < rows; r++) regions[r] = {ss.begin + r * src_stride, ds.begin + r * dst_stride, width};
+        Batch &bt = begin();
+        track({{ss, false}, {ds, true}});
+        stamp(bt, 0);
+        f_.vkCmdCopyBuffer(bt.cb, ss.buf, ds.buf, uint32_t(regions.size()), regions.data());
+        stamp(bt, 1);
+        done("copy_2d");
+    }
+
 private:
     // Workgroups along y for n rows (the device's limit is at least 65535).
     uint32_t dim_y(int n) const {
@@ -1010,6 +1123,19 @@ private:
             ElementwisePush p{uint32_t(as.rel / 4), uint32_t(bs.rel / 4), uint32_t(n), gx * kWG, 0};
             run(shader, d_.pipeline(shader, 2, {kWG}), {{as, true}, {bs, false}}, &p, 4 * sizeof(uint32_t), gx);
         }
+    }
+
+    // Gated DeltaNet's element-wise ops (gdn_pointwise.comp): mode 0 silu, 1
+    // sigmoid_mul, 2 the gate of gated_rmsnorm; width: the rows silu runs over.
+    void gdn_pointwise(uint32_t mode, const float *a, const float *b, float *c, size_t n, size_t width) {
+        if (!n) return;
+        if (n > 0xffffffffu) fail(KVFIT_E_INTERNAL, "Vulkan: element-wise op over %zu values", n);
+        const Span as = d_.span(a, n * 4), bs = d_.span(b ? b : a, n * 4), cs = d_.span(c, n * 4);
+        const uint32_t gx = std::min<uint32_t>(ceil_div(n, kWG), d_.limits().maxComputeWorkGroupCount[0]);
+        GdnPointwisePush p{uint32_t(as.rel / 4), uint32_t(bs.rel / 4), uint32_t(cs.rel / 4), uint32_t(n), gx * kWG, mode,
+                           uint32_t(width)};
+        run("gdn_pointwise", d_.pipeline(variant("gdn_pointwise"), 3, {kWG}), {{as, false}, {bs, false}, {cs, true}}, &p,
+            sizeof p, gx);
     }
 
     void live() const {

@@ -66,7 +66,18 @@ if(KVFIT_WITH_VULKAN)
     "rwkv7_kk|rwkv7_kk.comp|"
     "rwkv7_kk_f64|rwkv7_kk.comp|-DUSE_FP64"
     "wkv7|wkv7.comp|"
-    "rwkv7_bonus|rwkv7_bonus.comp|")
+    "rwkv7_bonus|rwkv7_bonus.comp|"
+    # Gated DeltaNet (qwen35)
+    "gdn_pointwise|gdn_pointwise.comp|"
+    "gdn_pointwise_f64|gdn_pointwise.comp|-DUSE_FP64"
+    "delta_gates|delta_gates.comp|"
+    "delta_gates_f64|delta_gates.comp|-DUSE_FP64"
+    "l2norm|l2norm.comp|"
+    "l2norm_f64|l2norm.comp|-DUSE_FP64"
+    "ssm_conv|ssm_conv.comp|"
+    "ssm_conv_f64|ssm_conv.comp|-DUSE_FP64"
+    "delta_net|delta_net.comp|"
+    "delta_net_f64|delta_net.comp|-DUSE_FP64")
   set(vk_spv)
   set(vk_names)
   foreach(v ${vk_variants})
