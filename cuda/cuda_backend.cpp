@@ -277,6 +277,63 @@ public:
         check(cuda::rwkv7_bonus_gate(s_, y, r, k, v, r_k, g, n, n_head, head_size), "rwkv7_bonus_gate");
     }
 
+    // --- Gated DeltaNet (qwen35). delta_net_chunked runs the recurrent
+    // kernel (one thread per state row already carries the batch; the
+    // chunked form would pay with tensor-core products for long prompts).
+    void ssm_conv(const float *x, int n, int channels, int kernel, const float *w, float *state, float *y) override {
+        if (n <= 0 || channels <= 0 || kernel < 1) fail(KVFIT_E_INTERNAL, "ssm_conv of %d x %d, kernel %d", n, channels, kernel);
+        use_device(device_);
+        check(cuda::ssm_conv(s_, x, n, channels, kernel, w, state, y), "ssm_conv");
+    }
+
+    void silu(const float *x, size_t n, float *y) override {
+        use_device(device_);
+        check(cuda::gdn_pointwise(s_, 0, x, x, y, n, n), "silu");
+    }
+
+    void sigmoid_mul(float *x, const float *gate, size_t n) override {
+        use_device(device_);
+        check(cuda::gdn_pointwise(s_, 1, x, gate, x, n, n), "sigmoid_mul");
+    }
+
+    void delta_gates(float *alpha, float *beta, const float *dt_bias, const float *a, int n, int n_heads) override {
+        use_device(device_);
+        check(cuda::delta_gates(s_, alpha, beta, dt_bias, a, n, n_heads), "delta_gates");
+    }
+
+    void l2norm(float *x, int n, int rows, int dim, size_t stride, float eps) override {
+        use_device(device_);
+        check(cuda::l2norm(s_, x, n, rows, dim, stride, eps), "l2norm");
+    }
+
+    void gated_rmsnorm(const float *x, const Weight &w, const float *z, float eps, int rows, float *y) override {
+        if (rows <= 0) return;
+        rmsnorm(x, w, eps, rows, y);
+        check(cuda::gdn_pointwise(s_, 2, y, z, y, size_t(rows) * size_t(w.n_cols), size_t(w.n_cols)), "gated_rmsnorm");
+    }
+
+    void delta_net(const DeltaNetArgs &a) override {
+        if (a.n <= 0 || a.n_k_heads <= 0 || a.n_v_heads <= 0 || a.head_dim <= 0 || !a.q || !a.k || !a.v || !a.g ||
+            !a.beta || !a.state || !a.out)
+            fail(KVFIT_E_INTERNAL, "delta_net: incomplete arguments");
+        if (a.head_dim > 1024) fail(KVFIT_E_UNSUPPORTED, "the CUDA backend does not support delta-rule heads of %d values", a.head_dim);
+        const cuda::DeltaNetParams p{a.n, a.n_k_heads, a.n_v_heads, a.head_dim, a.q, a.k, a.v, a.qk_stride,
+                                     a.v_stride, a.g, a.beta, a.state, a.out, a.scale};
+        use_device(device_);
+        check(cuda::delta_net(s_, p), "delta_net");
+    }
+
+    void delta_net_chunked(const DeltaNetArgs &a, int chunk) override {
+        if (chunk < 1 || chunk > 1024) fail(KVFIT_E_INTERNAL, "delta_net chunk of %d", chunk);
+        delta_net(a);
+    }
+
+    void copy_2d(void *dst, size_t dst_stride, const void *src, size_t src_stride, size_t rows, size_t width) override {
+        if (!rows || !width) return;
+        use_device(device_);
+        check(cudaMemcpy2DAsync(dst, dst_stride, src, src_stride, width, rows, cudaMemcpyDeviceToDevice, s_), "copy_2d");
+    }
+
 private:
     // The attention's partial sums: sized on first use (the shapes of a
     // session never change, so this allocates once).

@@ -98,5 +98,27 @@ cudaError_t wkv7(cudaStream_t s, const float *r, const float *w, const float *k,
 cudaError_t rwkv7_bonus_gate(cudaStream_t s, float *y, const float *r, const float *k, const float *v,
                              const float *r_k, const float *g, int n, int n_head, int head_size);
 
+// --- Gated DeltaNet (qwen35): the Stream ops of backend.h of the same names.
+// gdn_pointwise: mode 0 c = silu(a), 1 c = a * sigmoid(b) (sigmoid_mul), 2
+// c = a * silu(b) (the gate of gated_rmsnorm); c may be a. width: the length
+// of the rows (0: n).
+cudaError_t gdn_pointwise(cudaStream_t s, int mode, const float *a, const float *b, float *c, size_t n, size_t width);
+cudaError_t delta_gates(cudaStream_t s, float *alpha, float *beta, const float *dt_bias, const float *a, int n,
+                        int n_heads);
+cudaError_t l2norm(cudaStream_t s, float *x, int n, int rows, int dim, size_t stride, float eps);
+cudaError_t ssm_conv(cudaStream_t s, const float *x, int n, int channels, int kernel, const float *w, float *state,
+                     float *y);
+// DeltaNetArgs (device addresses). One block per value head, head_dim threads
+// (at most 1024); the recurrent form, token by token.
+struct DeltaNetParams {
+    int n, n_k_heads, n_v_heads, head_dim;
+    const float *q, *k, *v;
+    size_t qk_stride, v_stride;
+    const float *g, *beta;
+    float *state, *out;
+    float scale;
+};
+cudaError_t delta_net(cudaStream_t s, const DeltaNetParams &p);
+
 }  // namespace cuda
 }  // namespace kvfit

@@ -1,5 +1,6 @@
 // Element-wise and row-wise ops: embedding lookup, RMSNorm, SwiGLU, GEGLU, add,
-// scale.
+// scale; the Gated DeltaNet ops (qwen35): convolution step, gates, L2 norm,
+// SiLU and sigmoid gating, and the delta rule.
 #include <cfloat>
 
 #include "common.cuh"
@@ -82,6 +83,111 @@ __global__ void add_kernel(float *y, const float *x, size_t n) {
         y[i] += x[i];
 }
 
+
+// --- Gated DeltaNet (qwen35). The CPU reference's order of operations, with
+// CUDA's expf / logf (not the C library's: results within a few ulp).
+
+__device__ __forceinline__ float silu_of(float x) { return __fdiv_rn(x, __fadd_rn(1.0f, expf(-x))); }
+
+// mode 0: c = silu(a); 1: c = a * sigmoid(b); 2: c = a * silu(b). c may be a.
+// (The CPU's choice of exp by position in a row, width, does not arise here.)
+__global__ void gdn_pointwise_kernel(int mode, const float *a, const float *b, float *c, size_t n) {
+    for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+        const float x = a[i];
+        float r;
+        if (mode == 0) r = silu_of(x);
+        else if (mode == 1) r = __fmul_rn(x, __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-b[i]))));
+        else r = __fmul_rn(x, silu_of(b[i]));
+        c[i] = r;
+    }
+}
+
+__global__ void delta_gates_kernel(float *alpha, float *beta, const float *dt_bias, const float *a, int n_heads,
+                                   size_t total) {
+    const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int h = int(i % size_t(n_heads));
+    const float x = __fadd_rn(alpha[i], dt_bias[h]);
+    const float sp = x > 20.0f ? x : logf(__fadd_rn(1.0f, expf(x)));
+    alpha[i] = __fmul_rn(sp, a[h]);
+    beta[i] = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-beta[i])));
+}
+
+// One block per (row, token); the sum of squares in double (as the CPU).
+__global__ void l2norm_kernel(float *x, int dim, size_t stride, float eps_n, float inv_sqrt) {
+    float *v = x + size_t(blockIdx.y) * stride + size_t(blockIdx.x) * size_t(dim);
+    double ss = 0;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += double(__fmul_rn(v[i], v[i]));
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    __shared__ double part[kThreads / 32];
+    __shared__ float scale;
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double tot = 0;
+        for (int i = 0; i < int(blockDim.x / 32); i++) tot += part[i];
+        scale = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(float(tot / double(dim)), eps_n)));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) v[i] = __fmul_rn(__fmul_rn(v[i], scale), inv_sqrt);
+}
+
+// One thread per channel, the taps in order with fused multiply-adds.
+__global__ void ssm_conv_kernel(const float *x, int n, int channels, int kernel, const float *w, float *state,
+                                float *y) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= channels) return;
+    const int k1 = kernel - 1;
+    const size_t C = size_t(channels);
+    auto in = [&](int tau) { return tau < k1 ? state[size_t(tau) * C + c] : x[size_t(tau - k1) * C + c]; };
+    for (int t = 0; t < n; t++) {
+        float sum = 0.0f;
+        for (int i = 0; i < kernel; i++) sum = __fmaf_rn(in(t + i), w[size_t(c) * kernel + i], sum);
+        y[size_t(t) * C + c] = sum;
+    }
+    for (int r = 0; r < k1; r++) state[size_t(r) * C + c] = in(n + r);
+}
+
+// row . vec in ggml_vec_dot_f32's order (4 x 16 accumulators over blocks of
+// 64, the same reduction tree, the rest in order).
+__device__ float dot_ggml(const float *row, const float *vec, int D) {
+    const int np = D & ~63;
+    float sumf = 0.0f;
+    if (np) {
+        float acc[64];
+        for (int l = 0; l < 64; l++) acc[l] = 0.0f;
+        for (int i = 0; i < np; i += 64)
+            for (int l = 0; l < 64; l++) acc[l] = __fmaf_rn(row[i + l], vec[i + l], acc[l]);
+        float t[16];
+        for (int l = 0; l < 16; l++) t[l] = __fadd_rn(__fadd_rn(acc[l], acc[32 + l]), __fadd_rn(acc[16 + l], acc[48 + l]));
+        float h4[4];
+        for (int l = 0; l < 4; l++) h4[l] = __fadd_rn(__fadd_rn(t[l + 12], t[l + 4]), __fadd_rn(t[l + 8], t[l]));
+        sumf = __fadd_rn(__fadd_rn(h4[0], h4[2]), __fadd_rn(h4[1], h4[3]));
+    }
+    for (int i = np; i < D; i++) sumf = __fmaf_rn(row[i], vec[i], sumf);
+    return sumf;
+}
+
+// One block per value head, one thread per state row (its own arithmetic,
+// on its row in global memory); the token's k and q in shared memory.
+__global__ void delta_net_kernel(DeltaNetParams p) {
+    extern __shared__ float kq[];
+    const int D = p.head_dim, j = threadIdx.x, h = blockIdx.x, hk = h % p.n_k_heads;
+    float *sk = kq, *sq = kq + D;
+    float *row = p.state + (size_t(h) * D + j) * D;
+    for (int t = 0; t < p.n; t++) {
+        __syncthreads();
+        sk[j] = p.k[size_t(t) * p.qk_stride + size_t(hk) * D + j];
+        sq[j] = p.q[size_t(t) * p.qk_stride + size_t(hk) * D + j];
+        __syncthreads();
+        const float eg = expf(p.g[size_t(t) * p.n_v_heads + h]);
+        const float b = p.beta[size_t(t) * p.n_v_heads + h];
+        for (int i = 0; i < D; i++) row[i] = __fmul_rn(row[i], eg);
+        const float dj = __fmul_rn(__fsub_rn(p.v[size_t(t) * p.v_stride + size_t(h) * D + j], dot_ggml(row, sk, D)), b);
+        for (int i = 0; i < D; i++) row[i] = __fmaf_rn(sk[i], dj, row[i]);
+        p.out[(size_t(t) * p.n_v_heads + h) * D + j] = __fmul_rn(dot_ggml(row, sq, D), p.scale);
+    }
+}
 }  // namespace
 
 cudaError_t get_rows(cudaStream_t s, uint32_t type, const void *table, size_t row_bytes, int64_t n_cols,
@@ -119,6 +225,45 @@ cudaError_t scale(cudaStream_t s, float *x, size_t n, float v) {
 cudaError_t geglu(cudaStream_t s, const float *gate, const float *up, size_t n, const uint16_t *table, float *out) {
     if (!n) return cudaSuccess;
     geglu_kernel<<<std::min(blocks_for(n), 65535u), kThreads, 0, s>>>(gate, up, n, table, out);
+    return cudaGetLastError();
+}
+
+
+// --- Gated DeltaNet
+
+cudaError_t gdn_pointwise(cudaStream_t s, int mode, const float *a, const float *b, float *c, size_t n, size_t width) {
+    if (!n) return cudaSuccess;
+    gdn_pointwise_kernel<<<std::min(blocks_for(n), 65535u), kThreads, 0, s>>>(mode, a, b, c, n);
+    (void)width;
+    return cudaGetLastError();
+}
+
+cudaError_t delta_gates(cudaStream_t s, float *alpha, float *beta, const float *dt_bias, const float *a, int n,
+                        int n_heads) {
+    if (n <= 0 || n_heads <= 0) return cudaSuccess;
+    const size_t total = size_t(n) * size_t(n_heads);
+    delta_gates_kernel<<<blocks_for(total), kThreads, 0, s>>>(alpha, beta, dt_bias, a, n_heads, total);
+    return cudaGetLastError();
+}
+
+cudaError_t l2norm(cudaStream_t s, float *x, int n, int rows, int dim, size_t stride, float eps) {
+    if (n <= 0 || rows <= 0 || dim <= 0) return cudaSuccess;
+    l2norm_kernel<<<dim3(unsigned(rows), unsigned(n)), kThreads, 0, s>>>(x, dim, stride, eps / float(dim),
+                                                                        1.0f / std::sqrt(float(dim)));
+    return cudaGetLastError();
+}
+
+cudaError_t ssm_conv(cudaStream_t s, const float *x, int n, int channels, int kernel, const float *w, float *state,
+                     float *y) {
+    if (n <= 0 || channels <= 0) return cudaSuccess;
+    ssm_conv_kernel<<<blocks_for(size_t(channels)), kThreads, 0, s>>>(x, n, channels, kernel, w, state, y);
+    return cudaGetLastError();
+}
+
+cudaError_t delta_net(cudaStream_t s, const DeltaNetParams &p) {
+    if (p.n <= 0) return cudaSuccess;
+    if (p.head_dim <= 0 || p.head_dim > 1024) return cudaErrorInvalidValue;
+    delta_net_kernel<<<unsigned(p.n_v_heads), unsigned(p.head_dim), 2 * size_t(p.head_dim) * sizeof(float), s>>>(p);
     return cudaGetLastError();
 }
 

@@ -7,7 +7,9 @@
 // wrap-around, the residual key block and long windows (split over blocks)
 // are all reached, and over a layer with the model's own sliding window; scale
 // and GEGLU bit for bit; the RWKV-7 ops (norm_affine, token_shift_mix,
-// activate, rwkv7_prepare, wkv7, rwkv7_bonus_gate). Exits 77 (ctest's skip) when the CUDA backend is not
+// activate, rwkv7_prepare, wkv7, rwkv7_bonus_gate) and the Gated DeltaNet ops (silu, sigmoid_mul,
+// gated_rmsnorm, l2norm, delta_gates, ssm_conv, copy_2d, delta_net and its
+// chunked entry) within stated bounds. Exits 77 (ctest's skip) when the CUDA backend is not
 // built or has no device.
 #include <algorithm>
 #include <cfloat>
@@ -741,6 +743,173 @@ void test_errors(void **) {
     assert_true(threw);
 }
 
+
+// ---------------------------------------------------------------------------
+// Gated DeltaNet (qwen35). CUDA's expf / logf are not the C library's, so
+// each op is compared within a stated relative bound (max |CUDA - CPU| over
+// max |CPU|); the measured error is printed.
+
+void expect_rel(const std::string &what, const std::vector<float> &ref, const std::vector<float> &got, double tol) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        num = std::max(num, std::fabs(double(ref[i]) - double(got[i])));
+        den = std::max(den, std::fabs(double(ref[i])));
+    }
+    const double e = den > 0 ? num / den : num;
+    printf("  %s: relative error %.3g (bound %.3g)\n", what.c_str(), e, tol);
+    if (!(e <= tol)) fail();
+}
+
+template <class T>
+std::vector<T> get_cpu(Pair &p, const T *c, size_t n) {
+    std::vector<T> h(n);
+    p.cpu->download(h.data(), c, n * sizeof(T));
+    p.cpu->synchronize();
+    return h;
+}
+
+void test_gdn_ops(void **) {
+    std::mt19937 rng(71);
+    Pair p;
+    // silu, sigmoid_mul (1000 values: the CPU's last 8 take the C library's exp)
+    const size_t n = 1000;
+    const std::vector<float> x = randn(n, rng, 4.0f), gt = randn(n, rng, 3.0f);
+    auto [xc, xg] = p.put(x);
+    auto [gc, gg] = p.put(gt);
+    float *yc = static_cast<float *>(p.cpu->alloc(n * 4)), *yg = static_cast<float *>(p.gpu->alloc(n * 4));
+    p.cpu->silu(xc, n, yc);
+    p.gpu->silu(xg, n, yg);
+    expect_rel("silu", get_cpu(p, yc, n), p.get_gpu(yg, n), 2e-6);
+    p.cpu->sigmoid_mul(xc, gc, n);
+    p.gpu->sigmoid_mul(xg, gg, n);
+    expect_rel("sigmoid_mul", get_cpu(p, xc, n), p.get_gpu(xg, n), 2e-6);
+    // gated_rmsnorm over rows of 72 and 128
+    for (int d : {72, 128}) {
+        const int rows = 7;
+        const size_t m = size_t(rows) * d;
+        const std::vector<float> a = randn(m, rng), z = randn(m, rng, 2.0f);
+        auto w = make_weight(TYPE_F32, randn(size_t(d), rng), d, 1);
+        auto [ac, ag] = p.put(a);
+        auto [zc, zg] = p.put(z);
+        p.cpu->gated_rmsnorm(ac, w->cpu, zc, 1e-6f, rows, ac);
+        p.gpu->gated_rmsnorm(ag, w->gpu, zg, 1e-6f, rows, ag);
+        expect_rel("gated_rmsnorm of " + std::to_string(d), get_cpu(p, ac, m), p.get_gpu(ag, m), 4e-6);
+    }
+    // l2norm: 9 tokens, 6 heads of 32 in rows of 300
+    {
+        const size_t stride = 300, m = 9 * stride;
+        const std::vector<float> a = randn(m, rng);
+        auto [ac, ag] = p.put(a);
+        p.cpu->l2norm(ac, 9, 6, 32, stride, 1e-6f);
+        p.gpu->l2norm(ag, 9, 6, 32, stride, 1e-6f);
+        expect_rel("l2norm", get_cpu(p, ac, m), p.get_gpu(ag, m), 2e-6);
+    }
+    // gates: 11 tokens of 6 heads
+    {
+        const int T = 11, H = 6;
+        std::vector<float> al = randn(size_t(T) * H, rng, 3.0f), be = randn(size_t(T) * H, rng, 3.0f);
+        al[3] = 25.0f;
+        be[5] = -90.0f;
+        auto [alc, alg] = p.put(al);
+        auto [bec, beg] = p.put(be);
+        auto [dtc, dtg] = p.put(randn(H, rng));
+        auto [ac, ag] = p.put(randn(H, rng));
+        p.cpu->delta_gates(alc, bec, dtc, ac, T, H);
+        p.gpu->delta_gates(alg, beg, dtg, ag, T, H);
+        expect_rel("delta_gates g", get_cpu(p, alc, al.size()), p.get_gpu(alg, al.size()), 4e-6);
+        expect_rel("delta_gates beta", get_cpu(p, bec, be.size()), p.get_gpu(beg, be.size()), 2e-6);
+    }
+    // ssm_conv: kernel 4 over 200 channels, batches carrying the state (fused multiply-adds in order: exact)
+    {
+        const int C = 200, K = 4;
+        auto [wc, wg] = p.put(randn(size_t(C) * K, rng));
+        auto [sc, sg] = p.put(randn(size_t(K - 1) * C, rng));
+        for (int t : {1, 2, 13, 1}) {
+            const std::vector<float> a = randn(size_t(t) * C, rng);
+            auto [ac, ag] = p.put(a);
+            float *oc = static_cast<float *>(p.cpu->alloc(a.size() * 4)), *og = static_cast<float *>(p.gpu->alloc(a.size() * 4));
+            p.cpu->ssm_conv(ac, t, C, K, wc, sc, oc);
+            p.gpu->ssm_conv(ag, t, C, K, wg, sg, og);
+            expect_bits(("ssm_conv of " + std::to_string(t)).c_str(), get_cpu(p, oc, a.size()), p.get_gpu(og, a.size()));
+            expect_bits("ssm_conv state", get_cpu(p, sc, size_t(K - 1) * C), p.get_gpu(sg, size_t(K - 1) * C));
+        }
+    }
+    // copy_2d: every other half row
+    {
+        const size_t rows = 37, hd = 24;
+        const std::vector<float> src = randn(rows * 2 * hd, rng);
+        auto [scp, sgp] = p.put(src);
+        (void)scp;
+        float *dg = static_cast<float *>(p.gpu->alloc(rows * hd * 4));
+        p.gpu->copy_2d(dg, hd * 4, sgp + hd, 2 * hd * 4, rows, hd * 4);
+        const std::vector<float> got = p.get_gpu(dg, rows * hd);
+        for (size_t r = 0; r < rows; r++) assert_memory_equal(&got[r * hd], &src[r * 2 * hd + hd], hd * 4);
+    }
+}
+
+// The delta rule (recurrent, and the chunked entry, which runs the same
+// kernel) against the CPU's recurrent form and chunked scan, over batches
+// carried through the state; unit-norm q and k, decays in (0.13, 1).
+void test_gdn_delta_net(void **) {
+    struct Shape { int hk, hv, D; };
+    for (const Shape sh : {Shape{2, 4, 16}, Shape{1, 2, 64}, Shape{2, 2, 128}, Shape{3, 6, 40}}) {
+        std::mt19937 rng(uint32_t(sh.D * 7 + sh.hv));
+        Pair p;
+        const int D = sh.D, hk = sh.hk, hv = sh.hv;
+        const size_t ch = size_t(2 * hk + hv) * D, S = size_t(hv) * D * D;
+        const std::vector<float> s0 = randn(S, rng, 0.1f);
+        auto [src, srg] = p.put(s0);
+        auto [skc, skg] = p.put(s0);
+        std::uniform_real_distribution<float> ug(-2.0f, -0.002f), ub(0.02f, 0.98f);
+        for (int n : {1, 37, 1, 64, 3}) {
+            std::vector<float> qkv = randn(size_t(n) * ch, rng);
+            for (int t = 0; t < n; t++)
+                for (int r = 0; r < 2 * hk; r++) {
+                    float *v = &qkv[size_t(t) * ch + size_t(r) * D];
+                    double ss = 0;
+                    for (int i = 0; i < D; i++) ss += double(v[i]) * v[i];
+                    for (int i = 0; i < D; i++) v[i] = float(v[i] / std::sqrt(ss + 1e-6));
+                }
+            std::vector<float> g(size_t(n) * hv), b(size_t(n) * hv);
+            for (float &v : g) v = ug(rng);
+            for (float &v : b) v = ub(rng);
+            auto [xc, xg] = p.put(qkv);
+            auto [gc, gg] = p.put(g);
+            auto [bc, bg] = p.put(b);
+            const size_t no = size_t(n) * hv * D;
+            float *o1c = static_cast<float *>(p.cpu->alloc(no * 4)), *o1g = static_cast<float *>(p.gpu->alloc(no * 4));
+            float *o2c = static_cast<float *>(p.cpu->alloc(no * 4)), *o2g = static_cast<float *>(p.gpu->alloc(no * 4));
+            auto args = [&](const float *base, const float *gp, const float *bp, float *st, float *o) {
+                DeltaNetArgs a;
+                a.n = n;
+                a.n_k_heads = hk;
+                a.n_v_heads = hv;
+                a.head_dim = D;
+                a.q = base;
+                a.k = base + size_t(hk) * D;
+                a.v = base + size_t(2 * hk) * D;
+                a.qk_stride = a.v_stride = ch;
+                a.g = gp;
+                a.beta = bp;
+                a.state = st;
+                a.out = o;
+                a.scale = 1.0f / std::sqrt(float(D));
+                return a;
+            };
+            p.cpu->delta_net(args(xc, gc, bc, src, o1c));
+            p.gpu->delta_net(args(xg, gg, bg, srg, o1g));
+            p.cpu->delta_net_chunked(args(xc, gc, bc, skc, o2c), 16);
+            p.gpu->delta_net_chunked(args(xg, gg, bg, skg, o2g), 16);
+            char what[128];
+            std::snprintf(what, sizeof what, "delta_net (%d, %d, %d) batch of %d", hk, hv, D, n);
+            expect_rel(what, get_cpu(p, o1c, no), p.get_gpu(o1g, no), 2e-5);
+            expect_rel(std::string(what) + " state", get_cpu(p, src, S), p.get_gpu(srg, S), 2e-5);
+            std::snprintf(what, sizeof what, "delta_net_chunked (%d, %d, %d) batch of %d vs the CPU's chunked scan", hk, hv, D, n);
+            expect_rel(what, get_cpu(p, o2c, no), p.get_gpu(o2g, no), 2e-5);
+            expect_rel(std::string(what) + " state", get_cpu(p, skc, S), p.get_gpu(skg, S), 2e-5);
+        }
+    }
+}
 }  // namespace
 
 int main(void) {
@@ -761,6 +930,8 @@ int main(void) {
         cmocka_unit_test(test_scale_geglu),     cmocka_unit_test(test_errors),
         cmocka_unit_test(test_rwkv_norm_shift), cmocka_unit_test(test_rwkv_activate),
         cmocka_unit_test(test_rwkv_time_mix),
+        // Gated DeltaNet
+        cmocka_unit_test(test_gdn_ops),         cmocka_unit_test(test_gdn_delta_net),
     };
     return test_run(tests, nullptr, teardown);
 }
