@@ -344,6 +344,15 @@ typedef enum kvfit_kv_codec {
     KVFIT_KV_CODEC_MAX_ENUM = 0x7FFFFFFF
 } kvfit_kv_codec;
 
+/* Fold mode of a streaming session (kvfit_session_params.fold). */
+typedef enum kvfit_fold_mode {
+    KVFIT_FOLD_OFF = 0,  /* no fold memory (default): sinks + window only */
+    KVFIT_FOLD_AUTO = 1, /* fold only in the layers where a calibration on fold_calib_tokens (perplexity
+                          * of trial sessions at the same budget, fold against no fold) shows it helps */
+    KVFIT_FOLD_ON = 2,   /* fold in every streaming layer whose window can pay for it */
+    KVFIT_FOLD_MODE_MAX_ENUM = 0x7FFFFFFF
+} kvfit_fold_mode;
+
 /* A session's KV memory.
  *
  * Dense (kv_budget_bytes = 0 and n_window = 0): every layer keeps all n_ctx
@@ -370,6 +379,16 @@ typedef struct kvfit_session_params {
     int32_t n_sink;           /* sink tokens per attention layer; -1 (default) = 4 when streaming */
     uint32_t n_window;        /* ring size in tokens; 0 = the planner decides (dense without a budget) */
     kvfit_kv_codec kv_codec;  /* KVFIT_KV_AUTO (default) = the planner decides (F16 without a budget) */
+    /* Fold mode (an experiment; see docs/BENCHMARKS.md for what it measures):
+     * tokens evicted from a streaming layer's window are folded into a fixed
+     * per-KV-head linear memory that queries read alongside the exact softmax.
+     * Its bytes come out of the budget (the layer's window shrinks to pay for
+     * it). CPU backend only (KVFIT_E_UNSUPPORTED elsewhere). */
+    kvfit_fold_mode fold;     /* KVFIT_FOLD_OFF (default) */
+    /* KVFIT_FOLD_AUTO: the tokens the calibration runs on (a prompt), read
+     * during kvfit_session_create only; without them nothing is folded. */
+    const int32_t *fold_calib_tokens;
+    size_t n_fold_calib_tokens;
 } kvfit_session_params;
 
 /* Fill params with the defaults (and struct_size). NULL is a no-op. */
@@ -432,6 +451,8 @@ typedef enum kvfit_layer_kind {
                                 * n_window most recent tokens, no sinks, whatever the budget */
     KVFIT_LAYER_RECURRENT = 3, /* a fixed-size state instead of a list of tokens (Gated DeltaNet, RWKV):
                                 * its bytes do not grow with the context; n_sink and n_window are 0 */
+    KVFIT_LAYER_STREAMING_FOLD = 4, /* sinks + a sliding window + a fold memory of the evicted tokens
+                                     * (kvfit_session_params.fold); bytes include the fold memory */
     KVFIT_LAYER_KIND_MAX_ENUM = 0x7FFFFFFF
 } kvfit_layer_kind;
 

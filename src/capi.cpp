@@ -394,7 +394,7 @@ KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_la
         if (total_bytes) *total_bytes = plan.total_bytes;
         for (size_t i = 0; i < plan.layers.size() && i < capacity; i++) {
             const kvfit::LayerPlan &lp = plan.layers[i];
-            layers[i].kind = lp.kind;
+            layers[i].kind = lp.fold != kvfit::FoldMap::None ? KVFIT_LAYER_STREAMING_FOLD : lp.kind;
             layers[i].codec = kvfit::layer_codec(lp);
             layers[i].n_sink = lp.n_sink;
             layers[i].n_window = lp.n_window;

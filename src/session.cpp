@@ -17,15 +17,79 @@ namespace {
 
 int default_threads() { return default_thread_count(); }
 
+// Mean -log p over tokens 1 .. n-1 of a trial session on the calibration
+// tokens, folding in the layers marked in fold_layers.
+double trial_nll(const Model &model, const kvfit_session_params &p, const std::vector<uint8_t> &fold_layers) {
+    kvfit_session_params t = p;
+    t.fold = KVFIT_FOLD_AUTO;
+    t.fold_calib_tokens = nullptr;
+    t.n_fold_calib_tokens = 0;
+    Session s(model, t, &fold_layers);
+    const size_t n = p.n_fold_calib_tokens;
+    std::vector<float> nll(n);
+    s.prefill_nll(p.fold_calib_tokens, n, nll.data());
+    double sum = 0;
+    for (size_t i = 1; i < n; i++) sum += double(nll[i]);
+    return sum / double(n - 1);
+}
+
+// KVFIT_FOLD_AUTO: which layers fold. Trial sessions at the same budget run
+// the calibration tokens: none folding, then each group of consecutive
+// streaming layers (at most kGroups groups) folding alone. The groups whose
+// trial lowers the mean -log p fold; if that is more than one group, their
+// union must lower it too, else only the best group folds. Nothing folds
+// without calibration tokens.
+std::vector<uint8_t> calibrate_fold(const Model &model, const kvfit_session_params &p, const std::vector<LayerSpec> &specs) {
+    constexpr size_t kGroups = 6;
+    std::vector<uint8_t> none(specs.size(), 0);
+    if (p.n_fold_calib_tokens < 2) return none;
+    if (!p.fold_calib_tokens) fail(KVFIT_E_ARG, "fold_calib_tokens is NULL");
+    // The layers that could fold: streaming layers that are not the model's own windows.
+    const MemoryPlan probe = plan_memory(specs, p, uint32_t(model.hparams().n_ctx_train), std::vector<uint8_t>(specs.size(), 1));
+    std::vector<size_t> foldable;
+    for (size_t l = 0; l < specs.size(); l++)
+        if (probe.layers[l].fold != FoldMap::None) foldable.push_back(l);
+    if (foldable.empty()) return none;
+    const double base = trial_nll(model, p, none);
+    const size_t groups = std::min(kGroups, foldable.size());
+    std::vector<uint8_t> chosen = none, best_group;
+    double best = base;
+    size_t n_chosen = 0;
+    for (size_t g = 0; g < groups; g++) {
+        std::vector<uint8_t> mask = none;
+        for (size_t i = foldable.size() * g / groups; i < foldable.size() * (g + 1) / groups; i++) mask[foldable[i]] = 1;
+        const double nll = trial_nll(model, p, mask);
+        log(KVFIT_LOG_INFO, "fold calibration: layers %zu..%zu folding: mean nll %.5f (none: %.5f)",
+                foldable[foldable.size() * g / groups], foldable[foldable.size() * (g + 1) / groups - 1], nll, base);
+        if (nll < base) {
+            for (size_t l = 0; l < mask.size(); l++) chosen[l] |= mask[l];
+            n_chosen++;
+        }
+        if (nll < best) best = nll, best_group = mask;
+    }
+    if (n_chosen > 1 && trial_nll(model, p, chosen) >= best) chosen = best_group;
+    return chosen;
+}
+
 }  // namespace
 
-Session::Session(const Model &model, const kvfit_session_params &p) : model_(model) {
+Session::Session(const Model &model, const kvfit_session_params &p, const std::vector<uint8_t> *fold_layers)
+    : model_(model) {
     if (model.vocab_only()) fail(KVFIT_E_ARG, "the model was loaded with vocab_only; sessions need weights");
     if (p.n_threads < 0) fail(KVFIT_E_ARG, "n_threads must be >= 0 (0 = all cores), got %d", p.n_threads);
     const HParams &hp = model.hparams();
     const Architecture &arch = model.arch();
     const std::vector<LayerSpec> specs = arch.memory_layers();
-    const MemoryPlan plan = plan_memory(specs, p, uint32_t(hp.n_ctx_train));
+    if (p.fold != KVFIT_FOLD_OFF && model.backend().kind() != KVFIT_BACKEND_CPU)
+        fail(KVFIT_E_UNSUPPORTED, "fold mode (kvfit_session_params.fold) is implemented on the CPU backend only; this "
+             "session's backend is %s", model.backend().name());
+    std::vector<uint8_t> calibrated;
+    if (p.fold == KVFIT_FOLD_AUTO && !fold_layers) {
+        plan_memory(specs, p, uint32_t(hp.n_ctx_train));  // the parameters' errors before any trial
+        calibrated = calibrate_fold(model, p, specs);
+        fold_layers = &calibrated;
+    }
+    const MemoryPlan plan = plan_memory(specs, p, uint32_t(hp.n_ctx_train), fold_layers ? *fold_layers : std::vector<uint8_t>());
     // A streaming batch may not exceed the window (its tokens must not evict
     // each other before they are attended); a dense one, the capacity.
     n_batch_ = int(plan_batch(p));
@@ -112,7 +176,7 @@ void Session::run(const int32_t *tokens, size_t n, float *nll) {
 
 namespace {
 
-// Saved session state, format 5:
+// Saved session state, format 6:
 //   StateHeader
 //   LayerRecord x n_layer   what each layer keeps and how (kind, codec, window)
 //   float logits[n_vocab]
@@ -138,13 +202,15 @@ struct LayerRecord {
     uint32_t n_sink;
     uint32_t n_window;
     uint32_t keys_rotated;  // dense F16 keys stored after RoPE (the CPU and Vulkan backends' layout)
-    uint32_t reserved;
+    uint32_t fold;      // FoldMap of the layer's fold memory (0: none)
     uint64_t bytes;     // this layer's buffers
 };
 // 2: codec holds the public kvfit_kv_codec; 3: keys_rotated; 4: a record per
 // layer, model fingerprint and payload checksum; 5: the checksum covers the
-// header too (n_past and has_logits were unprotected), has_logits is 0 or 1.
-constexpr uint32_t kStateVersion = 5;
+// header too (n_past and has_logits were unprotected), has_logits is 0 or 1;
+// 6: fold mode (the record's fold field, a fold layer's memory after its
+// other buffers).
+constexpr uint32_t kStateVersion = 6;
 
 // FNV-1a, 64 bits: a checksum against damage, not an authenticator.
 uint64_t fnv1a(const void *data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
@@ -176,6 +242,7 @@ LayerRecord record_of(const LayerMemory &mem) {
     r.n_window = lp.n_window;
     auto *att = dynamic_cast<const AttentionMemory *>(&mem);
     r.keys_rotated = att && att->keys_rotated();
+    r.fold = uint32_t(lp.fold);
     r.bytes = mem.state_bytes();
     return r;
 }
@@ -186,6 +253,7 @@ const char *kind_name(uint32_t k) {
         case KVFIT_LAYER_STREAMING: return "streaming";
         case KVFIT_LAYER_WINDOW: return "window";
         case KVFIT_LAYER_RECURRENT: return "recurrent";
+        case KVFIT_LAYER_STREAMING_FOLD: return "streaming+fold";
         default: return "unknown";
     }
 }
@@ -264,10 +332,11 @@ void Session::load(const uint8_t *src, size_t size) {
                  "it; load it into a session on a backend that keeps them the same way (CPU and Vulkan: after; CUDA: before)",
                  l, r.keys_rotated ? "after" : "before", mine.keys_rotated ? "after" : "before");
         if (std::memcmp(&r, &mine, sizeof r) != 0)
-            fail(KVFIT_E_ARG, "layer %d of the saved state is %s %s with %u sinks and a window of %u; this session's is "
-                 "%s %s with %u sinks and a window of %u: create the session with the same parameters", l,
-                 kind_name(r.kind), codec_name(r.codec), r.n_sink, r.n_window, kind_name(mine.kind), codec_name(mine.codec),
-                 mine.n_sink, mine.n_window);
+            fail(KVFIT_E_ARG, "layer %d of the saved state is %s %s with %u sinks and a window of %u%s; this session's is "
+                 "%s %s with %u sinks and a window of %u%s: create the session with the same parameters", l,
+                 kind_name(r.kind), codec_name(r.codec), r.n_sink, r.n_window, r.fold ? " and a fold memory" : "",
+                 kind_name(mine.kind), codec_name(mine.codec), mine.n_sink, mine.n_window,
+                 mine.fold ? " and a fold memory" : "");
     }
     if (size != state_size()) fail(KVFIT_E_FORMAT, "session state is %zu bytes, expected %zu", size, state_size());
     if (!memory_->unbounded() && h.n_past > memory_->capacity())

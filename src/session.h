@@ -16,7 +16,10 @@ class Sampler;
 
 class Session {
 public:
-    Session(const Model &model, const kvfit_session_params &params);
+    // fold_layers: with params.fold == KVFIT_FOLD_AUTO, the layers that fold
+    // (a calibration's choice; see plan_memory); null: calibrate on
+    // params.fold_calib_tokens here.
+    Session(const Model &model, const kvfit_session_params &params, const std::vector<uint8_t> *fold_layers = nullptr);
 
     void reset();
     // Appends tokens (in batches of n_batch) and computes the last one's logits.

@@ -33,6 +33,7 @@ static const char *usage_text =
     "usage: kvfit-ppl -m MODEL -f TEXT [-t THREADS] [--max-tokens N] [--chunk 512]\n"
     "                 [--budget SIZE] [--ctx N] [--sinks N] [--window N]\n"
     "                 [--codec auto|f16|q8|q4|q4h|q4c] [--dense] [--csv FILE] [--batch 512]\n"
+    "                 [--fold off|auto|on] [--fold-calib TEXT] [--fold-calib-tokens 2048]\n"
     "  -m MODEL        GGUF model file\n"
     "  -f TEXT         UTF-8 text file\n"
     "  -t THREADS      CPU threads (0 = all cores)\n"
@@ -46,7 +47,11 @@ static const char *usage_text =
     "  --codec C       KV codec (default auto)\n"
     "  --dense         attention over every token, no eviction: stops after --ctx tokens\n"
     "  --csv FILE      also write the comments and CSV rows to FILE\n"
-    "  --batch N       tokens per prefill step (default 512)\n";
+    "  --batch N       tokens per prefill step (default 512)\n"
+    "  --fold MODE     fold evicted tokens into a linear memory (streaming; CPU): off (default),\n"
+    "                  on (every streaming layer), auto (the layers where a calibration helps)\n"
+    "  --fold-calib T  --fold auto: calibrate on the first tokens of text file T\n"
+    "  --fold-calib-tokens N  how many (default 2048)\n";
 
 static int usage(const char *why) {
     if (why) fprintf(stderr, "kvfit-ppl: %s\n", why);
@@ -81,6 +86,7 @@ static const char *kind_name(kvfit_layer_kind k) {
     case KVFIT_LAYER_STREAMING: return "streaming";
     case KVFIT_LAYER_WINDOW: return "window";
     case KVFIT_LAYER_RECURRENT: return "recurrent";
+    case KVFIT_LAYER_STREAMING_FOLD: return "streaming+fold";
     default: return "?";
     }
 }
@@ -137,13 +143,17 @@ int main(int argc, char **argv) {
     uint64_t budget = 0;
     kvfit_kv_codec codec = KVFIT_KV_AUTO;
     int dense = 0, codec_set = 0, sinks_set = 0;
+    kvfit_fold_mode fold = KVFIT_FOLD_OFF;
+    const char *calib_path = NULL;
+    long calib_tokens = 2048;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(usage_text, stdout); return 0; }
         if (!strcmp(a, "--dense")) { dense = 1; continue; }
         static const char *const with_value[] = {"-m", "-f", "--csv", "-t", "--max-tokens", "--chunk", "--ctx",
-                                                 "--sinks", "--window", "--batch", "--budget", "--codec"};
+                                                 "--sinks", "--window", "--batch", "--budget", "--codec",
+                                                 "--fold", "--fold-calib", "--fold-calib-tokens"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++) known |= !strcmp(a, with_value[k]);
         if (!known) {
@@ -161,6 +171,15 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "-m")) model_path = v;
         else if (!strcmp(a, "-f")) text_path = v;
         else if (!strcmp(a, "--csv")) csv_path = v;
+        else if (!strcmp(a, "--fold-calib")) calib_path = v;
+        else if (!strcmp(a, "--fold-calib-tokens")) ok = parse_long(v, 2, INT32_MAX, &calib_tokens);
+        else if (!strcmp(a, "--fold")) {
+            ok = 1;
+            if (!strcmp(v, "off")) fold = KVFIT_FOLD_OFF;
+            else if (!strcmp(v, "auto")) fold = KVFIT_FOLD_AUTO;
+            else if (!strcmp(v, "on")) fold = KVFIT_FOLD_ON;
+            else ok = 0;
+        }
         else if (!strcmp(a, "-t")) ok = parse_long(v, 0, 1024, &threads);
         else if (!strcmp(a, "--max-tokens")) ok = parse_long(v, 0, LONG_MAX, &max_tokens);
         else if (!strcmp(a, "--chunk")) ok = parse_long(v, 1, LONG_MAX, &chunk);
@@ -181,6 +200,8 @@ int main(int argc, char **argv) {
     if (dense && (budget || window || sinks_set))
         return usage("--dense does not take --budget, --window or --sinks");
     int streaming = budget > 0 || window > 0;
+    if (fold == KVFIT_FOLD_AUTO && !calib_path) return usage("--fold auto needs --fold-calib TEXT");
+    if (calib_path && fold != KVFIT_FOLD_AUTO) return usage("--fold-calib is for --fold auto");
 
     kvfit_model *model;
     kvfit_status st = kvfit_model_load(model_path, NULL, &model);
@@ -220,8 +241,27 @@ int main(int argc, char **argv) {
     sp.n_sink = (int32_t)sinks;
     sp.n_window = (uint32_t)window;
     sp.kv_codec = codec;
+    sp.fold = fold;
+    int32_t *calib = NULL;
+    size_t n_calib = 0;
+    if (calib_path) {
+        size_t calib_len = 0;
+        char *ct = read_file(calib_path, &calib_len);
+        if (!ct) { fprintf(stderr, "kvfit-ppl: cannot read %s\n", calib_path); return 1; }
+        calib = malloc((calib_len + 16) * sizeof *calib);
+        if (!calib) { fprintf(stderr, "kvfit-ppl: out of memory\n"); return 1; }
+        st = kvfit_tokenize(model, ct, calib_len, true, false, calib, calib_len + 16, &n_calib);
+        free(ct);
+        if (st) return die("tokenizing the calibration text", st);
+        if (n_calib > (size_t)calib_tokens) n_calib = (size_t)calib_tokens;
+        sp.fold_calib_tokens = calib;
+        sp.n_fold_calib_tokens = n_calib;
+    }
+    double t_create = now_s();
     kvfit_session *s;
     if ((st = kvfit_session_create(model, &sp, &s))) return die("creating the session", st);
+    t_create = now_s() - t_create;
+    free(calib);
 
     size_t n_layers = 0;
     uint64_t plan_bytes = 0;
@@ -258,6 +298,10 @@ int main(int argc, char **argv) {
     emit("# session: %s, n_ctx %ld%s, n_batch %ld, threads %ld, budget %llu, sinks %ld, window %ld, codec %s\n",
          streaming ? "streaming" : "dense", ctx, ctx ? "" : " (training context)", batch, threads,
          (unsigned long long)budget, sinks, window, codec_set ? codec_name(codec) : "auto");
+    if (fold != KVFIT_FOLD_OFF)
+        emit("# fold: %s%s%s, %zu calibration tokens, session created in %.1f s\n",
+             fold == KVFIT_FOLD_ON ? "on" : "auto", calib_path ? ", calibrated on " : "", calib_path ? calib_path : "",
+             n_calib, t_create);
     /* Per layer, collapsing runs of identical layers into one line. */
     emit("# layer kind codec sinks window bytes\n");
     double bytes_per_token = 0;

@@ -45,6 +45,14 @@ void Stream::rope_keys(float *, int, int, int, uint64_t, const CacheAttention &)
     fail(KVFIT_E_INTERNAL, "this backend does not store rotated keys");
 }
 
+void Stream::fold_add(const FoldArgs &, const uint8_t *, const uint8_t *, int, bool, size_t) {
+    fail(KVFIT_E_UNSUPPORTED, "fold mode (kvfit_session_params.fold) is implemented on the CPU backend only");
+}
+
+void Stream::fold_read(const FoldArgs &, const float *, int, const float *, float *) {
+    fail(KVFIT_E_UNSUPPORTED, "fold mode (kvfit_session_params.fold) is implemented on the CPU backend only");
+}
+
 void Stream::add_rows(float *y, const float *b, int n, size_t d) {
     for (int t = 0; t < n; t++) add(y + size_t(t) * d, b, d);
 }

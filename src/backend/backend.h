@@ -80,6 +80,9 @@ struct CacheAttention {
     // and new) hold keys already rotated to their position; only queries are
     // rotated here.
     bool keys_rotated = false;
+    // Fold mode (src/kv/fold.h): when set, [n_q][n_head][2] receives each
+    // query head's running maximum score and sum of exp(score - maximum).
+    float *stats = nullptr;
 };
 
 // One batch of the gated delta rule (Gated DeltaNet, Qwen3-Next / Qwen3.5
@@ -104,6 +107,8 @@ struct DeltaNetArgs {
     float *out = nullptr;         // [n][n_v_heads][head_dim]
     float scale = 1.0f;
 };
+
+struct FoldArgs;  // src/kv/fold.h
 
 class Stream {
 public:
@@ -142,6 +147,12 @@ public:
     // rope_keys before encoding them; rows are at positions pos0, pos0 + 1, ...
     virtual bool stores_rotated_keys() const { return false; }
     virtual void rope_keys(float *k, int n, int n_heads, int head_dim, uint64_t pos0, const CacheAttention &a);
+    // Fold mode (src/kv/fold.h): fold one evicted token's encoded K and V
+    // rows into the memory, and merge the memory's part into the exact
+    // attention output. The defaults refuse (KVFIT_E_UNSUPPORTED).
+    virtual void fold_add(const FoldArgs &f, const uint8_t *k_row, const uint8_t *v_row, int codec, bool hadamard,
+                          size_t head_bytes);
+    virtual void fold_read(const FoldArgs &f, const float *q, int n_q, const float *stats, float *out);
     // Device-to-device copy.
     virtual void copy(void *dst, const void *src, size_t bytes) = 0;
     // dst[0, bytes) = 0 (recurrent states at the start of a stream). The

@@ -98,6 +98,13 @@ AttentionMemory::AttentionMemory(Stream &s, const LayerSpec &spec, const LayerPl
     v_ = alloc_bytes(s, v_bytes_);
     k_sink_ = alloc_bytes(s, k_sink_bytes_);
     k_res_ = alloc_bytes(s, k_res_bytes_);
+    if (plan.fold != FoldMap::None) {
+        if (!plan.ring() || plan.channel_keys || (stores_rotated_keys && plan.absolute_positions))
+            fail(KVFIT_E_INTERNAL, "fold memory in a layer that is not a ring of per-token keys");
+        fold_bytes_ = size_t(fold_state_bytes(plan.fold, spec.n_head_kv, spec.head_dim));
+        fold_ = reinterpret_cast<float *>(alloc_bytes(s, fold_bytes_));
+        s.zero(fold_, fold_bytes_);
+    }
     // Only dense F16 layers keep rotated keys: the others rotate at attention
     // time to cache positions, or encode keys whose rotation must come later.
     keys_rotated_ = stores_rotated_keys && plan.absolute_positions && plan.codec == KVCodec::F16 && !plan.hadamard &&
@@ -105,7 +112,13 @@ AttentionMemory::AttentionMemory(Stream &s, const LayerSpec &spec, const LayerPl
 }
 
 std::vector<std::pair<uint8_t *, size_t>> AttentionMemory::parts() const {
-    return {{k_, k_bytes_}, {v_, v_bytes_}, {k_sink_, k_sink_bytes_}, {k_res_, k_res_bytes_}};
+    std::vector<std::pair<uint8_t *, size_t>> p = {{k_, k_bytes_}, {v_, v_bytes_}, {k_sink_, k_sink_bytes_}, {k_res_, k_res_bytes_}};
+    if (fold_bytes_) p.emplace_back(reinterpret_cast<uint8_t *>(fold_), fold_bytes_);
+    return p;
+}
+
+void AttentionMemory::clear(Stream &s) {
+    if (fold_bytes_) s.zero(fold_, fold_bytes_);
 }
 
 void AttentionMemory::attend(Stream &s, const float *q, float *k, const float *v, int n, uint64_t pos0, float *out) {
@@ -145,16 +158,33 @@ void AttentionMemory::attend(Stream &s, const float *q, float *k, const float *v
     a.rope = spec_.rope;
     a.scale = spec_.attn_scale();
     a.keys_rotated = keys_rotated_;
+    FoldArgs f;
+    if (fold_) {
+        a.stats = staging_.stats;
+        f.map = lp.fold;
+        f.n_head = spec_.n_head;
+        f.n_head_kv = spec_.n_head_kv;
+        f.head_dim = spec_.head_dim;
+        f.scale = a.scale;
+        f.rope_cs = rope_cs_;
+        f.rope = spec_.rope;
+        f.query_pos = lp.n_window;
+        f.mem = fold_;
+    }
     if (a.keys_rotated) s.rope_keys(k, n, spec_.n_head_kv, spec_.head_dim, pos0, a);
     const KVCodec k_codec = lp.channel_keys ? KVCodec::F16 : lp.codec;
     s.kv_encode(int(k_codec), lp.hadamard, k, n, spec_.n_head_kv, spec_.head_dim, staging_.k_new);
     s.kv_encode(int(lp.codec), false, const_cast<float *>(v), n, spec_.n_head_kv, spec_.head_dim, staging_.v_new);
     s.cache_attention(a, q, out);
+    // The fold memory as of the batch's start, then the tokens this batch evicts.
+    if (fold_) s.fold_read(f, q, n, staging_.stats, out);
     const size_t krb = k_row_bytes_, vrb = v_row_bytes_;
     for (int i = 0; i < n; i++) {
         const uint64_t t = pos0 + uint64_t(i);
         const bool sink = streaming && t < lp.n_sink;
         const uint64_t slot = a.slot(t);
+        if (fold_ && t >= uint64_t(lp.n_sink) + lp.n_window)  // the slot's token, t - n_window, leaves for good
+            s.fold_add(f, k_ + slot * krb, v_ + slot * vrb, int(lp.codec), lp.hadamard, a.head_bytes);
         s.copy(v_ + slot * vrb, staging_.v_new + size_t(i) * vrb, vrb);
         if (!lp.channel_keys) {
             s.copy(k_ + slot * krb, staging_.k_new + size_t(i) * krb, krb);
@@ -177,10 +207,13 @@ SessionMemory::SessionMemory(Stream &s, const std::vector<LayerSpec> &specs, con
         fail(KVFIT_E_INTERNAL, "memory plan for %zu layers, model has %zu", plan.layers.size(), specs.size());
     // Staging for the new tokens' encoded rows of one layer at a time (scratch,
     // like the activation buffers; not state kept per token).
-    size_t max_row = 0;
-    for (size_t l = 0; l < specs.size(); l++)
+    size_t max_row = 0, max_stats = 0;
+    for (size_t l = 0; l < specs.size(); l++) {
         if (!specs[l].recurrent()) max_row = std::max(max_row, AttentionMemory::staged_row_bytes(specs[l], plan.layers[l]));
+        if (plan.layers[l].fold != FoldMap::None) max_stats = std::max(max_stats, size_t(specs[l].n_head) * 2);
+    }
     AttentionStaging staging;
+    if (max_stats) staging.stats = static_cast<float *>(s.alloc(max_stats * size_t(max_batch) * sizeof(float)));
     if (max_row) {
         staging.k_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));
         staging.v_new = static_cast<uint8_t *>(s.alloc(max_row * size_t(max_batch)));

@@ -28,6 +28,7 @@
 
 #include "backend/backend.h"
 #include "kv/codec.h"
+#include "kv/fold.h"
 #include "kvfit.h"
 
 namespace kvfit {
@@ -71,6 +72,11 @@ struct LayerPlan {
     // native windows in a session of bounded capacity, whose RoPE table then
     // covers every position); see Stream::stores_rotated_keys.
     bool absolute_positions = false;
+    // Fold mode (src/kv/fold.h): the evicted tokens' memory (FoldMap::None:
+    // none), and the window of the layers whose RoPE table this one shares
+    // (a folded layer's window is shorter than theirs; 0: its own).
+    FoldMap fold = FoldMap::None;
+    uint32_t table_window = 0;
     uint64_t bytes = 0;         // what the layer's memory object allocates
     // A ring that evicts (sinks + window, or a native window).
     bool ring() const { return kind == KVFIT_LAYER_STREAMING || kind == KVFIT_LAYER_WINDOW; }
@@ -123,8 +129,22 @@ uint32_t plan_batch(const kvfit_session_params &params);
 
 // Chooses the plan for a session (throws KVFIT_E_BUDGET with the smallest
 // workable budget in the message, or KVFIT_E_ARG for contradictory pins).
+// fold_layers (one entry per layer, non-zero: fold) says which layers fold
+// with params.fold == KVFIT_FOLD_AUTO (the calibration's choice; empty: none);
+// KVFIT_FOLD_ON folds every streaming layer. A layer folds only where its
+// window can pay for the memory (see fold_layer).
 MemoryPlan plan_memory(const std::vector<LayerSpec> &layers, const kvfit_session_params &params,
-                       uint32_t n_ctx_train);
+                       uint32_t n_ctx_train, const std::vector<uint8_t> &fold_layers = {});
+
+// The map fold mode uses (docs/BENCHMARKS.md, "Fold mode"): Taylor, or the
+// random features where the environment sets KVFIT_FOLD_MAP=rf (kept to
+// reproduce the comparison).
+FoldMap fold_map();
+// A streaming layer's plan with a fold memory (map) in no more bytes than
+// lp: per-token keys, and the longest window that pays for the memory. kind
+// is left KVFIT_LAYER_STREAMING with fold None if no window of at least
+// min_window does.
+LayerPlan fold_layer(const LayerSpec &spec, const LayerPlan &lp, FoldMap map, uint32_t min_window);
 
 // The public name of a layer's codec.
 kvfit_kv_codec layer_codec(const LayerPlan &lp);
@@ -155,6 +175,7 @@ protected:
 // encoded K/V rows (one layer at a time).
 struct AttentionStaging {
     uint8_t *k_new = nullptr, *v_new = nullptr;
+    float *stats = nullptr;  // fold mode: the exact part's [batch][n_head][2] maximum and sum
 };
 
 // An attention layer's cache: dense, or sinks + ring (see the top of this file).
@@ -163,6 +184,7 @@ public:
     AttentionMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan, const float *rope_cs,
                     uint32_t rope_positions, bool stores_rotated_keys, const AttentionStaging &staging);
     std::vector<std::pair<uint8_t *, size_t>> parts() const override;
+    void clear(Stream &s) override;  // the fold memory back to zero
     // Whether this layer stores its keys after RoPE (part of the state's layout).
     bool keys_rotated() const { return keys_rotated_; }
     // One token's K and V rows as staged (for sizing the shared staging).
@@ -186,6 +208,8 @@ private:
     uint8_t *v_ = nullptr;      // (S + W) encoded rows
     uint8_t *k_sink_ = nullptr; // channel keys: S F16 rows
     uint8_t *k_res_ = nullptr;  // channel keys: 32 F16 rows, the block being filled
+    float *fold_ = nullptr;     // fold mode: the evicted tokens' memory (src/kv/fold.h)
+    size_t fold_bytes_ = 0;
     size_t k_row_bytes_ = 0, v_row_bytes_ = 0;  // one token's rows as staged (K: F16 for channel keys)
     size_t k_bytes_ = 0, v_bytes_ = 0, k_sink_bytes_ = 0, k_res_bytes_ = 0;
 };

@@ -2,6 +2,8 @@
 // a plan per layer that fits the budget.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.h"
 #include "kv/memory.h"
@@ -27,7 +29,8 @@ struct TableBounds {
 // rotated at stream positions.
 uint32_t rope_positions(const LayerPlan &lp, const TableBounds &b) {
     if (!lp.ring()) return lp.n_window;
-    const uint32_t ring = lp.n_sink + lp.n_window + std::min(b.batch, lp.n_window);
+    const uint32_t w = std::max(lp.n_window, lp.table_window);
+    const uint32_t ring = lp.n_sink + w + std::min(b.batch, w);
     return lp.absolute_positions ? std::max(ring, b.capacity) : ring;
 }
 
@@ -184,11 +187,47 @@ uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp) {
     if (spec.recurrent()) return recurrent_state_bytes(spec);
     uint64_t n = 0;
     for (uint64_t b : attention_buffer_bytes(spec, lp)) n += b ? alloc_size(b) : 0;
+    if (lp.fold != FoldMap::None) n += alloc_size(fold_state_bytes(lp.fold, spec.n_head_kv, spec.head_dim));
     return n;
 }
 
-MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_params &p, uint32_t n_ctx_train) {
+FoldMap fold_map() {
+    const char *e = std::getenv("KVFIT_FOLD_MAP");
+    return e && std::strcmp(e, "rf") == 0 ? FoldMap::RandomFeatures : FoldMap::Taylor;
+}
+
+LayerPlan fold_layer(const LayerSpec &spec, const LayerPlan &lp, FoldMap map, uint32_t min_window) {
+    if (!lp.ring() || lp.absolute_positions || map == FoldMap::None) return lp;
+    // Per-token keys (folding dequantizes a row as its slot is overwritten);
+    // per-channel blocks become Q4 rows (Hadamard-rotated where they can be).
+    LayerPlan f = lp;
+    if (f.channel_keys) {
+        f.channel_keys = false;
+        f.hadamard = (spec.head_dim & (spec.head_dim - 1)) == 0;
+    }
+    f.fold = map;
+    f.table_window = std::max(lp.n_window, lp.table_window);
+    const uint64_t bytes = layer_state_bytes(spec, lp);
+    // The longest window whose bytes, with the memory, are at most lp's.
+    uint32_t lo = 0, hi = lp.n_window;
+    while (lo < hi) {
+        const uint32_t mid = lo + (hi - lo + 1) / 2;
+        f.n_window = mid;
+        if (layer_state_bytes(spec, f) <= bytes) lo = mid; else hi = mid - 1;
+    }
+    if (lo < min_window) return lp;
+    f.n_window = lo;
+    return f;
+}
+
+MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_params &p, uint32_t n_ctx_train,
+                       const std::vector<uint8_t> &fold_layers) {
     if (specs.empty()) fail(KVFIT_E_INTERNAL, "a model without layers");
+    if (uint32_t(p.fold) > KVFIT_FOLD_ON) fail(KVFIT_E_ARG, "unknown fold mode %d", int(p.fold));
+    if (p.fold != KVFIT_FOLD_OFF && p.kv_budget_bytes == 0 && p.n_window == 0)
+        fail(KVFIT_E_ARG, "fold mode needs a streaming session (set kv_budget_bytes or n_window)");
+    if (p.fold != KVFIT_FOLD_OFF && p.kv_codec == KVFIT_KV_Q4_CHANNEL)
+        fail(KVFIT_E_ARG, "fold mode needs per-token keys; the per-channel Q4 codec has none");
     if (p.n_sink < -1 || p.n_sink > 1 << 20) fail(KVFIT_E_ARG, "n_sink must be -1 (default) or 0..2^20, got %d", p.n_sink);
     if (uint32_t(p.kv_codec) > KVFIT_KV_Q4_CHANNEL) fail(KVFIT_E_ARG, "unknown kv_codec %d", int(p.kv_codec));
     if (p.n_window > (1u << 24)) fail(KVFIT_E_ARG, "n_window %u is too large", p.n_window);
@@ -357,8 +396,22 @@ MemoryPlan plan_memory(const std::vector<LayerSpec> &specs, const kvfit_session_
         lp.n_sink = sinks;
         if (lp.n_window == 0) fail(KVFIT_E_ARG, "a streaming session needs n_window > 0");
     }
-    for (size_t l = 0; l < specs.size(); l++)
-        if (!specs[l].recurrent() && !specs[l].native_window) layers[l] = lp;
+    for (size_t l = 0; l < specs.size(); l++) {
+        if (specs[l].recurrent() || specs[l].native_window) continue;
+        layers[l] = lp;
+        // Fold mode: the layer's own window pays for its memory (with a
+        // pinned window and no budget, the memory comes on top).
+        const bool fold = p.fold == KVFIT_FOLD_ON || (p.fold == KVFIT_FOLD_AUTO && l < fold_layers.size() && fold_layers[l]);
+        if (!fold || !lp.ring()) continue;
+        if (p.n_window && !p.kv_budget_bytes) {
+            layers[l].fold = fold_map();
+        } else {
+            LayerPlan f = fold_layer(specs[l], lp, fold_map(), std::max(p.n_window ? p.n_window : 1u,
+                                                                         round_up(kMinWindow, window_step(lp))));
+            if (p.n_window && f.n_window != p.n_window) f = lp;  // a pinned window does not shrink
+            layers[l] = f;
+        }
+    }
     MemoryPlan plan = finish_plan(specs, layers, bounds);
     if (p.kv_budget_bytes && plan.total_bytes > p.kv_budget_bytes)
         fail(KVFIT_E_BUDGET, "the plan needs %llu bytes, more than the budget of %llu bytes",

@@ -26,6 +26,7 @@
 #include "gguf/ggml_types.h"
 #include "gguf/gguf.h"
 #include "kv/codec.h"
+#include "kv/fold.h"
 
 namespace kvfit {
 
@@ -226,6 +227,14 @@ public:
                                  head_dim);
     }
 
+    void fold_add(const FoldArgs &f, const uint8_t *k_row, const uint8_t *v_row, int codec, bool hadamard,
+                  size_t head_bytes) override {
+        fold_add_host(f, k_row, v_row, KVCodec(codec), hadamard, head_bytes);
+    }
+    void fold_read(const FoldArgs &f, const float *q, int n_q, const float *stats, float *out) override {
+        fold_read_host(f, q, n_q, stats, out);
+    }
+
     void copy(void *dst, const void *src, size_t bytes) override { std::memmove(dst, src, bytes); }
     void zero(void *dst, size_t bytes) override { std::memset(dst, 0, bytes); }
 
@@ -311,6 +320,10 @@ public:
                     cpu::attn_chunk_merge(total, o, cpu::SoftmaxState{pm[0], pm[1]}, pm + 2, hd);
                 }
                 cpu::attn_finish(total, o, hd, o);
+                if (a.stats) {  // fold mode
+                    a.stats[(size_t(g) * group + h) * 2] = total.m;
+                    a.stats[(size_t(g) * group + h) * 2 + 1] = total.l;
+                }
             }
         }
     }
@@ -465,6 +478,11 @@ public:
                             cpu::attn_chunk_merge(total, o, st, cacc, hd);
                         }
                         cpu::attn_finish(total, o, hd, o);
+                        if (a.stats) {  // fold mode
+                            float *st = a.stats + (size_t(i) * a.n_head + size_t(g) * group + h) * 2;
+                            st[0] = total.m;
+                            st[1] = total.l;
+                        }
                     }
                 }
             }
