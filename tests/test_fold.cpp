@@ -52,7 +52,18 @@ struct Rng {
     }
 };
 
-float f16(float x) { return float(_Float16(x)); }
+// x rounded to the nearest fp16 value (ties to even), from the format's
+// definition: 11 significant bits, exponents down to -14, subnormals below
+// (written here rather than with a compiler's half type, which not every
+// target has). The fold tests stay within the normal range.
+float f16(float x) {
+    if (x == 0.0f || !std::isfinite(x)) return x;
+    int e;
+    std::frexp(std::fabs(x), &e);            // |x| = m * 2^e, m in [0.5, 1)
+    const int exp = std::max(e - 1, -14);     // the binade's exponent, subnormals share -14
+    const double ulp = std::ldexp(1.0, exp - 10);
+    return float(std::nearbyint(double(x) / ulp) * ulp);  // the default rounding mode: to nearest even
+}
 
 // Pairs (2i, 2i+1) rotated to position pos, base 10000, in double.
 std::vector<double> rope(const float *x, uint32_t pos) {
