@@ -12,6 +12,7 @@
 #include <cstring>
 #include <new>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
@@ -19,6 +20,7 @@
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/ggml_order.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/repack.h"
 #include "backend/cpu/threadpool.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
@@ -70,6 +72,20 @@ __attribute__((target("avx2,fma"))) void rotate_block_avx2(float *keys, int nb, 
 
 #endif
 
+// Weights repacked at load for the matrix kernels (repack.h), by the address
+// of the original (which get_rows and everything else keep using). Shared by
+// the backend and its streams; filled while the model loads, read-only after.
+struct Repacked {
+    std::unordered_map<const void *, uint8_t *> by_weight;
+    ~Repacked() {
+        for (auto &e : by_weight) std::free(e.second);
+    }
+    const uint8_t *find(const void *w) const {
+        const auto it = by_weight.find(w);
+        return it == by_weight.end() ? nullptr : it->second;
+    }
+};
+
 using RotateFn = void (*)(float *, const float *, int);
 
 RotateFn pick_rotate() {
@@ -81,8 +97,8 @@ RotateFn pick_rotate() {
 
 class CpuStream final : public Stream {
 public:
-    CpuStream(int n_threads, int max_tokens, int64_t max_cols, int max_kv)
-        : pool_(n_threads), k_(kernels_best()), rotate_norm_(pick_rotate()),
+    CpuStream(int n_threads, int max_tokens, int64_t max_cols, int max_kv, std::shared_ptr<const Repacked> repacked)
+        : pool_(n_threads), k_(kernels_best()), repacked_(std::move(repacked)), rotate_norm_(pick_rotate()),
 #if defined(__x86_64__)
           fast_attention_(cpu::has_avx2_fma()),
 #endif
@@ -200,6 +216,9 @@ public:
     }
 
     void matmul(const Weight &w, const float *x, int n, float *y) override {
+        if (const uint8_t *w4 = repacked_ ? repacked_->find(w.data) : nullptr)
+            return kvfit::matmul_x4(pool_, k_, w.type, w4, w.n_rows, w.n_cols, x, n, y, w.n_rows,
+                                    matmul_scratch_.data());
         kvfit::matmul(pool_, k_, w.type, w.data, w.row_bytes, w.n_rows, w.n_cols, x, n, y, w.n_rows,
                       matmul_scratch_.data());
     }
@@ -483,6 +502,7 @@ public:
 private:
     ThreadPool pool_;
     const KernelTable &k_;
+    std::shared_ptr<const Repacked> repacked_;
     RotateFn rotate_norm_;
     bool fast_attention_ = false;  // AVX2 + FMA key rotation in decode attention
     int max_kv_;
@@ -508,6 +528,16 @@ public:
         w.n_cols = t.ne[0];
         w.n_rows = t.ne[1] * t.ne[2] * t.ne[3];
         w.row_bytes = row_bytes(t.type, t.ne[0]);
+        // Matrices also get a copy in the layout of the fastest kernels; the
+        // original stays for get_rows (a tied embedding is both).
+        if (w.n_rows > 1 && cpu::x4_wanted(kernels_best(), w.type, w.n_rows, w.n_cols) &&
+            !repacked_->find(w.data)) {
+            void *p = nullptr;
+            if (posix_memalign(&p, 64, std::max<size_t>(cpu::x4_bytes(w.type, w.n_rows, w.n_cols), 64)) != 0 || !p)
+                fail(KVFIT_E_NOMEM, "cannot allocate repacked weights");
+            cpu::x4_repack(w.type, w.data, w.row_bytes, w.n_rows, w.n_cols, static_cast<uint8_t *>(p));
+            repacked_->by_weight.emplace(w.data, static_cast<uint8_t *>(p));
+        }
         return w;
     }
 
@@ -517,10 +547,11 @@ public:
     }
 
     std::unique_ptr<Stream> create_stream(int n_threads, int max_tokens, int64_t max_cols, int max_kv) override {
-        return std::make_unique<CpuStream>(n_threads, max_tokens, max_cols, max_kv);
+        return std::make_unique<CpuStream>(n_threads, max_tokens, max_cols, max_kv, repacked_);
     }
 
 private:
+    std::shared_ptr<Repacked> repacked_ = std::make_shared<Repacked>();
     std::vector<std::vector<float>> owned_;
 };
 
