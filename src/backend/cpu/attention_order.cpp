@@ -106,9 +106,124 @@ __attribute__((target("avx2,fma"))) void values_avx2(float *acc, const float *va
     for (; d + 64 <= hd; d += 64) values_slices_avx2<8>(acc + d, vals + d, n, hd, e, is_max);
     for (; d + 8 <= hd; d += 8) values_slices_avx2<1>(acc + d, vals + d, n, hd, e, is_max);
 }
+
+// 16 keys against one query: the 16 lanes of each key's fma chain as in
+// dot_avx2, then the reduction s8, s4, s2, dot of all 16 keys at once with
+// shuffles (each sum adds the same two numbers as the scalar tree).
+__attribute__((target("avx512f,fma"))) inline void scores16_avx512(const float *keys, const float *q, int hd,
+                                                                      __m512 scale, float *out) {
+    __m512 x[16];
+    for (int j = 0; j < 16; j++) x[j] = _mm512_setzero_ps();
+    for (int e = 0; e < hd; e += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + e);
+        for (int j = 0; j < 16; j++) x[j] = _mm512_fmadd_ps(_mm512_loadu_ps(keys + size_t(j) * hd + e), qv, x[j]);
+    }
+    __m512 y[8], z[4];
+    for (int i = 0; i < 8; i++)  // lanes 0-7: key 2i's s8, lanes 8-15: key 2i+1's
+        y[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)  // 128-bit block k: key 4i+k's s4
+        z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+    // block k: s2 of keys k and 4 + k (w01), 8 + k and 12 + k (w23)
+    const __m512 w01 = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x44), _mm512_shuffle_ps(z[0], z[1], 0xEE));
+    const __m512 w23 = _mm512_add_ps(_mm512_shuffle_ps(z[2], z[3], 0x44), _mm512_shuffle_ps(z[2], z[3], 0xEE));
+    // lane 4k + m: key 4m + k
+    const __m512 d = _mm512_add_ps(_mm512_shuffle_ps(w01, w23, 0x88), _mm512_shuffle_ps(w01, w23, 0xDD));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_permutexvar_ps(order, d), scale));
+}
+
+__attribute__((target("avx512f,fma"))) void scores_avx512(const float *keys, int n, const float *q, int hd,
+                                                             float scale, float *out) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    int j = 0;
+    for (; j + 16 <= n; j += 16) scores16_avx512(keys + size_t(j) * hd, q, hd, vs, out + j);
+    for (; j < n; j++) out[j] = dot_avx2(keys + size_t(j) * hd, q, hd) * scale;
+}
+
+// values_slices_avx2 for NQ query rows at once, 16-float slices: NQ * NS
+// independent fma chains. any_max[j]: key j is a new maximum of some row.
+template <int NQ, int NS>
+__attribute__((target("avx512f,fma"))) void values_multi_avx512(float *const *acc, const float *const *vals, int n,
+                                                                  int hd, int d0, const float *const *e,
+                                                                  const float *const *is_max, const uint8_t *any_max) {
+    __m512 a[NQ][NS];
+    for (int q = 0; q < NQ; q++)
+        for (int k = 0; k < NS; k++) a[q][k] = _mm512_loadu_ps(acc[q] + d0 + 16 * k);
+    for (int j = 0; j < n; j++) {
+        if (!any_max[j]) {
+            for (int q = 0; q < NQ; q++) {
+                const float *v = vals[q] + size_t(j) * size_t(hd) + d0;
+                const __m512 w = _mm512_set1_ps(e[q][j]);
+                for (int k = 0; k < NS; k++) a[q][k] = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * k), w, a[q][k]);
+            }
+            continue;
+        }
+        for (int q = 0; q < NQ; q++) {
+            const float *v = vals[q] + size_t(j) * size_t(hd) + d0;
+            const __m512 w = _mm512_set1_ps(e[q][j]);
+            if (is_max[q][j] != 0.0f) {
+                for (int k = 0; k < NS; k++) a[q][k] = _mm512_add_ps(_mm512_loadu_ps(v + 16 * k), _mm512_mul_ps(a[q][k], w));
+            } else {
+                for (int k = 0; k < NS; k++) a[q][k] = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * k), w, a[q][k]);
+            }
+        }
+    }
+    for (int q = 0; q < NQ; q++)
+        for (int k = 0; k < NS; k++) _mm512_storeu_ps(acc[q] + d0 + 16 * k, a[q][k]);
+}
+
+template <int NQ>
+void values_multi(float *const *acc, const float *const *vals, int n, int hd, const float *const *e,
+                  const float *const *is_max, const uint8_t *any_max) {
+    int d = 0;
+    for (; d + 64 <= hd; d += 64) values_multi_avx512<NQ, 4>(acc, vals, n, hd, d, e, is_max, any_max);
+    for (; d + 16 <= hd; d += 16) values_multi_avx512<NQ, 1>(acc, vals, n, hd, d, e, is_max, any_max);
+}
 #endif
 
 }  // namespace
+
+void attn_scores(const float *keys, int n, const float *q, int hd, float scale, float *out) {
+#if defined(__x86_64__)
+    if (hd % 16 == 0 && has_avx512f()) return scores_avx512(keys, n, q, hd, scale, out);
+#endif
+    for (int j = 0; j < n; j++) out[j] = attn_dot(keys + size_t(j) * hd, q, hd) * scale;
+}
+
+void attn_chunk_add_multi(int nq, SoftmaxState *st, float *const *acc, const float *const *s, int n,
+                          const float *const *vals, int hd, float *scratch) {
+#if defined(__x86_64__)
+    if (nq >= 1 && nq <= 4 && hd % 16 == 0 && n > 0 && has_avx512f()) {
+        const float *e[4], *is_max[4];
+        float *arg = scratch;
+        for (int q = 0; q < nq; q++) {
+            float *im = scratch + size_t(nq) * n + size_t(q) * n;
+            st[q].m = prefix_args(st[q].m, s[q], n, arg + size_t(q) * n, im);
+            is_max[q] = im;
+            e[q] = scratch + 2 * size_t(nq) * n + size_t(q) * n;
+        }
+        exp_ggml_n(arg, nq * n, scratch + 2 * size_t(nq) * n);
+        // any_max reuses the arguments' space (no longer needed)
+        uint8_t *any_max = reinterpret_cast<uint8_t *>(arg);
+        for (int j = 0; j < n; j++) {
+            uint8_t any = 0;
+            for (int q = 0; q < nq; q++) any |= is_max[q][j] != 0.0f;
+            any_max[j] = any;
+        }
+        for (int q = 0; q < nq; q++) st[q].l = sum_chain_avx2(st[q].l, e[q], is_max[q], n);
+        switch (nq) {
+            case 1: values_multi<1>(acc, vals, n, hd, e, is_max, any_max); break;
+            case 2: values_multi<2>(acc, vals, n, hd, e, is_max, any_max); break;
+            case 3: values_multi<3>(acc, vals, n, hd, e, is_max, any_max); break;
+            default: values_multi<4>(acc, vals, n, hd, e, is_max, any_max); break;
+        }
+        return;
+    }
+#endif
+    for (int q = 0; q < nq; q++) attn_chunk_add(st[q], acc[q], s[q], n, vals[q], hd, scratch);
+}
 
 float attn_dot(const float *k, const float *q, int n) {
 #if defined(__x86_64__)
