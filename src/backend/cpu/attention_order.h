@@ -48,6 +48,10 @@ float attn_dot(const float *k, const float *q, int n);
 // same bits, several keys at a time.
 void attn_scores(const float *keys, int n, const float *q, int hd, float scale, float *out);
 
+// attn_scores of nq <= 4 queries over the same keys (out[i] for q[i]).
+void attn_scores_multi(int nq, const float *keys, int n, const float *const *q, int hd, float scale,
+                       float *const *out);
+
 // Adds n keys with scores s (all in one chunk, in order) and value rows
 // vals[j * hd .. j * hd + hd) to a chunk's state and its accumulator acc[hd].
 // scratch holds 3 * n floats.

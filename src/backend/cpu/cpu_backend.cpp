@@ -478,12 +478,34 @@ public:
                                 rotate(a_s, qpos_sink[r], a);
                             }
                             o[r] = out + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
-                            float *scr = sc + size_t(r) * rows;
-                            cpu::attn_scores(kr, int(sinks_vis[r]), a_s, hd, a.scale, scr);
-                            cpu::attn_scores(kw[r], int(win_vis[r]), a_w, hd, a.scale, scr + sinks_vis[r]);
-                            sc_r[r] = scr;
+                            sc_r[r] = sc + size_t(r) * rows;
                             cacc_r[r] = cacc + size_t(r) * hd;
                             std::fill(o[r], o[r] + hd, 0.0f);
+                        }
+                        // Scores: the keys the rows share scored for all of them at once.
+                        {
+                            const float *qa[kTile], *qb_[kTile];
+                            float *os[kTile], *ow[kTile];
+                            bool same_win = same_sinks;
+                            uint32_t win_common = win_vis[0];
+                            for (int r = 0; r < nq; r++) {
+                                qa[r] = qs + size_t(r) * hd;
+                                qb_[r] = qw + size_t(r) * hd;
+                                os[r] = const_cast<float *>(sc_r[r]);
+                                ow[r] = const_cast<float *>(sc_r[r]) + sinks_vis[r];
+                                same_win = same_win && kw[r] == kw[0];
+                                win_common = std::min(win_common, win_vis[r]);
+                            }
+                            if (!same_win) win_common = 0;
+                            if (same_sinks && sinks_vis[0])
+                                cpu::attn_scores_multi(nq, kr, int(sinks_vis[0]), qa, hd, a.scale, os);
+                            if (win_common) cpu::attn_scores_multi(nq, kw[0], int(win_common), qb_, hd, a.scale, ow);
+                            for (int r = 0; r < nq; r++) {
+                                if (!same_sinks) cpu::attn_scores(kr, int(sinks_vis[r]), qa[r], hd, a.scale, os[r]);
+                                if (win_vis[r] > win_common)
+                                    cpu::attn_scores(kw[r] + size_t(win_common) * hd, int(win_vis[r] - win_common),
+                                                     qb_[r], hd, a.scale, ow[r] + win_common);
+                            }
                         }
                         // Keys [v0, v1) of the visible lists of the rows in `idx`
                         // (all with v1 <= n_vis), added to their chunks' states:
