@@ -1,3 +1,8 @@
+// GCC 12's AVX-512 headers build some intrinsics from _mm512_undefined_*().
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include "backend/cpu/attention_order.h"
 
 #include <algorithm>

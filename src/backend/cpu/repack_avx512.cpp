@@ -12,6 +12,11 @@
 //         0-3 (row r in lanes 4r .. 4r+3), register B lanes 4-7 (high
 //         nibbles, columns 16-31);
 //   Q8_0: register A holds rows 0 and 1 (8 lanes each), B rows 2 and 3.
+// GCC 12's AVX-512 headers build some intrinsics from _mm512_undefined_*().
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include "backend/cpu/repack.h"
 
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
