@@ -18,6 +18,7 @@
 #include "backend/cpu/ggml_order.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/kernels_impl.h"
+#include "backend/cpu/repack.h"
 #include "backend/cpu/threadpool.h"
 #include "ggml_ref_cases.h"
 #include "gguf/ggml_types.h"
@@ -57,6 +58,8 @@ std::vector<const cpu::KernelImpl *> impls() {
         if (i) v.push_back(i);
     return v;
 }
+
+const KernelTable *impl_avx512_table() { return cpu::impl_avx512() ? &cpu::impl_avx512()->table : nullptr; }
 
 // Activations shaped like a transformer's: mostly small, a few outliers,
 // some exact zeros and a whole zero block (amax = 0 must not divide by zero).
@@ -682,6 +685,48 @@ void test_matmul_best_matches_scalar(void **) {
     }
 }
 
+
+// Weights repacked in groups of four rows (repack.h) give the bits of the
+// row-by-row kernels (and of the scalar reference) for every token count.
+void test_matmul_repacked(void **) {
+    if (!cpu::gemm_x4_avx512() || !impl_avx512_table()) {
+        print_message("no AVX-512 VNNI: repacked kernels not tested\n");
+        return;
+    }
+    struct Shape {
+        int64_t rows, cols, tokens;
+    };
+    const Shape shapes[] = {{4, 32, 1}, {64, 576, 1}, {192, 576, 2}, {576, 1536, 1}, {40, 96, 3},
+                            {132, 160, 7}, {256, 576, 33}, {48, 64, 130}, {8, 2080, 5}};
+    for (uint32_t wt : {uint32_t(TYPE_Q4_1), uint32_t(TYPE_Q8_0)}) {
+        for (const Shape &s : shapes) {
+            assert_true(cpu::x4_wanted(*impl_avx512_table(), wt, s.rows, s.cols));
+            const size_t rb = row_bytes(wt, s.cols);
+            std::vector<uint8_t> W = make_weights(wt, s.rows, s.cols, uint32_t(s.rows * 5 + s.cols + wt));
+            std::vector<uint8_t> W4(cpu::x4_bytes(wt, s.rows, s.cols));
+            cpu::x4_repack(wt, W.data(), rb, s.rows, s.cols, W4.data());
+            std::vector<float> X = random_floats(size_t(s.cols * s.tokens), uint32_t(s.tokens * 11 + s.cols));
+            for (int nth : {1, 3}) {
+                ThreadPool pool(nth);
+                const int64_t ldy = s.rows + 5;
+                std::vector<float> ref(size_t(ldy * s.tokens), -1.0f), got(ref.size(), -1.0f);
+                std::vector<uint8_t> scratch(matmul_scratch_bytes(wt, s.cols, s.tokens) + 1);
+                matmul(pool, kernels_scalar(), wt, W.data(), rb, s.rows, s.cols, X.data(), s.tokens, ref.data(), ldy,
+                       scratch.data() + 1);
+                matmul_x4(pool, *impl_avx512_table(), wt, W4.data(), s.rows, s.cols, X.data(), s.tokens, got.data(),
+                          ldy, scratch.data() + 1);
+                for (size_t i = 0; i < ref.size(); i++)
+                    if (std::memcmp(&ref[i], &got[i], 4) != 0) {
+                        print_error("repacked %s %lldx%lld tokens=%lld threads=%d [%zu]: %.9g, scalar %.9g\n",
+                                    type_info(wt)->name, (long long)s.rows, (long long)s.cols, (long long)s.tokens,
+                                    nth, i, double(got[i]), double(ref[i]));
+                        fail();
+                    }
+            }
+        }
+    }
+}
+
 void test_split_range(void **) {
     for (int64_t n : {0, 1, 5, 64, 1000})
         for (int nth : {1, 2, 3, 7}) {
@@ -855,6 +900,7 @@ int main(void) {
         cmocka_unit_test(test_vec_dot_float_odd_lengths),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_best_matches_scalar),
+        cmocka_unit_test(test_matmul_repacked),
         cmocka_unit_test(test_ggml_recorded_dots),
         cmocka_unit_test(test_ggml_order_ops),
         cmocka_unit_test(test_split_range),

@@ -44,10 +44,24 @@ struct SoftmaxState {
 // dot(k, q) over n floats in the 16-lane order above.
 float attn_dot(const float *k, const float *q, int n);
 
+// out[j] = attn_dot(key j, q, hd) * scale for n keys at keys + j * hd: the
+// same bits, several keys at a time.
+void attn_scores(const float *keys, int n, const float *q, int hd, float scale, float *out);
+
+// attn_scores of nq <= 4 queries over the same keys (out[i] for q[i]).
+void attn_scores_multi(int nq, const float *keys, int n, const float *const *q, int hd, float scale,
+                       float *const *out);
+
 // Adds n keys with scores s (all in one chunk, in order) and value rows
 // vals[j * hd .. j * hd + hd) to a chunk's state and its accumulator acc[hd].
 // scratch holds 3 * n floats.
 void attn_chunk_add(SoftmaxState &st, float *acc, const float *s, int n, const float *vals, int hd, float *scratch);
+
+// attn_chunk_add for nq <= 4 query rows at once, each over its own n scores
+// s[i] and value rows vals[i] (the same count of keys; same bits as nq
+// separate calls). scratch holds 3 * nq * n floats.
+void attn_chunk_add_multi(int nq, SoftmaxState *st, float *const *acc, const float *const *s, int n,
+                          const float *const *vals, int hd, float *scratch);
 
 // Merges a finished chunk (c, cacc) into the running result (t, tacc).
 void attn_chunk_merge(SoftmaxState &t, float *tacc, const SoftmaxState &c, const float *cacc, int hd);

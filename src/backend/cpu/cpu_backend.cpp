@@ -12,6 +12,7 @@
 #include <cstring>
 #include <new>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
@@ -19,8 +20,9 @@
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/ggml_order.h"
 #include "backend/cpu/kernels.h"
-#include "backend/cpu/rwkv_ops.h"
 #include "backend/cpu/recurrent_ops.h"
+#include "backend/cpu/repack.h"
+#include "backend/cpu/rwkv_ops.h"
 #include "backend/cpu/threadpool.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
@@ -73,6 +75,20 @@ __attribute__((target("avx2,fma"))) void rotate_block_avx2(float *keys, int nb, 
 
 #endif
 
+// Weights repacked at load for the matrix kernels (repack.h), by the address
+// of the original (which get_rows and everything else keep using). Shared by
+// the backend and its streams; filled while the model loads, read-only after.
+struct Repacked {
+    std::unordered_map<const void *, uint8_t *> by_weight;
+    ~Repacked() {
+        for (auto &e : by_weight) std::free(e.second);
+    }
+    const uint8_t *find(const void *w) const {
+        const auto it = by_weight.find(w);
+        return it == by_weight.end() ? nullptr : it->second;
+    }
+};
+
 using RotateFn = void (*)(float *, const float *, int);
 
 RotateFn pick_rotate() {
@@ -84,8 +100,8 @@ RotateFn pick_rotate() {
 
 class CpuStream final : public Stream {
 public:
-    CpuStream(int n_threads, int max_tokens, int64_t max_cols, int max_kv)
-        : pool_(n_threads), k_(kernels_best()), rotate_norm_(pick_rotate()),
+    CpuStream(int n_threads, int max_tokens, int64_t max_cols, int max_kv, std::shared_ptr<const Repacked> repacked)
+        : pool_(n_threads), k_(kernels_best()), repacked_(std::move(repacked)), rotate_norm_(pick_rotate()),
 #if defined(__x86_64__)
           fast_attention_(cpu::has_avx2_fma()),
 #endif
@@ -203,6 +219,9 @@ public:
     }
 
     void matmul(const Weight &w, const float *x, int n, float *y) override {
+        if (const uint8_t *w4 = repacked_ ? repacked_->find(w.data) : nullptr)
+            return kvfit::matmul_x4(pool_, k_, w.type, w4, w.n_rows, w.n_cols, x, n, y, w.n_rows,
+                                    matmul_scratch_.data());
         kvfit::matmul(pool_, k_, w.type, w.data, w.row_bytes, w.n_rows, w.n_cols, x, n, y, w.n_rows,
                       matmul_scratch_.data());
     }
@@ -390,19 +409,21 @@ public:
         const size_t rows = size_t(S) + size_t(W) + size_t(a.n_q);
         if (rows > size_t(max_kv_) + size_t(max_tokens_))
             fail(KVFIT_E_INTERNAL, "attention over more rows than reserved");
-        // per thread: keys, values, one row's scores, two queries per head, a chunk's accumulator, chunk scratch
-        const size_t per_thread = 2 * rows * size_t(hd) + rows + size_t(group) * size_t(hd) * 2 + size_t(hd) +
-                                  3 * size_t(cpu::kAttnChunk);
+        // per thread: keys, values, a tile's scores, its queries (window and sinks), its chunk accumulators,
+        // chunk scratch
+        constexpr size_t kT = 4;
+        const size_t per_thread = 2 * rows * size_t(hd) + kT * rows + kT * size_t(hd) * 2 + kT * size_t(hd) +
+                                  3 * kT * size_t(cpu::kAttnChunk);
         if (attn_scratch_.size() < per_thread * size_t(pool_.size()))
             attn_scratch_.resize(per_thread * size_t(pool_.size()));  // once: sizes do not grow later
         pool_.run([&](int ith, int nth) {
             float *kr = attn_scratch_.data() + per_thread * size_t(ith);  // [rows][hd] rotated keys
             float *vr = kr + rows * size_t(hd);                              // [rows][hd] values
-            float *sc = vr + rows * size_t(hd);                              // [rows] one row's scores
-            float *qw = sc + rows;                                           // [group][hd] query for the window
-            float *qs = qw + size_t(group) * hd;                             // [group][hd] query for the sinks
-            float *cacc = qs + size_t(group) * hd;                           // [hd] a chunk's accumulator
-            float *tmp = cacc + hd;                                          // [3 kAttnChunk]
+            float *sc = vr + rows * size_t(hd);                              // [kT][rows] scores of a tile's rows
+            float *qw = sc + kT * rows;                                      // [kT][hd] queries for the window
+            float *qs = qw + kT * size_t(hd);                                // [kT][hd] queries for the sinks
+            float *cacc = qs + kT * size_t(hd);                              // [kT][hd] chunk accumulators
+            float *tmp = cacc + kT * size_t(hd);                             // [3 kT kAttnChunk]
             int64_t tb, te;
             split_range(tasks, ith, nth, tb, te);
             for (int64_t task = tb; task < te; task++) {
@@ -435,53 +456,136 @@ public:
                 decode_values(a, g, wfirst, int(n_win), vr + size_t(S) * hd);
                 if (!a.keys_rotated)  // (dense: cache positions are stream positions)
                     for (uint64_t w = 0; w < n_win; w++) rotate(kr + (size_t(S) + w) * hd, uint32_t(S + w), a);
-                for (int64_t i = qb; i < qe; i++) {
-                    const uint64_t t = a.pos0 + uint64_t(i);
-                    const uint32_t sinks_vis = uint32_t(std::min<uint64_t>(S, t + 1));
-                    const uint64_t wb = std::max<uint64_t>(win_start(t), S);  // first window token seen
-                    const uint32_t win_vis = t + 1 > wb ? uint32_t(t + 1 - wb) : 0;
-                    const uint32_t qpos_sink = sinks_vis + win_vis - 1;       // its own cache position
-                    const uint32_t qpos_win = uint32_t(S + (t - wfirst));     // in the batch's window frame
-                    const float *kw = kr + (size_t(S) + (wb - wfirst)) * hd;  // its first window key
-                    const float *vw = vr + (size_t(S) + (wb - wfirst)) * hd;
-                    const int n_vis = int(sinks_vis + win_vis);
+                // Queries in tiles of up to kTile rows of one head: the tile's
+                // rows share the keys and values they read (every row keeps
+                // its own order of operations, attention_order.h).
+                constexpr int kTile = 4;
+                for (int64_t i0 = qb; i0 < qe; i0 += kTile) {
+                    const int nq = int(std::min<int64_t>(kTile, qe - i0));
+                    uint32_t sinks_vis[kTile], win_vis[kTile], qpos_sink[kTile], qpos_win[kTile];
+                    int n_vis[kTile];
+                    const float *kw[kTile], *vw[kTile];
+                    bool same_sinks = true;
+                    for (int r = 0; r < nq; r++) {
+                        const uint64_t t = a.pos0 + uint64_t(i0 + r);
+                        sinks_vis[r] = uint32_t(std::min<uint64_t>(S, t + 1));
+                        const uint64_t wb = std::max<uint64_t>(win_start(t), S);  // first window token seen
+                        win_vis[r] = t + 1 > wb ? uint32_t(t + 1 - wb) : 0;
+                        qpos_sink[r] = sinks_vis[r] + win_vis[r] - 1;    // its own cache position
+                        qpos_win[r] = uint32_t(S + (t - wfirst));        // in the batch's window frame
+                        kw[r] = kr + (size_t(S) + (wb - wfirst)) * hd;  // its first window key
+                        vw[r] = vr + (size_t(S) + (wb - wfirst)) * hd;
+                        n_vis[r] = int(sinks_vis[r] + win_vis[r]);
+                        same_sinks = same_sinks && sinks_vis[r] == sinks_vis[0];
+                    }
                     for (int h = 0; h < group; h++) {
-                        const float *qsrc = q + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
-                        float *a_w = qw + size_t(h) * hd, *a_s = qs + size_t(h) * hd;
-                        std::memcpy(a_w, qsrc, size_t(hd) * 4);
-                        // (keys kept rotated at their stream positions: the query at its own)
-                        rotate(a_w, a.keys_rotated ? uint32_t(t) : win_vis ? qpos_win : qpos_sink, a);
-                        if (sinks_vis) {
-                            std::memcpy(a_s, qsrc, size_t(hd) * 4);
-                            rotate(a_s, qpos_sink, a);
+                        float *o[kTile], *cacc_r[kTile];
+                        const float *sc_r[kTile];
+                        for (int r = 0; r < nq; r++) {
+                            const int64_t i = i0 + r;
+                            const uint64_t t = a.pos0 + uint64_t(i);
+                            const float *qsrc = q + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
+                            float *a_w = qw + size_t(r) * hd, *a_s = qs + size_t(r) * hd;
+                            std::memcpy(a_w, qsrc, size_t(hd) * 4);
+                            // (keys kept rotated at their stream positions: the query at its own)
+                            rotate(a_w, a.keys_rotated ? uint32_t(t) : win_vis[r] ? qpos_win[r] : qpos_sink[r], a);
+                            if (sinks_vis[r]) {
+                                std::memcpy(a_s, qsrc, size_t(hd) * 4);
+                                rotate(a_s, qpos_sink[r], a);
+                            }
+                            o[r] = out + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
+                            sc_r[r] = sc + size_t(r) * rows;
+                            cacc_r[r] = cacc + size_t(r) * hd;
+                            std::fill(o[r], o[r] + hd, 0.0f);
                         }
-                        float *o = out + (size_t(i) * a.n_head + size_t(g) * group + h) * hd;
-                        for (uint32_t j = 0; j < sinks_vis; j++)
-                            sc[j] = cpu::attn_dot(kr + size_t(j) * hd, a_s, hd) * a.scale;
-                        for (uint32_t w = 0; w < win_vis; w++)
-                            sc[sinks_vis + w] = cpu::attn_dot(kw + size_t(w) * hd, a_w, hd) * a.scale;
-                        // Chunks of the visible list, merged in order (attention_order.h).
-                        std::fill(o, o + hd, 0.0f);
-                        cpu::SoftmaxState total;
-                        for (int v0 = 0; v0 < n_vis; v0 += cpu::kAttnChunk) {
-                            const int v1 = std::min(n_vis, v0 + cpu::kAttnChunk);
-                            cpu::SoftmaxState st;
-                            std::fill(cacc, cacc + hd, 0.0f);
-                            // the part among the sinks, then the part in the window
-                            const int s1 = std::min<int>(v1, int(sinks_vis));
-                            if (v0 < s1)
-                                cpu::attn_chunk_add(st, cacc, sc + v0, s1 - v0, vr + size_t(v0) * hd, hd, tmp);
-                            const int w0 = std::max<int>(v0, int(sinks_vis));
-                            if (w0 < v1)
-                                cpu::attn_chunk_add(st, cacc, sc + w0, v1 - w0, vw + size_t(w0 - int(sinks_vis)) * hd, hd,
-                                                    tmp);
-                            cpu::attn_chunk_merge(total, o, st, cacc, hd);
+                        // Scores: the keys the rows share scored for all of them at once.
+                        {
+                            const float *qa[kTile], *qb_[kTile];
+                            float *os[kTile], *ow[kTile];
+                            bool same_win = same_sinks;
+                            uint32_t win_common = win_vis[0];
+                            for (int r = 0; r < nq; r++) {
+                                qa[r] = qs + size_t(r) * hd;
+                                qb_[r] = qw + size_t(r) * hd;
+                                os[r] = const_cast<float *>(sc_r[r]);
+                                ow[r] = const_cast<float *>(sc_r[r]) + sinks_vis[r];
+                                same_win = same_win && kw[r] == kw[0];
+                                win_common = std::min(win_common, win_vis[r]);
+                            }
+                            if (!same_win) win_common = 0;
+                            if (same_sinks && sinks_vis[0])
+                                cpu::attn_scores_multi(nq, kr, int(sinks_vis[0]), qa, hd, a.scale, os);
+                            if (win_common) cpu::attn_scores_multi(nq, kw[0], int(win_common), qb_, hd, a.scale, ow);
+                            for (int r = 0; r < nq; r++) {
+                                if (!same_sinks) cpu::attn_scores(kr, int(sinks_vis[r]), qa[r], hd, a.scale, os[r]);
+                                if (win_vis[r] > win_common)
+                                    cpu::attn_scores(kw[r] + size_t(win_common) * hd, int(win_vis[r] - win_common),
+                                                     qb_[r], hd, a.scale, ow[r] + win_common);
+                            }
                         }
-                        cpu::attn_finish(total, o, hd, o);
-                        if (a.stats) {  // fold mode
-                            float *st = a.stats + (size_t(i) * a.n_head + size_t(g) * group + h) * 2;
-                            st[0] = total.m;
-                            st[1] = total.l;
+                        // Keys [v0, v1) of the visible lists of the rows in `idx`
+                        // (all with v1 <= n_vis), added to their chunks' states:
+                        // the part among the sinks, then the part in the window.
+                        cpu::SoftmaxState st[kTile], total[kTile];
+                        auto add = [&](const int *idx, int m, int v0, int v1) {
+                            const int s_vis = int(sinks_vis[idx[0]]);
+                            cpu::SoftmaxState sts[kTile];
+                            float *accs[kTile];
+                            const float *ss[kTile], *vs[kTile];
+                            for (int k = 0; k < m; k++) {
+                                sts[k] = st[idx[k]];
+                                accs[k] = cacc_r[idx[k]];
+                            }
+                            const int s1 = std::min(v1, s_vis);
+                            if (v0 < s1) {
+                                for (int k = 0; k < m; k++) {
+                                    ss[k] = sc_r[idx[k]] + v0;
+                                    vs[k] = vr + size_t(v0) * hd;
+                                }
+                                cpu::attn_chunk_add_multi(m, sts, accs, ss, s1 - v0, vs, hd, tmp);
+                            }
+                            const int w0 = std::max(v0, s_vis);
+                            if (w0 < v1) {
+                                for (int k = 0; k < m; k++) {
+                                    ss[k] = sc_r[idx[k]] + w0;
+                                    vs[k] = vw[idx[k]] + size_t(w0 - s_vis) * hd;
+                                }
+                                cpu::attn_chunk_add_multi(m, sts, accs, ss, v1 - w0, vs, hd, tmp);
+                            }
+                            for (int k = 0; k < m; k++) st[idx[k]] = sts[k];
+                        };
+                        int n_max = 0;
+                        for (int r = 0; r < nq; r++) n_max = std::max(n_max, n_vis[r]);
+                        // Chunks of the visible lists, merged in order (attention_order.h).
+                        for (int v0 = 0; v0 < n_max; v0 += cpu::kAttnChunk) {
+                            const int v1 = v0 + cpu::kAttnChunk;
+                            int act[kTile], m = 0, common = v1;
+                            for (int r = 0; r < nq; r++)
+                                if (v0 < n_vis[r]) {
+                                    act[m++] = r;
+                                    st[r] = cpu::SoftmaxState{};
+                                    std::fill(cacc_r[r], cacc_r[r] + hd, 0.0f);
+                                    common = std::min(common, n_vis[r]);
+                                }
+                            if (same_sinks) {
+                                add(act, m, v0, common);
+                            } else {
+                                common = v0;
+                            }
+                            for (int k = 0; k < m; k++) {
+                                const int r = act[k];
+                                const int e1 = std::min(v1, n_vis[r]);
+                                if (common < e1) add(&act[k], 1, common, e1);
+                                cpu::attn_chunk_merge(total[r], o[r], st[r], cacc_r[r], hd);
+                            }
+                        }
+                        for (int r = 0; r < nq; r++) {
+                            cpu::attn_finish(total[r], o[r], hd, o[r]);
+                            if (a.stats) {  // fold mode: the normaliser the folded memory shares
+                                float *st2 = a.stats + (size_t(i0 + r) * a.n_head + size_t(g) * group + h) * 2;
+                                st2[0] = total[r].m;
+                                st2[1] = total[r].l;
+                            }
                         }
                     }
                 }
@@ -665,6 +769,7 @@ private:
 
     ThreadPool pool_;
     const KernelTable &k_;
+    std::shared_ptr<const Repacked> repacked_;
     RotateFn rotate_norm_;
     bool fast_attention_ = false;  // AVX2 + FMA key rotation in decode attention
     int max_kv_;
@@ -690,6 +795,16 @@ public:
         w.n_cols = t.ne[0];
         w.n_rows = t.ne[1] * t.ne[2] * t.ne[3];
         w.row_bytes = row_bytes(t.type, t.ne[0]);
+        // Matrices also get a copy in the layout of the fastest kernels; the
+        // original stays for get_rows (a tied embedding is both).
+        if (w.n_rows > 1 && cpu::x4_wanted(kernels_best(), w.type, w.n_rows, w.n_cols) &&
+            !repacked_->find(w.data)) {
+            void *p = nullptr;
+            if (posix_memalign(&p, 64, std::max<size_t>(cpu::x4_bytes(w.type, w.n_rows, w.n_cols), 64)) != 0 || !p)
+                fail(KVFIT_E_NOMEM, "cannot allocate repacked weights");
+            cpu::x4_repack(w.type, w.data, w.row_bytes, w.n_rows, w.n_cols, static_cast<uint8_t *>(p));
+            repacked_->by_weight.emplace(w.data, static_cast<uint8_t *>(p));
+        }
         return w;
     }
 
@@ -699,10 +814,11 @@ public:
     }
 
     std::unique_ptr<Stream> create_stream(int n_threads, int max_tokens, int64_t max_cols, int max_kv) override {
-        return std::make_unique<CpuStream>(n_threads, max_tokens, max_cols, max_kv);
+        return std::make_unique<CpuStream>(n_threads, max_tokens, max_cols, max_kv, repacked_);
     }
 
 private:
+    std::shared_ptr<Repacked> repacked_ = std::make_shared<Repacked>();
     std::vector<std::vector<float>> owned_;
 };
 

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "backend/cpu/kernels_impl.h"
+#include "backend/cpu/repack.h"
 #include "backend/cpu/threadpool.h"
 
 namespace kvfit {
@@ -296,19 +297,23 @@ size_t matmul_scratch_bytes(uint32_t w_type, int64_t n_cols, int64_t n_tokens) {
     return cpu::packed_layout(w_type, n_cols).bytes * size_t(n_tokens) + 64;
 }
 
-void matmul(ThreadPool &pool, const KernelTable &k, uint32_t w_type, const void *W, size_t w_row_bytes,
-            int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tokens, float *Y, int64_t ldy,
-            void *scratch) {
+namespace {
+
+// The threaded driver: gemm runs blocks of rows x tokens; w_stride is what
+// it gets as the weights' stride, w_row_bytes the bytes of one row (for
+// sizing the blocks).
+void matmul_driver(ThreadPool &pool, const cpu::KernelImpl &impl, void (*gemm)(const cpu::GemmArgs &, int64_t, int64_t, int64_t, int64_t),
+                   uint32_t w_type, const void *W, size_t w_stride, size_t w_row_bytes, int64_t n_rows,
+                   int64_t n_cols, const float *X, int64_t n_tokens, float *Y, int64_t ldy, void *scratch) {
     using namespace cpu;
     if (n_rows <= 0 || n_tokens <= 0) return;
-    const KernelImpl &impl = impl_of(k);
     const int nth = pool.size();
 
     GemmArgs a;
     a.w_type = w_type;
     a.n = n_cols;
     a.W = static_cast<const uint8_t *>(W);
-    a.w_stride = w_row_bytes;
+    a.w_stride = w_stride;
     a.Y = Y;
     a.ldy = ldy;
     if (w_type == TYPE_F32) {
@@ -357,7 +362,7 @@ void matmul(ThreadPool &pool, const KernelTable &k, uint32_t w_type, const void 
     // item often finds the weights still in cache.
     auto item = [&](int64_t it) {
         const int64_t r0 = (it / n_tb) * rc, t0 = (it % n_tb) * tb;
-        impl.gemm(a, r0, std::min(n_rows, r0 + rc), t0, std::min(n_tokens, t0 + tb));
+        gemm(a, r0, std::min(n_rows, r0 + rc), t0, std::min(n_tokens, t0 + tb));
     };
     if (nth == 1 || n_items == 1) {
         for (int64_t it = 0; it < n_items; it++) item(it);
@@ -368,6 +373,23 @@ void matmul(ThreadPool &pool, const KernelTable &k, uint32_t w_type, const void 
         // The first item is static, so a decode step takes few atomics.
         for (int64_t it = ith; it < n_items; it = next.fetch_add(1, std::memory_order_relaxed)) item(it);
     });
+}
+
+}  // namespace
+
+void matmul(ThreadPool &pool, const KernelTable &k, uint32_t w_type, const void *W, size_t w_row_bytes,
+            int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tokens, float *Y, int64_t ldy,
+            void *scratch) {
+    const cpu::KernelImpl &impl = cpu::impl_of(k);
+    matmul_driver(pool, impl, impl.gemm, w_type, W, w_row_bytes, w_row_bytes, n_rows, n_cols, X, n_tokens, Y, ldy,
+                  scratch);
+}
+
+void matmul_x4(ThreadPool &pool, const KernelTable &k, uint32_t w_type, const void *W4, int64_t n_rows,
+               int64_t n_cols, const float *X, int64_t n_tokens, float *Y, int64_t ldy, void *scratch) {
+    const size_t group = size_t(n_cols / QK) * cpu::x4_block_bytes(w_type);
+    matmul_driver(pool, cpu::impl_of(k), cpu::gemm_x4_avx512(), w_type, W4, group, group / 4, n_rows, n_cols, X,
+                  n_tokens, Y, ldy, scratch);
 }
 
 }  // namespace kvfit

@@ -40,5 +40,9 @@ size_t matmul_scratch_bytes(uint32_t w_type, int64_t n_cols, int64_t n_tokens);
 void matmul(ThreadPool &pool, const KernelTable &k, uint32_t w_type, const void *W, size_t w_row_bytes,
             int64_t n_rows, int64_t n_cols, const float *X, int64_t n_tokens, float *Y, int64_t ldy,
             void *scratch);
+// The same product (same bits) over weights repacked in groups of four rows
+// (repack.h: W4 from x4_repack, for a type and shape x4_wanted accepts).
+void matmul_x4(ThreadPool &pool, const KernelTable &k, uint32_t w_type, const void *W4, int64_t n_rows,
+               int64_t n_cols, const float *X, int64_t n_tokens, float *Y, int64_t ldy, void *scratch);
 
 }  // namespace kvfit
