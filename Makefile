@@ -45,7 +45,7 @@ test-unit: build
 
 # AddressSanitizer + UBSan build and test run.
 asan: deps models
-	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKVFIT_SANITIZE=ON
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKVFIT_SANITIZE=ON -DKVFIT_TEST_HOOKS=ON
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest --output-on-failure
 

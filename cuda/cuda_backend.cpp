@@ -14,6 +14,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/ggml_order.h"
+#include "alloc_hook.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
 #include "gguf/gguf.h"
@@ -80,6 +81,7 @@ public:
         constexpr size_t bytes = size_t(1) << 17;
         use_device(device_);
         void *p = nullptr;
+        check_alloc(bytes, "CUDA device memory");
         const cudaError_t e = cudaMalloc(&p, bytes);
         if (e != cudaSuccess) {
             cudaGetLastError();
@@ -120,6 +122,8 @@ public:
         use_device(device_);
         void *p = nullptr;
         const size_t size = std::max<size_t>(bytes, 256);
+        allocs_.reserve(allocs_.size() + 1);  // so that push_back cannot fail and lose p
+        check_alloc(size, "CUDA device memory");
         const cudaError_t e = cudaMalloc(&p, size);
         if (e != cudaSuccess) {
             cudaGetLastError();
@@ -346,6 +350,7 @@ private:
             partials_floats_ = 0;
         }
         void *p = nullptr;
+        check_alloc(floats * sizeof(float), "CUDA device memory");
         const cudaError_t e = cudaMalloc(&p, floats * sizeof(float));
         if (e != cudaSuccess) {
             cudaGetLastError();
@@ -442,7 +447,9 @@ public:
         const size_t bytes = w.row_bytes * size_t(w.n_rows);
         if (bytes > t.nbytes) fail(KVFIT_E_FORMAT, "%s: tensor data is shorter than its shape", t.name.c_str());
         use_device(device_);
+        weights_.reserve(weights_.size() + 1);
         void *p = nullptr;
+        check_alloc(std::max<size_t>(bytes, 256), "CUDA device memory");
         const cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 256));
         if (e != cudaSuccess) {
             cudaGetLastError();
@@ -461,6 +468,8 @@ public:
     const float *upload_floats(const float *data, size_t n) override {
         use_device(device_);
         void *p = nullptr;
+        check_alloc(std::max<size_t>(n, 1) * sizeof(float), "pinned host memory");
+        host_.reserve(host_.size() + 1);
         check(cudaHostAlloc(&p, std::max<size_t>(n, 1) * sizeof(float), cudaHostAllocMapped | cudaHostAllocPortable),
               "cudaHostAlloc");
         host_.push_back(p);

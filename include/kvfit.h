@@ -475,7 +475,13 @@ KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_la
 /* Session state as bytes, to persist a conversation: the tokens' KV state,
  * the position and the current logits (not the sampler). The bytes can be
  * loaded into a session of the same model created with the same parameters
- * (the same plan); they are not portable across kvfit major versions.
+ * (the same plan), on any backend: a state saved on the CPU loads on Vulkan or
+ * CUDA and the other way round. Backends may keep a dense F16 layer's keys
+ * before or after RoPE (the CPU and Vulkan after, CUDA before); load rotates
+ * them to the loading backend's layout, through F16, so the keys may differ
+ * from those the session had by one F16 rounding (between CPU and Vulkan,
+ * which keep the same layout, the bytes are used as saved). The bytes are not
+ * portable across kvfit major versions.
  * kvfit_session_state_size gives the size kvfit_session_save writes
  * (KVFIT_E_BUFFER_TOO_SMALL if buf_size is less; *written, which may be NULL,
  * gets that size either way). The bytes carry a format version, a record of
@@ -485,7 +491,7 @@ KVFIT_API kvfit_status kvfit_session_plan(const kvfit_session *session, kvfit_la
  * truncated or damaged, come from another model or from another state format
  * version (older versions are not converted); KVFIT_E_ARG for a state of the
  * same model saved with another plan (the message names the first layer that
- * differs). */
+ * differs); KVFIT_E_NOMEM if there is no memory for converting the keys. */
 KVFIT_API kvfit_status kvfit_session_state_size(const kvfit_session *session, size_t *size);
 KVFIT_API kvfit_status kvfit_session_save(const kvfit_session *session, void *buf, size_t buf_size, size_t *written);
 KVFIT_API kvfit_status kvfit_session_load(kvfit_session *session, const void *buf, size_t size);

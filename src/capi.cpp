@@ -29,8 +29,12 @@ namespace {
 
 thread_local std::string t_last_error;
 
-kvfit_status set_error(kvfit_status st, const char *msg) {
-    t_last_error = msg;
+kvfit_status set_error(kvfit_status st, const char *msg) noexcept {
+    try {
+        t_last_error = msg;
+    } catch (...) {  // no memory for the message: the status still says what happened
+        t_last_error.clear();
+    }
     return st;
 }
 

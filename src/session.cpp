@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "backend/cpu/threadpool.h"
+#include "alloc_hook.h"
 #include "common.h"
 #include "gguf/gguf.h"
 #include "sampler.h"
@@ -101,7 +102,7 @@ Session::Session(const Model &model, const kvfit_session_params &p, const std::v
     stream_ = model.backend().create_stream(n_threads, std::max(n_batch_, kLogitRows), arch.max_cols(), int(max_slots));
     memory_ = std::make_unique<SessionMemory>(*stream_, specs, plan, n_batch_);
     bufs_ = arch.alloc_buffers(*stream_, n_batch_);
-    logits_.resize(size_t(hp.n_vocab));
+    resize_checked(logits_, size_t(hp.n_vocab), "the logits");
 }
 
 void Session::reset() {
@@ -144,8 +145,8 @@ void Session::run(const int32_t *tokens, size_t n, float *nll) {
     if (nll) {
         nll[0] = has_logits_ ? nll_of(logits_.data(), n_vocab, tokens[0]) : NAN;
         if (!nll_logits_) {  // first use: a few rows of logits, kept for the session's life
+            resize_checked(nll_host_, size_t(kLogitRows) * size_t(n_vocab), "the logits");  // first: nll_logits_ marks both done
             nll_logits_ = static_cast<float *>(stream_->alloc(size_t(kLogitRows) * size_t(n_vocab) * 4));
-            nll_host_.resize(size_t(kLogitRows) * size_t(n_vocab));
         }
     }
     const size_t d = size_t(model_.hparams().n_embd);
@@ -201,8 +202,9 @@ struct LayerRecord {
     uint32_t codec;     // kvfit_kv_codec
     uint32_t n_sink;
     uint32_t n_window;
-    uint32_t keys_rotated;  // dense F16 keys stored after RoPE (the CPU and Vulkan backends' layout)
-    uint32_t fold;      // FoldMap of the layer's fold memory (0: none)
+    uint32_t keys_rotated;  // dense F16 keys stored after RoPE (the CPU and Vulkan backends' layout; CUDA's
+                            // is before: load converts)
+    uint32_t fold;          // FoldMap of the layer's fold memory (0: none)
     uint64_t bytes;     // this layer's buffers
 };
 // 2: codec holds the public kvfit_kv_codec; 3: keys_rotated; 4: a record per
@@ -323,14 +325,16 @@ void Session::load(const uint8_t *src, size_t size) {
         fail(KVFIT_E_FORMAT, "session state is damaged (checksum mismatch)");
     if (h.has_logits > 1) fail(KVFIT_E_FORMAT, "session state is damaged (has_logits is %u)", h.has_logits);
     const uint8_t *p = src + sizeof h;
+    // Whether each saved layer kept its keys after RoPE: a backend that keeps
+    // them the other way converts them as it loads (SessionMemory::load).
+    std::vector<bool> saved_keys_rotated(size_t(memory_->n_layer()));
     for (int l = 0; l < memory_->n_layer(); l++, p += sizeof(LayerRecord)) {
         LayerRecord r;
         std::memcpy(&r, p, sizeof r);
-        const LayerRecord mine = record_of(memory_->layer(l));
-        if (r.keys_rotated != mine.keys_rotated)
-            fail(KVFIT_E_ARG, "layer %d of the saved state keeps dense keys %s RoPE and this session's backend keeps them %s "
-                 "it; load it into a session on a backend that keeps them the same way (CPU and Vulkan: after; CUDA: before)",
-                 l, r.keys_rotated ? "after" : "before", mine.keys_rotated ? "after" : "before");
+        LayerRecord mine = record_of(memory_->layer(l));
+        if (r.keys_rotated > 1) fail(KVFIT_E_FORMAT, "session state is damaged (layer %d: keys_rotated is %u)", l, r.keys_rotated);
+        saved_keys_rotated[size_t(l)] = r.keys_rotated != 0;
+        mine.keys_rotated = r.keys_rotated;
         if (std::memcmp(&r, &mine, sizeof r) != 0)
             fail(KVFIT_E_ARG, "layer %d of the saved state is %s %s with %u sinks and a window of %u%s; this session's is "
                  "%s %s with %u sinks and a window of %u%s: create the session with the same parameters", l,
@@ -341,9 +345,13 @@ void Session::load(const uint8_t *src, size_t size) {
     if (size != state_size()) fail(KVFIT_E_FORMAT, "session state is %zu bytes, expected %zu", size, state_size());
     if (!memory_->unbounded() && h.n_past > memory_->capacity())
         fail(KVFIT_E_FORMAT, "session state holds more tokens than the cache");
-    std::memcpy(logits_.data(), p, logits_.size() * sizeof(float));
-    p += logits_.size() * sizeof(float);
-    memory_->load(*stream_, p);
+    // The logits change only once the memory has loaded (a failure there,
+    // e.g. out of memory converting keys, leaves the session as it was).
+    std::vector<float> logits(logits_.size());
+    std::memcpy(logits.data(), p, logits.size() * sizeof(float));
+    p += logits.size() * sizeof(float);
+    memory_->load(*stream_, p, saved_keys_rotated, h.n_past);
+    logits_.swap(logits);
     n_past_ = h.n_past;
     has_logits_ = h.has_logits != 0;
 }

@@ -26,7 +26,9 @@ export UBSAN_OPTIONS
 case $mode in
 build)
     src=$1 dir=$2 data=$3
-    flags="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVFIT_SANITIZE=ON -DKVFIT_BUILD_SAMPLES=OFF -DKVFIT_VULKAN=OFF -DKVFIT_CUDA=OFF"
+    # KVFIT_TEST_HOOKS: the allocation-failure hook that test_alloc_failure sweeps.
+    flags="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVFIT_SANITIZE=ON -DKVFIT_TEST_HOOKS=ON -DKVFIT_BUILD_SAMPLES=OFF"
+    flags="$flags -DKVFIT_VULKAN=OFF -DKVFIT_CUDA=OFF"
     flags="$flags -DKVFIT_TEST_DATA_DEFAULT=$data"
     cflags="-fno-sanitize-recover=undefined"
     if command -v clang >/dev/null 2>&1 && command -v clang++ >/dev/null 2>&1 &&

@@ -16,6 +16,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
@@ -474,6 +476,130 @@ void check_native_window(bool dense) {
 void test_native_window_dense(void **) { check_native_window(true); }
 void test_native_window_streaming(void **) { check_native_window(false); }
 
+// The CPU stream with keys kept before RoPE in every layer, as the CUDA
+// backend keeps them: the other layout of a saved state's dense keys.
+class PreRopeStream final : public Stream {
+public:
+    explicit PreRopeStream(std::unique_ptr<Stream> s) : s_(std::move(s)) {}
+    bool stores_rotated_keys() const override { return false; }
+    void *alloc(size_t bytes) override { return s_->alloc(bytes); }
+    uint64_t allocated_bytes() const override { return s_->allocated_bytes(); }
+    void upload(void *dst, const void *src, size_t bytes) override { s_->upload(dst, src, bytes); }
+    void download(void *dst, const void *src, size_t bytes) override { s_->download(dst, src, bytes); }
+    void synchronize() override { s_->synchronize(); }
+    void get_rows(const Weight &t, const int32_t *ids, int n, float *x) override { s_->get_rows(t, ids, n, x); }
+    void rmsnorm(const float *x, const Weight &w, float eps, int n, float *y) override { s_->rmsnorm(x, w, eps, n, y); }
+    void matmul(const Weight &w, const float *x, int n, float *y) override { s_->matmul(w, x, n, y); }
+    void kv_encode(int codec, bool hadamard, float *x, int n, int n_heads, int head_dim, uint8_t *dst) override {
+        s_->kv_encode(codec, hadamard, x, n, n_heads, head_dim, dst);
+    }
+    void kv_encode_channels(const uint8_t *rows, int n_heads, int head_dim, uint8_t *dst) override {
+        s_->kv_encode_channels(rows, n_heads, head_dim, dst);
+    }
+    void cache_attention(const CacheAttention &a, const float *q, float *out) override { s_->cache_attention(a, q, out); }
+    void copy(void *dst, const void *src, size_t bytes) override { s_->copy(dst, src, bytes); }
+    void swiglu(const float *gate, const float *up, size_t n, float *out) override { s_->swiglu(gate, up, n, out); }
+    void add(float *y, const float *x, size_t n) override { s_->add(y, x, n); }
+
+private:
+    std::unique_ptr<Stream> s_;
+};
+
+// A state saved with dense keys after RoPE loads into memory that keeps them
+// before (and the other way round): SessionMemory::load rotates them back or
+// forth. Two layers: one with the model's own window of NW tokens (a ring at
+// stream positions, wrapped) and a global one; 150 tokens, saved, loaded into
+// memory of the other layout, then 150 more through both. The converted
+// memory must attend as the memory that kept that layout from the start,
+// within what the F16 rounding of the rotated (or unrotated) keys allows;
+// without the conversion it would be far off.
+void test_key_layout_conversion(void **) {
+    constexpr int NW = 80, SAVE_AT = 150;
+    std::vector<LayerSpec> specs = one_kv_head(2);
+    specs[0].native_window = NW;
+    kvfit_session_params p;
+    std::memset(&p, 0, sizeof p);
+    p.n_sink = -1;
+    p.n_ctx = TOKENS;
+    const MemoryPlan plan = plan_memory(specs, p, 512);
+    auto backend = create_cpu_backend();
+    auto cpu_stream = [&] { return backend->create_stream(2, NW, N_HEAD * HD, TOKENS); };
+    std::unique_ptr<Stream> rot_s = cpu_stream(), rot2_s = cpu_stream();
+    PreRopeStream pre_s(cpu_stream()), pre2_s(cpu_stream());
+    SessionMemory rot(*rot_s, specs, plan, NW), rot2(*rot2_s, specs, plan, NW);
+    SessionMemory pre(pre_s, specs, plan, NW), pre2(pre2_s, specs, plan, NW);
+    for (int l = 0; l < 2; l++) {
+        assert_true(rot.attention(l).keys_rotated());
+        assert_false(pre.attention(l).keys_rotated());
+    }
+
+    Rng rng(21);
+    std::vector<float> q(size_t(TOKENS) * N_HEAD * HD), k(size_t(TOKENS) * HD), v(size_t(TOKENS) * HD);
+    for (float &x : q) x = rng.uniform();
+    for (float &x : k) x = rng.uniform();
+    for (float &x : v) x = rng.uniform();
+    std::vector<float> kscratch(size_t(NW) * HD);
+    // Tokens [from, to) through one memory, in batches of up to 64; every
+    // output row of both layers, one after the other.
+    auto feed = [&](SessionMemory &m, Stream &s, int from, int to) {
+        std::vector<float> outs, out(size_t(NW) * N_HEAD * HD);
+        for (int pos = from; pos < to;) {
+            const int n = std::min(to - pos, 64);
+            for (int l = 0; l < 2; l++) {
+                std::memcpy(kscratch.data(), k.data() + size_t(pos) * HD, size_t(n) * HD * 4);
+                m.attend(s, l, q.data() + size_t(pos) * N_HEAD * HD, kscratch.data(), v.data() + size_t(pos) * HD, n,
+                         uint64_t(pos), out.data());
+                s.synchronize();
+                outs.insert(outs.end(), out.begin(), out.begin() + long(n) * N_HEAD * HD);
+            }
+            pos += n;
+        }
+        return outs;
+    };
+    feed(rot, *rot_s, 0, SAVE_AT);
+    feed(pre, pre_s, 0, SAVE_AT);
+    std::vector<uint8_t> rot_state(rot.state_bytes()), pre_state(pre.state_bytes());
+    rot.save(*rot_s, rot_state.data());
+    pre.save(pre_s, pre_state.data());
+    pre2.load(pre2_s, rot_state.data(), {true, true}, SAVE_AT);   // un-rotated on the way in
+    rot2.load(*rot2_s, pre_state.data(), {false, false}, SAVE_AT);  // rotated on the way in
+
+    // The converted keys: the same F16 values as the memory that kept that
+    // layout, but for the rounding of one more F16 conversion.
+    // (CPU memory: the buffers are host memory; the window's ring is full,
+    // the global layer holds SAVE_AT rows.)
+    float worst_key = 0.0f;
+    for (auto [a, b] : {std::make_pair(&pre2, &pre), std::make_pair(&rot2, &rot)})
+        for (int l = 0; l < 2; l++) {
+            const auto *x = reinterpret_cast<const uint16_t *>(a->attention(l).parts()[0].first);
+            const auto *y = reinterpret_cast<const uint16_t *>(b->attention(l).parts()[0].first);
+            for (size_t i = 0; i < size_t(l == 0 ? NW : SAVE_AT) * HD; i++)
+                worst_key = std::max(worst_key, std::fabs(ref_from_half(x[i]) - ref_from_half(y[i])));
+        }
+
+    const std::vector<float> want_pre = feed(pre, pre_s, SAVE_AT, TOKENS), got_pre = feed(pre2, pre2_s, SAVE_AT, TOKENS);
+    const std::vector<float> want_rot = feed(rot, *rot_s, SAVE_AT, TOKENS), got_rot = feed(rot2, *rot2_s, SAVE_AT, TOKENS);
+    float worst_pre = 0.0f, worst_rot = 0.0f, unconverted = 0.0f;
+    for (size_t i = 0; i < want_pre.size(); i++) {
+        worst_pre = std::max(worst_pre, std::fabs(want_pre[i] - got_pre[i]));
+        worst_rot = std::max(worst_rot, std::fabs(want_rot[i] - got_rot[i]));
+    }
+    // The same state loaded as if the layouts were the same: what the
+    // conversion prevents.
+    SessionMemory wrong(pre_s, specs, plan, NW);
+    wrong.load(pre_s, rot_state.data());
+    const std::vector<float> got_wrong = feed(wrong, pre_s, SAVE_AT, TOKENS);
+    for (size_t i = 0; i < want_pre.size(); i++) unconverted = std::max(unconverted, std::fabs(want_pre[i] - got_wrong[i]));
+    printf("key layout conversion: keys within %.2e of the other layout's; attention within %.2e (to pre-RoPE), "
+           "%.2e (to rotated); unconverted %.2e\n", double(worst_key), double(worst_pre), double(worst_rot),
+           double(unconverted));
+    // Rotated keys stay below 2 in magnitude, where an F16 step is at most
+    // 2^-10: the extra rounding moves a key by no more than two steps.
+    assert_true(worst_key <= 2.0f / 1024.0f);
+    assert_true(worst_pre < 2e-3f && worst_rot < 2e-3f);
+    assert_true(unconverted > 0.05f);
+}
+
 // Channel blocks: an outlier channel keeps its own scale, so the other
 // channels round as finely as they would alone.
 void test_channel_block_roundtrip(void **) {
@@ -804,7 +930,7 @@ int main(void) {
         cmocka_unit_test(test_reference_fp16),     cmocka_unit_test(test_reference_hadamard),
         cmocka_unit_test(test_dense_f16),          cmocka_unit_test(test_dense_q8),
         cmocka_unit_test(test_dense_q4),           cmocka_unit_test(test_dense_q4_hadamard),
-        cmocka_unit_test(test_dense_q4_channel),
+        cmocka_unit_test(test_dense_q4_channel),   cmocka_unit_test(test_key_layout_conversion),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);
 }

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "alloc_hook.h"
 #include "common.h"
 #include "vk_shaders.h"
 
@@ -305,6 +306,7 @@ Buffer Device::create_buffer(VkDeviceSize size, MemKind kind) {
     bi.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
     bi.sharingMode = VK_SHARING_MODE_EXCLUSIVE;
     try {
+        check_alloc(size_t(b.size), "a Vulkan buffer");
         check(fn_.vkCreateBuffer(dev_, &bi, nullptr, &b.buf), "vkCreateBuffer");
         VkMemoryRequirements req;
         fn_.vkGetBufferMemoryRequirements(dev_, b.buf, &req);

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "alloc_hook.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
 
@@ -131,10 +132,18 @@ std::unique_ptr<GGUFFile> GGUFFile::open(const std::string &path) {
         ::close(fd);
         fail(KVFIT_E_FORMAT, "'%s' is too small to be a GGUF file (%zu bytes)", path.c_str(), size);
     }
-    void *p = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    std::unique_ptr<GGUFFile> f;
+    void *p = MAP_FAILED;
+    try {
+        f.reset(new GGUFFile());  // first: the mapping is its to release
+        check_alloc(size, "the model file's mapping");
+        p = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    } catch (...) {
+        ::close(fd);
+        throw;
+    }
     ::close(fd);
     if (p == MAP_FAILED) fail(KVFIT_E_IO, "cannot map '%s': %s", path.c_str(), strerror(errno));
-    std::unique_ptr<GGUFFile> f(new GGUFFile());
     f->base_ = static_cast<const uint8_t *>(p);
     f->size_ = size;
     f->mapped_ = true;

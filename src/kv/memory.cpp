@@ -4,7 +4,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "alloc_hook.h"
+#include "backend/cpu/ggml_order.h"
 #include "common.h"
+#include "gguf/ggml_types.h"
 
 namespace kvfit {
 
@@ -15,10 +18,11 @@ uint8_t *alloc_bytes(Stream &s, size_t bytes) { return bytes ? static_cast<uint8
 
 // cos/sin of every position of a table, advanced by repeated multiplication
 // in float as ggml does so short contexts round exactly like llama.cpp.
-float *make_rope_table(Stream &s, const RopeTablePlan &t) {
+std::vector<float> rope_table_values(Stream &s, const RopeTablePlan &t) {
     const RopeParams &rope = t.rope;
     const int half = rope.n_dims / 2;
-    std::vector<float> cs(size_t(t.positions) * size_t(half) * 2);
+    std::vector<float> cs;
+    resize_checked(cs, size_t(t.positions) * size_t(half) * 2, "a RoPE table");
     const float theta_scale = std::pow(rope.freq_base, -2.0f / float(rope.n_dims));
     std::vector<float> factors(size_t(half), 1.0f);
     if (rope.freq_factors) {  // a device address: read back through the stream
@@ -34,6 +38,11 @@ float *make_rope_table(Stream &s, const RopeTablePlan &t) {
             theta *= theta_scale;
         }
     }
+    return cs;
+}
+
+float *make_rope_table(Stream &s, const RopeTablePlan &t) {
+    const std::vector<float> cs = rope_table_values(s, t);
     float *d = reinterpret_cast<float *>(alloc_bytes(s, cs.size() * sizeof(float)));
     s.upload(d, cs.data(), cs.size() * sizeof(float));
     return d;
@@ -201,6 +210,52 @@ void AttentionMemory::attend(Stream &s, const float *q, float *k, const float *v
     }
 }
 
+std::vector<uint8_t> AttentionMemory::convert_keys(Stream &s, const uint8_t *src, bool src_keys_rotated,
+                                                   uint64_t n_past) const {
+    const LayerPlan &lp = plan_;
+    if (lp.codec != KVCodec::F16 || lp.hadamard || lp.channel_keys || !lp.absolute_positions)
+        fail(KVFIT_E_FORMAT, "session state keeps rotated keys for a layer that cannot hold them");
+    std::vector<uint8_t> k;
+    resize_checked(k, k_bytes_, "the converted keys");
+    std::memcpy(k.data(), src, k_bytes_);
+    const RopeTablePlan table{spec_.rope, rope_positions_, 0};
+    const std::vector<float> cs = rope_table_values(s, table);
+    CacheAttention slots;  // only for its slot mapping
+    slots.n_sink = lp.n_sink;
+    slots.n_window = lp.n_window;
+    slots.streaming = lp.ring();
+    const int hd = spec_.head_dim, half = spec_.rope.n_dims / 2;
+    const bool neox = spec_.rope.mode == RopeMode::Neox;
+    std::vector<float> head(size_t(hd), 0.0f);
+    // The positions the cache still holds: the sinks, then the window's newest.
+    const uint64_t first_window = lp.ring() && n_past > lp.n_window ? std::max<uint64_t>(lp.n_sink, n_past - lp.n_window) : 0;
+    for (uint64_t t = 0; t < n_past; t++) {
+        if (t < first_window && t >= lp.n_sink) t = first_window;
+        if (t >= rope_positions_)
+            fail(KVFIT_E_FORMAT, "session state holds position %llu, beyond this layer's RoPE table of %u",
+                 (unsigned long long)t, rope_positions_);
+        const float *c = cs.data() + size_t(t) * size_t(half) * 2;
+        uint16_t *row = reinterpret_cast<uint16_t *>(k.data() + slots.slot(t) * k_row_bytes_);
+        for (int g = 0; g < spec_.n_head_kv; g++) {
+            uint16_t *h16 = row + size_t(g) * size_t(hd);
+            for (int i = 0; i < hd; i++) head[size_t(i)] = fp16_to_fp32(h16[i]);
+            if (!src_keys_rotated) {
+                cpu::rope_ggml(head.data(), c, spec_.rope.n_dims, neox);  // as the CPU's rope_keys
+            } else {
+                for (int i = 0; i < half; i++) {  // the inverse rotation, by -theta
+                    float *p0 = neox ? &head[size_t(i)] : &head[size_t(2 * i)];
+                    float *p1 = neox ? &head[size_t(i + half)] : &head[size_t(2 * i + 1)];
+                    const float y0 = *p0, y1 = *p1, co = c[2 * i], si = c[2 * i + 1];
+                    *p0 = y0 * co + y1 * si;
+                    *p1 = y1 * co - y0 * si;
+                }
+            }
+            for (int i = 0; i < hd; i++) h16[i] = fp32_to_fp16(head[size_t(i)]);
+        }
+    }
+    return k;
+}
+
 SessionMemory::SessionMemory(Stream &s, const std::vector<LayerSpec> &specs, const MemoryPlan &plan, int max_batch)
     : plan_(plan) {
     if (specs.size() != plan.layers.size() || plan.layer_table.size() != specs.size())
@@ -263,6 +318,29 @@ void SessionMemory::save(Stream &s, uint8_t *dst) const {
         dst += m->state_bytes();
     }
     s.synchronize();
+}
+
+void SessionMemory::load(Stream &s, const uint8_t *src, const std::vector<bool> &keys_rotated, uint64_t n_past) {
+    // Every conversion first, so that a failure leaves the memory as it was.
+    std::vector<std::vector<uint8_t>> converted(layers_.size());
+    const uint8_t *p = src;
+    for (size_t l = 0; l < layers_.size(); l++) {
+        auto *a = dynamic_cast<AttentionMemory *>(layers_[l].get());
+        const size_t bytes = layers_[l]->state_bytes();
+        if (a && l < keys_rotated.size() && keys_rotated[l] != a->keys_rotated()) {
+            // The keys (the first part) converted, the rest as saved.
+            const std::vector<uint8_t> keys = a->convert_keys(s, p, keys_rotated[l], n_past);
+            resize_checked(converted[l], bytes, "a converted layer");
+            std::memcpy(converted[l].data(), p, bytes);
+            std::memcpy(converted[l].data(), keys.data(), keys.size());
+        }
+        p += bytes;
+    }
+    for (size_t l = 0; l < layers_.size(); l++) {
+        layers_[l]->load(s, converted[l].empty() ? src : converted[l].data());
+        src += layers_[l]->state_bytes();
+    }
+    s.synchronize();  // (the uploads may read `converted` until here)
 }
 
 void SessionMemory::load(Stream &s, const uint8_t *src) {

@@ -187,6 +187,11 @@ public:
     void clear(Stream &s) override;  // the fold memory back to zero
     // Whether this layer stores its keys after RoPE (part of the state's layout).
     bool keys_rotated() const { return keys_rotated_; }
+    // This layer's key buffer (the first of parts()) from a saved state whose
+    // keys were stored with the other rotation, converted: the keys of the
+    // positions the cache holds after n_past tokens are rotated to their
+    // positions (as Stream::rope_keys does) or back, through F16.
+    std::vector<uint8_t> convert_keys(Stream &s, const uint8_t *src, bool src_keys_rotated, uint64_t n_past) const;
     // One token's K and V rows as staged (for sizing the shared staging).
     static size_t staged_row_bytes(const LayerSpec &spec, const LayerPlan &plan);
 
@@ -258,6 +263,9 @@ public:
     size_t state_bytes() const;
     void save(Stream &s, uint8_t *dst) const;
     void load(Stream &s, const uint8_t *src);
+    // The same, from a state whose attention layer l kept its keys after RoPE
+    // if keys_rotated[l]: layers that keep them the other way convert them.
+    void load(Stream &s, const uint8_t *src, const std::vector<bool> &keys_rotated, uint64_t n_past);
 
 private:
     MemoryPlan plan_;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "chat/chat_template.h"
+#include "alloc_hook.h"
 #include "common.h"
 #include "gguf/gguf.h"
 #include "tokenizer/tokenizer.h"
@@ -13,6 +14,7 @@ namespace kvfit {
 Model::~Model() = default;
 
 std::unique_ptr<Model> Model::load(const std::string &path, const kvfit_model_params &params) {
+    check_alloc(sizeof(Model), "the model");
     std::unique_ptr<Model> m(new Model());
     m->file_ = GGUFFile::open(path);
     const GGUFFile &f = *m->file_;
@@ -27,6 +29,7 @@ std::unique_ptr<Model> Model::load(const std::string &path, const kvfit_model_pa
     if (hp.arch.empty()) fail(KVFIT_E_FORMAT, "%s: missing metadata 'general.architecture'", path.c_str());
     m->name_ = f.get_string("general.name").value_or("");
 
+    check_alloc(f.file_size(), "the tokenizer's tables");
     m->tok_ = Tokenizer::create(vocab_spec_from_gguf(f));
     hp.n_vocab = m->tok_->n_vocab();
 
@@ -58,6 +61,7 @@ std::unique_ptr<Model> Model::load(const std::string &path, const kvfit_model_pa
         fail(e.status(), "%s: %s", path.c_str(), e.what());
     }
 
+    check_alloc(sizeof(void *), "the backend");
     m->backend_ = create_backend(params.backend, params.device);
     WeightLoader ld(f, *m->backend_);
     m->arch_->bind_weights(ld, progress);

@@ -24,6 +24,7 @@
 #include "backend/cpu/repack.h"
 #include "backend/cpu/rwkv_ops.h"
 #include "backend/cpu/threadpool.h"
+#include "alloc_hook.h"
 #include "common.h"
 #include "gguf/ggml_types.h"
 #include "gguf/gguf.h"
@@ -110,7 +111,7 @@ public:
         for (uint32_t t : {TYPE_F32, TYPE_F16, TYPE_BF16, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q8_0,
                            TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K})
             scratch = std::max(scratch, matmul_scratch_bytes(t, max_cols, max_tokens));
-        matmul_scratch_.resize(scratch);
+        resize_checked(matmul_scratch_, scratch, "matrix product scratch");
         max_tokens_ = max_tokens;
     }
 
@@ -180,6 +181,8 @@ public:
     void *alloc(size_t bytes) override {
         void *p = nullptr;
         const size_t size = std::max<size_t>(bytes, 64);
+        check_alloc(size, "a CPU session buffer");
+        allocs_.reserve(allocs_.size() + 1);  // so that push_back cannot fail and lose p
         if (posix_memalign(&p, 64, size) != 0 || !p) fail(KVFIT_E_NOMEM, "cannot allocate %zu bytes of CPU memory", bytes);
         allocs_.push_back(p);
         allocated_ += size;
@@ -275,7 +278,7 @@ public:
         const size_t per_thread = size_t(group) * size_t(hd) + 2 * size_t(B) * size_t(hd) + size_t(group) * B + 3 * B;
         const bool fast_rotate = fast_attention_ && a.rope.n_dims % 8 == 0 && a.rope.mode == RopeMode::Norm;
         const size_t need = part * size_t(a.n_head_kv) * size_t(nc) + per_thread * size_t(pool_.size());
-        if (attn_scratch_.size() < need) attn_scratch_.resize(need);
+        if (attn_scratch_.size() < need) resize_checked(attn_scratch_, need, "attention scratch");
         float *parts = attn_scratch_.data();
         const int64_t tasks = int64_t(a.n_head_kv) * nc;
         pool_.run([&](int ith, int nth) {
@@ -365,7 +368,8 @@ public:
         const int hd = a.head_dim, group = a.n_head / a.n_head_kv;
         const size_t half = size_t(a.rope.n_dims / 2);
         const int64_t tasks = int64_t(a.n_q) * a.n_head;
-        if (ggml_scratch_.size() < size_t(pool_.size()) * size_t(hd) * 4) ggml_scratch_.resize(size_t(pool_.size()) * size_t(hd) * 4);
+        if (ggml_scratch_.size() < size_t(pool_.size()) * size_t(hd) * 4)
+            resize_checked(ggml_scratch_, size_t(pool_.size()) * size_t(hd) * 4, "attention scratch");
         pool_.run([&](int ith, int nth) {
             float *qf = ggml_scratch_.data() + size_t(ith) * size_t(hd) * 4;
             uint16_t *q16 = reinterpret_cast<uint16_t *>(qf + hd);  // then 2 hd floats for attention_ggml_rows
@@ -415,7 +419,7 @@ public:
         const size_t per_thread = 2 * rows * size_t(hd) + kT * rows + kT * size_t(hd) * 2 + kT * size_t(hd) +
                                   3 * kT * size_t(cpu::kAttnChunk);
         if (attn_scratch_.size() < per_thread * size_t(pool_.size()))
-            attn_scratch_.resize(per_thread * size_t(pool_.size()));  // once: sizes do not grow later
+            resize_checked(attn_scratch_, per_thread * size_t(pool_.size()), "attention scratch");  // once: sizes do not grow later
         pool_.run([&](int ith, int nth) {
             float *kr = attn_scratch_.data() + per_thread * size_t(ith);  // [rows][hd] rotated keys
             float *vr = kr + rows * size_t(hd);                              // [rows][hd] values
@@ -809,6 +813,7 @@ public:
     }
 
     const float *upload_floats(const float *data, size_t n) override {
+        check_alloc(n * sizeof(float), "a model table");
         owned_.emplace_back(data, data + n);
         return owned_.back().data();
     }
