@@ -391,8 +391,20 @@ typedef struct kvfit_session_params {
     size_t n_fold_calib_tokens;
 } kvfit_session_params;
 
-/* Fill params with the defaults (and struct_size). NULL is a no-op. */
+/* Fill params with the defaults (and struct_size). NULL is a no-op.
+ *
+ * The struct has grown since its first version (the fold fields), so that a
+ * program built against an older kvfit.h keeps working with this library,
+ * the exported function kvfit_session_params_init fills only the first
+ * version's fields (up to kv_codec: 40 bytes, struct_size 40), and this
+ * header makes kvfit_session_params_init(p) a call of
+ * kvfit_session_params_init_sized with the size of the struct it declares.
+ * Bindings that mirror the struct call either with their mirror's size; a
+ * struct_size shorter than the struct leaves the missing fields at their
+ * defaults. */
+KVFIT_API void kvfit_session_params_init_sized(kvfit_session_params *params, size_t size);
 KVFIT_API void kvfit_session_params_init(kvfit_session_params *params);
+#define kvfit_session_params_init(params) kvfit_session_params_init_sized((params), sizeof(kvfit_session_params))
 
 /* Create a session on a model (params may be NULL). All per-session memory is
  * allocated here. On success *out_session is the caller's, to release with

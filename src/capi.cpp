@@ -1,5 +1,6 @@
 // The extern "C" layer: argument checks, the exception firewall and status
 // codes. Nothing below throws across the boundary.
+#include <cstddef>
 #include <cstring>
 #include <new>
 #include <optional>
@@ -329,20 +330,51 @@ KVFIT_API kvfit_status kvfit_chat_apply(const kvfit_model *model, const char *te
 
 /* ---- sessions ---- */
 
-KVFIT_API void kvfit_session_params_init(kvfit_session_params *p) {
-    if (!p) return;
+namespace {
+
+void session_params_defaults(kvfit_session_params *p) {
     std::memset(p, 0, sizeof *p);
     p->struct_size = sizeof *p;
     p->n_sink = -1;
     p->kv_codec = KVFIT_KV_AUTO;
 }
 
+// The struct's first version ended with kv_codec (its size padded to 8).
+constexpr size_t kSessionParamsV1 = 40;
+static_assert(offsetof(kvfit_session_params, fold) == 36, "the first version's fields moved");
+// The fold fields arrived together; a caller's struct has all of them or none.
+constexpr size_t kSessionParamsV2 = offsetof(kvfit_session_params, n_fold_calib_tokens) + sizeof(size_t);
+
+kvfit_session_params read_session_params(const kvfit_session_params *given) {
+    kvfit_session_params p = read_params(given, session_params_defaults, "kvfit_session_params");
+    if (given && given->struct_size < kSessionParamsV2) {  // (bytes 36..40 were padding in the first version)
+        p.fold = KVFIT_FOLD_OFF;
+        p.fold_calib_tokens = nullptr;
+        p.n_fold_calib_tokens = 0;
+    }
+    return p;
+}
+
+}  // namespace
+
+KVFIT_API void kvfit_session_params_init_sized(kvfit_session_params *p, size_t size) {
+    if (!p || size < sizeof(uint32_t) * 2) return;
+    kvfit_session_params d;
+    session_params_defaults(&d);
+    size = std::min(size, sizeof d);
+    d.struct_size = uint32_t(size);
+    std::memcpy(p, &d, size);
+}
+
+// (the name in parentheses: kvfit.h makes it a macro for callers)
+KVFIT_API void (kvfit_session_params_init)(kvfit_session_params *p) { kvfit_session_params_init_sized(p, kSessionParamsV1); }
+
 KVFIT_API kvfit_status kvfit_session_create(kvfit_model *model, const kvfit_session_params *params,
                                             kvfit_session **out) {
     return guard([&] {
         const kvfit::Model &m = model_of(model);
         REQUIRE(out, "out_session is NULL");
-        kvfit_session_params p = read_params(params, kvfit_session_params_init, "kvfit_session_params");
+        kvfit_session_params p = read_session_params(params);
         auto h = std::make_unique<kvfit_session>();
         h->s = std::make_unique<kvfit::Session>(m, p);
         *out = h.release();

@@ -258,6 +258,46 @@ static void test_cancelled_load(void **state) {
     assert_int_equal(kvfit_model_load(g_model_path, &mp, &m), KVFIT_E_ARG);
 }
 
+/* A program built against the first kvfit.h (kvfit_session_params up to
+ * kv_codec, 40 bytes) calls the exported kvfit_session_params_init: it must
+ * write no byte past those 40, and the library must not read the fold fields
+ * from what was padding in that struct. */
+static void test_session_params_versions(void **state) {
+    (void)state;
+    unsigned char buf[sizeof(kvfit_session_params) + 16];
+    memset(buf, 0xAB, sizeof buf);
+    (kvfit_session_params_init)((kvfit_session_params *)buf); /* the symbol, not the header's macro */
+    uint32_t size;
+    memcpy(&size, buf, sizeof size);
+    assert_int_equal(size, 40);
+    for (size_t i = 40; i < sizeof buf; i++) assert_int_equal(buf[i], 0xAB);
+    memset(buf, 0xAB, sizeof buf);
+    kvfit_session_params_init_sized((kvfit_session_params *)buf, 8);
+    for (size_t i = 8; i < sizeof buf; i++) assert_int_equal(buf[i], 0xAB);
+    kvfit_session_params full;
+    kvfit_session_params_init(&full);
+    assert_int_equal(full.struct_size, sizeof full);
+    assert_int_equal(full.fold, KVFIT_FOLD_OFF);
+
+    NEED_MODEL();
+    kvfit_model *m = NULL;
+    assert_int_equal(kvfit_model_load(g_model_path, NULL, &m), KVFIT_OK);
+    /* the old caller's struct: its padding (where fold now lies) holds garbage */
+    kvfit_session_params old;
+    memset(&old, 0xAB, sizeof old);
+    (kvfit_session_params_init)(&old);
+    memset((unsigned char *)&old + 36, 0x02, 4); /* as if fold were KVFIT_FOLD_ON */
+    old.n_window = 64;
+    kvfit_session *s = NULL;
+    assert_int_equal(kvfit_session_create(m, &old, &s), KVFIT_OK);
+    kvfit_layer_plan lp[64];
+    size_t n = 0;
+    assert_int_equal(kvfit_session_plan(s, lp, 64, &n, NULL), KVFIT_OK);
+    for (size_t l = 0; l < n && l < 64; l++) assert_int_equal(lp[l].kind, KVFIT_LAYER_STREAMING);
+    kvfit_session_free(s);
+    kvfit_model_free(m);
+}
+
 static void test_session_misuse(void **state) {
     (void)state;
     NEED_MODEL();
@@ -383,6 +423,7 @@ int main(void) {
         cmocka_unit_test(test_fuzzed_headers),
         cmocka_unit_test(test_null_handles),
         cmocka_unit_test(test_cancelled_load),
+        cmocka_unit_test(test_session_params_versions),
         cmocka_unit_test(test_session_misuse),
         cmocka_unit_test(test_invalid_text),
         cmocka_unit_test(test_vocab_only),

@@ -257,6 +257,7 @@ void GGUFFile::parse() {
             fail(KVFIT_E_FORMAT, "GGUF truncated: data of tensor '%s' (%zu bytes at offset %llu) lies outside the file",
                  ti.name.c_str(), ti.nbytes, (unsigned long long)(data_start + ti.offset));
         ti.data = base_ + data_start + ti.offset;
+        ti.file_pages = mapped_;
     }
 }
 

@@ -44,6 +44,9 @@ struct GGUFTensor {
     uint64_t offset = 0;       // relative to the data section
     size_t nbytes = 0;
     const uint8_t *data = nullptr;  // inside the mapping
+    // The data lies in a read-only private mapping of the file, whose pages
+    // may be dropped (the kernel reads them again if they are touched).
+    bool file_pages = false;
     int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
 };
 

@@ -6,6 +6,9 @@
 #include <immintrin.h>
 #endif
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -89,6 +92,13 @@ struct Repacked {
         return it == by_weight.end() ? nullptr : it->second;
     }
 };
+
+// Drops the whole pages inside [p, p + n) of a read-only file mapping.
+void drop_pages(const void *p, size_t n) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    const uintptr_t b = (uintptr_t(p) + page - 1) / page * page, e = (uintptr_t(p) + n) / page * page;
+    if (e > b) madvise(reinterpret_cast<void *>(b), e - b, MADV_DONTNEED);  // advice: a failure changes nothing
+}
 
 using RotateFn = void (*)(float *, const float *, int);
 
@@ -807,7 +817,17 @@ public:
             if (posix_memalign(&p, 64, std::max<size_t>(cpu::x4_bytes(w.type, w.n_rows, w.n_cols), 64)) != 0 || !p)
                 fail(KVFIT_E_NOMEM, "cannot allocate repacked weights");
             cpu::x4_repack(w.type, w.data, w.row_bytes, w.n_rows, w.n_cols, static_cast<uint8_t *>(p));
-            repacked_->by_weight.emplace(w.data, static_cast<uint8_t *>(p));
+            try {
+                repacked_->by_weight.emplace(w.data, static_cast<uint8_t *>(p));
+            } catch (...) {
+                std::free(p);
+                throw;
+            }
+            // Products read the copy from now on: the original's pages leave
+            // the process's memory (get_rows of a tied embedding reads back the
+            // few rows it needs), so repacking does not double what a model
+            // keeps resident.
+            if (t.file_pages) drop_pages(t.data, t.nbytes);
         }
         return w;
     }

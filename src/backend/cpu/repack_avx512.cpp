@@ -17,6 +17,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+#include "backend/cpu/cpu_features.h"
 #include "backend/cpu/repack.h"
 
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -170,8 +171,7 @@ void gemm_x4(const GemmArgs &a, int64_t r0, int64_t r1, int64_t t0, int64_t t1) 
 GemmFn gemm_x4_avx512() {
     static const bool ok = (__builtin_cpu_init(), true) && __builtin_cpu_supports("avx512f") &&
                            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                           __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c") &&
-                           __builtin_cpu_supports("fma");
+                           __builtin_cpu_supports("avx512vnni") && has_avx2_fma_f16c();  // (clang 14 knows no "f16c")
     return ok ? gemm_x4 : nullptr;
 }
 
