@@ -341,6 +341,11 @@ typedef enum kvfit_kv_codec {
                                * Windows are multiples of 32. */
     KVFIT_KV_F32 = 6,         /* 32-bit floats: how recurrent layers keep their state (reported by
                                * kvfit_session_plan; not a codec a session can ask for) */
+    KVFIT_KV_BF16 = 7,        /* bfloat16: a recurrent layer whose large state matrix (delta-rule or wkv
+                               * state) is kept in BF16, reported by kvfit_session_plan like F16 for one
+                               * kept in F16 (their other state buffers stay F32); not a codec a session
+                               * can ask for. F32 is the default: docs/BENCHMARKS.md has what F16 and
+                               * BF16 states cost in perplexity */
     KVFIT_KV_CODEC_MAX_ENUM = 0x7FFFFFFF
 } kvfit_kv_codec;
 

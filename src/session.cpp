@@ -35,6 +35,10 @@ Session::Session(const Model &model, const kvfit_session_params &p) : model_(mod
     uint32_t max_slots = 0;
     for (const LayerPlan &lp : plan.layers) max_slots = std::max(max_slots, lp.n_sink + lp.n_window);
     stream_ = model.backend().create_stream(n_threads, std::max(n_batch_, kLogitRows), arch.max_cols(), int(max_slots));
+    for (const LayerPlan &lp : plan.layers)
+        if (lp.kind == KVFIT_LAYER_RECURRENT && !stream_->supports_state_type(lp.state_type))
+            fail(KVFIT_E_UNSUPPORTED, "the %s backend keeps recurrent states in F32 only, not %s (KVFIT_STATE_PRECISION)",
+                 stream_->backend_name(), state_type_name(lp.state_type));
     memory_ = std::make_unique<SessionMemory>(*stream_, specs, plan, n_batch_);
     bufs_ = arch.alloc_buffers(*stream_, n_batch_);
     logits_.resize(size_t(hp.n_vocab));
@@ -198,6 +202,7 @@ const char *codec_name(uint32_t c) {
         case KVFIT_KV_Q4_HADAMARD: return "Q4_HADAMARD";
         case KVFIT_KV_Q4_CHANNEL: return "Q4_CHANNEL";
         case KVFIT_KV_F32: return "F32";
+        case KVFIT_KV_BF16: return "BF16";
         default: return "unknown";
     }
 }

@@ -48,6 +48,7 @@ const char *codec_name(kvfit_kv_codec c) {
     case KVFIT_KV_Q4: return "Q4";
     case KVFIT_KV_Q4_CHANNEL: return "Q4_CHANNEL";
     case KVFIT_KV_F32: return "F32";
+    case KVFIT_KV_BF16: return "BF16";
     default: return "?";
     }
 }
