@@ -25,7 +25,8 @@ Session::Session(const Model &model, const kvfit_session_params &p) : model_(mod
     const HParams &hp = model.hparams();
     const Architecture &arch = model.arch();
     const std::vector<LayerSpec> specs = arch.memory_layers();
-    const MemoryPlan plan = plan_memory(specs, p, uint32_t(hp.n_ctx_train));
+    const MemoryPlan plan =
+        plan_memory(specs, p, uint32_t(hp.n_ctx_train), model.backend().supports_state_type(StateType::BF16));
     // A streaming batch may not exceed the window (its tokens must not evict
     // each other before they are attended); a dense one, the capacity.
     n_batch_ = int(plan_batch(p));

@@ -356,6 +356,7 @@ static void test_narrow_states(void **state) {
     kvfit_session_params_init(&sp);
     sp.kv_budget_bytes = f32_total - 12 * 64 * 64 * 2;
     kvfit_session *none = NULL;
+    assert_int_equal(setenv("KVFIT_STATE_PRECISION", "f32", 1), 0);
     assert_int_equal(kvfit_session_create(g_model, &sp, &none), KVFIT_E_BUDGET);
     char want[64];
     snprintf(want, sizeof want, "%llu bytes", (unsigned long long)f32_total);
@@ -365,6 +366,14 @@ static void test_narrow_states(void **state) {
     assert_int_equal(kvfit_session_create(g_model, &sp, &none), KVFIT_E_ARG);
     assert_non_null(strstr(kvfit_last_error(), "KVFIT_STATE_PRECISION"));
     unsetenv("KVFIT_STATE_PRECISION");
+    /* the planner's own choice: within a budget BF16 (so that budget fits),
+     * without one F32 (test_plan) */
+    assert_int_equal(kvfit_session_create(g_model, &sp, &none), KVFIT_OK);
+    kvfit_layer_plan plan[12];
+    assert_int_equal(kvfit_session_plan(none, plan, 12, NULL, NULL), KVFIT_OK);
+    for (int l = 0; l < 12; l++) assert_int_equal(plan[l].codec, KVFIT_KV_BF16);
+    assert_int_equal(kvfit_session_kv_bytes(none), sp.kv_budget_bytes);
+    kvfit_session_free(none);
     free(f32_buf);
     kvfit_session_free(f32);
 }

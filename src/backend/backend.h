@@ -281,6 +281,9 @@ public:
     // for fewer than 64 queries), so that greedy tokens match. A GPU needs a
     // fused fma and doubles for that.
     virtual bool reproduces_cpu() const { return false; }
+    // Whether its streams take recurrent states of this type (Stream::
+    // supports_state_type; the planner asks before it chooses one).
+    virtual bool supports_state_type(StateType t) const { return t == StateType::F32; }
 };
 
 // The backend for a requested kind (AUTO consults $KVFIT_BACKEND, then picks

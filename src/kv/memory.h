@@ -127,10 +127,13 @@ uint64_t recurrent_part_bytes(const LayerSpec &spec, size_t i, StateType type);
 // A recurrent layer's state buffers, each rounded to kAllocUnit.
 uint64_t recurrent_state_bytes(const LayerSpec &spec, StateType type = StateType::F32);
 // How recurrent layers keep their narrow part in sessions with these
-// parameters: F32, unless the internal setting KVFIT_STATE_PRECISION
-// (f32, f16 or bf16; for measuring what a narrower state costs, see
-// docs/BENCHMARKS.md) says otherwise. Throws KVFIT_E_ARG for another value.
-StateType recurrent_state_type(const kvfit_session_params &params);
+// parameters, on a backend that takes BF16 states or not (bf16_ok): BF16
+// within a budget where the backend takes it (measured: perplexity moves by
+// less than 0.01 %, docs/BENCHMARKS.md), else F32 (without a budget the
+// states stay as llama.cpp keeps them). The internal setting
+// KVFIT_STATE_PRECISION (f32, f16 or bf16; for measuring) overrides it.
+// Throws KVFIT_E_ARG for another value.
+StateType recurrent_state_type(const kvfit_session_params &params, bool bf16_ok);
 
 // The most tokens a session with these parameters runs through the model at
 // once (before the plan's own limits: MemoryPlan::max_batch, the capacity).
@@ -139,7 +142,7 @@ uint32_t plan_batch(const kvfit_session_params &params);
 // Chooses the plan for a session (throws KVFIT_E_BUDGET with the smallest
 // workable budget in the message, or KVFIT_E_ARG for contradictory pins).
 MemoryPlan plan_memory(const std::vector<LayerSpec> &layers, const kvfit_session_params &params,
-                       uint32_t n_ctx_train);
+                       uint32_t n_ctx_train, bool bf16_states_ok = false);
 
 // The public name of a layer's codec.
 kvfit_kv_codec layer_codec(const LayerPlan &lp);

@@ -681,6 +681,7 @@ public:
     const char *name() const override { return "CPU"; }
     kvfit_backend_kind kind() const override { return KVFIT_BACKEND_CPU; }
     bool reproduces_cpu() const override { return true; }
+    bool supports_state_type(StateType) const override { return true; }
 
     Weight upload_weight(const GGUFTensor &t) override {
         Weight w;
