@@ -341,6 +341,12 @@ typedef enum kvfit_kv_codec {
                                * Windows are multiples of 32. */
     KVFIT_KV_F32 = 6,         /* 32-bit floats: how recurrent layers keep their state (reported by
                                * kvfit_session_plan; not a codec a session can ask for) */
+    KVFIT_KV_BF16 = 7,        /* bfloat16: a recurrent layer whose large state matrix (delta-rule or wkv
+                               * state) is kept in BF16 (its other state buffers stay F32), as the
+                               * planner keeps it within a budget on the CPU backend (half the bytes;
+                               * perplexity measured unchanged, docs/BENCHMARKS.md); without a budget,
+                               * or on a backend without it, recurrent states are F32. Reported by
+                               * kvfit_session_plan; not a codec a session can ask for */
     KVFIT_KV_CODEC_MAX_ENUM = 0x7FFFFFFF
 } kvfit_kv_codec;
 
@@ -365,7 +371,9 @@ typedef enum kvfit_fold_mode {
  * without end at constant memory. With a budget, the planner picks the codec
  * and window (what the caller pins is kept) to cover n_ctx tokens if possible,
  * else the longest window that fits; everything the session keeps per token
- * is allocated at creation and counted in the budget. A budget too small for
+ * is allocated at creation and counted in the budget. Recurrent layers' states
+ * (fixed bytes) come off the budget first; within a budget the CPU backend keeps
+ * their large state matrices in BF16 (KVFIT_KV_BF16). A budget too small for
  * the smallest plan fails with KVFIT_E_BUDGET naming the smallest budget that
  * works. */
 typedef struct kvfit_session_params {

@@ -46,7 +46,9 @@ std::vector<uint8_t> calibrate_fold(const Model &model, const kvfit_session_para
     if (p.n_fold_calib_tokens < 2) return none;
     if (!p.fold_calib_tokens) fail(KVFIT_E_ARG, "fold_calib_tokens is NULL");
     // The layers that could fold: streaming layers that are not the model's own windows.
-    const MemoryPlan probe = plan_memory(specs, p, uint32_t(model.hparams().n_ctx_train), std::vector<uint8_t>(specs.size(), 1));
+    const MemoryPlan probe = plan_memory(specs, p, uint32_t(model.hparams().n_ctx_train),
+                                           model.backend().supports_state_type(StateType::BF16),
+                                           std::vector<uint8_t>(specs.size(), 1));
     std::vector<size_t> foldable;
     for (size_t l = 0; l < specs.size(); l++)
         if (probe.layers[l].fold != FoldMap::None) foldable.push_back(l);
@@ -84,13 +86,15 @@ Session::Session(const Model &model, const kvfit_session_params &p, const std::v
     if (p.fold != KVFIT_FOLD_OFF && model.backend().kind() != KVFIT_BACKEND_CPU)
         fail(KVFIT_E_UNSUPPORTED, "fold mode (kvfit_session_params.fold) is implemented on the CPU backend only; this "
              "session's backend is %s", model.backend().name());
+    const bool bf16_states = model.backend().supports_state_type(StateType::BF16);
     std::vector<uint8_t> calibrated;
     if (p.fold == KVFIT_FOLD_AUTO && !fold_layers) {
-        plan_memory(specs, p, uint32_t(hp.n_ctx_train));  // the parameters' errors before any trial
+        plan_memory(specs, p, uint32_t(hp.n_ctx_train), bf16_states);  // the parameters' errors before any trial
         calibrated = calibrate_fold(model, p, specs);
         fold_layers = &calibrated;
     }
-    const MemoryPlan plan = plan_memory(specs, p, uint32_t(hp.n_ctx_train), fold_layers ? *fold_layers : std::vector<uint8_t>());
+    const MemoryPlan plan = plan_memory(specs, p, uint32_t(hp.n_ctx_train), bf16_states,
+                                        fold_layers ? *fold_layers : std::vector<uint8_t>());
     // A streaming batch may not exceed the window (its tokens must not evict
     // each other before they are attended); a dense one, the capacity.
     n_batch_ = int(plan_batch(p));
@@ -100,6 +104,10 @@ Session::Session(const Model &model, const kvfit_session_params &p, const std::v
     uint32_t max_slots = 0;
     for (const LayerPlan &lp : plan.layers) max_slots = std::max(max_slots, lp.n_sink + lp.n_window);
     stream_ = model.backend().create_stream(n_threads, std::max(n_batch_, kLogitRows), arch.max_cols(), int(max_slots));
+    for (const LayerPlan &lp : plan.layers)
+        if (lp.kind == KVFIT_LAYER_RECURRENT && !stream_->supports_state_type(lp.state_type))
+            fail(KVFIT_E_UNSUPPORTED, "the %s backend keeps recurrent states in F32 only, not %s (KVFIT_STATE_PRECISION)",
+                 stream_->backend_name(), state_type_name(lp.state_type));
     memory_ = std::make_unique<SessionMemory>(*stream_, specs, plan, n_batch_);
     bufs_ = arch.alloc_buffers(*stream_, n_batch_);
     resize_checked(logits_, size_t(hp.n_vocab), "the logits");
@@ -268,6 +276,7 @@ const char *codec_name(uint32_t c) {
         case KVFIT_KV_Q4_HADAMARD: return "Q4_HADAMARD";
         case KVFIT_KV_Q4_CHANNEL: return "Q4_CHANNEL";
         case KVFIT_KV_F32: return "F32";
+        case KVFIT_KV_BF16: return "BF16";
         default: return "unknown";
     }
 }

@@ -259,7 +259,7 @@ void test_fold_budget(void **) {
         std::vector<uint8_t> mask(shape.size(), 0);
         mask[0] = mask[5] = 1;
         p.fold = KVFIT_FOLD_AUTO;
-        const MemoryPlan some = plan_memory(shape, p, 8192, mask);
+        const MemoryPlan some = plan_memory(shape, p, 8192, false, mask);
         for (size_t l = 0; l < shape.size(); l++)
             assert_true((some.layers[l].fold != FoldMap::None) == (mask[l] && folded > 0));
         auto backend = create_cpu_backend();

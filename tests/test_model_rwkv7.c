@@ -14,6 +14,7 @@
  *   - a restored session continues bit for bit; kvfit_session_reset gives a
  *     fresh session's logits;
  *   - a malformed rwkv7 file fails with KVFIT_E_FORMAT and a message. */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -250,6 +251,133 @@ static void test_reset(void **state) {
     kvfit_session_free(fresh);
 }
 
+/* The wkv states kept in F16 and BF16 (KVFIT_STATE_PRECISION, an internal
+ * setting for measuring them): the plan reports the codec and the bytes (the
+ * shifted rows stay F32), the session allocates exactly that and fits a
+ * budget of exactly that which F32 states do not fit; a prefill gives the
+ * bits of the same tokens one at a time; the logits stay near the F32
+ * ones; save/restore continues bit for bit, a reset clears the state, and
+ * a state saved with another precision is refused. */
+static void test_narrow_states(void **state) {
+    (void)state;
+    const size_t n = sizeof kText - 1;
+    int32_t toks[sizeof kText];
+    for (size_t i = 0; i < n; i++) toks[i] = (unsigned char)kText[i];
+    kvfit_session *f32 = new_session(512);
+    assert_int_equal(kvfit_session_prefill(f32, toks, n), KVFIT_OK);
+    size_t f32_size;
+    void *f32_buf = save_state(f32, &f32_size);
+    uint64_t f32_total = 0;
+    assert_int_equal(kvfit_session_plan(f32, NULL, 0, NULL, &f32_total), KVFIT_OK);
+
+    const char *names[2] = {"f16", "bf16"};
+    const kvfit_kv_codec codecs[2] = {KVFIT_KV_F16, KVFIT_KV_BF16};
+    for (int c = 0; c < 2; c++) {
+        assert_int_equal(setenv("KVFIT_STATE_PRECISION", names[c], 1), 0);
+        kvfit_session *s = new_session(512);
+        kvfit_layer_plan plan[64];
+        size_t n_layers = 0;
+        uint64_t total = 0;
+        assert_int_equal(kvfit_session_plan(s, plan, 64, &n_layers, &total), KVFIT_OK);
+        assert_int_equal(n_layers, 12);
+        /* 2 shifted rows of 64 F32 + a 64 x 64 wkv state of 2-byte values */
+        const uint64_t per_layer = 2 * 64 * 4 + 64 * 64 * 2;
+        for (size_t l = 0; l < n_layers; l++) {
+            assert_int_equal(plan[l].kind, KVFIT_LAYER_RECURRENT);
+            assert_int_equal(plan[l].codec, codecs[c]);
+            assert_int_equal(plan[l].bytes, per_layer);
+        }
+        assert_int_equal(total, 12 * per_layer);
+        assert_int_equal(f32_total - total, 12 * 64 * 64 * 2);
+        assert_int_equal(kvfit_session_kv_bytes(s), total);
+        printf("%s: %llu bytes of state per session (F32: %llu)\n", names[c], (unsigned long long)total,
+               (unsigned long long)f32_total);
+
+        /* a budget of exactly the narrow states */
+        kvfit_session_params sp;
+        kvfit_session_params_init(&sp);
+        sp.n_threads = 2;
+        sp.kv_budget_bytes = total;
+        kvfit_session *tight = NULL;
+        assert_int_equal(kvfit_session_create(g_model, &sp, &tight), KVFIT_OK);
+        assert_int_equal(kvfit_session_kv_bytes(tight), total);
+        kvfit_session_free(tight);
+
+        /* one batch = token by token, bit for bit; near the F32 logits */
+        assert_int_equal(kvfit_session_prefill(s, toks, n), KVFIT_OK);
+        kvfit_session *one = new_session(1);
+        for (size_t i = 0; i < n; i++) assert_int_equal(kvfit_session_decode(one, toks[i]), KVFIT_OK);
+        assert_memory_equal(logits_of(one), logits_of(s), N_VOCAB * 4);
+        kvfit_session_free(one);
+        float worst = 0;
+        const float *l32 = logits_of(f32), *ln = logits_of(s);
+        for (int i = 0; i < N_VOCAB; i++) worst = fmaxf(worst, fabsf(l32[i] - ln[i]));
+        printf("%s: logits after %zu tokens within %g of F32's\n", names[c], n, (double)worst);
+        assert_true(worst < 1e-3f);
+        assert_int_equal(argmax(l32), argmax(ln));
+
+        /* save, continue, restore into another session: the same bits */
+        size_t sz;
+        void *buf = save_state(s, &sz);
+        assert_int_equal(f32_size - sz, 12 * 64 * 64 * 2);
+        enum { STEPS = 16 };
+        static float la[STEPS][N_VOCAB];
+        int32_t gen[STEPS];
+        for (int i = 0; i < STEPS; i++) {
+            gen[i] = argmax(logits_of(s));
+            assert_int_equal(kvfit_session_decode(s, gen[i]), KVFIT_OK);
+            memcpy(la[i], logits_of(s), sizeof la[i]);
+        }
+        kvfit_session *b = new_session(512);
+        assert_int_equal(kvfit_session_prefill(b, kPrompt, 3), KVFIT_OK);
+        assert_int_equal(kvfit_session_load(b, buf, sz), KVFIT_OK);
+        for (int i = 0; i < STEPS; i++) {
+            assert_int_equal(kvfit_session_decode(b, gen[i]), KVFIT_OK);
+            assert_memory_equal(logits_of(b), la[i], sizeof la[i]);
+        }
+        /* states of another precision are refused, and leave the session as it was */
+        assert_int_equal(kvfit_session_load(b, f32_buf, f32_size), KVFIT_E_ARG);
+        assert_memory_equal(logits_of(b), la[STEPS - 1], sizeof la[0]);
+        /* a reset clears the narrow state */
+        kvfit_session *fresh = new_session(512);
+        assert_int_equal(kvfit_session_prefill(fresh, kPrompt, 3), KVFIT_OK);
+        assert_int_equal(kvfit_session_reset(b), KVFIT_OK);
+        assert_int_equal(kvfit_session_prefill(b, kPrompt, 3), KVFIT_OK);
+        assert_memory_equal(logits_of(b), logits_of(fresh), N_VOCAB * 4);
+        unsetenv("KVFIT_STATE_PRECISION");
+        assert_int_equal(kvfit_session_load(f32, buf, sz), KVFIT_E_ARG);
+        free(buf);
+        kvfit_session_free(fresh);
+        kvfit_session_free(b);
+        kvfit_session_free(s);
+    }
+    /* with F32 states the same budget is too small, and the message names the minimum */
+    kvfit_session_params sp;
+    kvfit_session_params_init(&sp);
+    sp.kv_budget_bytes = f32_total - 12 * 64 * 64 * 2;
+    kvfit_session *none = NULL;
+    assert_int_equal(setenv("KVFIT_STATE_PRECISION", "f32", 1), 0);
+    assert_int_equal(kvfit_session_create(g_model, &sp, &none), KVFIT_E_BUDGET);
+    char want[64];
+    snprintf(want, sizeof want, "%llu bytes", (unsigned long long)f32_total);
+    assert_non_null(strstr(kvfit_last_error(), want));
+    /* an unknown precision is an argument error */
+    assert_int_equal(setenv("KVFIT_STATE_PRECISION", "f8", 1), 0);
+    assert_int_equal(kvfit_session_create(g_model, &sp, &none), KVFIT_E_ARG);
+    assert_non_null(strstr(kvfit_last_error(), "KVFIT_STATE_PRECISION"));
+    unsetenv("KVFIT_STATE_PRECISION");
+    /* the planner's own choice: within a budget BF16 (so that budget fits),
+     * without one F32 (test_plan) */
+    assert_int_equal(kvfit_session_create(g_model, &sp, &none), KVFIT_OK);
+    kvfit_layer_plan plan[12];
+    assert_int_equal(kvfit_session_plan(none, plan, 12, NULL, NULL), KVFIT_OK);
+    for (int l = 0; l < 12; l++) assert_int_equal(plan[l].codec, KVFIT_KV_BF16);
+    assert_int_equal(kvfit_session_kv_bytes(none), sp.kv_budget_bytes);
+    kvfit_session_free(none);
+    free(f32_buf);
+    kvfit_session_free(f32);
+}
+
 /* A copy of the model file with the first occurrence of `from` replaced by
  * `to` (same length), loaded: must fail with want. */
 static void expect_load_failure(const char *from, const char *to, kvfit_status want) {
@@ -295,7 +423,7 @@ int main(void) {
         cmocka_unit_test(test_expected_logits), cmocka_unit_test(test_greedy),
         cmocka_unit_test(test_prefill_equals_decode), cmocka_unit_test(test_plan),
         cmocka_unit_test(test_save_restore),    cmocka_unit_test(test_reset),
-        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_malformed),       cmocka_unit_test(test_narrow_states),
     };
     return test_run(tests, setup, teardown);
 }

@@ -4,7 +4,11 @@
 // recurrence S <- a S (I - b k k^T) + b v k^T (recurrent form and chunked
 // scan), the L2 norm, the gated RMSNorm and the gates; and the properties
 // the model relies on: a batch split in two gives the same bits as one batch
-// (recurrent form and convolution), and ggml's dot-product order.
+// (recurrent form and convolution), and ggml's dot-product order. The delta
+// rule with its state kept in F16 or BF16 (StateType): the same brute force
+// with the state rounded after every token, and exactly what running the F32
+// op one token at a time and rounding the state between tokens gives.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -219,6 +223,106 @@ void test_delta_net(void **) {
     }
 }
 
+// The state as `t` stores it and back, in double (what storing rounds to).
+double stored(StateType t, double x) {
+    const float f = float(x);
+    return t == StateType::F16 ? fp16_to_fp32(fp32_to_fp16(f)) : t == StateType::BF16 ? bf16_to_fp32(fp32_to_bf16(f)) : f;
+}
+
+std::vector<uint16_t> narrowed(StateType t, const std::vector<float> &x) {
+    std::vector<uint16_t> r(x.size());
+    for (size_t i = 0; i < x.size(); i++) r[i] = t == StateType::F16 ? fp32_to_fp16(x[i]) : fp32_to_bf16(x[i]);
+    return r;
+}
+
+std::vector<float> widened(StateType t, const std::vector<uint16_t> &x) {
+    std::vector<float> r(x.size());
+    for (size_t i = 0; i < x.size(); i++) r[i] = t == StateType::F16 ? fp16_to_fp32(x[i]) : bf16_to_fp32(x[i]);
+    return r;
+}
+
+void test_delta_net_narrow_state(void **) {
+    std::mt19937 rng(11);
+    auto s = cpu_stream();
+    assert_true(s->supports_state_type(StateType::F16));
+    assert_true(s->supports_state_type(StateType::BF16));
+    for (StateType t : {StateType::F16, StateType::BF16}) {
+        for (int D : {32, 64}) {
+            DeltaCase c = make_delta(rng, 41, 2, 4, D);
+            const std::vector<uint16_t> S0 = narrowed(t, c.state0);
+            c.state0 = widened(t, S0);  // the brute force starts from the stored state
+            const size_t n_out = size_t(c.n) * c.hv * D;
+
+            // brute force: the matrix recurrence in double, the state rounded
+            // to t after every token (the outputs read the unrounded one)
+            std::vector<double> S_ref(c.state0.begin(), c.state0.end()), o_ref(n_out);
+            {
+                DeltaCase one = c;
+                for (int tok = 0; tok < c.n; tok++) {
+                    one.n = 1;
+                    one.q.assign(c.q.begin() + size_t(tok) * c.hk * D, c.q.begin() + size_t(tok + 1) * c.hk * D);
+                    one.k.assign(c.k.begin() + size_t(tok) * c.hk * D, c.k.begin() + size_t(tok + 1) * c.hk * D);
+                    one.v.assign(c.v.begin() + size_t(tok) * c.hv * D, c.v.begin() + size_t(tok + 1) * c.hv * D);
+                    one.g.assign(c.g.begin() + size_t(tok) * c.hv, c.g.begin() + size_t(tok + 1) * c.hv);
+                    one.beta.assign(c.beta.begin() + size_t(tok) * c.hv, c.beta.begin() + size_t(tok + 1) * c.hv);
+                    one.state0.assign(S_ref.begin(), S_ref.end());  // already rounded: exact in float
+                    std::vector<double> o1;
+                    delta_brute(one, S_ref, o1);
+                    std::copy(o1.begin(), o1.end(), o_ref.begin() + size_t(tok) * c.hv * D);
+                    for (double &x : S_ref) x = stored(t, x);
+                }
+            }
+
+            // the op on the stored state, one batch
+            std::vector<uint16_t> S1 = S0;
+            std::vector<float> o1(n_out);
+            DeltaNetArgs a = args_of(c, reinterpret_cast<float *>(S1.data()), o1.data());
+            a.state_type = t;
+            s->delta_net(a);
+            const double tol = t == StateType::F16 ? 1e-3 : 8e-3;  // one unit in the last place of the type
+            char what[96];
+            snprintf(what, sizeof what, "%s delta_net output vs brute force (D %d)", state_type_name(t), D);
+            check_close(o1.data(), o_ref.data(), n_out, tol, what);
+            snprintf(what, sizeof what, "%s delta_net state vs brute force (D %d)", state_type_name(t), D);
+            check_close(widened(t, S1).data(), S_ref.data(), S1.size(), tol, what);
+
+            // exactly: the F32 op one token at a time, the state rounded to t between tokens
+            std::vector<float> Sf = c.state0, of(n_out);
+            for (int tok = 0; tok < c.n; tok++) {
+                s->delta_net(args_of(c, Sf.data(), of.data(), tok, 1));
+                Sf = widened(t, narrowed(t, Sf));
+            }
+            assert_memory_equal(of.data(), o1.data(), n_out * 4);
+            assert_memory_equal(narrowed(t, Sf).data(), S1.data(), S1.size() * 2);
+            // ... which is not what rounding once at the end gives (the state is rounded per token)
+            std::vector<float> Sonce = c.state0, oonce(n_out);
+            s->delta_net(args_of(c, Sonce.data(), oonce.data()));
+            assert_memory_not_equal(narrowed(t, Sonce).data(), S1.data(), S1.size() * 2);
+
+            // token by token and in split batches: the same bits; the chunked
+            // scan runs the recurrent form for a narrow state
+            std::vector<uint16_t> S2 = S0;
+            std::vector<float> o2(n_out);
+            for (int t0 = 0; t0 < c.n;) {
+                const int m = std::min(c.n - t0, 1 + t0 % 7);
+                DeltaNetArgs b = args_of(c, reinterpret_cast<float *>(S2.data()), o2.data(), t0, m);
+                b.state_type = t;
+                s->delta_net(b);
+                t0 += m;
+            }
+            assert_memory_equal(o1.data(), o2.data(), n_out * 4);
+            assert_memory_equal(S1.data(), S2.data(), S1.size() * 2);
+            std::vector<uint16_t> S3 = S0;
+            std::vector<float> o3(n_out);
+            DeltaNetArgs d3 = args_of(c, reinterpret_cast<float *>(S3.data()), o3.data());
+            d3.state_type = t;
+            s->delta_net_chunked(d3, 16);
+            assert_memory_equal(o1.data(), o3.data(), n_out * 4);
+            assert_memory_equal(S1.data(), S3.data(), S1.size() * 2);
+        }
+    }
+}
+
 void test_l2norm_and_gates(void **) {
     std::mt19937 rng(4);
     auto s = cpu_stream();
@@ -296,6 +400,7 @@ void test_copy_2d(void **) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dot_order),        cmocka_unit_test(test_ssm_conv), cmocka_unit_test(test_delta_net),
+        cmocka_unit_test(test_delta_net_narrow_state),
         cmocka_unit_test(test_l2norm_and_gates), cmocka_unit_test(test_copy_2d),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

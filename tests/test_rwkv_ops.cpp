@@ -4,6 +4,7 @@
 // the scalar one's bits, n tokens at once give the same bits and state as one
 // at a time, and a backend without the ops fails with KVFIT_E_UNSUPPORTED
 // naming the op.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -11,7 +12,9 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/recurrent_ops.h"
 #include "backend/cpu/rwkv_ops.h"
+#include "gguf/ggml_types.h"
 #include "common.h"
 
 // cmocka.h last: its fail() macro would rewrite kvfit::fail and friends.
@@ -241,6 +244,88 @@ void test_wkv7(void **) {
     }
 }
 
+double stored(StateType t, double x) {
+    const float f = float(x);
+    return t == StateType::F16 ? fp16_to_fp32(fp32_to_fp16(f)) : bf16_to_fp32(fp32_to_bf16(f));
+}
+
+// wkv7 with the state kept in F16 / BF16: the brute force with the state
+// rounded after every token; bit for bit the F32 op run one token at a time
+// with the state rounded between tokens; batches split any way give the
+// same bits.
+void test_wkv7_narrow_state(void **) {
+    std::mt19937 g(9);
+    for (StateType st : {StateType::F16, StateType::BF16})
+        for (int N : {8, 64, 12}) {
+            const int H = 3, n = 23, d = H * N;
+            const size_t nd = size_t(n) * d, nn = size_t(H) * N * N;
+            auto r = randv(g, nd), w = randv(g, nd, 0.5f, 1.0f), k = randv(g, nd), v = randv(g, nd);
+            std::vector<float> a(nd), b(nd);
+            for (int t = 0; t < n; t++)
+                for (int h = 0; h < H; h++) {
+                    auto q = randv(g, size_t(N));
+                    double ss = 0;
+                    for (float x : q) ss += double(x) * x;
+                    for (int i = 0; i < N; i++) {
+                        const float kk = float(q[size_t(i)] / std::sqrt(ss));
+                        a[size_t(t) * d + h * N + i] = -kk;
+                        b[size_t(t) * d + h * N + i] = kk * randv(g, 1, 0, 1)[0];
+                    }
+                }
+            auto S0f = randv(g, nn, -0.5f, 0.5f);
+            std::vector<uint16_t> S0(nn);
+            std::vector<float> S0w(nn);
+            cpu::narrow_state(st, S0f.data(), S0.data(), nn);
+            cpu::widen_state(st, S0.data(), S0w.data(), nn);
+
+            // brute force, token by token, rounding the state between tokens
+            std::vector<double> Sref(S0w.begin(), S0w.end()), ref(nd);
+            for (int t = 0; t < n; t++) {
+                auto tok = [&](const std::vector<float> &x) {
+                    return std::vector<float>(x.begin() + size_t(t) * d, x.begin() + size_t(t + 1) * d);
+                };
+                std::vector<double> o;
+                wkv7_ref(tok(r), tok(w), tok(k), tok(v), tok(a), tok(b), 1, H, N, Sref, o);
+                std::copy(o.begin(), o.end(), ref.begin() + size_t(t) * d);
+                for (double &x : Sref) x = stored(st, x);
+            }
+            for (int threads : {1, 2}) {
+                auto s = cpu_stream(threads);
+                assert_true(s->supports_state_type(st));
+                std::vector<uint16_t> S = S0;
+                std::vector<float> out(nd), Sw(nn);
+                s->wkv7_typed(r.data(), w.data(), k.data(), v.data(), a.data(), b.data(), n, H, N, st, S.data(),
+                              out.data());
+                cpu::widen_state(st, S.data(), Sw.data(), nn);
+                const double tol = st == StateType::F16 ? 1e-3 : 8e-3;  // one unit in the last place of the type
+                expect_close(out.data(), ref, tol, "narrow wkv7 out");
+                expect_close(Sw.data(), Sref, tol, "narrow wkv7 state");
+
+                // exactly: F32 one token at a time, rounded between tokens
+                std::vector<float> Sf = S0w, of(nd);
+                for (int t = 0; t < n; t++) {
+                    s->wkv7(r.data() + t * d, w.data() + t * d, k.data() + t * d, v.data() + t * d, a.data() + t * d,
+                            b.data() + t * d, 1, H, N, Sf.data(), of.data() + t * d);
+                    cpu::round_state(st, Sf.data(), nn);
+                }
+                assert_memory_equal(of.data(), out.data(), nd * 4);
+                assert_memory_equal(Sf.data(), Sw.data(), nn * 4);
+
+                // split batches
+                std::vector<uint16_t> S2 = S0;
+                std::vector<float> o2(nd);
+                for (int t0 = 0; t0 < n;) {
+                    const int m = std::min(n - t0, 1 + t0 % 5);
+                    s->wkv7_typed(r.data() + t0 * d, w.data() + t0 * d, k.data() + t0 * d, v.data() + t0 * d,
+                                  a.data() + t0 * d, b.data() + t0 * d, m, H, N, st, S2.data(), o2.data() + t0 * d);
+                    t0 += m;
+                }
+                assert_memory_equal(o2.data(), out.data(), nd * 4);
+                assert_memory_equal(S2.data(), S.data(), nn * 2);
+            }
+        }
+}
+
 void test_bonus_gate(void **) {
     std::mt19937 g(6);
     const int n = 4, H = 2, N = 32, d = H * N;
@@ -306,6 +391,12 @@ void test_default_ops_unsupported(void **) {
     expect_unsupported([&] { s.rwkv7_prepare(x, x, x, x, x, x, nullptr, x, x, x, x, 1, 1, 8, x, x); }, "rwkv7_prepare");
     expect_unsupported([&] { s.wkv7(x, x, x, x, x, x, 1, 1, 8, x, x); }, "wkv7");
     expect_unsupported([&] { s.rwkv7_bonus_gate(x, x, x, x, x, x, 1, 1, 8); }, "rwkv7_bonus_gate");
+    // a backend says which state types it takes: F32 only by default
+    assert_true(s.supports_state_type(StateType::F32));
+    assert_false(s.supports_state_type(StateType::F16));
+    assert_false(s.supports_state_type(StateType::BF16));
+    expect_unsupported([&] { s.wkv7_typed(x, x, x, x, x, x, 1, 1, 8, StateType::F16, x, x); }, "F16");
+    expect_unsupported([&] { s.wkv7_typed(x, x, x, x, x, x, 1, 1, 8, StateType::F32, x, x); }, "wkv7");
 }
 
 }  // namespace
@@ -314,7 +405,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_norm_affine),    cmocka_unit_test(test_token_shift_mix),
         cmocka_unit_test(test_activate),       cmocka_unit_test(test_rwkv7_prepare),
-        cmocka_unit_test(test_wkv7),           cmocka_unit_test(test_bonus_gate),
+        cmocka_unit_test(test_wkv7),           cmocka_unit_test(test_wkv7_narrow_state),
+        cmocka_unit_test(test_bonus_gate),
         cmocka_unit_test(test_default_ops_unsupported),
     };
     return cmocka_run_group_tests(tests, nullptr, nullptr);

@@ -66,6 +66,7 @@ static inline const char *codec_name(kvfit_kv_codec c) {
     case KVFIT_KV_Q4_HADAMARD: return "q4h";
     case KVFIT_KV_Q4_CHANNEL: return "q4c";
     case KVFIT_KV_F32: return "f32";
+    case KVFIT_KV_BF16: return "bf16";
     default: return "?";
     }
 }

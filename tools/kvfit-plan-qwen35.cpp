@@ -48,6 +48,7 @@ const char *codec_name(kvfit_kv_codec c) {
     case KVFIT_KV_Q4: return "Q4";
     case KVFIT_KV_Q4_CHANNEL: return "Q4_CHANNEL";
     case KVFIT_KV_F32: return "F32";
+    case KVFIT_KV_BF16: return "BF16";
     default: return "?";
     }
 }
@@ -76,6 +77,7 @@ int main(int argc, char **argv) {
     for (int l = 0; l < n_layer; l++) {
         if ((l + 1) % interval != 0) {
             specs.push_back(recurrent_layer({uint64_t(kernel - 1) * conv_dim * 4, uint64_t(hv) * dk * dk * 4}));
+            specs.back().narrow_part = 1;  // as qwen35 declares it: the delta-rule state
         } else {
             LayerSpec s;
             s.n_head = n_head;
@@ -108,7 +110,7 @@ int main(int argc, char **argv) {
         p.n_ctx = n_ctx;
         p.kv_budget_bytes = budget_mib << 20;
         try {
-            const MemoryPlan plan = plan_memory(specs, p, n_ctx);
+            const MemoryPlan plan = plan_memory(specs, p, n_ctx, true);  // the CPU backend's planner
             uint64_t rec = 0, att = 0;
             const LayerPlan *a = nullptr;
             for (size_t l = 0; l < plan.layers.size(); l++) {
@@ -118,8 +120,9 @@ int main(int argc, char **argv) {
                     a = &plan.layers[l];
                 }
             }
-            printf("budget %" PRIu64 " MiB: %s total (recurrent %s, attention %s", budget_mib, mib(plan.total_bytes).c_str(),
-                   mib(rec).c_str(), mib(att).c_str());
+            printf("budget %" PRIu64 " MiB: %s total (recurrent %s in %s, attention %s", budget_mib,
+                   mib(plan.total_bytes).c_str(), mib(rec).c_str(), codec_name(layer_codec(plan.layers[0])),
+                   mib(att).c_str());
             if (a)
                 printf("; attention layers: %s, %s, %u sinks + %u window", kind_name(a->kind), codec_name(layer_codec(*a)),
                        a->n_sink, a->n_window);

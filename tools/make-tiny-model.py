@@ -4,6 +4,10 @@ against llama.cpp where no small trained file exists.
 
     python3 tools/make-tiny-model.py gemma3 --vocab ../shared/data/vocab/ggml-vocab-llama-spm.gguf -o tiny-gemma3.gguf
 
+qwen35 also takes trained weights (--weights, the weights.npz that
+tools/train-tiny-qwen35.py writes: every tensor under its GGUF name, and the
+shape it was trained with) instead of random ones.
+
 Tensor names and metadata follow llama.cpp's converter for the architecture;
 the tokenizer (a real vocabulary) is copied from a vocab-only GGUF. Weight
 matrices are Q8_0 (llama.cpp and kvfit compute those with the same
@@ -73,13 +77,14 @@ def copy_tokenizer(src: gguf.GGUFReader, w: gguf.GGUFWriter) -> int:
     return n_vocab
 
 
-def write_qwen35(w: gguf.GGUFWriter, s: dict, n_vocab: int, rng) -> None:
+def write_qwen35(w: gguf.GGUFWriter, s: dict, n_vocab: int, rng, trained=None) -> None:
     """qwen35 as llama.cpp's converter writes Qwen3_5ForCausalLM (Qwen3NextModel's
     metadata and tensor layout: fused attn_qkv [q | k | v] and attn_gate (z) for
     the delta-net layers; attn_q holding each head's query and output gate
     side by side for the attention layers; norm weights stored as the model
     applies them (the converter adds the 1), the delta-net's ssm_norm as is;
-    ssm_a = -exp(A_log); ssm_conv1d and 1-D tensors in F32)."""
+    ssm_a = -exp(A_log); ssm_conv1d and 1-D tensors in F32). With trained
+    weights (a dict of GGUF name -> array) every tensor comes from there."""
     d, hd, nh, nkv, ff = s["n_embd"], s["head_dim"], s["n_head"], s["n_head_kv"], s["n_ff"]
     dk, hk, hv, kc = s["ssm_state"], s["ssm_groups"], s["ssm_v_heads"], s["ssm_conv"]
     dv = dk  # llama.cpp requires head_v_dim == head_k_dim (ssm.state_size)
@@ -108,12 +113,23 @@ def write_qwen35(w: gguf.GGUFWriter, s: dict, n_vocab: int, rng) -> None:
     w.add_rope_dimension_count(n_rot)
     w.add_rope_dimension_sections(s["rope_sections"])
 
+    def take(name: str, shape) -> np.ndarray:
+        x = np.asarray(trained[name], dtype=np.float32)
+        if x.shape != tuple(shape):
+            sys.exit(f"trained tensor {name} has shape {x.shape}, the model needs {tuple(shape)}")
+        return x
+
     def matrix(name: str, rows: int, cols: int, scale: float) -> None:
-        x = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        if trained is not None:
+            x = take(name, (rows, cols))
+        else:
+            x = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
         q = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
         w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
 
     def f32(name: str, x) -> None:
+        if trained is not None:
+            x = take(name, np.shape(x))
         w.add_tensor(name, np.ascontiguousarray(x, dtype=np.float32))
 
     def vector(name: str, n: int, mean: float, spread: float) -> None:
@@ -160,18 +176,29 @@ def main() -> None:
     ap.add_argument("-o", "--out", required=True)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--window", type=int, help="gemma3: the sliding window (default %d)" % SHAPES["gemma3"]["window"])
+    ap.add_argument("--weights", help="qwen35: trained weights (weights.npz of tools/train-tiny-qwen35.py)")
     args = ap.parse_args()
 
     s = dict(SHAPES[args.arch])
+    trained = None
+    if args.weights:
+        if args.arch != "qwen35":
+            sys.exit("--weights is for qwen35")
+        import json
+        trained = dict(np.load(args.weights))
+        meta = json.loads(bytes(trained.pop("__meta__")).decode())
+        for key in s:
+            if key in meta:
+                s[key] = meta[key]
     if args.window:
         s["window"] = args.window
     rng = np.random.default_rng(args.seed)
     arch = args.arch
     w = gguf.GGUFWriter(args.out, arch)
-    w.add_name(f"tiny random {arch}")
+    w.add_name(f"tiny trained {arch}" if trained is not None else f"tiny random {arch}")
     n_vocab = copy_tokenizer(gguf.GGUFReader(args.vocab), w)
     if arch == "qwen35":
-        write_qwen35(w, s, n_vocab, rng)
+        write_qwen35(w, s, n_vocab, rng, trained)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

@@ -521,13 +521,14 @@ const (
 	KVQ4Hadamard KVCodec = C.KVFIT_KV_Q4_HADAMARD // Q4 with Hadamard-rotated keys
 	KVQ4Channel  KVCodec = C.KVFIT_KV_Q4_CHANNEL  // Q4 with keys grouped per channel; windows are multiples of 32
 	KVF32        KVCodec = C.KVFIT_KV_F32         // recurrent layers' state (reported only, not requested)
+	KVBF16       KVCodec = C.KVFIT_KV_BF16        // a recurrent layer's state matrix in BF16 (reported only)
 )
 
 var codecNames = map[KVCodec]string{
-	KVAuto: "auto", KVF16: "f16", KVQ8: "q8", KVQ4: "q4", KVQ4Hadamard: "q4h", KVQ4Channel: "q4c", KVF32: "f32",
+	KVAuto: "auto", KVF16: "f16", KVQ8: "q8", KVQ4: "q4", KVQ4Hadamard: "q4h", KVQ4Channel: "q4c", KVF32: "f32", KVBF16: "bf16",
 }
 
-// String gives the names kvfit's tools use: auto, f16, q8, q4, q4h, q4c, f32.
+// String gives the names kvfit's tools use: auto, f16, q8, q4, q4h, q4c, f32, bf16.
 func (c KVCodec) String() string { return nameOf(codecNames, c, "codec") }
 
 // SessionOptions size a session's KV memory; see kvfit_session_params in

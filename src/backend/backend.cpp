@@ -70,6 +70,14 @@ void Stream::geglu(const float *, const float *, size_t, float *) {
     fail(KVFIT_E_UNSUPPORTED, "this backend has no GELU op yet");
 }
 
+const char *state_type_name(StateType t) {
+    switch (t) {
+        case StateType::F16: return "F16";
+        case StateType::BF16: return "BF16";
+        default: return "F32";
+    }
+}
+
 // The ops of recurrent layers (RWKV-7, Gated DeltaNet): a backend that has
 // not implemented one says which and where.
 namespace {
@@ -92,6 +100,13 @@ void Stream::rwkv7_prepare(float *, const float *, float *, const float *, float
 void Stream::wkv7(const float *, const float *, const float *, const float *, const float *, const float *, int, int,
                   int, float *, float *) {
     no_op(*this, "wkv7");
+}
+void Stream::wkv7_typed(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
+                        int n, int n_head, int head_size, StateType type, void *state, float *out) {
+    if (type != StateType::F32)
+        fail(KVFIT_E_UNSUPPORTED, "the %s backend keeps recurrent states in F32 only, not %s", backend_name(),
+             state_type_name(type));
+    wkv7(r, w, k, v, a, b, n, n_head, head_size, static_cast<float *>(state), out);
 }
 void Stream::rwkv7_bonus_gate(float *, const float *, const float *, const float *, const float *, const float *, int,
                               int, int) {

@@ -85,6 +85,16 @@ struct CacheAttention {
     float *stats = nullptr;
 };
 
+// How a recurrent layer keeps its large state matrix (Gated DeltaNet's
+// delta-rule state, RWKV-7's wkv state) between tokens. The ops that take a
+// state of another type than F32 read it into floats, do all their
+// arithmetic in F32, and round the state to the type after every token (what
+// storing it between tokens gives), so a batch of tokens gives the same bits
+// as the same tokens one at a time. F16 and BF16 round to nearest even.
+enum class StateType : uint8_t { F32 = 0, F16 = 1, BF16 = 2 };
+inline size_t state_type_bytes(StateType t) { return t == StateType::F32 ? 4 : 2; }
+const char *state_type_name(StateType t);
+
 // One batch of the gated delta rule (Gated DeltaNet, Qwen3-Next / Qwen3.5
 // linear attention), per value head h with state S_h (head_dim x head_dim):
 //   S <- exp(g_t) S;  d = beta_t (v_t - S k_t);  S <- S + d k_t^T;  o_t = scale * S q_t
@@ -102,8 +112,12 @@ struct DeltaNetArgs {
     const float *g = nullptr;     // [n][n_v_heads] log of the decay
     const float *beta = nullptr;  // [n][n_v_heads]
     // [n_v_heads][head_dim][head_dim]: row j of head h holds S[j][0..head_dim),
-    // j indexing values, the columns keys; updated in place.
+    // j indexing values, the columns keys; updated in place. With a
+    // state_type other than F32 it points at values of that type (uint16_t
+    // each; see StateType), which only backends whose supports_state_type()
+    // says so accept.
     float *state = nullptr;
+    StateType state_type = StateType::F32;
     float *out = nullptr;         // [n][n_v_heads][head_dim]
     float scale = 1.0f;
 };
@@ -146,6 +160,9 @@ public:
     // arithmetic exactly). If so the cache passes each layer's new keys through
     // rope_keys before encoding them; rows are at positions pos0, pos0 + 1, ...
     virtual bool stores_rotated_keys() const { return false; }
+    // Whether delta_net and wkv7_typed take recurrent states of this type
+    // (every backend takes F32; the default says F32 only).
+    virtual bool supports_state_type(StateType t) const { return t == StateType::F32; }
     virtual void rope_keys(float *k, int n, int n_heads, int head_dim, uint64_t pos0, const CacheAttention &a);
     // Fold mode (src/kv/fold.h): fold one evicted token's encoded K and V
     // rows into the memory, and merge the memory's part into the exact
@@ -206,6 +223,11 @@ public:
     // All vectors are [n][n_head * head_size].
     virtual void wkv7(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
                       int n, int n_head, int head_size, float *state, float *out);
+    // wkv7 with the state kept as `type` (void *: F32 floats, or the uint16_t
+    // values of F16 / BF16; see StateType). The default runs wkv7 for F32 and
+    // throws KVFIT_E_UNSUPPORTED for the others.
+    virtual void wkv7_typed(const float *r, const float *w, const float *k, const float *v, const float *a,
+                            const float *b, int n, int n_head, int head_size, StateType type, void *state, float *out);
     // y = (y + v * sum_head(r * k * r_k)) * g per head, n rows of n_head *
     // head_size floats (r_k is [n_head * head_size]).
     virtual void rwkv7_bonus_gate(float *y, const float *r, const float *k, const float *v, const float *r_k,
@@ -242,7 +264,8 @@ public:
     // The same in chunks of `chunk` tokens (the chunked / WY form: per chunk,
     // the triangular system of the chunk's writes is solved, then the outputs
     // and the state follow from matrix products). Equal to delta_net up to
-    // rounding.
+    // rounding. A state narrower than F32 is rounded after every token, which
+    // the chunked form cannot do: such a state runs the recurrent form.
     virtual void delta_net_chunked(const DeltaNetArgs &a, int chunk);
     // rows rows of width bytes from src (rows src_stride bytes apart) to dst
     // (dst_stride apart). The default copies row by row.
@@ -269,6 +292,9 @@ public:
     // for fewer than 64 queries), so that greedy tokens match. A GPU needs a
     // fused fma and doubles for that.
     virtual bool reproduces_cpu() const { return false; }
+    // Whether its streams take recurrent states of this type (Stream::
+    // supports_state_type; the planner asks before it chooses one).
+    virtual bool supports_state_type(StateType t) const { return t == StateType::F32; }
 };
 
 // The backend for a requested kind (AUTO consults $KVFIT_BACKEND, then picks

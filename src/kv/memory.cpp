@@ -70,8 +70,14 @@ void LayerMemory::load(Stream &s, const uint8_t *src) {
     }
 }
 
-RecurrentMemory::RecurrentMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan) : LayerMemory(plan) {
-    for (uint64_t bytes : spec.state_parts) parts_.emplace_back(alloc_bytes(s, size_t(bytes)), size_t(bytes));
+RecurrentMemory::RecurrentMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan)
+    : LayerMemory(plan), narrow_part_(plan.state_type == StateType::F32 ? -1 : spec.narrow_part) {
+    if (plan.state_type != StateType::F32 && spec.narrow_part < 0)
+        fail(KVFIT_E_INTERNAL, "a %s state planned for a layer without a narrow part", state_type_name(plan.state_type));
+    for (size_t i = 0; i < spec.state_parts.size(); i++) {
+        const size_t bytes = size_t(recurrent_part_bytes(spec, i, plan.state_type));
+        parts_.emplace_back(alloc_bytes(s, bytes), bytes);
+    }
     clear(s);
 }
 
@@ -83,8 +89,19 @@ void RecurrentMemory::clear(Stream &s) {
 }
 
 float *RecurrentMemory::f32(size_t i) const {
-    if (i >= parts_.size()) fail(KVFIT_E_INTERNAL, "recurrent state part %zu of %zu", i, parts_.size());
+    if (part_type(i) != StateType::F32)
+        fail(KVFIT_E_INTERNAL, "recurrent state part %zu is %s, not F32", i, state_type_name(part_type(i)));
     return reinterpret_cast<float *>(parts_[i].first);
+}
+
+void *RecurrentMemory::part(size_t i) const {
+    if (i >= parts_.size()) fail(KVFIT_E_INTERNAL, "recurrent state part %zu of %zu", i, parts_.size());
+    return parts_[i].first;
+}
+
+StateType RecurrentMemory::part_type(size_t i) const {
+    if (i >= parts_.size()) fail(KVFIT_E_INTERNAL, "recurrent state part %zu of %zu", i, parts_.size());
+    return int(i) == narrow_part_ ? plan_.state_type : StateType::F32;
 }
 
 size_t AttentionMemory::staged_row_bytes(const LayerSpec &spec, const LayerPlan &plan) {

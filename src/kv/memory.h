@@ -42,6 +42,10 @@ struct LayerSpec {
     // Recurrent: the bytes of each buffer of its state (F32), in the order the
     // architecture addresses them (RecurrentMemory::f32).
     std::vector<uint64_t> state_parts;
+    // Recurrent: the part the planner may keep narrower than F32 (the large
+    // state matrix: delta-rule or wkv state; LayerPlan::state_type), -1 if
+    // none. The other parts (convolution inputs, shifted rows) stay F32.
+    int narrow_part = -1;
     int n_head = 0;
     int n_head_kv = 0;  // GQA: query head h reads KV head h / (n_head / n_head_kv)
     int head_dim = 0;
@@ -77,6 +81,9 @@ struct LayerPlan {
     // (a folded layer's window is shorter than theirs; 0: its own).
     FoldMap fold = FoldMap::None;
     uint32_t table_window = 0;
+    // Recurrent: how the spec's narrow_part is kept (F32 unless measured
+    // harmless; see plan_memory).
+    StateType state_type = StateType::F32;
     uint64_t bytes = 0;         // what the layer's memory object allocates
     // A ring that evicts (sinks + window, or a native window).
     bool ring() const { return kind == KVFIT_LAYER_STREAMING || kind == KVFIT_LAYER_WINDOW; }
@@ -120,8 +127,19 @@ inline uint64_t alloc_size(uint64_t bytes) { return (bytes + kAllocUnit - 1) / k
 std::array<uint64_t, 4> attention_buffer_bytes(const LayerSpec &spec, const LayerPlan &lp);
 // What one layer allocates: its buffers, each rounded to kAllocUnit.
 uint64_t layer_state_bytes(const LayerSpec &spec, const LayerPlan &lp);
+// Bytes of part i of a recurrent layer's state with its narrow part kept as
+// `type` (before rounding to kAllocUnit).
+uint64_t recurrent_part_bytes(const LayerSpec &spec, size_t i, StateType type);
 // A recurrent layer's state buffers, each rounded to kAllocUnit.
-uint64_t recurrent_state_bytes(const LayerSpec &spec);
+uint64_t recurrent_state_bytes(const LayerSpec &spec, StateType type = StateType::F32);
+// How recurrent layers keep their narrow part in sessions with these
+// parameters, on a backend that takes BF16 states or not (bf16_ok): BF16
+// within a budget where the backend takes it (measured: perplexity moves by
+// less than 0.01 %, docs/BENCHMARKS.md), else F32 (without a budget the
+// states stay as llama.cpp keeps them). The internal setting
+// KVFIT_STATE_PRECISION (f32, f16 or bf16; for measuring) overrides it.
+// Throws KVFIT_E_ARG for another value.
+StateType recurrent_state_type(const kvfit_session_params &params, bool bf16_ok);
 
 // The most tokens a session with these parameters runs through the model at
 // once (before the plan's own limits: MemoryPlan::max_batch, the capacity).
@@ -134,7 +152,8 @@ uint32_t plan_batch(const kvfit_session_params &params);
 // KVFIT_FOLD_ON folds every streaming layer. A layer folds only where its
 // window can pay for the memory (see fold_layer).
 MemoryPlan plan_memory(const std::vector<LayerSpec> &layers, const kvfit_session_params &params,
-                       uint32_t n_ctx_train, const std::vector<uint8_t> &fold_layers = {});
+                       uint32_t n_ctx_train, bool bf16_states_ok = false,
+                       const std::vector<uint8_t> &fold_layers = {});
 
 // The map fold mode uses (docs/BENCHMARKS.md, "Fold mode"): Taylor, or the
 // random features where the environment sets KVFIT_FOLD_MAP=rf (kept to
@@ -219,19 +238,25 @@ private:
     size_t k_bytes_ = 0, v_bytes_ = 0, k_sink_bytes_ = 0, k_res_bytes_ = 0;
 };
 
-// A recurrent layer's state: fixed-size F32 buffers, zero at the start of a
-// stream, carried from token to token by the architecture's ops.
+// A recurrent layer's state: fixed-size buffers, zero at the start of a
+// stream, carried from token to token by the architecture's ops. Every part
+// is F32 except the spec's narrow_part, kept as the plan's state_type.
 class RecurrentMemory : public LayerMemory {
 public:
     RecurrentMemory(Stream &s, const LayerSpec &spec, const LayerPlan &plan);
     std::vector<std::pair<uint8_t *, size_t>> parts() const override;
     void clear(Stream &s) override;
-    // Buffer i of the state, as the layer's spec lists them (device memory).
+    // Buffer i of the state, as the layer's spec lists them (device memory);
+    // KVFIT_E_INTERNAL if it is not kept in F32.
     float *f32(size_t i) const;
+    // Buffer i whatever its type, and its type.
+    void *part(size_t i) const;
+    StateType part_type(size_t i) const;
     size_t n_parts() const { return parts_.size(); }
 
 private:
     std::vector<std::pair<uint8_t *, size_t>> parts_;
+    int narrow_part_ = -1;
 };
 
 // All layers' memory of one session, and what they share (RoPE tables, the

@@ -175,6 +175,7 @@ public:
                 // the delta-rule state of every value head
                 s.state_parts = {uint64_t(conv_kernel_ - 1) * uint64_t(conv_dim_) * 4,
                                  uint64_t(hv_) * uint64_t(dk_) * uint64_t(dk_) * 4};
+                s.narrow_part = 1;  // the delta-rule state may be kept in F16 / BF16
             } else {
                 s.n_head = hp_.n_head;
                 s.n_head_kv = hp_.n_head_kv;
@@ -248,7 +249,7 @@ private:
     // b.xn (normalised input) -> b.proj (the layer's output before the residual add)
     void delta_block(Stream &s, SessionMemory &mem, Qwen35Buffers &b, const Qwen35Layer &L, int l, int n) const {
         RecurrentMemory &rm = mem.recurrent(l);
-        float *conv_state = rm.f32(0), *state = rm.f32(1);
+        float *conv_state = rm.f32(0);
         s.matmul(L.wqkv, b.xn, n, b.qkv);
         s.matmul(L.wz, b.xn, n, b.z);
         s.matmul(L.w_beta, b.xn, n, b.beta);
@@ -269,10 +270,12 @@ private:
         a.qk_stride = a.v_stride = size_t(conv_dim_);
         a.g = b.alpha;
         a.beta = b.beta;
-        a.state = state;
+        a.state = static_cast<float *>(rm.part(1));  // F32, or F16 / BF16 values (DeltaNetArgs)
+        a.state_type = rm.part_type(1);
         a.out = b.dn;
         a.scale = 1.0f / std::sqrt(float(dk_));
-        if (chunked_prefill_ && n > 1) s.delta_net_chunked(a, kDeltaChunk);
+        // (a narrower state runs the recurrent form: it is rounded per token)
+        if (chunked_prefill_ && n > 1 && a.state_type == StateType::F32) s.delta_net_chunked(a, kDeltaChunk);
         else s.delta_net(a);
         s.gated_rmsnorm(b.dn, L.ssm_norm, b.z, hp_.rms_eps, n * hv_, b.dn);
         s.matmul(L.ssm_out, b.dn, n, b.proj);

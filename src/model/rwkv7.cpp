@@ -145,6 +145,7 @@ public:
             LayerSpec s;
             s.kind = LayerSpec::Kind::Recurrent;
             s.state_parts = {row, row, wkv};
+            s.narrow_part = kWkv;  // the wkv state may be kept in F16 / BF16
             specs.push_back(s);
         }
         return specs;
@@ -221,7 +222,10 @@ private:
             s.rwkv7_prepare(b.w, fp(L.w0), b.a, fp(L.a0), b.v, b.v_first, l > 0 ? b.vmix : nullptr,
                             l > 0 ? fp(L.v0) : nullptr, b.k, fp(L.k_k), fp(L.k_a), n, H, N, b.a_out, b.b_out);
             if (l == 0) s.copy(b.v_first, b.v, nd * 4);
-            s.wkv7(b.r, b.w, b.k, b.v, b.a_out, b.b_out, n, H, N, st.f32(kWkv), b.y);
+            if (st.part_type(kWkv) == StateType::F32)
+                s.wkv7(b.r, b.w, b.k, b.v, b.a_out, b.b_out, n, H, N, st.f32(kWkv), b.y);
+            else
+                s.wkv7_typed(b.r, b.w, b.k, b.v, b.a_out, b.b_out, n, H, N, st.part_type(kWkv), st.part(kWkv), b.y);
             s.norm_affine(b.y, fp(L.ln_x), fp(L.ln_x_b), 64e-5f, n, d, H, b.y);
             s.rwkv7_bonus_gate(b.y, b.r, b.k, b.v, fp(L.r_k), b.g, n, H, N);
             s.matmul(L.wo, b.y, n, b.xn);

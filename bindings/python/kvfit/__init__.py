@@ -260,9 +260,10 @@ class KvCodec(enum.IntEnum):
     Q4_HADAMARD = 4  # Q4 with keys rotated by a fixed randomized Hadamard transform first
     Q4_CHANNEL = 5  # Q4 with keys grouped per channel over blocks of 32 tokens; windows are multiples of 32
     F32 = 6  # recurrent layers' state (reported by plans, not requested)
+    BF16 = 7  # a recurrent layer's state matrix kept in BF16 (reported by plans, not requested)
 
     def __str__(self):
-        """The names kvfit's tools use: auto, f16, q8, q4, q4h, q4c, f32."""
+        """The names kvfit's tools use: auto, f16, q8, q4, q4h, q4c, f32, bf16."""
         return {KvCodec.Q4_HADAMARD: "q4h", KvCodec.Q4_CHANNEL: "q4c"}.get(self, self.name.lower())
 
 

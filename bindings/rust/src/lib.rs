@@ -609,6 +609,8 @@ pub enum KvCodec {
     Q4Channel,
     /// 32-bit floats: recurrent layers' state (reported by plans, not requested).
     F32,
+    /// bfloat16: a recurrent layer's state matrix kept in BF16 (reported by plans, not requested).
+    Bf16,
     /// A codec this binding does not know (from a newer library).
     Unknown(i32),
 }
@@ -623,6 +625,7 @@ impl KvCodec {
             4 => KvCodec::Q4Hadamard,
             5 => KvCodec::Q4Channel,
             6 => KvCodec::F32,
+            7 => KvCodec::Bf16,
             other => KvCodec::Unknown(other),
         }
     }
@@ -636,13 +639,14 @@ impl KvCodec {
             KvCodec::Q4Hadamard => 4,
             KvCodec::Q4Channel => 5,
             KvCodec::F32 => 6,
+            KvCodec::Bf16 => 7,
             KvCodec::Unknown(v) => v,
         }
     }
 }
 
 impl fmt::Display for KvCodec {
-    /// The names kvfit's command-line tools use: auto, f16, q8, q4, q4h, q4c, f32.
+    /// The names kvfit's command-line tools use: auto, f16, q8, q4, q4h, q4c, f32, bf16.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KvCodec::Auto => f.write_str("auto"),
@@ -652,6 +656,7 @@ impl fmt::Display for KvCodec {
             KvCodec::Q4Hadamard => f.write_str("q4h"),
             KvCodec::Q4Channel => f.write_str("q4c"),
             KvCodec::F32 => f.write_str("f32"),
+            KvCodec::Bf16 => f.write_str("bf16"),
             KvCodec::Unknown(v) => write!(f, "codec {v}"),
         }
     }

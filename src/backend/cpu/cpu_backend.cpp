@@ -683,6 +683,20 @@ public:
         });
     }
 
+    bool supports_state_type(StateType) const override { return true; }
+
+    void wkv7_typed(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
+                    int n, int n_head, int head_size, StateType type, void *state, float *out) override {
+        if (n <= 0) return;
+        if (type == StateType::F32) return wkv7(r, w, k, v, a, b, n, n_head, head_size, static_cast<float *>(state), out);
+        pool_.run([&](int ith, int nth) {
+            int64_t h0, h1;
+            split_range(n_head, ith, nth, h0, h1);
+            for (int64_t h = h0; h < h1; h++)
+                cpu::wkv7_head_typed(r, w, k, v, a, b, n, n_head, head_size, int(h), type, state, out);
+        });
+    }
+
     void rwkv7_bonus_gate(float *y, const float *r, const float *k, const float *v, const float *r_k, const float *g,
                           int n, int n_head, int head_size) override {
         const size_t d = size_t(n_head) * size_t(head_size);
@@ -758,6 +772,9 @@ public:
 
     void delta_net_chunked(const DeltaNetArgs &a, int chunk) override {
         check_delta(a);
+        // A state kept narrower than F32 is rounded after every token, which
+        // the chunked scan (no state between a chunk's tokens) cannot do.
+        if (a.state_type != StateType::F32) return delta_net(a);
         if (chunk < 1 || chunk > 1024) fail(KVFIT_E_INTERNAL, "delta_net chunk of %d", chunk);
         const size_t per = cpu::delta_net_chunk_scratch(a.head_dim, chunk);
         pool_.run([&](int ith, int nth) {
@@ -801,6 +818,7 @@ public:
     const char *name() const override { return "CPU"; }
     kvfit_backend_kind kind() const override { return KVFIT_BACKEND_CPU; }
     bool reproduces_cpu() const override { return true; }
+    bool supports_state_type(StateType) const override { return true; }
 
     Weight upload_weight(const GGUFTensor &t) override {
         Weight w;

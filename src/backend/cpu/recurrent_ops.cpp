@@ -7,6 +7,7 @@
 
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/ggml_order.h"
+#include "gguf/ggml_types.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -123,9 +124,61 @@ void silu_ggml(const float *x, size_t n, float *y) {
     for (size_t i = nv; i < n; i++) y[i] = x[i] / (1.0f + std::exp(-x[i]));
 }
 
+void widen_state(StateType t, const void *src, float *dst, size_t n) {
+    const uint16_t *s = static_cast<const uint16_t *>(src);
+    switch (t) {
+        case StateType::F16:
+            for (size_t i = 0; i < n; i++) dst[i] = fp16_to_fp32(s[i]);
+            break;
+        case StateType::BF16:
+            for (size_t i = 0; i < n; i++) dst[i] = bf16_to_fp32(s[i]);
+            break;
+        default: std::memcpy(dst, src, n * 4);
+    }
+}
+
+void narrow_state(StateType t, const float *src, void *dst, size_t n) {
+    uint16_t *d = static_cast<uint16_t *>(dst);
+    switch (t) {
+        case StateType::F16:
+            for (size_t i = 0; i < n; i++) d[i] = fp32_to_fp16(src[i]);
+            break;
+        case StateType::BF16:
+            for (size_t i = 0; i < n; i++) d[i] = fp32_to_bf16(src[i]);
+            break;
+        default: std::memcpy(dst, src, n * 4);
+    }
+}
+
+void round_state(StateType t, float *x, size_t n) {
+    switch (t) {
+        case StateType::F16:
+            for (size_t i = 0; i < n; i++) x[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
+            break;
+        case StateType::BF16:
+            for (size_t i = 0; i < n; i++) x[i] = bf16_to_fp32(fp32_to_bf16(x[i]));
+            break;
+        default: break;
+    }
+}
+
 void delta_net_head(const DeltaNetArgs &a, int h) {
     const int D = a.head_dim, hk = h % a.n_k_heads;
-    float *S = a.state + size_t(h) * size_t(D) * size_t(D);
+    const size_t DD = size_t(D) * size_t(D);
+    const StateType st = a.state_type;
+    // F32: in place; otherwise a float copy of the head's state, rounded to
+    // the state's type after every token and stored at the end.
+    std::vector<float> wide;
+    void *stored = nullptr;
+    float *S;
+    if (st == StateType::F32) {
+        S = a.state + size_t(h) * DD;
+    } else {
+        stored = reinterpret_cast<uint16_t *>(a.state) + size_t(h) * DD;
+        wide.resize(DD);
+        S = wide.data();
+        widen_state(st, stored, S, DD);
+    }
     std::vector<float> delta(size_t(D), 0.0f);
     for (int t = 0; t < a.n; t++) {
         const float *q = a.q + size_t(t) * a.qk_stride + size_t(hk) * size_t(D);
@@ -138,7 +191,9 @@ void delta_net_head(const DeltaNetArgs &a, int h) {
         for (int j = 0; j < D; j++) mad_f32(S + size_t(j) * size_t(D), k, delta[size_t(j)], D);
         float *o = a.out + (size_t(t) * size_t(a.n_v_heads) + size_t(h)) * size_t(D);
         for (int j = 0; j < D; j++) o[j] = dot_f32_ggml(S + size_t(j) * size_t(D), q, D) * a.scale;
+        if (stored) round_state(st, S, DD);
     }
+    if (stored) narrow_state(st, S, stored, DD);
 }
 
 size_t delta_net_chunk_scratch(int head_dim, int chunk) {

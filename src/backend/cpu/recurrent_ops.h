@@ -26,7 +26,17 @@ void mad_f32(float *y, const float *x, float v, int n);
 // y = x * sigmoid(x) as ggml_vec_silu_f32 (y may be x).
 void silu_ggml(const float *x, size_t n, float *y);
 
-// One value head h of DeltaNetArgs over tokens [0, a.n): recurrent form.
+// Recurrent states of a StateType other than F32 (backend.h): n values
+// read into floats, written back rounded to nearest even, and rounded in
+// place (x becomes what storing it as the type and reading it back gives).
+// F32 copies (round_state: nothing).
+void widen_state(StateType t, const void *src, float *dst, size_t n);
+void narrow_state(StateType t, const float *src, void *dst, size_t n);
+void round_state(StateType t, float *x, size_t n);
+
+// One value head h of DeltaNetArgs over tokens [0, a.n): recurrent form. A
+// state of another type than F32 is read into floats, rounded after every
+// token and written back (see StateType).
 void delta_net_head(const DeltaNetArgs &a, int h);
 // The same as a chunked scan; scratch: delta_net_chunk_scratch floats.
 size_t delta_net_chunk_scratch(int head_dim, int chunk);

@@ -8,9 +8,12 @@
 #endif
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "backend/cpu/cpu_features.h"
+#include "backend/cpu/recurrent_ops.h"
 
 namespace kvfit::cpu {
 
@@ -102,10 +105,15 @@ void rwkv7_prepare_rows(float *w, const float *w0, float *a, const float *a0, fl
     }
 }
 
-void wkv7_head_scalar(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
-                      int n, int n_head, int head_size, int h, float *state, float *out) {
+namespace {
+
+// Head h's recurrence on its state S (head_size x head_size floats); with a
+// round type other than F32 each row is rounded to it once updated (the
+// output row is summed from the unrounded values), which equals rounding the
+// whole state after every token: a row's update reads only that row.
+void wkv7_scalar_on(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
+                    int n, int n_head, int head_size, int h, float *S, StateType round, float *out) {
     const int N = head_size, d = n_head * head_size;
-    float *S = state + size_t(h) * size_t(N) * size_t(N);
     for (int t = 0; t < n; t++) {
         const size_t o = size_t(t) * size_t(d) + size_t(h) * size_t(N);
         const float *rt = r + o, *wt = w + o, *kt = k + o, *vt = v + o, *at = a + o, *bt = b + o;
@@ -121,17 +129,16 @@ void wkv7_head_scalar(const float *r, const float *w, const float *k, const floa
                 acc[j % 8] += s * rt[j];
             }
             out[o + size_t(i)] = reduce8(acc);
+            if (round != StateType::F32) round_state(round, Si, size_t(N));
         }
     }
 }
 
 #if defined(__x86_64__)
-namespace {
-__attribute__((target("avx2"))) void wkv7_head_avx2(const float *r, const float *w, const float *k, const float *v,
-                                                    const float *a, const float *b, int n, int n_head, int head_size,
-                                                    int h, float *state, float *out) {
+__attribute__((target("avx2"))) void wkv7_avx2_on(const float *r, const float *w, const float *k, const float *v,
+                                                  const float *a, const float *b, int n, int n_head, int head_size,
+                                                  int h, float *S, StateType round, float *out) {
     const int N = head_size, d = n_head * head_size;
-    float *S = state + size_t(h) * size_t(N) * size_t(N);
     alignas(32) float lanes[8];
     for (int t = 0; t < n; t++) {
         const size_t o = size_t(t) * size_t(d) + size_t(h) * size_t(N);
@@ -154,18 +161,45 @@ __attribute__((target("avx2"))) void wkv7_head_avx2(const float *r, const float 
             }
             _mm256_store_ps(lanes, acc);
             out[o + size_t(i)] = reduce8(lanes);
+            if (round != StateType::F32) round_state(round, Si, size_t(N));
         }
     }
 }
-}  // namespace
 #endif
+
+void wkv7_best_on(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
+                  int n, int n_head, int head_size, int h, float *S, StateType round, float *out) {
+#if defined(__x86_64__)
+    if (head_size % 8 == 0 && has_avx2_fma())
+        return wkv7_avx2_on(r, w, k, v, a, b, n, n_head, head_size, h, S, round, out);
+#endif
+    wkv7_scalar_on(r, w, k, v, a, b, n, n_head, head_size, h, S, round, out);
+}
+
+}  // namespace
+
+void wkv7_head_scalar(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
+                      int n, int n_head, int head_size, int h, float *state, float *out) {
+    wkv7_scalar_on(r, w, k, v, a, b, n, n_head, head_size, h,
+                   state + size_t(h) * size_t(head_size) * size_t(head_size), StateType::F32, out);
+}
 
 void wkv7_head_best(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
                     int n, int n_head, int head_size, int h, float *state, float *out) {
-#if defined(__x86_64__)
-    if (head_size % 8 == 0 && has_avx2_fma()) return wkv7_head_avx2(r, w, k, v, a, b, n, n_head, head_size, h, state, out);
-#endif
-    wkv7_head_scalar(r, w, k, v, a, b, n, n_head, head_size, h, state, out);
+    wkv7_best_on(r, w, k, v, a, b, n, n_head, head_size, h, state + size_t(h) * size_t(head_size) * size_t(head_size),
+                 StateType::F32, out);
+}
+
+void wkv7_head_typed(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
+                     int n, int n_head, int head_size, int h, StateType type, void *state, float *out) {
+    if (type == StateType::F32)
+        return wkv7_head_best(r, w, k, v, a, b, n, n_head, head_size, h, static_cast<float *>(state), out);
+    const size_t NN = size_t(head_size) * size_t(head_size);
+    uint16_t *stored = static_cast<uint16_t *>(state) + size_t(h) * NN;
+    std::vector<float> S(NN);
+    widen_state(type, stored, S.data(), NN);
+    wkv7_best_on(r, w, k, v, a, b, n, n_head, head_size, h, S.data(), type, out);
+    narrow_state(type, S.data(), stored, NN);
 }
 
 void rwkv7_bonus_gate_row(float *y, const float *r, const float *k, const float *v, const float *r_k, const float *g,

@@ -6,6 +6,8 @@
 
 #include <cstddef>
 
+#include "backend/backend.h"
+
 namespace kvfit::cpu {
 
 // One row of d floats in groups of d / groups.
@@ -25,6 +27,11 @@ void wkv7_head_scalar(const float *r, const float *w, const float *k, const floa
 // another order than the scalar version's.
 void wkv7_head_best(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
                     int n, int n_head, int head_size, int h, float *state, float *out);
+// Head h of Stream::wkv7_typed: the state (all heads) kept as `type`; F32
+// is wkv7_head_best, the others are read into floats, rounded after every
+// token (see StateType) and written back.
+void wkv7_head_typed(const float *r, const float *w, const float *k, const float *v, const float *a, const float *b,
+                     int n, int n_head, int head_size, int h, StateType type, void *state, float *out);
 void rwkv7_bonus_gate_row(float *y, const float *r, const float *k, const float *v, const float *r_k, const float *g,
                           int n_head, int head_size);
 
