@@ -99,6 +99,12 @@ struct TransformerBuffers : ForwardBuffers {
 std::unique_ptr<TransformerBuffers> alloc_transformer_buffers(Stream &s, const HParams &hp, int max_tokens);
 // The widest activation row such a stack's matrix products read.
 int64_t transformer_max_cols(const HParams &hp);
+// The final RMSNorm and output projection of n rows of b.x (width d): the
+// newest row's logits into b.logits; with all_hidden every row's normalised
+// state stays in b.xn (for Architecture::output_logits), else only the newest
+// row is normalised.
+void rmsnorm_logits(Stream &s, ForwardBuffers &b, const Weight &norm, float eps, const Weight &output, int n,
+                    size_t d, bool all_hidden);
 // Reads and checks the hyper-parameters such a stack has under llama.cpp's
 // usual keys (embedding_length, block_count, attention.head_count, ...).
 void read_transformer_hparams(const ArchMetadata &md, HParams &hp, int default_ctx, double default_eps);

@@ -128,14 +128,7 @@ public:
             s.matmul(L.ffn_down, b.gate, n, b.proj);
             s.add(b.x, b.proj, size_t(n) * d);
         }
-        if (all_hidden) {
-            s.rmsnorm(b.x, output_norm_, hp_.rms_eps, n, b.xn);
-            s.matmul(output_, b.xn + size_t(n - 1) * d, 1, b.logits);
-            return;
-        }
-        // Only the newest token's logits are needed for generation.
-        s.rmsnorm(b.x + size_t(n - 1) * d, output_norm_, hp_.rms_eps, 1, b.xn);
-        s.matmul(output_, b.xn, 1, b.logits);
+        rmsnorm_logits(s, b, output_norm_, hp_.rms_eps, output_, n, size_t(d), all_hidden);
     }
 
     void output_logits(Stream &s, const float *hidden, int n, float *logits) const override {

@@ -232,13 +232,7 @@ public:
             s.add(b.x, b.proj, size_t(n) * d);
         }
         (void)hd;
-        if (all_hidden) {
-            s.rmsnorm(b.x, output_norm_, eps, n, b.xn);
-            s.matmul(output_, b.xn + size_t(n - 1) * d, 1, b.logits);
-            return;
-        }
-        s.rmsnorm(b.x + size_t(n - 1) * d, output_norm_, eps, 1, b.xn);
-        s.matmul(output_, b.xn, 1, b.logits);
+        rmsnorm_logits(s, b, output_norm_, eps, output_, n, size_t(d), all_hidden);
     }
 
     void output_logits(Stream &s, const float *hidden, int n, float *logits) const override {

@@ -31,6 +31,17 @@ std::unique_ptr<TransformerBuffers> alloc_transformer_buffers(Stream &s, const H
     return b;
 }
 
+void rmsnorm_logits(Stream &s, ForwardBuffers &b, const Weight &norm, float eps, const Weight &output, int n,
+                    size_t d, bool all_hidden) {
+    if (all_hidden) {
+        s.rmsnorm(b.x, norm, eps, n, b.xn);
+        s.matmul(output, b.xn + size_t(n - 1) * d, 1, b.logits);
+        return;
+    }
+    s.rmsnorm(b.x + size_t(n - 1) * d, norm, eps, 1, b.xn);
+    s.matmul(output, b.xn, 1, b.logits);
+}
+
 int64_t transformer_max_cols(const HParams &hp) {
     return std::max<int64_t>({hp.n_embd, hp.n_ff, int64_t(hp.n_head) * hp.head_dim});
 }
