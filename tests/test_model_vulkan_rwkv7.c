@@ -311,16 +311,7 @@ int main(void) {
         return 1;
     }
     fclose(f);
-    setenv("KVFIT_VULKAN_VALIDATION", "1", 0); /* unless the caller chose otherwise */
-    size_t n_dev = 0;
-    int vulkan = 0;
-    kvfit_device_count(&n_dev);
-    for (size_t i = 0; i < n_dev; i++) {
-        kvfit_device_info di;
-        di.struct_size = sizeof di;
-        if (kvfit_device_get_info(i, &di) == KVFIT_OK && di.backend == KVFIT_BACKEND_VULKAN) vulkan = 1;
-    }
-    if (!vulkan) test_skip_all("no Vulkan device (or the Vulkan backend is not built)");
+    test_skip_all_without_vulkan();
     kvfit_set_log_callback(on_log, KVFIT_LOG_INFO, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_expected_logits),

@@ -1,5 +1,7 @@
 #include "testutil.h"
 
+#include "kvfit.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +82,19 @@ static void print_reason(const char *fmt, va_list ap) {
     vprintf(fmt, ap);
     fputs("\n", stdout);
     fflush(stdout);
+}
+
+void test_skip_all_without_vulkan(void) {
+    setenv("KVFIT_VULKAN_VALIDATION", "1", 0);
+    size_t n_dev = 0;
+    int vulkan = 0;
+    kvfit_device_count(&n_dev);
+    for (size_t i = 0; i < n_dev; i++) {
+        kvfit_device_info di;
+        di.struct_size = sizeof di;
+        if (kvfit_device_get_info(i, &di) == KVFIT_OK && di.backend == KVFIT_BACKEND_VULKAN) vulkan = 1;
+    }
+    if (!vulkan) test_skip_all("no Vulkan device (or the Vulkan backend is not built)");
 }
 
 void test_skip_all(const char *fmt, ...) {

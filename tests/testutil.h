@@ -57,6 +57,11 @@ TEST_NORETURN void test_skip_all(const char *fmt, ...) TEST_PRINTF_LIKE(1, 2);
  * models/stories260K.gguf (test data) nor the default model is there. */
 void test_skip_all_without_models(void);
 
+/* For programs that test the Vulkan backend: turns the validation layer on
+ * (unless KVFIT_VULKAN_VALIDATION is set already) and test_skip_all when no
+ * Vulkan device is listed (lavapipe counts). */
+void test_skip_all_without_vulkan(void);
+
 /* Prints the reason and counts the skip; test_skip also leaves the case. */
 void test_note_skip(const char *fmt, ...) TEST_PRINTF_LIKE(1, 2);
 #define test_skip(...)                  \
