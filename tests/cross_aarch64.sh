@@ -17,7 +17,8 @@ set -e
 mode=$1
 shift
 jobs=${KVFIT_CROSS_JOBS:-$(nproc 2>/dev/null || echo 2)}
-# The unit tests, and the model tests whose stories260K cases run in seconds.
+# The unit tests, and the model tests on stories260K (their long streams are
+# shorter under KVFIT_TEST_EMULATED: a few minutes in all under qemu).
 # (test_kernels' matrix products on fewer shapes: KVFIT_TEST_EMULATED.)
 TESTS="test_kernels test_kv_codec test_gguf test_model_generate test_model_streaming test_session_state"
 
