@@ -42,13 +42,6 @@ typedef struct {
     char error[256]; /* the first failure; empty if none */
 } app_thread;
 
-static int32_t argmax(const float *l, size_t n) {
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (l[i] > l[best]) best = i;
-    return (int32_t)best;
-}
-
 static kvfit_status make_session(int n_threads, kvfit_session **s) {
     kvfit_session_params sp;
     kvfit_session_params_init(&sp);
@@ -65,7 +58,7 @@ static kvfit_status decode_greedy(kvfit_session *s, int n, int32_t *out) {
         size_t nv;
         kvfit_status st = kvfit_session_logits(s, &l, &nv);
         if (st) return st;
-        out[i] = argmax(l, nv);
+        out[i] = test_argmax(l, nv);
         if ((st = kvfit_session_decode(s, out[i]))) return st;
     }
     return KVFIT_OK;

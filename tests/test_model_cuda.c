@@ -51,13 +51,6 @@ static int read_prompts(const char *peer_name, prompt_t *out) {
     return n;
 }
 
-static int32_t argmax_logits(const float *l, size_t n) {
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (l[i] > l[best]) best = i;
-    return (int32_t)best;
-}
-
 /* Sessions of one configuration on both models, every prompt. */
 static void compare_sessions(kvfit_model *cpu, kvfit_model *gpu, const kvfit_session_params *sp, const char *label,
                              const prompt_t *prompts, int n_prompts, float logit_tol) {
@@ -93,7 +86,7 @@ static void compare_sessions(kvfit_model *cpu, kvfit_model *gpu, const kvfit_ses
                     fail();
                 }
             }
-            const int32_t tc = argmax_logits(lc, nc), tg = argmax_logits(lg, ng);
+            const int32_t tc = test_argmax(lc, nc), tg = test_argmax(lg, ng);
             if (tc != tg) {
                 const float gap = lc[tc] - lc[tg];
                 printf("%s: prompt %d token %d: CPU %d, CUDA %d (CPU logits %.4f vs %.4f)\n", label, c, i, tc, tg,

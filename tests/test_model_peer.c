@@ -55,13 +55,6 @@ static char *unhex(const char *h, size_t *len) {
 #define MAX_CASES 32
 #define MAX_PROMPT 512
 
-static int32_t argmax_logits(const float *l, size_t n) {
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (l[i] > l[best]) best = i;
-    return (int32_t)best;
-}
-
 /* Fails unless the file at model_path is the one the peer data was recorded
  * from (its "meta sha256" line). */
 static void check_model_identity(const char *model_path, const char *peer_name, const char *data) {
@@ -148,7 +141,7 @@ static void run_peer(const char *model_path, const char *peer_name, bool strict,
                 const float *l;
                 size_t nv;
                 assert_int_equal(kvfit_session_logits(s, &l, &nv), KVFIT_OK);
-                int32_t t = argmax_logits(l, nv);
+                int32_t t = test_argmax(l, nv);
                 if (t != gen_want[i]) {
                     const float gap = l[t] - l[gen_want[i]];
                     printf("%s: greedy token %zu is %d, llama.cpp gave %d (kvfit logits %.4f vs %.4f)\n", name, i, t,

@@ -134,13 +134,6 @@ static int teardown(void **state) {
     return 0;
 }
 
-static int32_t argmax_of(const float *l, size_t n) {
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (l[i] > l[best]) best = i;
-    return (int32_t)best;
-}
-
 /* Both sessions' current logits; records the largest difference. */
 static void logits_of(kvfit_session *sc, kvfit_session *sv, const float **lc, const float **lv, size_t *n) {
     size_t nv;
@@ -162,7 +155,7 @@ static void compare_greedy(kvfit_session *sc, kvfit_session *sv, const int32_t *
         const float *lc, *lv;
         size_t nc;
         logits_of(sc, sv, &lc, &lv, &nc);
-        const int32_t tc = argmax_of(lc, nc), tv = argmax_of(lv, nc);
+        const int32_t tc = test_argmax(lc, nc), tv = test_argmax(lv, nc);
         g_total++;
         if (tc != tv) {
             const float gap = lc[tc] - lc[tv];
@@ -190,7 +183,7 @@ static void compare_forced(kvfit_session *sc, kvfit_session *sv, const prompt_ca
         const float *lc, *lv;
         size_t n;
         logits_of(sc, sv, &lc, &lv, &n);
-        const int32_t tc = argmax_of(lc, n), tv = argmax_of(lv, n);
+        const int32_t tc = test_argmax(lc, n), tv = test_argmax(lv, n);
         const float gap = lc[tc] - lc[tv];
         if (gap > worst) worst = gap;
         top += tc == tv;
@@ -331,7 +324,7 @@ static void test_state_cpu_to_device(void **state) {
         const float *lc, *lv;
         size_t n;
         logits_of(sc, sv, &lc, &lv, &n);
-        assert_int_equal(argmax_of(lc, n), argmax_of(lv, n));
+        assert_int_equal(test_argmax(lc, n), test_argmax(lv, n));
         assert_int_equal(kvfit_session_decode(sc, g_cases[0].cont[i]), KVFIT_OK);
         assert_int_equal(kvfit_session_decode(sv, g_cases[0].cont[i]), KVFIT_OK);
     }

@@ -71,13 +71,6 @@ static void on_log(kvfit_log_level level, const char *msg, void *user) {
     }
 }
 
-static int32_t argmax_of(const float *l, size_t n) {
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (l[i] > l[best]) best = i;
-    return (int32_t)best;
-}
-
 /* Compares the two sessions' current logits; returns the CPU's top token, or
  * -1 where the backends' top tokens differ at a near tie (no fp64 only). */
 static int32_t compare_step(kvfit_session *sc, kvfit_session *sv, const char *what, int step, float *max_diff) {
@@ -97,7 +90,7 @@ static int32_t compare_step(kvfit_session *sc, kvfit_session *sv, const char *wh
                (double)lv[j]);
         fail();
     }
-    const int32_t tc = argmax_of(lc, nc), tv = argmax_of(lv, nv);
+    const int32_t tc = test_argmax(lc, nc), tv = test_argmax(lv, nv);
     if (tc != tv) {
         printf("%s: step %d: CPU %d, Vulkan %d (CPU logits %.4f vs %.4f)\n", what, step, tc, tv, (double)lc[tc],
                (double)lc[tv]);

@@ -47,13 +47,6 @@ static void on_log(kvfit_log_level level, const char *msg, void *user) {
     }
 }
 
-static int32_t argmax_of(const float *l, size_t n) {
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (l[i] > l[best]) best = i;
-    return (int32_t)best;
-}
-
 static void test_greedy(void **state) {
     (void)state;
     int32_t ids[64];
@@ -80,7 +73,7 @@ static void test_greedy(void **state) {
             if (d > g_max_diff) g_max_diff = d;
         }
         if (g_exact) assert_memory_equal(lc, lv, nc * sizeof *lc);
-        const int32_t tc = argmax_of(lc, nc), tv = argmax_of(lv, nc);
+        const int32_t tc = test_argmax(lc, nc), tv = test_argmax(lv, nc);
         if (tc != tv) {
             printf("step %d: CPU token %d, Vulkan %d (CPU logits %.4f vs %.4f)\n", i, tc, tv, (double)lc[tc],
                    (double)lc[tv]);

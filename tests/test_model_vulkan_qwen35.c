@@ -71,12 +71,7 @@ static const float *logits_of(const kvfit_session *s) {
     return l;
 }
 
-static int32_t argmax_of(const float *l) {
-    size_t k = 0;
-    for (size_t i = 1; i < g_n_vocab; i++)
-        if (l[i] > l[k]) k = i;
-    return (int32_t)k;
-}
+static int32_t argmax_of(const float *l) { return test_argmax(l, g_n_vocab); }
 
 static void greedy(uint64_t budget, uint32_t window, const char *what) {
     kvfit_session *sc = new_session(g_cpu, budget, window), *sv = new_session(g_vk, budget, window);

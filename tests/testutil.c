@@ -84,6 +84,13 @@ static void print_reason(const char *fmt, va_list ap) {
     fflush(stdout);
 }
 
+int32_t test_argmax(const float *logits, size_t n) {
+    size_t best = 0;
+    for (size_t i = 1; i < n; i++)
+        if (logits[i] > logits[best]) best = i;
+    return (int32_t)best;
+}
+
 void test_skip_all_without_vulkan(void) {
     setenv("KVFIT_VULKAN_VALIDATION", "1", 0);
     size_t n_dev = 0;

@@ -62,6 +62,9 @@ void test_skip_all_without_models(void);
  * Vulkan device is listed (lavapipe counts). */
 void test_skip_all_without_vulkan(void);
 
+/* The index of the largest of n logits (the first of equal ones): a greedy token. */
+int32_t test_argmax(const float *logits, size_t n);
+
 /* Prints the reason and counts the skip; test_skip also leaves the case. */
 void test_note_skip(const char *fmt, ...) TEST_PRINTF_LIKE(1, 2);
 #define test_skip(...)                  \
